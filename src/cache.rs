@@ -1,0 +1,421 @@
+//! The cache as the file system sees it: resolves paths to fresh objects (probing or
+//! revalidating at the origin when needed) and serves reads from cached or fetched blocks.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::error::{FsError, FsResult};
+use crate::fetch::fetch_run;
+use crate::index::{CacheIndex, ObjectKey};
+use crate::object::{BlockSource, Flight, Object, SiteId};
+use crate::origin::{OriginClient, Probe, Site, Version};
+use crate::store::{self, MetaHeader, ObjectKind, SiteStore, OBJECT_OVERHEAD};
+
+/// How many not-found answers are remembered at most.
+const NEGATIVE_ENTRIES: usize = 65_536;
+/// Reads retried after finding a corrupt cached block, before giving up with EIO.
+const CORRUPTION_RETRIES: usize = 3;
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One namespace root: an origin (or virtual host) and its cache folder.
+pub struct SiteEntry {
+    pub site: Site,
+    /// The name a virtual host is listed under at the mount root.
+    pub name: String,
+    store: SiteStore,
+}
+
+pub struct Cache {
+    pub config: Config,
+    pub origin: OriginClient,
+    pub index: CacheIndex,
+    sites: Vec<SiteEntry>,
+    negative: Mutex<LruCache<ObjectKey, Instant>>,
+    probes: Mutex<HashMap<ObjectKey, Arc<Flight<Arc<Object>>>>>,
+}
+
+impl Cache {
+    /// Opens every site's cache folder (locking it) and loads what is cached there.
+    pub fn open(config: Config) -> Result<Cache, String> {
+        let origin = OriginClient::new(&config)?;
+        store::create_private_dir(&config.cache_dir).map_err(|e| {
+            format!(
+                "cannot create cache dir {}: {e}",
+                config.cache_dir.display()
+            )
+        })?;
+        let mut sites = Vec::new();
+        if let Some(single) = &config.origin {
+            let host = single
+                .base
+                .split("://")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let folder = single.cache_folder_name(&host);
+            sites.push(SiteEntry {
+                site: Site {
+                    origin: single.clone(),
+                    host: None,
+                },
+                name: host,
+                store: SiteStore::open(&config.cache_dir, &folder)?,
+            });
+        }
+        for vhost in &config.vhosts {
+            let folder = vhost.origin.cache_folder_name(&vhost.name);
+            sites.push(SiteEntry {
+                site: Site {
+                    origin: vhost.origin.clone(),
+                    host: Some(vhost.name.clone()),
+                },
+                name: vhost.name.clone(),
+                store: SiteStore::open(&config.cache_dir, &folder)?,
+            });
+        }
+        let cache = Cache {
+            index: CacheIndex::new(config.max_cache_size),
+            origin,
+            sites,
+            negative: Mutex::new(LruCache::new(
+                NonZeroUsize::new(NEGATIVE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+            )),
+            probes: Mutex::new(HashMap::new()),
+            config,
+        };
+        cache.load();
+        Ok(cache)
+    }
+
+    /// Restores the index from disk, oldest first, then trims it to the cap.
+    fn load(&self) {
+        let mut loaded = Vec::new();
+        for (site, entry) in self.sites.iter().enumerate() {
+            loaded.extend(entry.store.load().into_iter().map(|object| (site, object)));
+        }
+        loaded.sort_by_key(|(_, object)| object.last_used);
+        let count = loaded.len();
+        for (site, object) in loaded {
+            let restored = Object::restore(site, object, 0);
+            let charge = OBJECT_OVERHEAD
+                + (0..restored.block_count())
+                    .filter(|b| restored.has_cached_block(*b))
+                    .map(|b| restored.block_charge(b))
+                    .sum::<u64>();
+            restored.add_charge(charge);
+            self.index.restore(Arc::new(restored), charge);
+        }
+        let folders: u64 = self.sites.iter().map(|s| s.store.folder_bytes()).sum();
+        self.index.charge_existing(folders);
+        tracing::info!(
+            objects = count,
+            bytes = self.index.used(),
+            cap = self.index.cap(),
+            "cache index loaded"
+        );
+    }
+
+    pub fn site(&self, id: SiteId) -> &Site {
+        &self.sites[id].site
+    }
+
+    pub fn sites(&self) -> &[SiteEntry] {
+        &self.sites
+    }
+
+    /// In virtual-host mode, the site a mount-root name (host or alias) selects.
+    pub fn vhost_named(&self, name: &str) -> Option<SiteId> {
+        self.config.vhosts.iter().position(|v| v.answers_to(name))
+    }
+
+    /// Answers from memory alone: a fresh object, a fresh not-found, or `None` (ask the origin).
+    pub fn lookup_fresh(&self, site: SiteId, path: &Arc<str>) -> Option<FsResult<Arc<Object>>> {
+        let key = (site, path.clone());
+        let now = now_secs();
+        if let Some(object) = self.index.get(&key) {
+            return object.is_fresh(self.config.ttl, now).then_some(Ok(object));
+        }
+        let mut negative = self.negative.lock();
+        match negative.get(&key) {
+            Some(expires) if *expires > Instant::now() => Some(Err(FsError::NotFound)),
+            Some(_) => {
+                negative.pop(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Resolves a path to a fresh object, asking the origin at most once for any number of
+    /// concurrent callers.
+    pub async fn resolve(self: &Arc<Self>, site: SiteId, path: Arc<str>) -> FsResult<Arc<Object>> {
+        if let Some(answer) = self.lookup_fresh(site, &path) {
+            return answer;
+        }
+        let key = (site, path.clone());
+        let (flight, leader) = {
+            let mut probes = self.probes.lock();
+            match probes.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Flight::new();
+                    probes.insert(key.clone(), flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if leader {
+            // A task of its own: a caller that goes away must not strand the other waiters.
+            let cache = self.clone();
+            let flight = flight.clone();
+            tokio::spawn(async move {
+                let result = cache.probe_and_record(site, path).await;
+                cache.probes.lock().remove(&key);
+                flight.finish(result);
+            });
+        }
+        flight.wait().await
+    }
+
+    async fn probe_and_record(&self, site: SiteId, path: Arc<str>) -> FsResult<Arc<Object>> {
+        let key = (site, path.clone());
+        let existing = self.index.get(&key);
+        let known = existing.as_ref().map(|o| &o.version);
+        let probe = self
+            .origin
+            .probe(self.site(site), &path, self.config.block_size, known)
+            .await;
+        let now = now_secs();
+        match probe {
+            Ok(Probe::NotModified) => match existing {
+                Some(object) => {
+                    object.renew(now);
+                    Ok(object)
+                }
+                None => Err(FsError::BadAnswer("304 to an unconditional request".into())),
+            },
+            Ok(Probe::File {
+                version,
+                first_block,
+            }) => Ok(self.record_file(site, path, existing, version, first_block, now)),
+            Ok(Probe::Directory) => Ok(self.record_directory(site, path, existing, now)),
+            Ok(Probe::NotFound) => {
+                if let Some(old) = existing {
+                    self.index.retire(&old);
+                }
+                let expires = Instant::now() + self.config.negative_ttl;
+                self.negative.lock().put(key, expires);
+                Err(FsError::NotFound)
+            }
+            Err(error) => match existing {
+                // Stale-if-error: what the cache holds beats an error.
+                Some(object) => {
+                    tracing::warn!(path = %path, "origin failed ({error}); serving the cached copy");
+                    Ok(object)
+                }
+                None => {
+                    tracing::warn!(path = %path, "origin failed: {error}");
+                    Err(error)
+                }
+            },
+        }
+    }
+
+    fn record_file(
+        &self,
+        site: SiteId,
+        path: Arc<str>,
+        existing: Option<Arc<Object>>,
+        version: Version,
+        first_block: Bytes,
+        now: u64,
+    ) -> Arc<Object> {
+        let object = match existing {
+            Some(object) if object.kind == ObjectKind::File && object.version == version => {
+                object.renew(now);
+                object
+            }
+            other => {
+                if let Some(old) = other {
+                    self.index.retire(&old);
+                }
+                self.create_object(site, path, ObjectKind::File, version, now)
+            }
+        };
+        if !first_block.is_empty() && !object.has_cached_block(0) {
+            if let Some(crc) = object.store_block(&self.index, 0, &first_block, None) {
+                let object = object.clone();
+                tokio::task::spawn_blocking(move || object.persist_blocks(&[(0, crc)]));
+            }
+        }
+        object
+    }
+
+    fn record_directory(
+        &self,
+        site: SiteId,
+        path: Arc<str>,
+        existing: Option<Arc<Object>>,
+        now: u64,
+    ) -> Arc<Object> {
+        match existing {
+            Some(object) if object.kind == ObjectKind::Directory => {
+                object.renew(now);
+                object
+            }
+            other => {
+                if let Some(old) = other {
+                    self.index.retire(&old);
+                }
+                let version = Version {
+                    size: 0,
+                    etag: None,
+                    last_modified: None,
+                };
+                self.create_object(site, path, ObjectKind::Directory, version, now)
+            }
+        }
+    }
+
+    /// Creates the object's metadata on disk when the cap allows, else keeps it in memory only.
+    fn create_object(
+        &self,
+        site: SiteId,
+        path: Arc<str>,
+        kind: ObjectKind,
+        version: Version,
+        now: u64,
+    ) -> Arc<Object> {
+        let header = MetaHeader {
+            site: self.sites[site].store.name.clone(),
+            path: path.to_string(),
+            kind,
+            size: version.size,
+            etag: version.etag.clone(),
+            last_modified: version.last_modified.clone(),
+            fetched_at: now,
+            block_size: self.config.block_size,
+        };
+        let location = self.persist_header(site, &header);
+        let charge = if location.is_some() {
+            OBJECT_OVERHEAD
+        } else {
+            0
+        };
+        let object = Arc::new(Object::new(
+            site,
+            path,
+            kind,
+            version,
+            self.config.block_size,
+            now,
+            location,
+            charge,
+        ));
+        self.index.insert(object.clone());
+        object
+    }
+
+    fn persist_header(&self, site: SiteId, header: &MetaHeader) -> Option<store::ObjectLocation> {
+        let located = self.sites[site].store.locate(&header.path, true);
+        let (location, grown) = match located {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(path = %header.path, "cache unavailable, serving from the origin: {e}");
+                return None;
+            }
+        };
+        if grown > 0 {
+            self.index.charge_existing(grown);
+        }
+        if !self.index.reserve_new(OBJECT_OVERHEAD) {
+            return None;
+        }
+        match location.create(header) {
+            Ok(_) => Some(location),
+            Err(e) => {
+                tracing::warn!(path = %header.path, "cache write failed, serving from the origin: {e}");
+                self.index.release(OBJECT_OVERHEAD);
+                None
+            }
+        }
+    }
+
+    /// The origin has a new version: the cached one goes, so the next lookup probes afresh.
+    pub fn version_changed(&self, object: &Arc<Object>) {
+        tracing::info!(path = %object.path, "object changed at the origin");
+        self.index.retire(object);
+    }
+
+    /// Reads `range` of `object`, fetching only the blocks that are missing.
+    pub async fn read(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        range: Range<u64>,
+    ) -> FsResult<Vec<u8>> {
+        let range = range.start.min(object.version.size)..range.end.min(object.version.size);
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let blocks = range.start / object.block_size..(range.end - 1) / object.block_size + 1;
+        for _ in 0..CORRUPTION_RETRIES {
+            let (sources, runs) = object.plan(blocks.clone());
+            for run in runs {
+                tokio::spawn(fetch_run(self.clone(), object.clone(), run));
+            }
+            match self.gather(object, &range, blocks.start, sources).await {
+                Err(FsError::Corrupt) => continue,
+                result => return result,
+            }
+        }
+        Err(FsError::Corrupt)
+    }
+
+    /// Collects the read's bytes from disk and from flights, in order.
+    async fn gather(
+        &self,
+        object: &Object,
+        range: &Range<u64>,
+        first_block: u64,
+        sources: Vec<BlockSource>,
+    ) -> FsResult<Vec<u8>> {
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for (i, source) in sources.into_iter().enumerate() {
+            let block = first_block + i as u64;
+            let block_range = object.block_range(block);
+            let within = range.start.max(block_range.start) - block_range.start
+                ..range.end.min(block_range.end) - block_range.start;
+            match source {
+                BlockSource::Disk {
+                    file,
+                    crc,
+                    verified,
+                } => {
+                    out.extend(object.read_from_disk(block, &file, crc, verified, within)?);
+                }
+                BlockSource::Flight(flight) => {
+                    let bytes = flight.wait().await?;
+                    let piece = bytes
+                        .get(within.start as usize..within.end as usize)
+                        .ok_or_else(|| FsError::BadAnswer("short block".into()))?;
+                    out.extend_from_slice(piece);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,196 @@
+//! Command line: parses arguments, builds the configuration, checks it, and starts the mount.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_FILE};
+use crate::daemon::{self, Readiness};
+use crate::{demo, mount, store};
+
+const EXAMPLES: &str = "\
+Examples:
+  ston-fs http://origin.example.com/ /mnt/origin
+  ston-fs -o max_cache_size=50G,ttl=600,allow_other http://origin.example.com/videos/ /mnt/videos
+  ston-fs --config /etc/ston-fs/ston-fs.toml /mnt/origin
+  ston-fs demo /tmp/ston-demo        (a built-in sample origin; needs no network)
+
+Unmount with: umount MOUNTPOINT. Every config key can be given with -o key=value;
+see the README for the full list.";
+
+#[derive(Parser)]
+#[command(
+    name = "ston-fs",
+    version,
+    about = "Mount an HTTP(S) origin as a read-only, locally cached disk.",
+    override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// ORIGIN (an http:// or https:// URL; its path is prepended to every request) and
+    /// MOUNTPOINT (an existing, empty directory). With --config, only MOUNTPOINT.
+    #[arg(value_name = "ORIGIN MOUNTPOINT", num_args = 0..=2)]
+    positional: Vec<String>,
+
+    /// TOML config file [default: /etc/ston-fs/ston-fs.toml when no ORIGIN is given]
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Where the cache lives (one subfolder per origin) [default: /var/cache/ston-fs]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Options as key=value pairs, comma-separated, as in fstab (e.g. -o ttl=60,allow_other)
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+
+    /// Stay in the foreground instead of daemonizing (what systemd wants)
+    #[arg(short, long)]
+    foreground: bool,
+
+    /// More log detail (-v debug, -vv trace); STON_FS_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a built-in sample origin and mount it: no configuration, no network needed
+    Demo {
+        /// Where to mount the demo (created if missing)
+        mountpoint: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Demo { mountpoint }) => {
+            init_logging(cli.verbose, true);
+            demo::run(mountpoint)
+        }
+        None => run_mount(&cli),
+    }
+}
+
+fn run_mount(cli: &Cli) -> ExitCode {
+    let (config, mountpoint) = match build_config(cli) {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("ston-fs: {e}");
+            eprintln!("Try 'ston-fs --help' for usage.");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = preflight(&config, &mountpoint) {
+        eprintln!("ston-fs: {e}");
+        return ExitCode::from(1);
+    }
+    init_logging(cli.verbose, cli.foreground);
+    let readiness = if cli.foreground {
+        Readiness::Foreground
+    } else {
+        match daemon::daemonize(config.log_file.as_deref()) {
+            Ok(readiness) => readiness,
+            Err(e) => {
+                eprintln!("ston-fs: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    };
+    match mount::serve(config, &mountpoint, readiness) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ston-fs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Defaults, then the config file, then ORIGIN, then `-o`, then `--cache-dir`.
+fn build_config(cli: &Cli) -> Result<(Config, PathBuf), ConfigError> {
+    let (origin, mountpoint) = match cli.positional.as_slice() {
+        [origin, mountpoint] => (Some(origin), mountpoint),
+        [mountpoint] => (None, mountpoint),
+        _ => {
+            return Err(ConfigError::Invalid(
+                "missing MOUNTPOINT: usage is `ston-fs [OPTIONS] ORIGIN MOUNTPOINT`".into(),
+            ))
+        }
+    };
+    let mut config = Config::default();
+    let default_file = Path::new(DEFAULT_CONFIG_FILE);
+    let config_file = match (&cli.config, origin) {
+        (Some(file), _) => Some(file.as_path()),
+        (None, None) if default_file.exists() => Some(default_file),
+        _ => None,
+    };
+    if let Some(file) = config_file {
+        config.apply_file(file)?;
+    }
+    if let Some(origin) = origin {
+        config.set("origin", origin)?;
+    }
+    for options in &cli.options {
+        config.apply_mount_options(options)?;
+    }
+    if let Some(dir) = &cli.cache_dir {
+        config.cache_dir = dir.clone();
+    }
+    config.validate()?;
+    Ok((config, PathBuf::from(mountpoint)))
+}
+
+/// Catches the common mistakes before forking, so they are reported where the user looks.
+fn preflight(config: &Config, mountpoint: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(mountpoint)
+        .map_err(|e| format!("mount point {} does not exist: {e}", mountpoint.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        ));
+    }
+    let canonical = mountpoint
+        .canonicalize()
+        .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
+    if mount::is_mount_point(&canonical) {
+        return Err(format!(
+            "mount point {} is already in use (something is mounted there)",
+            canonical.display()
+        ));
+    }
+    check_cache_dir(&config.cache_dir)
+}
+
+fn check_cache_dir(dir: &Path) -> Result<(), String> {
+    let unusable = |e: std::io::Error| format!("cache dir {} is not usable: {e}", dir.display());
+    store::create_private_dir(dir).map_err(unusable)?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(unusable)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn init_logging(verbose: u8, to_terminal: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("STON_FS_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let ansi = to_terminal && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+}

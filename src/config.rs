@@ -1,0 +1,628 @@
+//! Configuration: defaults, the TOML file, `-o key=value` options, and their validation.
+//!
+//! Every key goes through [`Config::set`], so the TOML file and `-o` accept exactly the same
+//! keys and values, and an unknown key is rejected in one place with its name.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+use url::Url;
+
+/// Where the daemon looks for a config file when no ORIGIN is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ston-fs/ston-fs.toml";
+
+/// A configuration or command-line mistake, reported to the user before anything is mounted.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("unknown config key `{0}`")]
+    UnknownKey(String),
+    #[error("bad value for `{key}`: {reason}")]
+    BadValue { key: String, reason: String },
+    #[error("bad origin URL `{url}`: {reason}")]
+    BadOrigin { url: String, reason: String },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// One virtual host: the first path component of the mount selects it.
+#[derive(Debug, Clone)]
+pub struct Vhost {
+    /// Canonical host name, sent as the `Host` header.
+    pub name: String,
+    /// Other names that reach the same host; one leading `*.` wildcard is allowed.
+    pub aliases: Vec<String>,
+    pub origin: Origin,
+}
+
+impl Vhost {
+    /// Whether a path component names this host (its name or one of its aliases).
+    pub fn answers_to(&self, component: &str) -> bool {
+        let component = component.to_ascii_lowercase();
+        component == self.name.to_ascii_lowercase()
+            || self.aliases.iter().any(|alias| {
+                let alias = alias.to_ascii_lowercase();
+                match alias.strip_prefix("*.") {
+                    Some(suffix) => component
+                        .strip_suffix(suffix)
+                        .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                    None => alias == component,
+                }
+            })
+    }
+}
+
+/// An origin server address: scheme, authority and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `scheme://host[:port]`, with no trailing slash and no credentials.
+    pub base: String,
+    /// Path prefix prepended to every request, without a trailing slash (`""` for none).
+    pub prefix: String,
+}
+
+impl Origin {
+    pub fn parse(text: &str) -> Result<Origin, ConfigError> {
+        let fail = |reason: &str| ConfigError::BadOrigin {
+            url: redact_url(text),
+            reason: reason.to_string(),
+        };
+        let url = Url::parse(text.trim()).map_err(|e| fail(&e.to_string()))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(fail("only http:// and https:// origins are supported"));
+        }
+        let host = url.host_str().ok_or_else(|| fail("no host"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(fail(
+                "credentials in the URL are not supported; use `headers = [\"Authorization: ...\"]`",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(fail("an origin URL cannot carry a query or a fragment"));
+        }
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        Ok(Origin {
+            base: format!("{}://{}", url.scheme(), authority),
+            prefix: url.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// A file-system-safe, stable name for this origin's cache subfolder.
+    pub fn cache_folder_name(&self, host: &str) -> String {
+        let readable: String = format!("{}{}", host, self.prefix)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(48)
+            .collect();
+        let identity = format!("{}|{}|{}", self.base, self.prefix, host);
+        format!(
+            "{readable}-{:016x}",
+            xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
+        )
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}/", self.base, self.prefix)
+    }
+}
+
+/// Drops anything that could be a credential from a URL before it is shown to anyone.
+pub fn redact_url(text: &str) -> String {
+    match Url::parse(text.trim()) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => text.chars().take(200).collect(),
+    }
+}
+
+/// An extra request header; its value is a secret and never printed.
+#[derive(Clone)]
+pub struct ExtraHeader {
+    pub name: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for ExtraHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: <redacted>", self.name)
+    }
+}
+
+/// The complete, validated configuration of one mount.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Single-origin mode: the mount root is this origin's root.
+    pub origin: Option<Origin>,
+    /// Virtual-host mode: the mount root lists these hosts.
+    pub vhosts: Vec<Vhost>,
+    pub cache_dir: PathBuf,
+    pub block_size: u64,
+    pub max_cache_size: u64,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub connect_timeout: Duration,
+    pub receive_timeout: Duration,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub ca_file: Option<PathBuf>,
+    pub headers: Vec<ExtraHeader>,
+    pub file_status: Vec<u16>,
+    pub dir_status: Vec<u16>,
+    pub fuse_threads: usize,
+    pub log_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            origin: None,
+            vhosts: Vec::new(),
+            cache_dir: PathBuf::from("/var/cache/ston-fs"),
+            block_size: 1 << 20,
+            max_cache_size: 10 << 30,
+            ttl: Duration::from_secs(1800),
+            negative_ttl: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            receive_timeout: Duration::from_secs(10),
+            allow_other: false,
+            default_permissions: true,
+            uid: 0,
+            gid: 0,
+            ca_file: None,
+            headers: Vec::new(),
+            file_status: vec![200, 201, 202, 203, 204, 205, 206],
+            dir_status: vec![301, 302, 403],
+            fuse_threads: 8,
+            log_file: None,
+        }
+    }
+}
+
+/// Mount words that fstab, mount(8) and systemd pass along; they need no action from us.
+const IGNORED_MOUNT_WORDS: &[&str] = &[
+    "ro", "rw", "_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults",
+    "nodev", "nosuid", "noexec", "exec", "dev", "suid", "noatime", "relatime", "atime",
+];
+
+impl Config {
+    /// Applies one `key = value` setting, from `-o` or from the TOML file.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let value = value.trim();
+        match key {
+            "origin" => self.origin = Some(Origin::parse(value)?),
+            "cache_dir" => self.cache_dir = PathBuf::from(nonempty(key, value)?),
+            "block_size" => self.block_size = parse_block_size(key, value)?,
+            "max_cache_size" => self.max_cache_size = parse_size(key, value)?,
+            "ttl" => self.ttl = parse_duration(key, value)?,
+            "negative_ttl" => self.negative_ttl = parse_duration(key, value)?,
+            "connect_timeout" => self.connect_timeout = parse_timeout(key, value)?,
+            "receive_timeout" => self.receive_timeout = parse_timeout(key, value)?,
+            "allow_other" => self.allow_other = parse_bool(key, value)?,
+            "default_permissions" => self.default_permissions = parse_bool(key, value)?,
+            "uid" => self.uid = parse_number(key, value)?,
+            "gid" => self.gid = parse_number(key, value)?,
+            "ca_file" => self.ca_file = Some(PathBuf::from(nonempty(key, value)?)),
+            "header" | "headers" => self.headers.push(parse_header(value)?),
+            "file_status" => self.file_status = parse_status_list(key, value)?,
+            "dir_status" => self.dir_status = parse_status_list(key, value)?,
+            "fuse_threads" => {
+                self.fuse_threads = parse_number(key, value)?;
+                if !(1..=64).contains(&self.fuse_threads) {
+                    return Err(bad(key, "must be between 1 and 64"));
+                }
+            }
+            "log_file" => self.log_file = Some(PathBuf::from(nonempty(key, value)?)),
+            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Applies a comma-separated fstab-style option string (`-o a=b,c`).
+    pub fn apply_mount_options(&mut self, options: &str) -> Result<(), ConfigError> {
+        for word in split_mount_options(options) {
+            let (key, value) = match word.split_once('=') {
+                Some((key, value)) => (key.trim(), Some(value)),
+                None => (word.trim(), None),
+            };
+            if key.is_empty() {
+                continue;
+            }
+            if IGNORED_MOUNT_WORDS.contains(&key) || key.starts_with("x-systemd.") {
+                continue;
+            }
+            match (key, value) {
+                ("allow_other" | "default_permissions", None) => self.set(key, "true")?,
+                ("allow_root", None) => self.allow_other = true,
+                (_, Some(value)) => self.set(key, value)?,
+                (_, None) => {
+                    // A bare word that is a real key still needs a value; anything else is unknown.
+                    let mut probe = Config::default();
+                    return match probe.set(key, "") {
+                        Err(ConfigError::UnknownKey(k)) => Err(ConfigError::UnknownKey(k)),
+                        _ => Err(bad(key, "needs a value (key=value)")),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML config file; keys are the same as for `-o`.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let file_error = |reason: String| ConfigError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            file_error(e.to_string().lines().next().unwrap_or("").to_string())
+        })?;
+        self.apply_table(&table)
+    }
+
+    fn apply_table(&mut self, table: &toml::Table) -> Result<(), ConfigError> {
+        for (key, value) in table {
+            match (key.as_str(), value) {
+                ("vhost", toml::Value::Array(items)) => {
+                    for item in items {
+                        let table = item
+                            .as_table()
+                            .ok_or_else(|| bad("vhost", "each [[vhost]] must be a table"))?;
+                        self.vhosts.push(parse_vhost(table)?);
+                    }
+                }
+                (_, toml::Value::Array(items)) if key == "headers" || key.ends_with("_status") => {
+                    if key != "headers" {
+                        self.set(key, "")?; // validates the key and clears the default list
+                        let codes = items
+                            .iter()
+                            .map(toml_scalar)
+                            .collect::<Result<Vec<_>, _>>()?;
+                        self.set(key, &codes.join(":"))?;
+                    } else {
+                        for item in items {
+                            self.set(key, &toml_scalar(item)?)?;
+                        }
+                    }
+                }
+                _ => self.set(
+                    key,
+                    &toml_scalar(value).map_err(|_| bad(key, "must be a single value"))?,
+                )?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the settings as a whole once every source has been applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.origin, self.vhosts.is_empty()) {
+            (None, true) => Err(ConfigError::Invalid(
+                "no origin: give ORIGIN on the command line, `origin = \"...\"` or [[vhost]] tables in the config".into(),
+            )),
+            (Some(_), false) => Err(ConfigError::Invalid(
+                "give either a single origin or [[vhost]] tables, not both".into(),
+            )),
+            _ => Ok(()),
+        }?;
+        if self.max_cache_size < 4 * self.block_size {
+            return Err(bad(
+                "max_cache_size",
+                format!(
+                    "must hold at least 4 blocks ({} bytes)",
+                    4 * self.block_size
+                ),
+            ));
+        }
+        let overlap = self
+            .file_status
+            .iter()
+            .find(|s| self.dir_status.contains(s));
+        if let Some(status) = overlap {
+            return Err(bad("dir_status", format!("{status} is also a file_status")));
+        }
+        Ok(())
+    }
+}
+
+/// Splits `-o` text on commas, keeping commas that belong to a header value
+/// (`header=Accept: a, b` stays whole until the next `key=` word).
+fn split_mount_options(options: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for piece in options.split(',') {
+        let looks_like_new_word = piece.contains('=') || !piece.starts_with(' ');
+        match words.last_mut() {
+            Some(last) if last.starts_with("header") && !looks_like_new_word => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => words.push(piece.to_string()),
+        }
+    }
+    words
+}
+
+fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
+    let mut name = None;
+    let mut aliases = Vec::new();
+    let mut origin = None;
+    for (key, value) in table {
+        match key.as_str() {
+            "name" => name = Some(toml_scalar(value)?),
+            "origin" => origin = Some(Origin::parse(&toml_scalar(value)?)?),
+            "aliases" => {
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| bad("vhost.aliases", "must be a list of names"))?;
+                for item in items {
+                    aliases.push(toml_scalar(item)?);
+                }
+            }
+            other => return Err(ConfigError::UnknownKey(format!("vhost.{other}"))),
+        }
+    }
+    let name = name.ok_or_else(|| bad("vhost", "every [[vhost]] needs a `name`"))?;
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(bad("vhost.name", format!("`{name}` is not a host name")));
+    }
+    let origin = origin.ok_or_else(|| bad("vhost", format!("vhost `{name}` needs an `origin`")))?;
+    Ok(Vhost {
+        name,
+        aliases,
+        origin,
+    })
+}
+
+fn toml_scalar(value: &toml::Value) -> Result<String, ConfigError> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(bad(
+            "value",
+            format!(
+                "expected a string, number or boolean, found {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+fn nonempty<'a>(key: &str, value: &'a str) -> Result<&'a str, ConfigError> {
+    if value.is_empty() {
+        Err(bad(key, "must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| bad(key, format!("`{value}` is not a whole number")))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "" | "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(bad(key, format!("`{value}` is not true or false"))),
+    }
+}
+
+/// Parses a byte count with an optional K/M/G/T suffix (binary multiples).
+pub fn parse_size(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let text = value.trim().to_ascii_uppercase();
+    let text = text
+        .strip_suffix("IB")
+        .or_else(|| text.strip_suffix('B'))
+        .unwrap_or(&text);
+    let (digits, shift) = match text.chars().last() {
+        Some('K') => (&text[..text.len() - 1], 10),
+        Some('M') => (&text[..text.len() - 1], 20),
+        Some('G') => (&text[..text.len() - 1], 30),
+        Some('T') => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    let number: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| bad(key, format!("`{value}` is not a size (like 512K, 10G)")))?;
+    number
+        .checked_mul(1u64 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad(key, format!("`{value}` is out of range")))
+}
+
+fn parse_block_size(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let size = parse_size(key, value)?;
+    if !(4096..=(64 << 20)).contains(&size) || size % 4096 != 0 {
+        return Err(bad(key, "must be a multiple of 4K between 4K and 64M"));
+    }
+    Ok(size)
+}
+
+/// Parses seconds (`30`, `1.5`, `30s`) or milliseconds (`500ms`).
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let text = value.trim();
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 0.001)
+    } else {
+        (text.strip_suffix('s').unwrap_or(text), 1.0)
+    };
+    let seconds: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| bad(key, format!("`{value}` is not a duration in seconds")))?;
+    let seconds = seconds * scale;
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+        return Err(bad(key, format!("`{value}` is out of range")));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_timeout(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let duration = parse_duration(key, value)?;
+    if duration < Duration::from_millis(10) {
+        return Err(bad(key, "must be at least 10ms"));
+    }
+    Ok(duration)
+}
+
+fn parse_status_list(key: &str, value: &str) -> Result<Vec<u16>, ConfigError> {
+    value
+        .split([':', ' ', ';'])
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.parse::<u16>() {
+            Ok(code) if (100..=599).contains(&code) => Ok(code),
+            _ => Err(bad(key, format!("`{s}` is not an HTTP status code"))),
+        })
+        .collect()
+}
+
+fn parse_header(value: &str) -> Result<ExtraHeader, ConfigError> {
+    let (name, header_value) = value
+        .split_once(':')
+        .ok_or_else(|| bad("headers", "must look like `Name: value`"))?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        return Err(bad("headers", format!("`{name}` is not a header name")));
+    }
+    let header_value = header_value.trim();
+    if header_value
+        .bytes()
+        .any(|b| b == b'\r' || b == b'\n' || b == 0)
+    {
+        return Err(bad(
+            "headers",
+            format!("the value of `{name}` has a line break"),
+        ));
+    }
+    Ok(ExtraHeader {
+        name: name.to_string(),
+        value: header_value.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("k", "10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("k", "512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("k", "1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("k", "4096").unwrap(), 4096);
+        assert!(parse_size("k", "ten").is_err());
+        assert!(parse_size("k", "99999999T").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let mut config = Config::default();
+        let err = config.apply_mount_options("ttl=5,bogus_key=1").unwrap_err();
+        assert!(err.to_string().contains("bogus_key"), "{err}");
+        let err = config.apply_mount_options("frobnicate").unwrap_err();
+        assert!(err.to_string().contains("frobnicate"), "{err}");
+    }
+
+    #[test]
+    fn mount_words_are_accepted() {
+        let mut config = Config::default();
+        config
+            .apply_mount_options("ro,_netdev,nofail,noauto,user,x-systemd.automount,allow_other,default_permissions,max_cache_size=1G")
+            .unwrap();
+        assert!(config.allow_other);
+        assert_eq!(config.max_cache_size, 1 << 30);
+    }
+
+    #[test]
+    fn header_values_may_hold_commas() {
+        let mut config = Config::default();
+        config
+            .apply_mount_options("header=Accept: a, b,ttl=7")
+            .unwrap();
+        assert_eq!(config.headers[0].value, "a, b");
+        assert_eq!(config.ttl, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn origins_keep_their_prefix() {
+        let origin = Origin::parse("http://Example.com:8080/account/dir/").unwrap();
+        assert_eq!(origin.base, "http://example.com:8080");
+        assert_eq!(origin.prefix, "/account/dir");
+        assert!(Origin::parse("ftp://example.com/").is_err());
+        assert!(Origin::parse("not a url").is_err());
+        assert!(Origin::parse("http://user:secret@example.com/").is_err());
+    }
+
+    #[test]
+    fn wildcard_aliases_match_subdomains_only() {
+        let vhost = Vhost {
+            name: "example.com".into(),
+            aliases: vec!["*.example.com".into(), "www.other.org".into()],
+            origin: Origin::parse("http://127.0.0.1/").unwrap(),
+        };
+        assert!(vhost.answers_to("example.com"));
+        assert!(vhost.answers_to("img.example.com"));
+        assert!(vhost.answers_to("WWW.other.org"));
+        assert!(!vhost.answers_to("badexample.com"));
+        assert!(!vhost.answers_to(".example.com"));
+    }
+
+    #[test]
+    fn toml_files_use_the_same_keys() {
+        let mut config = Config::default();
+        let table: toml::Table = r#"
+            origin = "http://127.0.0.1:1/"
+            block_size = "64K"
+            ttl = 60
+            dir_status = [301, 403]
+            headers = ["Authorization: Bearer x"]
+            [[vhost]]
+            name = "a.com"
+            origin = "http://127.0.0.1:2/"
+        "#
+        .parse()
+        .unwrap();
+        config.apply_table(&table).unwrap();
+        assert_eq!(config.block_size, 64 << 10);
+        assert_eq!(config.dir_status, vec![301, 403]);
+        assert_eq!(config.vhosts.len(), 1);
+        assert!(config.validate().is_err(), "origin and vhosts together");
+        let table: toml::Table = "cache_size = 5".parse().unwrap();
+        let err = Config::default().apply_table(&table).unwrap_err();
+        assert!(err.to_string().contains("cache_size"));
+    }
+}

@@ -1,0 +1,131 @@
+//! Daemonizing and readiness: the parent process returns only once the mount is live (exit 0)
+//! or has failed (non-zero, with the reason), and systemd hears `READY=1` from `--foreground`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+
+/// Whom to tell that the mount is live.
+pub enum Readiness {
+    /// The waiting parent of a daemonized process.
+    Parent(File),
+    /// systemd's `NOTIFY_SOCKET` (Type=notify), or nobody.
+    Foreground,
+    /// A caller-supplied action (the demo prints its instructions).
+    Callback(Box<dyn FnOnce() + Send>),
+}
+
+impl Readiness {
+    pub fn ready(self) {
+        match self {
+            Readiness::Parent(mut pipe) => {
+                let _ = pipe.write_all(b"ready\n");
+            }
+            Readiness::Foreground => notify_systemd("READY=1"),
+            Readiness::Callback(callback) => {
+                notify_systemd("READY=1");
+                callback();
+            }
+        }
+    }
+
+    pub fn failed(self, reason: &str) {
+        if let Readiness::Parent(mut pipe) = self {
+            let _ = pipe.write_all(format!("error: {reason}\n").as_bytes());
+        }
+    }
+}
+
+/// Sends a state line to systemd if it asked for one.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// Forks into the background. Returns in the child, with the pipe to report readiness on;
+/// the parent waits for that report and exits with it. Must run before any thread starts.
+pub fn daemonize(log_file: Option<&Path>) -> Result<Readiness, String> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!(
+            "cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (reader, writer) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: the process is still single-threaded here (the caller's contract).
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("cannot fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(reader);
+            detach_from_terminal(log_file)?;
+            Ok(Readiness::Parent(writer))
+        }
+        _ => {
+            drop(writer);
+            std::process::exit(wait_for_child(reader));
+        }
+    }
+}
+
+fn wait_for_child(mut reader: File) -> i32 {
+    let mut report = String::new();
+    let _ = reader.read_to_string(&mut report);
+    match report.lines().next() {
+        Some("ready") => 0,
+        Some(line) => {
+            eprintln!("ston-fs: {}", line.strip_prefix("error: ").unwrap_or(line));
+            1
+        }
+        None => {
+            eprintln!("ston-fs: the background process exited before the mount was live");
+            1
+        }
+    }
+}
+
+fn detach_from_terminal(log_file: Option<&Path>) -> Result<(), String> {
+    // SAFETY: setsid has no preconditions; failure only means we already lead a session.
+    unsafe { libc::setsid() };
+    let _ = std::env::set_current_dir("/");
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let log = match log_file {
+        Some(path) => File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open log_file {}: {e}", path.display()))?,
+        None => null.try_clone().map_err(|e| e.to_string())?,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto the standard descriptors with descriptors we hold open.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Errors of the file-system paths, and the one place where they become errno values.
+
+use fuser::Errno;
+use thiserror::Error;
+
+/// Why a file-system operation failed. Cloneable so one failed fetch can answer every waiter.
+#[derive(Debug, Clone, Error)]
+pub enum FsError {
+    #[error("no such file at the origin")]
+    NotFound,
+    #[error("the file system is read-only")]
+    ReadOnly,
+    #[error("origin unreachable: {0}")]
+    Unreachable(String),
+    #[error("origin timed out")]
+    Timeout,
+    #[error("origin answered HTTP {0}")]
+    Status(u16),
+    #[error("origin answer is inconsistent: {0}")]
+    BadAnswer(String),
+    #[error("the object changed at the origin while it was being read")]
+    VersionChanged,
+    #[error("cached data failed verification and could not be refetched")]
+    Corrupt,
+    #[error("local I/O failed: {0}")]
+    Io(String),
+}
+
+impl FsError {
+    /// The errno the kernel sees. Anything that leaves the bytes in doubt is EIO, never garbage.
+    pub fn errno(&self) -> Errno {
+        match self {
+            FsError::NotFound => Errno::ENOENT,
+            FsError::ReadOnly => Errno::EROFS,
+            FsError::Timeout => Errno::EIO,
+            FsError::Unreachable(_)
+            | FsError::Status(_)
+            | FsError::BadAnswer(_)
+            | FsError::VersionChanged
+            | FsError::Corrupt
+            | FsError::Io(_) => Errno::EIO,
+        }
+    }
+
+    /// Failures that say nothing about the object and may succeed on another attempt.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            FsError::Unreachable(_) | FsError::Timeout | FsError::Status(500..=599)
+        )
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(err: std::io::Error) -> Self {
+        FsError::Io(err.to_string())
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

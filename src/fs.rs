@@ -1,0 +1,599 @@
+//! FUSE adapter: kernel requests in, cache calls out, replies back.
+//!
+//! Hits are answered inline on the FUSE thread; anything that needs the origin is answered
+//! later from a tokio task, so a slow origin never holds a FUSE thread. Handlers never panic.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+
+use crate::cache::{now_secs, Cache};
+use crate::error::{FsError, FsResult};
+use crate::inodes::{InodeTable, Node, ROOT_INO};
+use crate::object::{Object, SiteId};
+use crate::store::ObjectKind;
+
+/// Kernel attribute timeout when an object is served past its TTL (origin down).
+const STALE_ATTR_TTL: Duration = Duration::from_secs(1);
+
+/// State shared by the FUSE threads and the tasks that answer them later.
+struct Core {
+    cache: Arc<Cache>,
+    inodes: InodeTable,
+    handles: Mutex<HashMap<u64, Arc<Object>>>,
+    next_handle: AtomicU64,
+    runtime: tokio::runtime::Handle,
+    mounted_at: SystemTime,
+}
+
+pub struct StonFs {
+    core: Arc<Core>,
+}
+
+impl StonFs {
+    pub fn new(cache: Arc<Cache>, runtime: tokio::runtime::Handle) -> StonFs {
+        let root_site = cache.config.origin.as_ref().map(|_| 0);
+        StonFs {
+            core: Arc::new(Core {
+                inodes: InodeTable::new(root_site),
+                handles: Mutex::new(HashMap::new()),
+                next_handle: AtomicU64::new(1),
+                runtime,
+                mounted_at: SystemTime::now(),
+                cache,
+            }),
+        }
+    }
+}
+
+/// File names that can never be sent to the origin as a path component.
+fn component(name: &OsStr) -> Option<&str> {
+    let name = name.to_str()?;
+    (!name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0'))
+        .then_some(name)
+}
+
+impl Core {
+    fn ttl_of(&self, object: &Object) -> Duration {
+        let ttl = object.fresh_for(self.cache.config.ttl, now_secs());
+        if ttl.is_zero() {
+            STALE_ATTR_TTL
+        } else {
+            ttl
+        }
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let config = &self.cache.config;
+        let (kind, perm, nlink, size, mtime) = match &node.object {
+            Some(object) if object.kind == ObjectKind::File => (
+                FileType::RegularFile,
+                0o444,
+                1,
+                object.version.size,
+                object.mtime(),
+            ),
+            Some(object) => (
+                FileType::Directory,
+                0o555,
+                2,
+                0,
+                UNIX_EPOCH + Duration::from_secs(object.fetched_at()),
+            ),
+            None => (FileType::Directory, 0o555, 2, 0, self.mounted_at),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm,
+            nlink,
+            uid: config.uid,
+            gid: config.gid,
+            rdev: 0,
+            blksize: config.block_size.min(1 << 20) as u32,
+            flags: 0,
+        }
+    }
+
+    fn attr_ttl(&self, node: &Node) -> Duration {
+        match &node.object {
+            Some(object) => self.ttl_of(object),
+            None => self.cache.config.ttl,
+        }
+    }
+
+    /// Replies to a lookup. Not-found becomes a negative entry the kernel caches too.
+    fn reply_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        site: SiteId,
+        path: Arc<str>,
+        answer: FsResult<Arc<Object>>,
+        reply: ReplyEntry,
+    ) {
+        match answer {
+            Ok(object) => {
+                let node = Node {
+                    site: Some(site),
+                    path,
+                    object: Some(object),
+                };
+                let ino = self.inodes.attach(parent, name, node.clone());
+                reply.entry(&self.attr_ttl(&node), &self.attr(ino, &node), Generation(0));
+            }
+            Err(FsError::NotFound) => {
+                let node = Node {
+                    site: Some(site),
+                    path,
+                    object: None,
+                };
+                let negative = self.cache.config.negative_ttl;
+                reply.entry(&negative, &self.attr(0, &node), Generation(0));
+            }
+            Err(error) => reply.error(error.errno()),
+        }
+    }
+
+    fn lookup_vhost(&self, name: &str, reply: ReplyEntry) {
+        match self.cache.vhost_named(name) {
+            Some(site) => {
+                let node = Node {
+                    site: Some(site),
+                    path: Arc::from(""),
+                    object: None,
+                };
+                let ino = self.inodes.attach(ROOT_INO, name, node.clone());
+                reply.entry(
+                    &self.cache.config.ttl,
+                    &self.attr(ino, &node),
+                    Generation(0),
+                );
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    /// The node's object, revalidated when its TTL has run out.
+    async fn fresh_object(self: &Arc<Self>, ino: u64, node: &Node) -> FsResult<Arc<Object>> {
+        let (Some(site), Some(object)) = (node.site, &node.object) else {
+            return Err(FsError::NotFound);
+        };
+        if object.is_fresh(self.cache.config.ttl, now_secs()) && !object.is_detached() {
+            return Ok(object.clone());
+        }
+        let object = self.cache.resolve(site, node.path.clone()).await?;
+        self.inodes.update_object(ino, &object);
+        Ok(object)
+    }
+
+    /// Whether answering for this node needs the cache's resolver (and maybe the origin):
+    /// its TTL ran out, or its object left the cache.
+    fn needs_origin(&self, node: &Node) -> bool {
+        node.object
+            .as_ref()
+            .is_some_and(|o| o.is_detached() || !o.is_fresh(self.cache.config.ttl, now_secs()))
+    }
+
+    fn finish_open(&self, ino: u64, object: Arc<Object>, reply: ReplyOpen) {
+        if object.kind != ObjectKind::File {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        // Opening counts as use: it keeps the object at the recent end of the LRU.
+        let _ = self.cache.index.get(&(object.site, object.path.clone()));
+        object.open_handle();
+        let keep = self.inodes.keep_page_cache(ino, &object);
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(handle, object);
+        let flags = if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(handle), flags);
+    }
+
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(task);
+    }
+}
+
+impl Filesystem for StonFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for wanted in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            if config.add_capabilities(wanted).is_err() {
+                tracing::debug!("kernel lacks {wanted:?}");
+            }
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let core = &self.core;
+        let (Some(parent_node), Some(name)) = (core.inodes.get(parent.0), component(name)) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let Some(site) = parent_node.site else {
+            core.lookup_vhost(name, reply);
+            return;
+        };
+        if !parent_node.is_directory() {
+            reply.error(Errno::ENOTDIR);
+            return;
+        }
+        let path: Arc<str> = format!("{}/{}", parent_node.path, name).into();
+        if let Some(answer) = core.cache.lookup_fresh(site, &path) {
+            core.reply_entry(parent.0, name, site, path, answer, reply);
+            return;
+        }
+        let core = self.core.clone();
+        let name = name.to_string();
+        self.core.spawn(async move {
+            let answer = core.cache.resolve(site, path.clone()).await;
+            core.reply_entry(parent.0, &name, site, path, answer, reply);
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Some(node) = self.core.inodes.get(ino.0) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        if !self.core.needs_origin(&node) {
+            reply.attr(&self.core.attr_ttl(&node), &self.core.attr(ino.0, &node));
+            return;
+        }
+        let core = self.core.clone();
+        self.core.spawn(async move {
+            match core.fresh_object(ino.0, &node).await {
+                Ok(object) => {
+                    let node = Node {
+                        object: Some(object),
+                        ..node
+                    };
+                    reply.attr(&core.attr_ttl(&node), &core.attr(ino.0, &node));
+                }
+                Err(error) => reply.error(error.errno()),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let writes = flags.acc_mode() != OpenAccMode::O_RDONLY
+            || flags.0 & (libc::O_TRUNC | libc::O_CREAT) != 0;
+        if writes {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        let Some(node) = self.core.inodes.get(ino.0) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        if node.is_directory() {
+            reply.error(Errno::EISDIR);
+            return;
+        }
+        if !self.core.needs_origin(&node) {
+            if let Some(object) = node.object {
+                self.core.finish_open(ino.0, object, reply);
+                return;
+            }
+        }
+        let core = self.core.clone();
+        self.core.spawn(async move {
+            match core.fresh_object(ino.0, &node).await {
+                Ok(object) => core.finish_open(ino.0, object, reply),
+                Err(error) => reply.error(error.errno()),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(object) = self.core.handles.lock().get(&fh.0).cloned() else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let range = offset..offset.saturating_add(u64::from(size));
+        if let Some(Ok(data)) = object.read_cached(range.clone()) {
+            reply.data(&data);
+            return;
+        }
+        let cache = self.core.cache.clone();
+        self.core.spawn(async move {
+            match cache.read(&object, range).await {
+                Ok(data) => reply.data(&data),
+                Err(error) => reply.error(error.errno()),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(object) = self.core.handles.lock().remove(&fh.0) {
+            object.close_handle();
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.inodes.get(ino.0) {
+            Some(node) if node.is_directory() => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(node) = self.core.inodes.get(ino.0) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (ROOT_INO, FileType::Directory, "..".into()),
+        ];
+        if node.site.is_none() {
+            // The virtual-host root lists its hosts; inode numbers come with their lookups.
+            for site in self.core.cache.sites() {
+                entries.push((u64::MAX, FileType::Directory, site.name.clone()));
+            }
+        }
+        for (i, (entry_ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*entry_ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let index = &self.core.cache.index;
+        let blocks = index.cap() / 4096;
+        let free = index.cap().saturating_sub(index.used()) / 4096;
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            index.len() as u64,
+            u64::MAX / 2,
+            4096,
+            255,
+            4096,
+        );
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+        } else if self.core.inodes.get(ino.0).is_some() {
+            reply.ok();
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    // Everything that would change the tree is refused: the origin is the only writer.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

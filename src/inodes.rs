@@ -1,0 +1,154 @@
+//! Inode table: maps kernel inode numbers to namespace paths and the object last seen there.
+//!
+//! Inodes live while the kernel holds lookups on them (`forget` drops them), so memory follows
+//! the kernel's dentry cache, not the number of files ever read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::object::{Object, SiteId};
+
+pub const ROOT_INO: u64 = 1;
+
+/// What the file system needs to know about one inode.
+#[derive(Clone)]
+pub struct Node {
+    /// `None` only for the mount root in virtual-host mode, which lists the hosts.
+    pub site: Option<SiteId>,
+    /// Path within the site: `""` for the site root, `/a/b` below it.
+    pub path: Arc<str>,
+    /// The object version last resolved at this path (`None` for site roots).
+    pub object: Option<Arc<Object>>,
+}
+
+impl Node {
+    pub fn is_directory(&self) -> bool {
+        self.object
+            .as_ref()
+            .is_none_or(|o| o.kind == crate::store::ObjectKind::Directory)
+    }
+}
+
+struct Entry {
+    node: Node,
+    parent: u64,
+    name: Arc<str>,
+    lookups: u64,
+    /// The version whose pages the kernel may keep across opens (`FOPEN_KEEP_CACHE`).
+    page_cache_version: Weak<Object>,
+}
+
+struct Table {
+    entries: HashMap<u64, Entry>,
+    children: HashMap<(u64, Arc<str>), u64>,
+    next_ino: u64,
+}
+
+pub struct InodeTable {
+    table: Mutex<Table>,
+}
+
+impl InodeTable {
+    pub fn new(root_site: Option<SiteId>) -> InodeTable {
+        let mut entries = HashMap::new();
+        entries.insert(
+            ROOT_INO,
+            Entry {
+                node: Node {
+                    site: root_site,
+                    path: Arc::from(""),
+                    object: None,
+                },
+                parent: ROOT_INO,
+                name: Arc::from(""),
+                lookups: 1,
+                page_cache_version: Weak::new(),
+            },
+        );
+        InodeTable {
+            table: Mutex::new(Table {
+                entries,
+                children: HashMap::new(),
+                next_ino: ROOT_INO + 1,
+            }),
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Node> {
+        self.table.lock().entries.get(&ino).map(|e| e.node.clone())
+    }
+
+    /// Records a successful lookup of `name` under `parent`; returns the child's inode number.
+    pub fn attach(&self, parent: u64, name: &str, node: Node) -> u64 {
+        let mut table = self.table.lock();
+        let key = (parent, Arc::<str>::from(name));
+        if let Some(&ino) = table.children.get(&key) {
+            if let Some(entry) = table.entries.get_mut(&ino) {
+                entry.lookups += 1;
+                entry.node = node;
+                return ino;
+            }
+        }
+        let ino = table.next_ino;
+        table.next_ino += 1;
+        table.children.insert(key.clone(), ino);
+        table.entries.insert(
+            ino,
+            Entry {
+                node,
+                parent,
+                name: key.1,
+                lookups: 1,
+                page_cache_version: Weak::new(),
+            },
+        );
+        ino
+    }
+
+    /// Replaces the object seen at an inode (after a revalidation).
+    pub fn update_object(&self, ino: u64, object: &Arc<Object>) {
+        if let Some(entry) = self.table.lock().entries.get_mut(&ino) {
+            entry.node.object = Some(object.clone());
+        }
+    }
+
+    /// Whether the kernel's cached pages for `ino` belong to `object`; records that they will.
+    pub fn keep_page_cache(&self, ino: u64, object: &Arc<Object>) -> bool {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return false;
+        };
+        let same = std::ptr::eq(entry.page_cache_version.as_ptr(), Arc::as_ptr(object));
+        entry.page_cache_version = Arc::downgrade(object);
+        same
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return;
+        };
+        entry.lookups = entry.lookups.saturating_sub(count);
+        if entry.lookups == 0 {
+            if let Some(entry) = table.entries.remove(&ino) {
+                let key = (entry.parent, entry.name);
+                if table.children.get(&key) == Some(&ino) {
+                    table.children.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

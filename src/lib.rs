@@ -1,0 +1,27 @@
+//! ston-fs: mounts HTTP(S) origins as a read-only, locally cached disk over FUSE.
+//!
+//! Module map, following the path of one read:
+//! - [`fs`]: the FUSE adapter, which turns kernel requests into cache calls;
+//! - [`inodes`]: inode numbers to namespace paths;
+//! - [`cache`]: resolving paths (probe, revalidate, negative answers) and serving reads;
+//! - [`object`]: one object version's block table and single-flight fetches;
+//! - [`fetch`]: range requests turned into verified blocks;
+//! - [`origin`]: the HTTP client and its checks of every answer;
+//! - [`index`]: the LRU of cached objects and the hard size cap;
+//! - [`store`]: the on-disk block store and its crash-safe metadata journal;
+//! - [`config`], [`cli`], [`daemon`], [`mount`], [`demo`]: setting up and running a mount.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod error;
+pub mod fetch;
+pub mod fs;
+pub mod index;
+pub mod inodes;
+pub mod mount;
+pub mod object;
+pub mod origin;
+pub mod store;

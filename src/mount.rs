@@ -1,0 +1,245 @@
+//! Mounting: the FUSE mount itself, the session's threads, readiness, and a clean unmount on
+//! SIGTERM/SIGINT.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Session, SessionACL};
+
+use crate::cache::Cache;
+use crate::config::{redact_url, Config};
+use crate::daemon::Readiness;
+use crate::fs::StonFs;
+
+/// Largest FUSE read the kernel may send (bytes); matches the raised bdi read-ahead.
+const MAX_READ: u32 = 1 << 20;
+
+/// A live mount, ready to serve.
+struct Mounted {
+    session: Session<StonFs>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Runs a mount until it is unmounted. `readiness` hears once the mount is live, or why not.
+pub fn serve(config: Config, mountpoint: &Path, readiness: Readiness) -> Result<(), String> {
+    let mounted = match start(config, mountpoint) {
+        Ok(mounted) => mounted,
+        Err(e) => {
+            readiness.failed(&e);
+            return Err(e);
+        }
+    };
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    readiness.ready();
+    unmount_on_signal(mountpoint.to_path_buf());
+    let result = mounted.session.run();
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    mounted
+        .runtime
+        .shutdown_timeout(std::time::Duration::from_secs(2));
+    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+}
+
+fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("ston-fs-io")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+    let threads = config.fuse_threads;
+    let acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let source = mount_source(&config);
+    let options = kernel_options(&config);
+    let cache = {
+        let _guard = runtime.enter();
+        Arc::new(Cache::open(config)?)
+    };
+    let filesystem = StonFs::new(cache, runtime.handle().clone());
+    let device = fuse_mount(mountpoint, &source, &options)?;
+    let mut session_config = fuser::Config::default();
+    session_config.n_threads = Some(threads);
+    session_config.clone_fd = true;
+    let session = match Session::from_fd(filesystem, device, acl, session_config) {
+        Ok(session) => session,
+        Err(e) => {
+            unmount(mountpoint);
+            return Err(format!("FUSE handshake failed: {e}"));
+        }
+    };
+    raise_read_ahead(mountpoint);
+    Ok(Mounted { session, runtime })
+}
+
+/// The name shown as the mount's source: the origin, without anything secret.
+fn mount_source(config: &Config) -> String {
+    let text = match &config.origin {
+        Some(origin) => redact_url(&origin.to_string()),
+        None => "ston-fs".to_string(),
+    };
+    // The kernel splits mount data on commas, and mount tables on white space.
+    text.replace([',', ' ', '\t', '\n'], "_")
+}
+
+fn kernel_options(config: &Config) -> String {
+    let mut options = format!("rootmode=40000,user_id=0,group_id=0,max_read={MAX_READ}");
+    if config.allow_other {
+        options.push_str(",allow_other");
+    }
+    if config.default_permissions {
+        options.push_str(",default_permissions");
+    }
+    options
+}
+
+/// Opens /dev/fuse and mounts it with type `fuse.ston-fs`, so mount tables, `umount` and
+/// `mount -t fuse.ston-fs` all see the same name.
+fn fuse_mount(mountpoint: &Path, source: &str, options: &str) -> Result<OwnedFd, String> {
+    let device = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")
+        .map_err(|e| format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
+    let data = format!("fd={},{}", device.as_raw_fd(), options);
+    let c_source = CString::new(source).map_err(|_| "bad mount source".to_string())?;
+    let c_target = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| "bad mount point".to_string())?;
+    let c_type = CString::new("fuse.ston-fs").map_err(|_| "bad type".to_string())?;
+    let c_data = CString::new(data).map_err(|_| "bad mount options".to_string())?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c_source.as_ptr(),
+            c_target.as_ptr(),
+            c_type.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c_data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(format!("cannot mount on {}: {err}", mountpoint.display()));
+    }
+    Ok(OwnedFd::from(device))
+}
+
+/// Unmounts, detaching lazily if files are still open.
+pub fn unmount(mountpoint: &Path) {
+    let Ok(target) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `target` is a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(target.as_ptr(), 0) };
+    if rc != 0 {
+        // SAFETY: as above.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// The kernel's default read-ahead for a FUSE mount is 128 KiB; 1 MiB lets sequential reads
+/// arrive as whole blocks. Only the bdi setting can raise it. The device number comes from
+/// mountinfo: a stat of the mount point would wait on this not-yet-running session.
+fn raise_read_ahead(mountpoint: &Path) {
+    let Some(device) = mount_device(mountpoint) else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, format!("{}", MAX_READ / 1024)) {
+        tracing::debug!("cannot raise read-ahead at {path}: {e}");
+    }
+}
+
+/// The `major:minor` of what is mounted at `path`, from /proc/self/mountinfo.
+fn mount_device(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = path.as_os_str().as_bytes();
+    info.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            Some((
+                fields.get(2)?.to_string(),
+                unescape_mountinfo(fields.get(4)?),
+            ))
+        })
+        .filter(|(_, mounted_at)| mounted_at.as_slice() == wanted)
+        .map(|(device, _)| device)
+        .next_back()
+}
+
+/// SIGTERM or SIGINT unmounts; the session then ends and the process exits cleanly.
+fn unmount_on_signal(mountpoint: PathBuf) {
+    let mut signals =
+        match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::warn!("cannot handle signals: {e}");
+                return;
+            }
+        };
+    let spawned = std::thread::Builder::new()
+        .name("ston-fs-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "unmounting on signal");
+                unmount(&mountpoint);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the signal thread: {e}");
+    }
+}
+
+/// Whether something is already mounted exactly at `path` (per /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.as_os_str().as_bytes();
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|field| unescape_mountinfo(field).as_slice() == wanted)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|_| bytes[i] == b'\\');
+        match octal
+            .and_then(|o| std::str::from_utf8(o).ok())
+            .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mountinfo;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
+    }
+}

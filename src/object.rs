@@ -1,0 +1,545 @@
+//! One cached object version in memory: its block table, in-flight fetches and cache files.
+//!
+//! Invariants:
+//! - An `Object` describes exactly one origin version; a new version is a new `Object`.
+//! - A block is `Cached` only after its bytes were written to the data file; they are then
+//!   served from there, checked against the CRC32C the first time they are read back.
+//! - A block is `Fetching` while exactly one fetch owns it (single-flight); every reader of
+//!   the block waits on that fetch's [`Flight`].
+//! - Once detached (evicted or superseded), an object never writes to the cache again.
+
+use std::fs::File;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::error::{FsError, FsResult};
+use crate::index::CacheIndex;
+use crate::origin::Version;
+use crate::store::{self, disk_bytes, ObjectKind, ObjectLocation, BLOCK_OVERHEAD};
+
+/// Index of a site (origin or virtual host) in the mount's site table.
+pub type SiteId = usize;
+
+/// A result that many tasks wait for and one task produces.
+pub struct Flight<T: Clone> {
+    state: watch::Sender<Option<Result<T, FsError>>>,
+}
+
+impl<T: Clone> Flight<T> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Flight {
+            state: watch::Sender::new(None),
+        })
+    }
+
+    /// Publishes the result; the first one wins, later ones are ignored.
+    pub fn finish(&self, result: Result<T, FsError>) {
+        self.state.send_if_modified(|state| {
+            if state.is_none() {
+                *state = Some(result);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state.borrow().is_some()
+    }
+
+    pub async fn wait(&self) -> Result<T, FsError> {
+        let mut receiver = self.state.subscribe();
+        let result = match receiver.wait_for(Option::is_some).await {
+            Ok(state) => state
+                .clone()
+                .unwrap_or(Err(FsError::Io("flight lost".into()))),
+            Err(_) => Err(FsError::Io("flight abandoned".into())),
+        };
+        result
+    }
+}
+
+enum BlockState {
+    Absent,
+    Fetching(Arc<Flight<Bytes>>),
+    Cached { crc: u32, verified: bool },
+}
+
+struct ObjectState {
+    blocks: Vec<BlockState>,
+    /// Bytes of `max_cache_size` this object holds; returned to the index when detached.
+    charged: u64,
+    detached: bool,
+    data: Option<Arc<File>>,
+    open_handles: usize,
+}
+
+/// Where a reader gets one block from.
+pub enum BlockSource {
+    Disk {
+        file: Arc<File>,
+        crc: u32,
+        verified: bool,
+    },
+    Flight(Arc<Flight<Bytes>>),
+}
+
+/// A run of adjacent blocks that this reader must fetch (it owns their flights).
+pub struct Run {
+    pub first: u64,
+    pub flights: Vec<Arc<Flight<Bytes>>>,
+}
+
+pub struct Object {
+    pub site: SiteId,
+    pub path: Arc<str>,
+    pub kind: ObjectKind,
+    pub version: Version,
+    pub block_size: u64,
+    /// Seconds since the epoch when the origin last confirmed this version.
+    fetched_at: AtomicU64,
+    location: Option<ObjectLocation>,
+    state: Mutex<ObjectState>,
+}
+
+impl Object {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        site: SiteId,
+        path: Arc<str>,
+        kind: ObjectKind,
+        version: Version,
+        block_size: u64,
+        fetched_at: u64,
+        location: Option<ObjectLocation>,
+        charged: u64,
+    ) -> Object {
+        let block_count = version.size.div_ceil(block_size) as usize;
+        let mut blocks = Vec::with_capacity(block_count);
+        blocks.resize_with(block_count, || BlockState::Absent);
+        Object {
+            site,
+            path,
+            kind,
+            block_size,
+            fetched_at: AtomicU64::new(fetched_at),
+            state: Mutex::new(ObjectState {
+                blocks,
+                charged,
+                detached: location.is_none(),
+                data: None,
+                open_handles: 0,
+            }),
+            location,
+            version,
+        }
+    }
+
+    /// Rebuilds an object from its metadata at startup; its blocks need verification.
+    pub fn restore(site: SiteId, loaded: store::LoadedObject, charged: u64) -> Object {
+        let header = loaded.header;
+        let version = Version {
+            size: header.size,
+            etag: header.etag,
+            last_modified: header.last_modified,
+        };
+        let object = Object::new(
+            site,
+            header.path.into(),
+            header.kind,
+            version,
+            header.block_size,
+            header.fetched_at,
+            Some(loaded.location),
+            charged,
+        );
+        {
+            let mut state = object.state.lock();
+            for (block, crc) in loaded.blocks {
+                if let Some(slot) = state.blocks.get_mut(block as usize) {
+                    *slot = BlockState::Cached {
+                        crc,
+                        verified: false,
+                    };
+                }
+            }
+        }
+        object
+    }
+
+    pub fn block_count(&self) -> u64 {
+        self.version.size.div_ceil(self.block_size)
+    }
+
+    /// Byte range of a block within the object.
+    pub fn block_range(&self, block: u64) -> Range<u64> {
+        let start = block * self.block_size;
+        start..(start + self.block_size).min(self.version.size)
+    }
+
+    /// Bytes charged against the cap for caching one block.
+    pub fn block_charge(&self, block: u64) -> u64 {
+        let range = self.block_range(block);
+        disk_bytes(range.end - range.start) + BLOCK_OVERHEAD
+    }
+
+    pub fn fetched_at(&self) -> u64 {
+        self.fetched_at.load(Ordering::Relaxed)
+    }
+
+    pub fn is_fresh(&self, ttl: Duration, now: u64) -> bool {
+        now < self.fetched_at().saturating_add(ttl.as_secs())
+    }
+
+    /// Seconds of freshness left, for kernel attribute and entry timeouts.
+    pub fn fresh_for(&self, ttl: Duration, now: u64) -> Duration {
+        Duration::from_secs(
+            self.fetched_at()
+                .saturating_add(ttl.as_secs())
+                .saturating_sub(now),
+        )
+    }
+
+    pub fn mtime(&self) -> SystemTime {
+        self.version.mtime()
+    }
+
+    /// The origin confirmed this version again: it is fresh for another TTL.
+    pub fn renew(&self, now: u64) {
+        self.fetched_at.store(now, Ordering::Relaxed);
+        if let Some(location) = self.persistent_location() {
+            if let Err(e) = location.append_renewal(now) {
+                tracing::warn!(path = %self.path, "cannot record renewal: {e}");
+            }
+        }
+    }
+
+    fn persistent_location(&self) -> Option<&ObjectLocation> {
+        if self.state.lock().detached {
+            None
+        } else {
+            self.location.as_ref()
+        }
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.state.lock().detached
+    }
+
+    pub fn has_cached_block(&self, block: u64) -> bool {
+        matches!(
+            self.state.lock().blocks.get(block as usize),
+            Some(BlockState::Cached { .. })
+        )
+    }
+
+    pub fn cached_block_count(&self) -> u64 {
+        let state = self.state.lock();
+        state
+            .blocks
+            .iter()
+            .filter(|b| matches!(b, BlockState::Cached { .. }))
+            .count() as u64
+    }
+
+    pub fn open_handle(&self) {
+        self.state.lock().open_handles += 1;
+    }
+
+    /// The last handle closing releases the data file descriptor: idle objects hold no fds.
+    pub fn close_handle(&self) {
+        let mut state = self.state.lock();
+        state.open_handles = state.open_handles.saturating_sub(1);
+        if state.open_handles == 0 {
+            state.data = None;
+        }
+    }
+
+    fn data_file(&self, state: &mut ObjectState) -> FsResult<Arc<File>> {
+        if let Some(file) = &state.data {
+            return Ok(file.clone());
+        }
+        let location = self
+            .location
+            .as_ref()
+            .ok_or(FsError::Io("object is not cached".into()))?;
+        let file = Arc::new(location.open_data()?);
+        if state.open_handles > 0 {
+            state.data = Some(file.clone());
+        }
+        Ok(file)
+    }
+
+    /// Serves a read entirely from verified cached blocks, or says it cannot (`None`).
+    /// This is the hit path, run on the FUSE thread without touching the network.
+    pub fn read_cached(&self, range: Range<u64>) -> Option<FsResult<Vec<u8>>> {
+        if range.is_empty() {
+            return Some(Ok(Vec::new()));
+        }
+        let file = {
+            let mut state = self.state.lock();
+            let first = range.start / self.block_size;
+            let last = (range.end - 1) / self.block_size;
+            let all_verified = (first..=last).all(|b| {
+                matches!(
+                    state.blocks.get(b as usize),
+                    Some(BlockState::Cached { verified: true, .. })
+                )
+            });
+            if !all_verified {
+                return None;
+            }
+            self.data_file(&mut state).ok()?
+        };
+        let len = (range.end - range.start) as usize;
+        Some(store::read_exact_at(&file, len, range.start).map_err(FsError::from))
+    }
+
+    /// Classifies the blocks of a read. Absent blocks become `Fetching` with flights owned by
+    /// the caller, grouped into runs of adjacent blocks for one range request each.
+    pub fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
+        let mut state = self.state.lock();
+        let mut sources = Vec::with_capacity((blocks.end - blocks.start) as usize);
+        let mut runs: Vec<Run> = Vec::new();
+        for block in blocks {
+            let cached = match &state.blocks[block as usize] {
+                BlockState::Cached { crc, verified } => Some((*crc, *verified)),
+                _ => None,
+            };
+            if let Some((crc, verified)) = cached {
+                if let Ok(file) = self.data_file(&mut state) {
+                    sources.push(BlockSource::Disk {
+                        file,
+                        crc,
+                        verified,
+                    });
+                    continue;
+                }
+                state.blocks[block as usize] = BlockState::Absent;
+            }
+            let flight = match &state.blocks[block as usize] {
+                BlockState::Fetching(flight) => {
+                    sources.push(BlockSource::Flight(flight.clone()));
+                    continue;
+                }
+                _ => Flight::new(),
+            };
+            state.blocks[block as usize] = BlockState::Fetching(flight.clone());
+            sources.push(BlockSource::Flight(flight.clone()));
+            match runs.last_mut() {
+                Some(run) if run.first + run.flights.len() as u64 == block => {
+                    run.flights.push(flight)
+                }
+                _ => runs.push(Run {
+                    first: block,
+                    flights: vec![flight],
+                }),
+            }
+        }
+        (sources, runs)
+    }
+
+    /// Claims absent blocks in `blocks` for a fetch the caller will run (no reader waits yet).
+    pub fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
+        let mut state = self.state.lock();
+        let mut runs: Vec<Run> = Vec::new();
+        for block in blocks {
+            if !matches!(state.blocks[block as usize], BlockState::Absent) {
+                continue;
+            }
+            let flight = Flight::new();
+            state.blocks[block as usize] = BlockState::Fetching(flight.clone());
+            match runs.last_mut() {
+                Some(run) if run.first + run.flights.len() as u64 == block => {
+                    run.flights.push(flight)
+                }
+                _ => runs.push(Run {
+                    first: block,
+                    flights: vec![flight],
+                }),
+            }
+        }
+        runs
+    }
+
+    /// A fetch gave up on a block it owned: the next reader will try again.
+    pub fn abandon(&self, block: u64, flight: &Arc<Flight<Bytes>>) {
+        let mut state = self.state.lock();
+        if let Some(slot) = state.blocks.get_mut(block as usize) {
+            if matches!(slot, BlockState::Fetching(f) if Arc::ptr_eq(f, flight)) {
+                *slot = BlockState::Absent;
+            }
+        }
+    }
+
+    /// Reads part of a cached block, checking its CRC32C on the first read back from disk.
+    /// A mismatch drops the block and reports `Corrupt`; the caller refetches it.
+    pub fn read_from_disk(
+        &self,
+        block: u64,
+        file: &File,
+        crc: u32,
+        verified: bool,
+        within: Range<u64>,
+    ) -> FsResult<Vec<u8>> {
+        let block_range = self.block_range(block);
+        if verified {
+            let len = (within.end - within.start) as usize;
+            return store::read_exact_at(file, len, block_range.start + within.start)
+                .map_err(|_| self.drop_block(block, crc));
+        }
+        let whole = store::read_exact_at(
+            file,
+            (block_range.end - block_range.start) as usize,
+            block_range.start,
+        );
+        match whole {
+            Ok(bytes) if crc32c::crc32c(&bytes) == crc => {
+                self.mark_verified(block, crc);
+                Ok(bytes[within.start as usize..within.end as usize].to_vec())
+            }
+            _ => Err(self.drop_block(block, crc)),
+        }
+    }
+
+    fn mark_verified(&self, block: u64, expected: u32) {
+        let mut state = self.state.lock();
+        if let Some(BlockState::Cached { crc, verified }) = state.blocks.get_mut(block as usize) {
+            if *crc == expected {
+                *verified = true;
+            }
+        }
+    }
+
+    fn drop_block(&self, block: u64, expected: u32) -> FsError {
+        tracing::warn!(path = %self.path, block, "cached block failed its checksum; refetching");
+        let mut state = self.state.lock();
+        if let Some(slot) = state.blocks.get_mut(block as usize) {
+            if matches!(slot, BlockState::Cached { crc, .. } if *crc == expected) {
+                *slot = BlockState::Absent;
+            }
+        }
+        FsError::Corrupt
+    }
+
+    /// Writes a fetched block to the cache if the cap allows; returns its CRC when stored.
+    /// A full or failing disk only costs the caching: the caller serves the bytes anyway.
+    /// `claim` is the flight that owns the block; without one, the block must be absent.
+    pub fn store_block(
+        &self,
+        index: &CacheIndex,
+        block: u64,
+        bytes: &Bytes,
+        claim: Option<&Arc<Flight<Bytes>>>,
+    ) -> Option<u32> {
+        let charge = self.block_charge(block);
+        if !index.reserve(self, charge) {
+            return None;
+        }
+        let file = {
+            let mut state = self.state.lock();
+            let owned = match (state.blocks.get(block as usize), claim) {
+                (Some(BlockState::Fetching(current)), Some(claim)) => Arc::ptr_eq(current, claim),
+                (Some(BlockState::Absent), None) => true,
+                _ => false,
+            };
+            match (state.detached || !owned, self.data_file(&mut state)) {
+                (false, Ok(file)) => {
+                    state.charged += charge;
+                    file
+                }
+                _ => {
+                    drop(state);
+                    index.release(charge);
+                    return None;
+                }
+            }
+        };
+        let crc = crc32c::crc32c(bytes);
+        let offset = self.block_range(block).start;
+        if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&*file, bytes, offset) {
+            tracing::warn!(path = %self.path, "cache write failed, serving from the origin: {e}");
+            self.uncharge(index, charge);
+            return None;
+        }
+        let mut state = self.state.lock();
+        if state.detached {
+            return None;
+        }
+        state.blocks[block as usize] = BlockState::Cached {
+            crc,
+            verified: true,
+        };
+        Some(crc)
+    }
+
+    fn uncharge(&self, index: &CacheIndex, charge: u64) {
+        let mut state = self.state.lock();
+        if !state.detached {
+            state.charged = state.charged.saturating_sub(charge);
+            index.release(charge);
+        }
+    }
+
+    /// Makes stored blocks durable, then records them: only now do they survive a restart.
+    pub fn persist_blocks(&self, blocks: &[(u64, u32)]) {
+        if blocks.is_empty() {
+            return;
+        }
+        let (file, location) = {
+            let mut state = self.state.lock();
+            if state.detached {
+                return;
+            }
+            match (self.data_file(&mut state), &self.location) {
+                (Ok(file), Some(location)) => (file, location.clone()),
+                _ => return,
+            }
+        };
+        let result = file
+            .sync_data()
+            .and_then(|()| location.append_blocks(blocks));
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path, "cannot record cached blocks: {e}");
+        }
+    }
+
+    /// Takes the object out of the cache: no more cache reads or writes, files removed.
+    /// Returns the bytes it had charged against the cap.
+    pub fn detach(&self) -> u64 {
+        let mut state = self.state.lock();
+        if state.detached && state.charged == 0 {
+            return 0;
+        }
+        state.detached = true;
+        state.data = None;
+        for slot in state.blocks.iter_mut() {
+            if matches!(slot, BlockState::Cached { .. }) {
+                *slot = BlockState::Absent;
+            }
+        }
+        if let Some(location) = &self.location {
+            if let Err(e) = location.remove() {
+                tracing::warn!(path = %self.path, "cannot remove cache files: {e}");
+            }
+        }
+        std::mem::take(&mut state.charged)
+    }
+
+    /// Adds bytes (taken from the index already) to this object's charge.
+    pub fn add_charge(&self, charge: u64) -> bool {
+        let mut state = self.state.lock();
+        if state.detached {
+            return false;
+        }
+        state.charged += charge;
+        true
+    }
+}

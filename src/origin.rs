@@ -1,0 +1,381 @@
+//! Origin client: turns probes and block-range fetches into HTTP requests and checks the answers.
+//!
+//! Every answer is checked against what was asked for (status, Content-Range, length,
+//! validators) before a byte of it is used; anything inconsistent becomes an error, never data.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::StatusCode;
+
+use crate::config::{Config, Origin};
+use crate::error::{FsError, FsResult};
+
+/// Everything outside RFC 3986's unreserved set is escaped, so no byte of a file name
+/// (`%`, `?`, `#`, space, CR/LF, unicode) can change the meaning of a request.
+const PATH_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Where requests for one part of the namespace go: an origin, and the Host it is asked for.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub origin: Origin,
+    /// The `Host` header for a virtual host; `None` sends the origin's own authority.
+    pub host: Option<String>,
+}
+
+/// The identity of one version of an object, as the origin described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Version {
+    pub fn mtime(&self) -> SystemTime {
+        self.last_modified
+            .as_deref()
+            .and_then(|text| httpdate::parse_http_date(text).ok())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// The `If-Range` value pinning a range request to this version. A weak ETag may not be
+    /// used there (RFC 9110 13.1.5), so Last-Modified stands in for it.
+    fn if_range(&self) -> Option<&str> {
+        match &self.etag {
+            Some(etag) if !etag.starts_with("W/") => Some(etag),
+            _ => self.last_modified.as_deref(),
+        }
+    }
+
+    /// Whether a full answer describes this same version (used when an origin ignores Range).
+    fn matches(&self, other: &Version) -> bool {
+        self.size == other.size
+            && (self.etag.is_some() || self.last_modified.is_some())
+            && self.etag == other.etag
+            && self.last_modified == other.last_modified
+    }
+}
+
+/// What a probe (`GET` of the first block) found at a path.
+#[derive(Debug)]
+pub enum Probe {
+    File {
+        version: Version,
+        first_block: Bytes,
+    },
+    Directory,
+    NotFound,
+    /// A conditional probe whose validators still match.
+    NotModified,
+}
+
+/// A range answer whose headers passed the checks; its body starts at `body_start`.
+pub struct RangeBody {
+    pub body_start: u64,
+    response: reqwest::Response,
+}
+
+impl RangeBody {
+    /// The next piece of the body, or `None` at its end.
+    pub async fn chunk(&mut self) -> FsResult<Option<Bytes>> {
+        self.response.chunk().await.map_err(map_reqwest_error)
+    }
+}
+
+/// The shared HTTP client for every origin of a mount.
+pub struct OriginClient {
+    http: reqwest::Client,
+    extra_headers: HeaderMap,
+    file_status: Vec<u16>,
+    dir_status: Vec<u16>,
+}
+
+impl OriginClient {
+    pub fn new(config: &Config) -> Result<OriginClient, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.receive_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .no_proxy()
+            .user_agent(concat!("ston-fs/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca_file) = &config.ca_file {
+            let pem = std::fs::read(ca_file)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", ca_file.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("ca_file {} is not PEM: {e}", ca_file.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        let mut extra_headers = HeaderMap::new();
+        for extra in &config.headers {
+            let name = HeaderName::from_bytes(extra.name.as_bytes())
+                .map_err(|_| format!("bad header name `{}`", extra.name))?;
+            let mut value = HeaderValue::from_str(&extra.value)
+                .map_err(|_| format!("the value of header `{}` is not valid", extra.name))?;
+            value.set_sensitive(true);
+            extra_headers.append(name, value);
+        }
+        Ok(OriginClient {
+            http,
+            extra_headers,
+            file_status: config.file_status.clone(),
+            dir_status: config.dir_status.clone(),
+        })
+    }
+
+    fn request(&self, site: &Site, path: &str) -> reqwest::RequestBuilder {
+        let url = format!(
+            "{}{}{}",
+            site.origin.base,
+            site.origin.prefix,
+            encode_path(path)
+        );
+        let mut request = self.http.get(url).headers(self.extra_headers.clone());
+        if let Some(host) = &site.host {
+            request = request.header(header::HOST, host);
+        }
+        request
+    }
+
+    /// `GET` of the first block: one round trip tells file or directory, size, validators,
+    /// and brings the first block along. With `known`, the probe is conditional.
+    pub async fn probe(
+        &self,
+        site: &Site,
+        path: &str,
+        block_size: u64,
+        known: Option<&Version>,
+    ) -> FsResult<Probe> {
+        let mut request = self
+            .request(site, path)
+            .header(header::RANGE, format!("bytes=0-{}", block_size - 1));
+        if let Some(known) = known {
+            if let Some(etag) = &known.etag {
+                request = request.header(header::IF_NONE_MATCH, etag);
+            }
+            if let Some(date) = &known.last_modified {
+                request = request.header(header::IF_MODIFIED_SINCE, date);
+            }
+        }
+        let response = request.send().await.map_err(map_reqwest_error)?;
+        let status = response.status();
+        tracing::debug!(path, status = status.as_u16(), "probe");
+        match status.as_u16() {
+            304 if known.is_some() => Ok(Probe::NotModified),
+            416 => Ok(Probe::File {
+                version: unsatisfiable_version(&response)?,
+                first_block: Bytes::new(),
+            }),
+            code if self.file_status.contains(&code) && status.is_success() => {
+                read_first_block(response, block_size).await
+            }
+            code if self.dir_status.contains(&code) => Ok(Probe::Directory),
+            404 | 410 => Ok(Probe::NotFound),
+            code => Err(FsError::Status(code)),
+        }
+    }
+
+    /// Fetches `range` of the object pinned to `version`. A different version at the origin is
+    /// reported as [`FsError::VersionChanged`]; the caller never gets its bytes.
+    pub async fn fetch(
+        &self,
+        site: &Site,
+        path: &str,
+        range: Range<u64>,
+        version: &Version,
+    ) -> FsResult<RangeBody> {
+        let mut request = self.request(site, path).header(
+            header::RANGE,
+            format!("bytes={}-{}", range.start, range.end - 1),
+        );
+        if let Some(pin) = version.if_range() {
+            request = request.header(header::IF_RANGE, pin);
+        }
+        let response = request.send().await.map_err(map_reqwest_error)?;
+        let answered = version_of(&response);
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let (start, end, total) = content_range(&response).ok_or_else(|| {
+                    FsError::BadAnswer("206 without a valid Content-Range".into())
+                })?;
+                if total != Some(version.size)
+                    || answered.etag.is_some() && answered.etag != version.etag
+                {
+                    return Err(FsError::VersionChanged);
+                }
+                if start != range.start || end != range.end {
+                    return Err(FsError::BadAnswer(format!(
+                        "asked for bytes {}-{}, got {}-{}",
+                        range.start,
+                        range.end - 1,
+                        start,
+                        end.saturating_sub(1)
+                    )));
+                }
+                Ok(RangeBody {
+                    body_start: start,
+                    response,
+                })
+            }
+            StatusCode::OK if answered.matches(version) => {
+                // An origin that ignores Range: the whole body, from byte 0.
+                Ok(RangeBody {
+                    body_start: 0,
+                    response,
+                })
+            }
+            StatusCode::OK | StatusCode::PRECONDITION_FAILED => Err(FsError::VersionChanged),
+            StatusCode::RANGE_NOT_SATISFIABLE => Err(FsError::VersionChanged),
+            status => Err(FsError::Status(status.as_u16())),
+        }
+    }
+}
+
+/// Percent-encodes a mount-relative path (`/dir/name`) component by component.
+pub fn encode_path(path: &str) -> String {
+    let mut encoded = String::with_capacity(path.len() + 8);
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        encoded.push('/');
+        encoded.extend(utf8_percent_encode(component, PATH_COMPONENT));
+    }
+    if encoded.is_empty() {
+        encoded.push('/');
+    }
+    encoded
+}
+
+fn map_reqwest_error(err: reqwest::Error) -> FsError {
+    let err = err.without_url();
+    if err.is_timeout() {
+        FsError::Timeout
+    } else {
+        FsError::Unreachable(error_chain(&err))
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn header_text(response: &reqwest::Response, name: header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+}
+
+/// Validators of an answer; the size is filled in by the caller.
+fn version_of(response: &reqwest::Response) -> Version {
+    Version {
+        size: response.content_length().unwrap_or(u64::MAX),
+        etag: header_text(response, header::ETAG),
+        last_modified: header_text(response, header::LAST_MODIFIED),
+    }
+}
+
+/// Parses `Content-Range: bytes a-b/total` into a half-open range and the total (if known).
+fn content_range(response: &reqwest::Response) -> Option<(u64, u64, Option<u64>)> {
+    let text = header_text(response, header::CONTENT_RANGE)?;
+    let spec = text.strip_prefix("bytes ")?.trim();
+    let (span, total) = spec.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let first: u64 = first.trim().parse().ok()?;
+    let last: u64 = last.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        number => Some(number.parse::<u64>().ok()?),
+    };
+    if last < first || total.is_some_and(|t| last >= t) {
+        return None;
+    }
+    Some((first, last + 1, total))
+}
+
+/// A 416 to `bytes=0-…` means an empty file: the total is in `Content-Range: bytes */0`.
+fn unsatisfiable_version(response: &reqwest::Response) -> FsResult<Version> {
+    let text = header_text(response, header::CONTENT_RANGE).unwrap_or_default();
+    match text.strip_prefix("bytes */").map(str::trim) {
+        Some("0") => Ok(Version {
+            size: 0,
+            ..version_of(response)
+        }),
+        _ => Err(FsError::Status(416)),
+    }
+}
+
+async fn read_first_block(mut response: reqwest::Response, block_size: u64) -> FsResult<Probe> {
+    let mut version = version_of(&response);
+    let size = if response.status() == StatusCode::PARTIAL_CONTENT {
+        let (start, end, total) = content_range(&response)
+            .ok_or_else(|| FsError::BadAnswer("206 without a valid Content-Range".into()))?;
+        let total =
+            total.ok_or_else(|| FsError::BadAnswer("Content-Range has no total size".into()))?;
+        if start != 0 || end != total.min(block_size) {
+            return Err(FsError::BadAnswer(format!(
+                "asked for the first block, got bytes {start}-{}",
+                end.saturating_sub(1)
+            )));
+        }
+        total
+    } else {
+        response
+            .content_length()
+            .ok_or_else(|| FsError::BadAnswer("200 without Content-Length".into()))?
+    };
+    version.size = size;
+    let wanted = size.min(block_size) as usize;
+    let mut block = BytesMut::with_capacity(wanted);
+    while block.len() < wanted {
+        match response.chunk().await.map_err(map_reqwest_error)? {
+            Some(chunk) => {
+                let take = chunk.len().min(wanted - block.len());
+                block.extend_from_slice(&chunk[..take]);
+            }
+            None => {
+                return Err(FsError::BadAnswer(format!(
+                    "body ended after {} of {wanted} bytes",
+                    block.len()
+                )))
+            }
+        }
+    }
+    Ok(Probe::File {
+        version,
+        first_block: block.freeze(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_path;
+
+    #[test]
+    fn names_never_change_the_request() {
+        assert_eq!(encode_path("/a b/c?d#e%f"), "/a%20b/c%3Fd%23e%25f");
+        assert_eq!(encode_path("/x\r\ny"), "/x%0D%0Ay");
+        assert_eq!(encode_path("/ü.txt"), "/%C3%BC.txt");
+        assert_eq!(encode_path("/"), "/");
+        assert_eq!(encode_path("/dir/file-1_2.~x"), "/dir/file-1_2.~x");
+    }
+}
