@@ -365,6 +365,17 @@ impl Filesystem for StonFs {
         reply.ok();
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok(); // nothing is ever written, so there is nothing to flush
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.inodes.get(ino.0) {
             Some(node) if node.is_directory() => reply.opened(FileHandle(0), FopenFlags::empty()),

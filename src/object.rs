@@ -280,6 +280,7 @@ impl Object {
     /// Serves a read entirely from verified cached blocks, or says it cannot (`None`).
     /// This is the hit path, run on the FUSE thread without touching the network.
     pub fn read_cached(&self, range: Range<u64>) -> Option<FsResult<Vec<u8>>> {
+        let range = range.start.min(self.version.size)..range.end.min(self.version.size);
         if range.is_empty() {
             return Some(Ok(Vec::new()));
         }

@@ -1,0 +1,167 @@
+//! Shared harness for the ston-fs integration tests.
+//!
+//! - `origin`: in-process HTTP/1.1 test origin with request recording and
+//!   fault knobs, plus the `pattern` content generator.
+//! - `mount`: runs the real binary on a fresh mount point and cleans up.
+//! - this module: small read/compare helpers and a seeded RNG.
+#![allow(dead_code)]
+
+pub mod mount;
+pub mod origin;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+pub const KIB: usize = 1 << 10;
+pub const MIB: usize = 1 << 20;
+
+/// Small deterministic RNG (xorshift64*) for test decisions.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Index of the first differing byte (or the shorter length if one is a
+/// prefix of the other); None if equal.
+pub fn first_mismatch(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a == b {
+        return None;
+    }
+    Some(
+        a.iter()
+            .zip(b.iter())
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len())),
+    )
+}
+
+/// Compares without dumping megabytes into the panic message.
+#[track_caller]
+pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
+    if let Some(i) = first_mismatch(got, want) {
+        let show = |v: &[u8]| {
+            let end = (i + 16).min(v.len());
+            format!("{:02x?}", &v[i.min(v.len())..end])
+        };
+        panic!(
+            "{what}: content differs at byte {i} (got len {}, want len {}); got[{i}..]={} want[{i}..]={}",
+            got.len(),
+            want.len(),
+            show(got),
+            show(want)
+        );
+    }
+}
+
+/// `pread` until `len` bytes or EOF.
+pub fn pread_full(f: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// Reads `path` sequentially with `buf_size` reads and compares every chunk
+/// with `want` (never holding a second copy of the whole file).
+#[track_caller]
+pub fn assert_file_matches(path: &Path, want: &[u8], buf_size: usize) {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    assert_reader_matches(&mut f, want, buf_size, &path.display().to_string());
+}
+
+/// Reads `r` to EOF with `buf_size` reads, comparing against `want`.
+#[track_caller]
+pub fn assert_reader_matches(r: &mut impl Read, want: &[u8], buf_size: usize, what: &str) {
+    let mut buf = vec![0u8; buf_size];
+    let mut pos = 0usize;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{what}: read at offset {pos} failed: {e}"));
+        if n == 0 {
+            break;
+        }
+        assert!(
+            pos + n <= want.len(),
+            "{what}: read returned data past the expected end ({} bytes, got {} more at {pos})",
+            want.len(),
+            n
+        );
+        assert_bytes_eq(
+            &buf[..n],
+            &want[pos..pos + n],
+            &format!("{what} @ offset {pos}"),
+        );
+        pos += n;
+    }
+    assert_eq!(
+        pos,
+        want.len(),
+        "{what}: EOF after {pos} bytes, expected {}",
+        want.len()
+    );
+}
+
+/// `count` seeded random preads (some crossing or past EOF), each compared
+/// exactly with `want`.
+#[track_caller]
+pub fn assert_random_preads(
+    f: &File,
+    want: &[u8],
+    seed: u64,
+    count: usize,
+    max_len: usize,
+    what: &str,
+) {
+    let mut rng = Rng::new(seed);
+    let len = want.len() as u64;
+    for i in 0..count {
+        let off = if i % 10 == 9 {
+            // near / past the end
+            len.saturating_sub(rng.below(2 * max_len as u64 + 1)) + rng.below(64)
+        } else {
+            rng.below(len.max(1))
+        };
+        let n = 1 + rng.below(max_len as u64) as usize;
+        let got = pread_full(f, off, n)
+            .unwrap_or_else(|e| panic!("{what}: pread({off}, {n}) failed: {e}"));
+        let a = (off.min(len)) as usize;
+        let b = ((off + n as u64).min(len)) as usize;
+        assert_bytes_eq(
+            &got,
+            &want[a..b],
+            &format!("{what}: pread #{i} at {off} len {n}"),
+        );
+    }
+}
+
+/// errno of an io::Result error (None for Ok or non-OS errors).
+pub fn errno<T>(r: &std::io::Result<T>) -> Option<i32> {
+    r.as_ref().err().and_then(|e| e.raw_os_error())
+}

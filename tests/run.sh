@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole ston-fs test suite on a fresh Debian machine (as root: the tests mount FUSE).
+# Installs what the tests use when it is missing, so this one command is the whole set-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v umount >/dev/null 2>&1 || missing+=(mount)
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing test dependencies: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${missing[@]}"
+fi
+
+# Unit tests, then the integration tests: each mounts real FUSE file systems against
+# real HTTP origins on loopback. Two test threads suit the 2-core machines.
+cargo test --release --locked -- --test-threads=2
