@@ -17,6 +17,7 @@ use crate::fetch::fetch_run;
 use crate::index::{CacheIndex, ObjectKey};
 use crate::object::{BlockSource, Flight, Object, SiteId};
 use crate::origin::{OriginClient, Probe, Site, Version};
+use crate::readahead::Budget;
 use crate::store::{self, MetaHeader, ObjectKind, SiteStore, OBJECT_OVERHEAD};
 
 /// How many not-found answers are remembered at most.
@@ -43,6 +44,9 @@ pub struct Cache {
     pub config: Config,
     pub origin: OriginClient,
     pub index: CacheIndex,
+    /// Prefetch memory shared by every open file.
+    pub readahead: Budget,
+    runtime: tokio::runtime::Handle,
     sites: Vec<SiteEntry>,
     negative: Mutex<LruCache<ObjectKey, Instant>>,
     probes: Mutex<HashMap<ObjectKey, Arc<Flight<Arc<Object>>>>>,
@@ -89,6 +93,9 @@ impl Cache {
         }
         let cache = Cache {
             index: CacheIndex::new(config.max_cache_size),
+            readahead: Budget::new(config.readahead_budget),
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|_| "the cache must be opened inside the I/O runtime".to_string())?,
             origin,
             sites,
             negative: Mutex::new(LruCache::new(
@@ -257,10 +264,7 @@ impl Cache {
             }
         };
         if !first_block.is_empty() && !object.has_cached_block(0) {
-            if let Some(crc) = object.store_block(&self.index, 0, &first_block, None) {
-                let object = object.clone();
-                tokio::task::spawn_blocking(move || object.persist_blocks(&[(0, crc)]));
-            }
+            object.store_block(&self.index, 0, &first_block, None);
         }
         object
     }
@@ -359,6 +363,27 @@ impl Cache {
     pub fn version_changed(&self, object: &Arc<Object>) {
         tracing::info!(path = %object.path, "object changed at the origin");
         self.index.retire(object);
+    }
+
+    /// Starts fetching absent blocks ahead of a sequential reader, as far as the global
+    /// read-ahead budget allows. Returns at once; callable from any thread.
+    pub fn prefetch(self: &Arc<Self>, object: &Arc<Object>, blocks: Range<u64>) {
+        let block_size = object.block_size;
+        let granted = self
+            .readahead
+            .take((blocks.end - blocks.start) * block_size, block_size)
+            / block_size;
+        if granted == 0 {
+            return;
+        }
+        let runs = object.claim_absent(blocks.start..blocks.start + granted);
+        let claimed: u64 = runs.iter().map(|r| r.flights.len() as u64).sum();
+        self.readahead.give_back((granted - claimed) * block_size);
+        for mut run in runs {
+            run.prefetch = true;
+            self.runtime
+                .spawn(fetch_run(self.clone(), object.clone(), run));
+        }
     }
 
     /// Reads `range` of `object`, fetching only the blocks that are missing.

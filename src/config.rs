@@ -175,6 +175,12 @@ pub struct Config {
     pub dir_status: Vec<u16>,
     pub fuse_threads: usize,
     pub log_file: Option<PathBuf>,
+    /// Memory all open files together may hold in prefetched, not yet stored blocks.
+    pub readahead_budget: u64,
+    /// Largest read-ahead window of one open file.
+    pub readahead_max: u64,
+    /// Let the kernel read wholly cached files straight from the cache (FUSE passthrough).
+    pub passthrough: bool,
 }
 
 impl Default for Config {
@@ -199,6 +205,9 @@ impl Default for Config {
             dir_status: vec![301, 302, 403],
             fuse_threads: 8,
             log_file: None,
+            readahead_budget: 128 << 20,
+            readahead_max: 32 << 20,
+            passthrough: true,
         }
     }
 }
@@ -237,6 +246,9 @@ impl Config {
                 }
             }
             "log_file" => self.log_file = Some(PathBuf::from(nonempty(key, value)?)),
+            "readahead_budget" => self.readahead_budget = parse_size_or_zero(key, value)?,
+            "readahead_max" => self.readahead_max = parse_size_or_zero(key, value)?,
+            "passthrough" => self.passthrough = parse_bool(key, value)?,
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
@@ -458,6 +470,15 @@ pub fn parse_size(key: &str, value: &str) -> Result<u64, ConfigError> {
         .checked_mul(1u64 << shift)
         .filter(|n| *n > 0)
         .ok_or_else(|| bad(key, format!("`{value}` is out of range")))
+}
+
+/// Like [`parse_size`], but `0` is allowed (it turns a feature off).
+fn parse_size_or_zero(key: &str, value: &str) -> Result<u64, ConfigError> {
+    if value.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(key, value)
+    }
 }
 
 fn parse_block_size(key: &str, value: &str) -> Result<u64, ConfigError> {

@@ -5,6 +5,7 @@
 //! runs long, or comes from another version fails the blocks it did not complete.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,16 +16,17 @@ use crate::error::{FsError, FsResult};
 use crate::object::{Flight, Object, Run};
 use crate::origin::RangeBody;
 
-/// Blocks stored since the last `fdatasync` before they are made durable together.
-const PERSIST_BATCH: usize = 16;
 const ATTEMPTS: u32 = 2;
 
 /// Owns a run's flights: any flight still open when the fetch ends is failed, so no reader
 /// can wait forever, and its block is released for the next reader to fetch.
 struct RunGuard {
+    cache: Arc<Cache>,
     object: Arc<Object>,
     first: u64,
     flights: Vec<Arc<Flight<Bytes>>>,
+    /// Read-ahead budget still held, in blocks: one per prefetched block not yet stored.
+    budget_blocks: AtomicU64,
 }
 
 impl RunGuard {
@@ -36,6 +38,18 @@ impl RunGuard {
 
     fn is_complete(&self) -> bool {
         self.flights.iter().all(|f| f.is_finished())
+    }
+
+    /// A prefetched block left memory (stored or handed over): its budget goes back.
+    fn release_one_block(&self) {
+        let released =
+            self.budget_blocks
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                    held.checked_sub(1)
+                });
+        if released.is_ok() {
+            self.cache.readahead.give_back(self.object.block_size);
+        }
     }
 
     fn fail_open_flights(&self, error: &FsError) {
@@ -51,6 +65,10 @@ impl RunGuard {
 impl Drop for RunGuard {
     fn drop(&mut self) {
         self.fail_open_flights(&FsError::Io("fetch cancelled".into()));
+        let held = self.budget_blocks.swap(0, Ordering::AcqRel);
+        self.cache
+            .readahead
+            .give_back(held * self.object.block_size);
     }
 }
 
@@ -95,10 +113,17 @@ impl BlockAssembler {
 
 /// Fetches one run of blocks and publishes each to its flight; runs as its own task.
 pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
+    let budget_blocks = if run.prefetch {
+        run.flights.len() as u64
+    } else {
+        0
+    };
     let guard = RunGuard {
+        cache: cache.clone(),
         object: object.clone(),
         first: run.first,
         flights: run.flights,
+        budget_blocks: AtomicU64::new(budget_blocks),
     };
     let last = guard.first + guard.flights.len() as u64 - 1;
     let range = object.block_range(guard.first).start..object.block_range(last).end;
@@ -145,10 +170,7 @@ async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> Fs
         position: body.body_start,
         pending: BytesMut::new(),
     };
-    let mut stored = Vec::new();
-    let streamed = stream_blocks(cache, guard, &mut body, &mut assembler, end, &mut stored).await;
-    persist(object, stored).await;
-    streamed?;
+    stream_blocks(cache, guard, &mut body, &mut assembler, end).await?;
     if guard.is_complete() {
         Ok(())
     } else {
@@ -165,47 +187,31 @@ async fn stream_blocks(
     body: &mut RangeBody,
     assembler: &mut BlockAssembler,
     end: u64,
-    stored: &mut Vec<(u64, u32)>,
 ) -> FsResult<()> {
     while assembler.position < end {
         let Some(chunk) = body.chunk().await? else {
             return Ok(());
         };
         for (block, bytes) in assembler.push(&guard.object, chunk) {
-            deliver(cache, guard, block, bytes, stored).await;
+            deliver(cache, guard, block, bytes);
         }
     }
     Ok(())
 }
 
-async fn deliver(
-    cache: &Cache,
-    guard: &RunGuard,
-    block: u64,
-    bytes: Bytes,
-    stored: &mut Vec<(u64, u32)>,
-) {
+/// Hands a block to its waiters first, then to the block store (which makes it durable in
+/// the background, so the stream never waits on the disk).
+fn deliver(cache: &Cache, guard: &RunGuard, block: u64, bytes: Bytes) {
     let object = &guard.object;
     let claim = guard.flight(block);
     if let Some(flight) = claim {
         flight.finish(Ok(bytes.clone()));
     }
-    let stored_crc = object.store_block(&cache.index, block, &bytes, claim);
-    match (stored_crc, claim) {
-        (Some(crc), _) => stored.push((block, crc)),
-        (None, Some(flight)) => object.abandon(block, flight),
-        (None, None) => {}
+    let stored = object.store_block(&cache.index, block, &bytes, claim);
+    if let (None, Some(flight)) = (stored, claim) {
+        object.abandon(block, flight);
     }
-    if stored.len() >= PERSIST_BATCH {
-        persist(object, std::mem::take(stored)).await;
+    if claim.is_some() {
+        guard.release_one_block();
     }
-}
-
-/// `fdatasync` and journal records happen off the async workers.
-async fn persist(object: &Arc<Object>, blocks: Vec<(u64, u32)>) {
-    if blocks.is_empty() {
-        return;
-    }
-    let object = object.clone();
-    let _ = tokio::task::spawn_blocking(move || object.persist_blocks(&blocks)).await;
 }

@@ -20,21 +20,32 @@ use parking_lot::Mutex;
 
 use crate::cache::{now_secs, Cache};
 use crate::error::{FsError, FsResult};
-use crate::inodes::{InodeTable, Node, ROOT_INO};
+use crate::inodes::{InodeTable, Node, OpenMode, ROOT_INO};
 use crate::object::{Object, SiteId};
+use crate::readahead::ReadAhead;
 use crate::store::ObjectKind;
 
 /// Kernel attribute timeout when an object is served past its TTL (origin down).
 const STALE_ATTR_TTL: Duration = Duration::from_secs(1);
 
+/// One open file: the version it opened, how it is served, and its read-ahead state.
+struct OpenFile {
+    object: Arc<Object>,
+    ino: u64,
+    passthrough: bool,
+    readahead: Mutex<ReadAhead>,
+}
+
 /// State shared by the FUSE threads and the tasks that answer them later.
 struct Core {
     cache: Arc<Cache>,
     inodes: InodeTable,
-    handles: Mutex<HashMap<u64, Arc<Object>>>,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_handle: AtomicU64,
     runtime: tokio::runtime::Handle,
     mounted_at: SystemTime,
+    /// Configured, and granted by the kernel at INIT.
+    passthrough: bool,
 }
 
 pub struct StonFs {
@@ -51,6 +62,7 @@ impl StonFs {
                 next_handle: AtomicU64::new(1),
                 runtime,
                 mounted_at: SystemTime::now(),
+                passthrough: cache.config.passthrough,
                 cache,
             }),
         }
@@ -199,16 +211,69 @@ impl Core {
         }
         // Opening counts as use: it keeps the object at the recent end of the LRU.
         let _ = self.cache.index.get(&(object.site, object.path.clone()));
+        let wanted = self.passthrough_wanted(&object);
+        let mode = self.inodes.begin_open(ino, wanted, || {
+            let file = object.backing_file().map_err(std::io::Error::other)?;
+            reply.open_backing(&*file)
+        });
         object.open_handle();
         let keep = self.inodes.keep_page_cache(ino, &object);
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(handle, object);
         let flags = if keep {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
         };
-        reply.opened(FileHandle(handle), flags);
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let passthrough = matches!(mode, OpenMode::Passthrough(_));
+        let file = OpenFile {
+            object,
+            ino,
+            passthrough,
+            readahead: Mutex::new(ReadAhead::default()),
+        };
+        self.handles.lock().insert(handle, Arc::new(file));
+        match mode {
+            OpenMode::Passthrough(backing) => {
+                // The kernel refuses FOPEN_KEEP_CACHE with passthrough: its page cache is unused.
+                tracing::debug!(ino, "open: passthrough");
+                reply.opened_passthrough(FileHandle(handle), FopenFlags::empty(), &backing);
+            }
+            OpenMode::Cached => reply.opened(FileHandle(handle), flags),
+        }
+    }
+
+    /// Passthrough only for a whole, verified object: the kernel would read holes as zeros.
+    /// A whole but not yet verified object is verified in the background for the next open.
+    fn passthrough_wanted(&self, object: &Arc<Object>) -> bool {
+        if !self.passthrough || object.version.size == 0 {
+            return false;
+        }
+        if object.fully_verified() {
+            return true;
+        }
+        if object.fully_cached() {
+            let object = object.clone();
+            self.runtime.spawn_blocking(move || object.verify_all());
+        }
+        false
+    }
+
+    /// Feeds the read to the file's sequential detector and prefetches what it asks for.
+    fn read_ahead(&self, file: &OpenFile, range: &std::ops::Range<u64>) {
+        let object = &file.object;
+        let max_window = self.cache.config.readahead_max / object.block_size;
+        if max_window == 0 {
+            return;
+        }
+        let ahead = file.readahead.lock().on_read(
+            range,
+            object.block_size,
+            max_window,
+            object.block_count(),
+        );
+        if !ahead.is_empty() {
+            self.cache.prefetch(object, ahead);
+        }
     }
 
     fn spawn<F>(&self, task: F)
@@ -232,6 +297,18 @@ impl Filesystem for StonFs {
         }
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
+        let core = Arc::get_mut(&mut self.core);
+        if let Some(core) = core.filter(|c| c.passthrough) {
+            // The cache files live on an ordinary file system: one level of stacking.
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !granted {
+                tracing::info!(
+                    "kernel has no FUSE passthrough; every read goes through the daemon"
+                );
+            }
+            core.passthrough = granted;
+        }
         Ok(())
     }
 
@@ -331,11 +408,13 @@ impl Filesystem for StonFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(object) = self.core.handles.lock().get(&fh.0).cloned() else {
+        let Some(file) = self.core.handles.lock().get(&fh.0).cloned() else {
             reply.error(Errno::EBADF);
             return;
         };
+        let object = file.object.clone();
         let range = offset..offset.saturating_add(u64::from(size));
+        self.core.read_ahead(&file, &range);
         if let Some(Ok(data)) = object.read_cached(range.clone()) {
             reply.data(&data);
             return;
@@ -359,8 +438,9 @@ impl Filesystem for StonFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(object) = self.core.handles.lock().remove(&fh.0) {
-            object.close_handle();
+        if let Some(file) = self.core.handles.lock().remove(&fh.0) {
+            file.object.close_handle();
+            self.core.inodes.end_open(file.ino, file.passthrough);
         }
         reply.ok();
     }

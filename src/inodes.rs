@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
+use fuser::BackingId;
 use parking_lot::Mutex;
 
 use crate::object::{Object, SiteId};
@@ -38,6 +39,24 @@ struct Entry {
     lookups: u64,
     /// The version whose pages the kernel may keep across opens (`FOPEN_KEEP_CACHE`).
     page_cache_version: Weak<Object>,
+    opens: Opens,
+}
+
+/// Open handles of one inode. The kernel refuses cached and passthrough opens of one inode
+/// at the same time, so the first open decides until every handle is closed.
+#[derive(Default)]
+struct Opens {
+    cached: usize,
+    passthrough: usize,
+    backing: Option<Arc<BackingId>>,
+}
+
+/// How one open of a file is served.
+pub enum OpenMode {
+    /// Reads come to the daemon (and the kernel page cache).
+    Cached,
+    /// Reads go straight to the cache file; the id stays registered while any such open lasts.
+    Passthrough(Arc<BackingId>),
 }
 
 struct Table {
@@ -65,6 +84,7 @@ impl InodeTable {
                 name: Arc::from(""),
                 lookups: 1,
                 page_cache_version: Weak::new(),
+                opens: Opens::default(),
             },
         );
         InodeTable {
@@ -102,6 +122,7 @@ impl InodeTable {
                 name: key.1,
                 lookups: 1,
                 page_cache_version: Weak::new(),
+                opens: Opens::default(),
             },
         );
         ino
@@ -123,6 +144,55 @@ impl InodeTable {
         let same = std::ptr::eq(entry.page_cache_version.as_ptr(), Arc::as_ptr(object));
         entry.page_cache_version = Arc::downgrade(object);
         same
+    }
+
+    /// Chooses how a new open is served. `open_backing` registers the cache file with the
+    /// kernel; it is only called when passthrough is `wanted` and no cached open is active.
+    pub fn begin_open(
+        &self,
+        ino: u64,
+        wanted: bool,
+        open_backing: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> OpenMode {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return OpenMode::Cached;
+        };
+        let opens = &mut entry.opens;
+        if let Some(backing) = opens.backing.as_ref().filter(|_| opens.passthrough > 0) {
+            opens.passthrough += 1;
+            return OpenMode::Passthrough(backing.clone());
+        }
+        if wanted && opens.cached == 0 {
+            match open_backing() {
+                Ok(backing) => {
+                    let backing = Arc::new(backing);
+                    opens.backing = Some(backing.clone());
+                    opens.passthrough = 1;
+                    return OpenMode::Passthrough(backing);
+                }
+                Err(e) => tracing::debug!(ino, "passthrough refused, serving cached: {e}"),
+            }
+        }
+        opens.cached += 1;
+        OpenMode::Cached
+    }
+
+    /// Records a release; the last passthrough release unregisters the cache file.
+    pub fn end_open(&self, ino: u64, passthrough: bool) {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return;
+        };
+        let opens = &mut entry.opens;
+        if passthrough {
+            opens.passthrough = opens.passthrough.saturating_sub(1);
+            if opens.passthrough == 0 {
+                opens.backing = None;
+            }
+        } else {
+            opens.cached = opens.cached.saturating_sub(1);
+        }
     }
 
     pub fn forget(&self, ino: u64, count: u64) {

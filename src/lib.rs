@@ -6,6 +6,7 @@
 //! - [`cache`]: resolving paths (probe, revalidate, negative answers) and serving reads;
 //! - [`object`]: one object version's block table and single-flight fetches;
 //! - [`fetch`]: range requests turned into verified blocks;
+//! - [`readahead`]: sequential detection and the global prefetch budget;
 //! - [`origin`]: the HTTP client and its checks of every answer;
 //! - [`index`]: the LRU of cached objects and the hard size cap;
 //! - [`store`]: the on-disk block store and its crash-safe metadata journal;
@@ -24,4 +25,5 @@ pub mod inodes;
 pub mod mount;
 pub mod object;
 pub mod origin;
+pub mod readahead;
 pub mod store;

@@ -79,6 +79,9 @@ struct ObjectState {
     detached: bool,
     data: Option<Arc<File>>,
     open_handles: usize,
+    /// Stored blocks waiting for `fdatasync` and their journal record.
+    unrecorded: Vec<(u64, u32)>,
+    recorder_running: bool,
 }
 
 /// Where a reader gets one block from.
@@ -95,6 +98,29 @@ pub enum BlockSource {
 pub struct Run {
     pub first: u64,
     pub flights: Vec<Arc<Flight<Bytes>>>,
+    /// Read-ahead runs hold one block of the global read-ahead budget per flight.
+    pub prefetch: bool,
+}
+
+/// Longest run fetched with one range request; longer stretches become several requests in
+/// flight at once, which is what fills a fast origin link.
+const MAX_RUN_BYTES: u64 = 16 << 20;
+
+/// Appends a block to the last run if it is adjacent and the run has room, else starts a run.
+fn add_to_runs(runs: &mut Vec<Run>, block: u64, flight: Arc<Flight<Bytes>>, max_blocks: u64) {
+    match runs.last_mut() {
+        Some(run)
+            if run.first + run.flights.len() as u64 == block
+                && (run.flights.len() as u64) < max_blocks =>
+        {
+            run.flights.push(flight)
+        }
+        _ => runs.push(Run {
+            first: block,
+            flights: vec![flight],
+            prefetch: false,
+        }),
+    }
 }
 
 pub struct Object {
@@ -136,6 +162,8 @@ impl Object {
                 detached: location.is_none(),
                 data: None,
                 open_handles: 0,
+                unrecorded: Vec::new(),
+                recorder_running: false,
             }),
             location,
             version,
@@ -172,6 +200,10 @@ impl Object {
             }
         }
         object
+    }
+
+    fn max_run_blocks(&self) -> u64 {
+        (MAX_RUN_BYTES / self.block_size).max(1)
     }
 
     pub fn block_count(&self) -> u64 {
@@ -231,6 +263,55 @@ impl Object {
 
     pub fn is_detached(&self) -> bool {
         self.state.lock().detached
+    }
+
+    /// Whether every block is cached and has passed its checksum in this process: only then
+    /// may the cache file stand in for the object (passthrough), holes and all ruled out.
+    pub fn fully_verified(&self) -> bool {
+        let state = self.state.lock();
+        !state.detached
+            && state
+                .blocks
+                .iter()
+                .all(|b| matches!(b, BlockState::Cached { verified: true, .. }))
+    }
+
+    /// Whether every block is cached, verified or not.
+    pub fn fully_cached(&self) -> bool {
+        let state = self.state.lock();
+        !state.detached
+            && state
+                .blocks
+                .iter()
+                .all(|b| matches!(b, BlockState::Cached { .. }))
+    }
+
+    /// Checks every cached, unverified block against its CRC32C (dropping the ones that fail).
+    pub fn verify_all(&self) {
+        for block in 0..self.block_count() {
+            let pending = {
+                let mut state = self.state.lock();
+                match state.blocks.get(block as usize) {
+                    Some(BlockState::Cached {
+                        crc,
+                        verified: false,
+                    }) => {
+                        let crc = *crc;
+                        self.data_file(&mut state).ok().map(|file| (file, crc))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some((file, crc)) = pending {
+                let _ = self.read_from_disk(block, &file, crc, false, 0..0);
+            }
+        }
+    }
+
+    /// The cache file, for the kernel to read directly (passthrough).
+    pub fn backing_file(&self) -> FsResult<Arc<File>> {
+        let mut state = self.state.lock();
+        self.data_file(&mut state)
     }
 
     pub fn has_cached_block(&self, block: u64) -> bool {
@@ -334,15 +415,7 @@ impl Object {
             };
             state.blocks[block as usize] = BlockState::Fetching(flight.clone());
             sources.push(BlockSource::Flight(flight.clone()));
-            match runs.last_mut() {
-                Some(run) if run.first + run.flights.len() as u64 == block => {
-                    run.flights.push(flight)
-                }
-                _ => runs.push(Run {
-                    first: block,
-                    flights: vec![flight],
-                }),
-            }
+            add_to_runs(&mut runs, block, flight, self.max_run_blocks());
         }
         (sources, runs)
     }
@@ -357,15 +430,7 @@ impl Object {
             }
             let flight = Flight::new();
             state.blocks[block as usize] = BlockState::Fetching(flight.clone());
-            match runs.last_mut() {
-                Some(run) if run.first + run.flights.len() as u64 == block => {
-                    run.flights.push(flight)
-                }
-                _ => runs.push(Run {
-                    first: block,
-                    flights: vec![flight],
-                }),
-            }
+            add_to_runs(&mut runs, block, flight, self.max_run_blocks());
         }
         runs
     }
@@ -434,7 +499,7 @@ impl Object {
     /// A full or failing disk only costs the caching: the caller serves the bytes anyway.
     /// `claim` is the flight that owns the block; without one, the block must be absent.
     pub fn store_block(
-        &self,
+        self: &Arc<Self>,
         index: &CacheIndex,
         block: u64,
         bytes: &Bytes,
@@ -478,7 +543,41 @@ impl Object {
             crc,
             verified: true,
         };
+        state.unrecorded.push((block, crc));
+        if !std::mem::replace(&mut state.recorder_running, true) {
+            let object = self.clone();
+            tokio::task::spawn_blocking(move || object.record_stored_blocks());
+        }
         Some(crc)
+    }
+
+    /// Makes stored blocks durable (`fdatasync`), then records them in the journal: only then
+    /// do they survive a restart. One recorder per object runs at a time, and each round takes
+    /// every block stored meanwhile, so one sync covers many blocks.
+    fn record_stored_blocks(&self) {
+        loop {
+            let (batch, file) = {
+                let mut state = self.state.lock();
+                let batch = std::mem::take(&mut state.unrecorded);
+                let file = self.data_file(&mut state);
+                match (batch.is_empty() || state.detached, file) {
+                    (false, Ok(file)) => (batch, file),
+                    _ => {
+                        state.recorder_running = false;
+                        return;
+                    }
+                }
+            };
+            let Some(location) = &self.location else {
+                return;
+            };
+            if let Err(e) = file
+                .sync_data()
+                .and_then(|()| location.append_blocks(&batch))
+            {
+                tracing::warn!(path = %self.path, "cannot record cached blocks: {e}");
+            }
+        }
     }
 
     fn uncharge(&self, index: &CacheIndex, charge: u64) {
@@ -486,29 +585,6 @@ impl Object {
         if !state.detached {
             state.charged = state.charged.saturating_sub(charge);
             index.release(charge);
-        }
-    }
-
-    /// Makes stored blocks durable, then records them: only now do they survive a restart.
-    pub fn persist_blocks(&self, blocks: &[(u64, u32)]) {
-        if blocks.is_empty() {
-            return;
-        }
-        let (file, location) = {
-            let mut state = self.state.lock();
-            if state.detached {
-                return;
-            }
-            match (self.data_file(&mut state), &self.location) {
-                (Ok(file), Some(location)) => (file, location.clone()),
-                _ => return,
-            }
-        };
-        let result = file
-            .sync_data()
-            .and_then(|()| location.append_blocks(blocks));
-        if let Err(e) = result {
-            tracing::warn!(path = %self.path, "cannot record cached blocks: {e}");
         }
     }
 
