@@ -391,10 +391,10 @@ impl Cache {
         self: &Arc<Self>,
         object: &Arc<Object>,
         range: Range<u64>,
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<Bytes> {
         let range = range.start.min(object.version.size)..range.end.min(object.version.size);
         if range.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let blocks = range.start / object.block_size..(range.end - 1) / object.block_size + 1;
         for _ in 0..CORRUPTION_RETRIES {
@@ -410,37 +410,40 @@ impl Cache {
         Err(FsError::Corrupt)
     }
 
-    /// Collects the read's bytes from disk and from flights, in order.
+    /// Collects the read's bytes from disk and from flights, in order. A read within one
+    /// fetched block is a slice of it, with no copy.
     async fn gather(
         &self,
         object: &Object,
         range: &Range<u64>,
         first_block: u64,
         sources: Vec<BlockSource>,
-    ) -> FsResult<Vec<u8>> {
-        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+    ) -> FsResult<Bytes> {
+        let mut pieces = Vec::with_capacity(sources.len());
         for (i, source) in sources.into_iter().enumerate() {
             let block = first_block + i as u64;
             let block_range = object.block_range(block);
             let within = range.start.max(block_range.start) - block_range.start
                 ..range.end.min(block_range.end) - block_range.start;
-            match source {
+            let piece = match source {
                 BlockSource::Disk {
                     file,
                     crc,
                     verified,
-                } => {
-                    out.extend(object.read_from_disk(block, &file, crc, verified, within)?);
-                }
+                } => Bytes::from(object.read_from_disk(block, &file, crc, verified, within)?),
                 BlockSource::Flight(flight) => {
                     let bytes = flight.wait().await?;
-                    let piece = bytes
-                        .get(within.start as usize..within.end as usize)
-                        .ok_or_else(|| FsError::BadAnswer("short block".into()))?;
-                    out.extend_from_slice(piece);
+                    if within.end as usize > bytes.len() {
+                        return Err(FsError::BadAnswer("short block".into()));
+                    }
+                    bytes.slice(within.start as usize..within.end as usize)
                 }
-            }
+            };
+            pieces.push(piece);
         }
-        Ok(out)
+        if pieces.len() == 1 {
+            return Ok(pieces.swap_remove(0));
+        }
+        Ok(Bytes::from(pieces.concat()))
     }
 }

@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -46,6 +46,8 @@ struct Core {
     mounted_at: SystemTime,
     /// Configured, and granted by the kernel at INIT.
     passthrough: bool,
+    /// Set once the session exists; used to invalidate the kernel's page cache.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 pub struct StonFs {
@@ -63,9 +65,17 @@ impl StonFs {
                 runtime,
                 mounted_at: SystemTime::now(),
                 passthrough: cache.config.passthrough,
+                notifier: Arc::new(OnceLock::new()),
                 cache,
             }),
         }
+    }
+}
+
+impl StonFs {
+    /// Where the session's notifier goes once the session exists.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.core.notifier.clone()
     }
 }
 
@@ -148,7 +158,10 @@ impl Core {
                     path,
                     object: Some(object),
                 };
-                let ino = self.inodes.attach(parent, name, node.clone());
+                let (ino, stale) = self.inodes.attach(parent, name, node.clone());
+                if stale {
+                    self.invalidate_pages(ino);
+                }
                 reply.entry(&self.attr_ttl(&node), &self.attr(ino, &node), Generation(0));
             }
             Err(FsError::NotFound) => {
@@ -172,7 +185,7 @@ impl Core {
                     path: Arc::from(""),
                     object: None,
                 };
-                let ino = self.inodes.attach(ROOT_INO, name, node.clone());
+                let (ino, _) = self.inodes.attach(ROOT_INO, name, node.clone());
                 reply.entry(
                     &self.cache.config.ttl,
                     &self.attr(ino, &node),
@@ -192,7 +205,9 @@ impl Core {
             return Ok(object.clone());
         }
         let object = self.cache.resolve(site, node.path.clone()).await?;
-        self.inodes.update_object(ino, &object);
+        if self.inodes.update_object(ino, &object) {
+            self.invalidate_pages(ino);
+        }
         Ok(object)
     }
 
@@ -225,6 +240,7 @@ impl Core {
         };
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let passthrough = matches!(mode, OpenMode::Passthrough(_));
+        let file_path = object.path.clone();
         let file = OpenFile {
             object,
             ino,
@@ -235,7 +251,7 @@ impl Core {
         match mode {
             OpenMode::Passthrough(backing) => {
                 // The kernel refuses FOPEN_KEEP_CACHE with passthrough: its page cache is unused.
-                tracing::debug!(ino, "open: passthrough");
+                tracing::debug!(ino, path = %file_path, "open: passthrough");
                 reply.opened_passthrough(FileHandle(handle), FopenFlags::empty(), &backing);
             }
             OpenMode::Cached => reply.opened(FileHandle(handle), flags),
@@ -256,6 +272,19 @@ impl Core {
             self.runtime.spawn_blocking(move || object.verify_all());
         }
         false
+    }
+
+    /// The origin has a new version: drop the kernel's cached pages of the old one. Sent from
+    /// a thread of its own, as the kernel may hold locks while it waits for this reply.
+    fn invalidate_pages(&self, ino: u64) {
+        let Some(notifier) = self.notifier.get().cloned() else {
+            return;
+        };
+        self.runtime.spawn_blocking(move || {
+            if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                tracing::debug!(ino, "page cache invalidation: {e}");
+            }
+        });
     }
 
     /// Feeds the read to the file's sequential detector and prefetches what it asks for.

@@ -42,6 +42,21 @@ struct Entry {
     opens: Opens,
 }
 
+impl Entry {
+    /// Pages of some version were handed out with `FOPEN_KEEP_CACHE`, and `next` is another
+    /// version. Forgets that version, so one change invalidates once.
+    fn take_stale_pages(&mut self, next: Option<&Arc<Object>>) -> bool {
+        let never_opened = self.page_cache_version.ptr_eq(&Weak::new());
+        let same =
+            next.is_some_and(|n| std::ptr::eq(self.page_cache_version.as_ptr(), Arc::as_ptr(n)));
+        if never_opened || same {
+            return false;
+        }
+        self.page_cache_version = Weak::new();
+        true
+    }
+}
+
 /// Open handles of one inode. The kernel refuses cached and passthrough opens of one inode
 /// at the same time, so the first open decides until every handle is closed.
 #[derive(Default)]
@@ -101,14 +116,16 @@ impl InodeTable {
     }
 
     /// Records a successful lookup of `name` under `parent`; returns the child's inode number.
-    pub fn attach(&self, parent: u64, name: &str, node: Node) -> u64 {
+    /// Also says whether the kernel may hold pages of an older version (to invalidate).
+    pub fn attach(&self, parent: u64, name: &str, node: Node) -> (u64, bool) {
         let mut table = self.table.lock();
         let key = (parent, Arc::<str>::from(name));
         if let Some(&ino) = table.children.get(&key) {
             if let Some(entry) = table.entries.get_mut(&ino) {
                 entry.lookups += 1;
+                let stale = entry.take_stale_pages(node.object.as_ref());
                 entry.node = node;
-                return ino;
+                return (ino, stale);
             }
         }
         let ino = table.next_ino;
@@ -125,14 +142,19 @@ impl InodeTable {
                 opens: Opens::default(),
             },
         );
-        ino
+        (ino, false)
     }
 
     /// Replaces the object seen at an inode (after a revalidation).
-    pub fn update_object(&self, ino: u64, object: &Arc<Object>) {
-        if let Some(entry) = self.table.lock().entries.get_mut(&ino) {
-            entry.node.object = Some(object.clone());
-        }
+    /// Returns whether the kernel may hold pages of an older version (to invalidate).
+    pub fn update_object(&self, ino: u64, object: &Arc<Object>) -> bool {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return false;
+        };
+        let stale = entry.take_stale_pages(Some(object));
+        entry.node.object = Some(object.clone());
+        stale
     }
 
     /// Whether the kernel's cached pages for `ino` belong to `object`; records that they will.

@@ -64,6 +64,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
         Arc::new(Cache::open(config)?)
     };
     let filesystem = StonFs::new(cache, runtime.handle().clone());
+    let notifier_slot = filesystem.notifier_slot();
     let device = fuse_mount(mountpoint, &source, &options)?;
     let mut session_config = fuser::Config::default();
     session_config.n_threads = Some(threads);
@@ -75,6 +76,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
             return Err(format!("FUSE handshake failed: {e}"));
         }
     };
+    let _ = notifier_slot.set(session.notifier());
     raise_read_ahead(mountpoint);
     Ok(Mounted { session, runtime })
 }

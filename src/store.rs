@@ -10,7 +10,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -366,9 +366,36 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
 }
 
 /// Reads `len` bytes at `offset`; a short read means the cache file lost data.
+/// The buffer is not zeroed first: on the hit path that memset costs as much as the read.
 pub fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-    let mut buffer = vec![0u8; len];
-    file.read_exact_at(&mut buffer, offset)?;
+    use std::os::fd::AsRawFd;
+    let mut buffer: Vec<u8> = Vec::with_capacity(len);
+    let mut filled = 0;
+    while filled < len {
+        let at = i64::try_from(offset + filled as u64).map_err(io::Error::other)?;
+        // SAFETY: the kernel writes at most `len - filled` bytes into the buffer's spare
+        // capacity, which is allocated and exclusively ours; nothing reads it before set_len.
+        let read = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buffer.as_mut_ptr().add(filled).cast(),
+                len - filled,
+                at,
+            )
+        };
+        match read {
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            n if n > 0 => filled += n as usize,
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    // SAFETY: the first `len` bytes were written by pread above.
+    unsafe { buffer.set_len(len) };
     Ok(buffer)
 }
 

@@ -503,15 +503,15 @@ fn max_cache_size_is_never_exceeded() {
             (stop.clone(), max_seen.clone(), worst.clone(), cache.clone());
         std::thread::spawn(move || {
             let mut samples = 0u64;
-            // bounded: at most ~10 minutes of sampling
-            while !stop.load(Ordering::SeqCst) && samples < 30_000 {
+            // bounded: at most ~200k samples (minutes), stopped by the test
+            while !stop.load(Ordering::SeqCst) && samples < 200_000 {
                 let s = allocated_bytes_sample(&cache);
                 if s > max_seen.fetch_max(s, Ordering::SeqCst) && s > LIMIT {
                     *worst.lock().unwrap() =
                         Some(format!("sample {s} bytes:\n{}", describe_dir(&cache)));
                 }
                 samples += 1;
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(5));
             }
             samples
         })
@@ -1252,4 +1252,47 @@ fn harness_origin_semantics() {
     // pattern is seekable
     let p = pattern(9, 1000);
     assert_eq!(common::origin::pattern_range(9, 333, 100), p[333..433]);
+}
+
+#[test]
+fn harness_mount_cleans_up_after_kill9_and_panic() {
+    let origin = Origin::start();
+    origin.put("/a.txt", Bytes::from_static(b"a\n"));
+
+    // kill9 leaves a dead mount behind; drop detaches it.
+    let mut m = Mount::new(origin.url());
+    let mp = m.mountpoint().to_path_buf();
+    assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"a\n");
+    let st = m.kill9().expect("daemon reaped after SIGKILL");
+    assert!(!st.success());
+    assert!(
+        is_mounted(&mp),
+        "the dead mount should still be there before drop"
+    );
+    drop(m);
+    assert!(!is_mounted(&mp), "drop must detach a dead mount");
+    assert!(!mp.exists(), "drop removes the scratch dir");
+
+    // A panicking test with a live mount (and an open file) leaves nothing behind.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = origin.url();
+    let r = std::thread::spawn(move || {
+        let m = Mount::new(url);
+        tx.send(m.mountpoint().to_path_buf()).unwrap();
+        let _f = File::open(m.path("a.txt")).unwrap();
+        panic!("intentional panic with a live mount (harness self-test)");
+    })
+    .join();
+    assert!(r.is_err());
+    let mp = rx.recv().unwrap();
+    assert!(!is_mounted(&mp), "mount left after a panicking test");
+    assert!(!mp.exists());
+
+    // A daemon that fails to start reports its output.
+    let err = Mount::builder(origin.url())
+        .opt("definitely_not_a_key=1")
+        .try_mount()
+        .err()
+        .expect("mount with a bad option must fail");
+    assert!(err.contains("definitely_not_a_key"), "{err}");
 }

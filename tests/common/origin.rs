@@ -279,9 +279,16 @@ impl Gate {
             if *rx.borrow() {
                 return;
             }
+            // Counted while held, also if the connection goes away meanwhile.
+            struct Held<'a>(&'a AtomicUsize);
+            impl Drop for Held<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             inner.waiting.fetch_add(1, Ordering::SeqCst);
+            let _held = Held(&inner.waiting);
             let _ = rx.wait_for(|open| *open).await;
-            inner.waiting.fetch_sub(1, Ordering::SeqCst);
         })
     }
 }

@@ -1,0 +1,168 @@
+//! The fast paths keep their promises: a stalled origin never holds up cached reads, any number
+//! of readers cost one fetch per block, and passthrough serves only whole, verified files.
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::mount::Mount;
+use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
+use common::{assert_file_matches, assert_random_preads, MIB};
+
+/// Drops the kernel's cached pages of a file, so the next read must reach the daemon.
+fn drop_page_cache(path: &std::path::Path) {
+    let file = File::open(path).expect("open for fadvise");
+    // SAFETY: fadvise only advises the kernel about a descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+#[test]
+fn a_stalled_origin_never_delays_reads_of_cached_files() {
+    let origin = Origin::start();
+    let cached = pattern(61, 3 * MIB + 5);
+    let slow = pattern(62, 4 * MIB);
+    origin.put("/cached.bin", cached.clone());
+    origin.put("/slow.bin", slow.clone());
+    // Passthrough off: the cached reads must go through the daemon to prove anything.
+    let mount = Mount::builder(origin.url())
+        .opt("passthrough=false,receive_timeout=60")
+        .mount();
+    assert_file_matches(&mount.path("cached.bin"), &cached, MIB);
+    // Looked up (first block cached); every further block of slow.bin now stalls.
+    assert_eq!(
+        std::fs::metadata(mount.path("slow.bin")).unwrap().len(),
+        slow.len() as u64
+    );
+    let gate = Gate::new();
+    origin.add_fault(Fault::path(
+        "/slow.bin",
+        FaultAction::StallHeaders(Stall::Until(gate.clone())),
+    ));
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let slow_reader = {
+        let (path, finished, slow) = (mount.path("slow.bin"), finished.clone(), slow.clone());
+        std::thread::spawn(move || {
+            assert_file_matches(&path, &slow, MIB);
+            finished.store(true, Ordering::SeqCst);
+        })
+    };
+    assert!(
+        gate.wait_for_waiters(1, Duration::from_secs(20)),
+        "the slow read never reached the origin"
+    );
+    for _ in 0..5 {
+        drop_page_cache(&mount.path("cached.bin"));
+        assert_file_matches(&mount.path("cached.bin"), &cached, 256 * 1024);
+    }
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the stalled read finished before the gate opened: the test proved nothing"
+    );
+    gate.release();
+    slow_reader
+        .join()
+        .expect("the slow read must end with the right bytes");
+    assert!(finished.load(Ordering::SeqCst));
+    mount.unmount();
+}
+
+#[test]
+fn concurrent_readers_of_a_cold_file_fetch_each_block_exactly_once() {
+    let origin = Origin::start();
+    let block = 256 * 1024;
+    let data = pattern(63, 40 * block + 777);
+    origin.put("/shared.bin", data.clone());
+    let mount = Mount::builder(origin.url()).opt("block_size=256K").mount();
+
+    let readers = 12;
+    let start = Arc::new(Barrier::new(readers));
+    let handles: Vec<_> = (0..readers)
+        .map(|i| {
+            let (path, start, data) = (mount.path("shared.bin"), start.clone(), data.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                if i % 2 == 0 {
+                    assert_file_matches(&path, &data, 128 * 1024);
+                } else {
+                    let file = File::open(&path).unwrap();
+                    assert_random_preads(&file, &data, i as u64, 40, 300_000, "random reader");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("reader");
+    }
+
+    let len = data.len() as u64;
+    let blocks = len.div_ceil(block as u64) as usize;
+    let mut fetched = vec![0u32; blocks];
+    for request in origin.requests_for("/shared.bin") {
+        let (start, end) = request.requested_span(len);
+        assert_eq!(
+            start % block as u64,
+            0,
+            "requests start on block boundaries"
+        );
+        let last = end.div_ceil(block as u64) as usize;
+        for count in &mut fetched[(start / block as u64) as usize..last.min(blocks)] {
+            *count += 1;
+        }
+    }
+    assert!(
+        fetched.iter().all(|&n| n == 1),
+        "each block must be fetched exactly once, got {fetched:?}\n{}",
+        origin.describe_requests()
+    );
+    mount.unmount();
+}
+
+#[test]
+fn passthrough_serves_whole_files_exactly_and_never_partial_ones() {
+    let origin = Origin::start();
+    let whole = pattern(64, 6 * MIB + 123);
+    let partial = pattern(65, 6 * MIB + 321);
+    origin.put("/whole.bin", whole.clone());
+    origin.put("/partial.bin", partial.clone());
+    let mount = Mount::builder(origin.url()).arg("-v").mount();
+
+    // whole.bin: read entirely (cached and verified), then reopened in passthrough.
+    assert_file_matches(&mount.path("whole.bin"), &whole, MIB);
+    let file = File::open(mount.path("whole.bin")).unwrap();
+    assert_random_preads(&file, &whole, 5, 200, 500_000, "passthrough reads");
+    drop(file);
+    assert_file_matches(&mount.path("whole.bin"), &whole, 64 * 1024);
+
+    // partial.bin: one read in the middle (not sequential, so no read-ahead) caches a small
+    // part of it; it must never be opened in passthrough.
+    let file = File::open(mount.path("partial.bin")).unwrap();
+    let mut middle = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut middle, 3 * MIB as u64).unwrap();
+    assert_eq!(&middle[..], &partial[3 * MIB..3 * MIB + 4096]);
+    drop(file);
+    let file = File::open(mount.path("partial.bin")).unwrap();
+    assert_random_preads(&file, &partial, 6, 100, 500_000, "partly cached file");
+    drop(file);
+
+    let log = mount.log();
+    assert!(
+        log.contains("open: passthrough") && log.contains("path=/whole.bin"),
+        "a whole, verified file must open in passthrough:\n{log}"
+    );
+    let partial_passthrough = log
+        .lines()
+        .filter(|l| l.contains("open: passthrough") && l.contains("path=/partial.bin"))
+        .count();
+    // Both opens of partial.bin happened while most of it was still missing.
+    assert_eq!(
+        partial_passthrough, 0,
+        "a partly cached file was opened in passthrough:\n{log}"
+    );
+    mount.unmount();
+}
