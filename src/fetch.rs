@@ -160,8 +160,7 @@ async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> Fs
         .fetch(site, &object.path, range.clone(), &object.version)
         .await?;
     // A 200 (origin ignoring Range) streams the whole object: keep all of it.
-    let whole_object = body.body_start != range.start;
-    let end = if whole_object {
+    let end = if body.whole_object {
         object.version.size
     } else {
         range.end

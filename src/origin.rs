@@ -80,6 +80,8 @@ pub enum Probe {
 /// A range answer whose headers passed the checks; its body starts at `body_start`.
 pub struct RangeBody {
     pub body_start: u64,
+    /// The origin ignored Range and sends the whole object.
+    pub whole_object: bool,
     response: reqwest::Response,
 }
 
@@ -227,6 +229,7 @@ impl OriginClient {
                 }
                 Ok(RangeBody {
                     body_start: start,
+                    whole_object: false,
                     response,
                 })
             }
@@ -234,6 +237,7 @@ impl OriginClient {
                 // An origin that ignores Range: the whole body, from byte 0.
                 Ok(RangeBody {
                     body_start: 0,
+                    whole_object: true,
                     response,
                 })
             }
