@@ -11,9 +11,10 @@ use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use crate::config::Config;
+use crate::config::{cache_folder_name, Config, Origin};
 use crate::error::{FsError, FsResult};
 use crate::fetch::fetch_run;
+use crate::health::Pool;
 use crate::index::{CacheIndex, ObjectKey};
 use crate::object::{BlockSource, Flight, Object, SiteId};
 use crate::origin::{OriginClient, Probe, Site, Version};
@@ -40,6 +41,25 @@ pub struct SiteEntry {
     store: SiteStore,
 }
 
+impl SiteEntry {
+    fn open(
+        config: &Config,
+        origins: Vec<Origin>,
+        name: String,
+        host: Option<String>,
+    ) -> Result<SiteEntry, String> {
+        let folder = cache_folder_name(&origins, &name);
+        Ok(SiteEntry {
+            site: Site {
+                pool: Pool::new(origins),
+                host,
+            },
+            name,
+            store: SiteStore::open(&config.cache_dir, &folder)?,
+        })
+    }
+}
+
 pub struct Cache {
     pub config: Config,
     pub origin: OriginClient,
@@ -63,33 +83,23 @@ impl Cache {
             )
         })?;
         let mut sites = Vec::new();
-        if let Some(single) = &config.origin {
-            let host = single
+        if let Some(first) = config.origins.first() {
+            let host = first
                 .base
                 .split("://")
                 .nth(1)
                 .unwrap_or_default()
                 .to_string();
-            let folder = single.cache_folder_name(&host);
-            sites.push(SiteEntry {
-                site: Site {
-                    origin: single.clone(),
-                    host: None,
-                },
-                name: host,
-                store: SiteStore::open(&config.cache_dir, &folder)?,
-            });
+            sites.push(SiteEntry::open(
+                &config,
+                config.origins.clone(),
+                host,
+                None,
+            )?);
         }
         for vhost in &config.vhosts {
-            let folder = vhost.origin.cache_folder_name(&vhost.name);
-            sites.push(SiteEntry {
-                site: Site {
-                    origin: vhost.origin.clone(),
-                    host: Some(vhost.name.clone()),
-                },
-                name: vhost.name.clone(),
-                store: SiteStore::open(&config.cache_dir, &folder)?,
-            });
+            let (name, host) = (vhost.name.clone(), Some(vhost.name.clone()));
+            sites.push(SiteEntry::open(&config, vhost.origins.clone(), name, host)?);
         }
         let cache = Cache {
             index: CacheIndex::new(config.max_cache_size),
@@ -134,6 +144,23 @@ impl Cache {
             cap = self.index.cap(),
             "cache index loaded"
         );
+    }
+
+    /// Starts the background work of a live mount: probing excluded origins.
+    pub fn start_background(self: &Arc<Self>) {
+        let cache = self.clone();
+        self.runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(cache.config.health.probe_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                for entry in &cache.sites {
+                    for member in entry.site.pool.excluded() {
+                        cache.origin.probe_health(&entry.site, member).await;
+                    }
+                }
+            }
+        });
     }
 
     pub fn site(&self, id: SiteId) -> &Site {

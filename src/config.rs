@@ -41,7 +41,8 @@ pub struct Vhost {
     pub name: String,
     /// Other names that reach the same host; one leading `*.` wildcard is allowed.
     pub aliases: Vec<String>,
-    pub origin: Origin,
+    /// Equivalent origins; requests spread over the healthy ones.
+    pub origins: Vec<Origin>,
 }
 
 impl Vhost {
@@ -98,26 +99,33 @@ impl Origin {
             prefix: url.path().trim_end_matches('/').to_string(),
         })
     }
+}
 
-    /// A file-system-safe, stable name for this origin's cache subfolder.
-    pub fn cache_folder_name(&self, host: &str) -> String {
-        let readable: String = format!("{}{}", host, self.prefix)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(48)
-            .collect();
-        let identity = format!("{}|{}|{}", self.base, self.prefix, host);
-        format!(
-            "{readable}-{:016x}",
-            xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
-        )
-    }
+/// A file-system-safe, stable name for a site's cache subfolder: readable, and unique to the
+/// set of origins and the host, whatever order the origins are listed in.
+pub fn cache_folder_name(origins: &[Origin], host: &str) -> String {
+    let prefix = origins.first().map(|o| o.prefix.as_str()).unwrap_or("");
+    let readable: String = format!("{host}{prefix}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    let mut identity: Vec<String> = origins
+        .iter()
+        .map(|o| format!("{}|{}", o.base, o.prefix))
+        .collect();
+    identity.sort();
+    identity.push(host.to_string());
+    format!(
+        "{readable}-{:016x}",
+        xxhash_rust::xxh3::xxh3_64(identity.join("\n").as_bytes())
+    )
 }
 
 impl std::fmt::Display for Origin {
@@ -138,6 +146,42 @@ pub fn redact_url(text: &str) -> String {
     }
 }
 
+/// When an origin is taken out of rotation and when it comes back.
+#[derive(Debug, Clone)]
+pub struct HealthPolicy {
+    /// Consecutive failures (timeouts, connection errors, 5xx) that exclude an origin.
+    pub fail_threshold: u32,
+    /// Consecutive good background probes that readmit it.
+    pub recover_threshold: u32,
+    pub probe_interval: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            fail_threshold: 3,
+            recover_threshold: 5,
+            probe_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Parses one origin or a list separated by commas, semicolons or white space.
+pub fn parse_origin_list(value: &str) -> Result<Vec<Origin>, ConfigError> {
+    let origins = value
+        .split([',', ';', ' ', '\t', '\n'])
+        .filter(|s| !s.trim().is_empty())
+        .map(Origin::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    if origins.is_empty() {
+        return Err(ConfigError::BadOrigin {
+            url: value.to_string(),
+            reason: "no origin URL given".into(),
+        });
+    }
+    Ok(origins)
+}
+
 /// An extra request header; its value is a secret and never printed.
 #[derive(Clone)]
 pub struct ExtraHeader {
@@ -154,8 +198,9 @@ impl std::fmt::Debug for ExtraHeader {
 /// The complete, validated configuration of one mount.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Single-origin mode: the mount root is this origin's root.
-    pub origin: Option<Origin>,
+    /// Single-origin mode (the mount root is the origin's root): equivalent origins that
+    /// requests spread over. Empty in virtual-host mode.
+    pub origins: Vec<Origin>,
     /// Virtual-host mode: the mount root lists these hosts.
     pub vhosts: Vec<Vhost>,
     pub cache_dir: PathBuf,
@@ -175,6 +220,7 @@ pub struct Config {
     pub dir_status: Vec<u16>,
     pub fuse_threads: usize,
     pub log_file: Option<PathBuf>,
+    pub health: HealthPolicy,
     /// Memory all open files together may hold in prefetched, not yet stored blocks.
     pub readahead_budget: u64,
     /// Largest read-ahead window of one open file.
@@ -186,7 +232,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            origin: None,
+            origins: Vec::new(),
             vhosts: Vec::new(),
             cache_dir: PathBuf::from("/var/cache/ston-fs"),
             block_size: 1 << 20,
@@ -205,6 +251,7 @@ impl Default for Config {
             dir_status: vec![301, 302, 403],
             fuse_threads: 8,
             log_file: None,
+            health: HealthPolicy::default(),
             readahead_budget: 128 << 20,
             readahead_max: 32 << 20,
             passthrough: true,
@@ -223,7 +270,10 @@ impl Config {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let value = value.trim();
         match key {
-            "origin" => self.origin = Some(Origin::parse(value)?),
+            "origin" | "origins" => self.origins = parse_origin_list(value)?,
+            "origin_fail_threshold" => self.health.fail_threshold = parse_count(key, value)?,
+            "origin_recover_threshold" => self.health.recover_threshold = parse_count(key, value)?,
+            "origin_probe_interval" => self.health.probe_interval = parse_timeout(key, value)?,
             "cache_dir" => self.cache_dir = PathBuf::from(nonempty(key, value)?),
             "block_size" => self.block_size = parse_block_size(key, value)?,
             "max_cache_size" => self.max_cache_size = parse_size(key, value)?,
@@ -308,6 +358,9 @@ impl Config {
                         self.vhosts.push(parse_vhost(table)?);
                     }
                 }
+                ("origins", value @ toml::Value::Array(_)) => {
+                    self.origins = parse_origin_value(value)?
+                }
                 (_, toml::Value::Array(items)) if key == "headers" || key.ends_with("_status") => {
                     if key != "headers" {
                         self.set(key, "")?; // validates the key and clears the default list
@@ -333,11 +386,11 @@ impl Config {
 
     /// Checks the settings as a whole once every source has been applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match (&self.origin, self.vhosts.is_empty()) {
-            (None, true) => Err(ConfigError::Invalid(
+        match (self.origins.is_empty(), self.vhosts.is_empty()) {
+            (true, true) => Err(ConfigError::Invalid(
                 "no origin: give ORIGIN on the command line, `origin = \"...\"` or [[vhost]] tables in the config".into(),
             )),
-            (Some(_), false) => Err(ConfigError::Invalid(
+            (false, false) => Err(ConfigError::Invalid(
                 "give either a single origin or [[vhost]] tables, not both".into(),
             )),
             _ => Ok(()),
@@ -382,11 +435,11 @@ fn split_mount_options(options: &str) -> Vec<String> {
 fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
     let mut name = None;
     let mut aliases = Vec::new();
-    let mut origin = None;
+    let mut origins = Vec::new();
     for (key, value) in table {
         match key.as_str() {
             "name" => name = Some(toml_scalar(value)?),
-            "origin" => origin = Some(Origin::parse(&toml_scalar(value)?)?),
+            "origin" | "origins" => origins.extend(parse_origin_value(value)?),
             "aliases" => {
                 let items = value
                     .as_array()
@@ -402,12 +455,28 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(bad("vhost.name", format!("`{name}` is not a host name")));
     }
-    let origin = origin.ok_or_else(|| bad("vhost", format!("vhost `{name}` needs an `origin`")))?;
+    if origins.is_empty() {
+        return Err(bad("vhost", format!("vhost `{name}` needs an `origin`")));
+    }
     Ok(Vhost {
         name,
         aliases,
-        origin,
+        origins,
     })
+}
+
+/// An origin value in TOML: a string (one URL or a list) or an array of URLs.
+fn parse_origin_value(value: &toml::Value) -> Result<Vec<Origin>, ConfigError> {
+    match value {
+        toml::Value::Array(items) => {
+            let mut origins = Vec::new();
+            for item in items {
+                origins.extend(parse_origin_list(&toml_scalar(item)?)?);
+            }
+            Ok(origins)
+        }
+        other => parse_origin_list(&toml_scalar(other)?),
+    }
 }
 
 fn toml_scalar(value: &toml::Value) -> Result<String, ConfigError> {
@@ -438,6 +507,13 @@ fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, Confi
     value
         .parse()
         .map_err(|_| bad(key, format!("`{value}` is not a whole number")))
+}
+
+fn parse_count(key: &str, value: &str) -> Result<u32, ConfigError> {
+    match parse_number::<u32>(key, value)? {
+        0 => Err(bad(key, "must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -609,11 +685,23 @@ mod tests {
     }
 
     #[test]
+    fn origin_lists_take_commas_and_arrays() {
+        let mut config = Config::default();
+        config.set("origin", "http://a:1/,http://b:2/x/").unwrap();
+        assert_eq!(config.origins.len(), 2);
+        assert_eq!(config.origins[1].prefix, "/x");
+        let table: toml::Table = r#"origins = ["http://c/", "http://d/"]"#.parse().unwrap();
+        config.apply_table(&table).unwrap();
+        assert_eq!(config.origins[0].base, "http://c");
+        assert!(config.set("origin", "http://a/,ftp://b/").is_err());
+    }
+
+    #[test]
     fn wildcard_aliases_match_subdomains_only() {
         let vhost = Vhost {
             name: "example.com".into(),
             aliases: vec!["*.example.com".into(), "www.other.org".into()],
-            origin: Origin::parse("http://127.0.0.1/").unwrap(),
+            origins: vec![Origin::parse("http://127.0.0.1/").unwrap()],
         };
         assert!(vhost.answers_to("example.com"));
         assert!(vhost.answers_to("img.example.com"));

@@ -7,12 +7,12 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::cache::Cache;
 use crate::error::{FsError, FsResult};
+use crate::health::backoff;
 use crate::object::{Flight, Object, Run};
 use crate::origin::RangeBody;
 
@@ -34,6 +34,11 @@ impl RunGuard {
         block
             .checked_sub(self.first)
             .and_then(|i| self.flights.get(i as usize))
+    }
+
+    fn first_unfinished(&self) -> Option<u64> {
+        let open = self.flights.iter().position(|f| !f.is_finished())?;
+        Some(self.first + open as u64)
     }
 
     fn is_complete(&self) -> bool {
@@ -126,22 +131,26 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
         budget_blocks: AtomicU64::new(budget_blocks),
     };
     let last = guard.first + guard.flights.len() as u64 - 1;
-    let range = object.block_range(guard.first).start..object.block_range(last).end;
-    let mut result = Err(FsError::Io("not attempted".into()));
+    let run_end = object.block_range(last).end;
+    let mut result = Ok(());
     for attempt in 0..ATTEMPTS {
-        result = transfer(&cache, &guard, range.clone()).await;
+        // A retry asks only for what is still missing: blocks already handed out stay.
+        let Some(first_open) = guard.first_unfinished() else {
+            result = Ok(());
+            break;
+        };
+        let range = object.block_range(first_open).start..run_end;
+        result = transfer(&cache, &guard, range).await;
         match &result {
-            Err(e)
-                if e.is_transient()
-                    && !guard.flights[0].is_finished()
-                    && attempt + 1 < ATTEMPTS =>
-            {
-                tracing::debug!(path = %object.path, "retrying after: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(()) | Err(FsError::VersionChanged) => break,
+            Err(e) if attempt + 1 < ATTEMPTS => {
+                tracing::debug!(path = %object.path, "fetch interrupted ({e}); retrying the rest");
+                tokio::time::sleep(backoff(attempt as usize + 1)).await;
             }
-            _ => break,
+            Err(_) => {}
         }
     }
+    let range = object.block_range(guard.first).start..run_end;
     if let Err(error) = result {
         tracing::warn!(path = %object.path, start = range.start, end = range.end, "fetch failed: {error}");
         if matches!(error, FsError::VersionChanged) {

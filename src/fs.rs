@@ -56,7 +56,7 @@ pub struct StonFs {
 
 impl StonFs {
     pub fn new(cache: Arc<Cache>, runtime: tokio::runtime::Handle) -> StonFs {
-        let root_site = cache.config.origin.as_ref().map(|_| 0);
+        let root_site = (!cache.config.origins.is_empty()).then_some(0);
         StonFs {
             core: Arc::new(Core {
                 inodes: InodeTable::new(root_site),

@@ -8,6 +8,7 @@
 //! - [`fetch`]: range requests turned into verified blocks;
 //! - [`readahead`]: sequential detection and the global prefetch budget;
 //! - [`origin`]: the HTTP client and its checks of every answer;
+//! - [`health`]: which of several equivalent origins are in rotation;
 //! - [`index`]: the LRU of cached objects and the hard size cap;
 //! - [`store`]: the on-disk block store and its crash-safe metadata journal;
 //! - [`config`], [`cli`], [`daemon`], [`mount`], [`demo`]: setting up and running a mount.
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod error;
 pub mod fetch;
 pub mod fs;
+pub mod health;
 pub mod index;
 pub mod inodes;
 pub mod mount;

@@ -63,6 +63,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
         let _guard = runtime.enter();
         Arc::new(Cache::open(config)?)
     };
+    cache.start_background();
     let filesystem = StonFs::new(cache, runtime.handle().clone());
     let notifier_slot = filesystem.notifier_slot();
     let device = fuse_mount(mountpoint, &source, &options)?;
@@ -83,9 +84,13 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
 
 /// The name shown as the mount's source: the origin, without anything secret.
 fn mount_source(config: &Config) -> String {
-    let text = match &config.origin {
-        Some(origin) => redact_url(&origin.to_string()),
-        None => "ston-fs".to_string(),
+    let text = match config.origins.as_slice() {
+        [] => "ston-fs".to_string(),
+        origins => origins
+            .iter()
+            .map(|o| redact_url(&o.to_string()))
+            .collect::<Vec<_>>()
+            .join("+"),
     };
     // The kernel splits mount data on commas, and mount tables on white space.
     text.replace([',', ' ', '\t', '\n'], "_")

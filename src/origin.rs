@@ -4,15 +4,16 @@
 //! validators) before a byte of it is used; anything inconsistent becomes an error, never data.
 
 use std::ops::Range;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 
-use crate::config::{Config, Origin};
+use crate::config::{Config, HealthPolicy, Origin};
 use crate::error::{FsError, FsResult};
+use crate::health::{backoff, Member, Pool};
 
 /// Everything outside RFC 3986's unreserved set is escaped, so no byte of a file name
 /// (`%`, `?`, `#`, space, CR/LF, unicode) can change the meaning of a request.
@@ -22,11 +23,12 @@ const PATH_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Where requests for one part of the namespace go: an origin, and the Host it is asked for.
-#[derive(Debug, Clone)]
+/// Where requests for one part of the namespace go: equivalent origins, and the Host they
+/// are asked for.
+#[derive(Debug)]
 pub struct Site {
-    pub origin: Origin,
-    /// The `Host` header for a virtual host; `None` sends the origin's own authority.
+    pub pool: Pool,
+    /// The `Host` header for a virtual host; `None` sends each origin's own authority.
     pub host: Option<String>,
 }
 
@@ -98,6 +100,9 @@ pub struct OriginClient {
     extra_headers: HeaderMap,
     file_status: Vec<u16>,
     dir_status: Vec<u16>,
+    policy: HealthPolicy,
+    /// Longest a request may take to produce its answer's headers, over every retry.
+    deadline: Duration,
 }
 
 impl OriginClient {
@@ -135,21 +140,69 @@ impl OriginClient {
             extra_headers,
             file_status: config.file_status.clone(),
             dir_status: config.dir_status.clone(),
+            policy: config.health.clone(),
+            deadline: config.connect_timeout + config.receive_timeout,
         })
     }
 
-    fn request(&self, site: &Site, path: &str) -> reqwest::RequestBuilder {
-        let url = format!(
-            "{}{}{}",
-            site.origin.base,
-            site.origin.prefix,
-            encode_path(path)
-        );
+    fn request(&self, site: &Site, origin: &Origin, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{}{}", origin.base, origin.prefix, encode_path(path));
         let mut request = self.http.get(url).headers(self.extra_headers.clone());
         if let Some(host) = &site.host {
             request = request.header(header::HOST, host);
         }
         request
+    }
+
+    /// Sends a request to the site's origins in failover order. A failure before the answer's
+    /// headers (connection error, timeout, 5xx) counts against that origin and is retried on
+    /// the next one after a jittered pause, all within connect + receive timeout.
+    async fn send(
+        &self,
+        site: &Site,
+        path: &str,
+        decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> FsResult<reqwest::Response> {
+        let started = Instant::now();
+        let order = site.pool.attempt_order();
+        let attempts = order.len().max(2);
+        let mut last_error = FsError::Unreachable("no origin configured".into());
+        for attempt in 0..attempts {
+            let member = order[attempt % order.len()];
+            if attempt > 0 {
+                let pause = backoff(attempt);
+                if started.elapsed() + pause >= self.deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            let remaining = self.deadline.saturating_sub(started.elapsed());
+            let request = decorate(self.request(site, &member.origin, path));
+            match tokio::time::timeout(remaining, request.send()).await {
+                Ok(Ok(response)) if !response.status().is_server_error() => {
+                    member.record_success();
+                    return Ok(response);
+                }
+                Ok(Ok(response)) => last_error = FsError::Status(response.status().as_u16()),
+                Ok(Err(e)) => last_error = map_reqwest_error(e),
+                Err(_) => last_error = FsError::Timeout,
+            }
+            member.record_failure(&self.policy);
+            tracing::debug!(origin = %member.origin, path, attempt, "origin request failed: {last_error}");
+        }
+        Err(last_error)
+    }
+
+    /// Background health check of an excluded origin: any answer below 500 is good.
+    pub async fn probe_health(&self, site: &Site, member: &Member) {
+        let request = self
+            .request(site, &member.origin, "/")
+            .header(header::RANGE, "bytes=0-0");
+        let good = match tokio::time::timeout(self.deadline, request.send()).await {
+            Ok(Ok(response)) => !response.status().is_server_error(),
+            _ => false,
+        };
+        member.record_probe(good, &self.policy);
     }
 
     /// `GET` of the first block: one round trip tells file or directory, size, validators,
@@ -161,18 +214,19 @@ impl OriginClient {
         block_size: u64,
         known: Option<&Version>,
     ) -> FsResult<Probe> {
-        let mut request = self
-            .request(site, path)
-            .header(header::RANGE, format!("bytes=0-{}", block_size - 1));
-        if let Some(known) = known {
-            if let Some(etag) = &known.etag {
-                request = request.header(header::IF_NONE_MATCH, etag);
+        let decorate = |mut request: reqwest::RequestBuilder| {
+            request = request.header(header::RANGE, format!("bytes=0-{}", block_size - 1));
+            if let Some(known) = known {
+                if let Some(etag) = &known.etag {
+                    request = request.header(header::IF_NONE_MATCH, etag);
+                }
+                if let Some(date) = &known.last_modified {
+                    request = request.header(header::IF_MODIFIED_SINCE, date);
+                }
             }
-            if let Some(date) = &known.last_modified {
-                request = request.header(header::IF_MODIFIED_SINCE, date);
-            }
-        }
-        let response = request.send().await.map_err(map_reqwest_error)?;
+            request
+        };
+        let response = self.send(site, path, decorate).await?;
         let status = response.status();
         tracing::debug!(path, status = status.as_u16(), "probe");
         match status.as_u16() {
@@ -199,14 +253,17 @@ impl OriginClient {
         range: Range<u64>,
         version: &Version,
     ) -> FsResult<RangeBody> {
-        let mut request = self.request(site, path).header(
-            header::RANGE,
-            format!("bytes={}-{}", range.start, range.end - 1),
-        );
-        if let Some(pin) = version.if_range() {
-            request = request.header(header::IF_RANGE, pin);
-        }
-        let response = request.send().await.map_err(map_reqwest_error)?;
+        let decorate = |mut request: reqwest::RequestBuilder| {
+            request = request.header(
+                header::RANGE,
+                format!("bytes={}-{}", range.start, range.end - 1),
+            );
+            if let Some(pin) = version.if_range() {
+                request = request.header(header::IF_RANGE, pin);
+            }
+            request
+        };
+        let response = self.send(site, path, decorate).await?;
         let answered = version_of(&response);
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
