@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -17,7 +17,7 @@ use crate::fetch::fetch_run;
 use crate::health::Pool;
 use crate::index::{CacheIndex, ObjectKey};
 use crate::object::{BlockSource, Flight, Object, SiteId};
-use crate::origin::{OriginClient, Probe, Site, Version};
+use crate::origin::{CacheControl, OriginClient, Probe, Site, Version};
 use crate::readahead::Budget;
 use crate::store::{self, MetaHeader, ObjectKind, SiteStore, OBJECT_OVERHEAD};
 
@@ -58,6 +58,51 @@ impl SiteEntry {
             store: SiteStore::open(&config.cache_dir, &folder)?,
         })
     }
+}
+
+/// What `unlink()` and the control commands do to cached objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Invalidation {
+    /// Drop the object: the next access downloads it again.
+    Purge,
+    /// End its TTL now: the next access revalidates, and a 304 keeps every block.
+    Expire,
+    /// Delete it for good, files and all.
+    Hardpurge,
+}
+
+impl std::str::FromStr for Invalidation {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "purge" => Ok(Invalidation::Purge),
+            "expire" => Ok(Invalidation::Expire),
+            "hardpurge" => Ok(Invalidation::Hardpurge),
+            other => Err(format!("`{other}` is not purge, expire or hardpurge")),
+        }
+    }
+}
+
+/// What an invalidation touched.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InvalidationReport {
+    pub objects: u64,
+    /// Cached data bytes of those objects.
+    pub bytes: u64,
+}
+
+/// How long an answer stays fresh, and whether it may be kept on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    pub ttl: Duration,
+    pub store: bool,
+}
+
+/// What a probe found for a path, with the freshness it earns.
+pub struct Found {
+    pub version: Version,
+    pub freshness: Freshness,
 }
 
 pub struct Cache {
@@ -146,6 +191,78 @@ impl Cache {
         );
     }
 
+    /// Applies an invalidation to one path, or to a subtree when the path ends in `/*`.
+    pub fn invalidate(&self, site: SiteId, path: &str, action: Invalidation) -> InvalidationReport {
+        let targets = match path.strip_suffix("/*") {
+            Some(dir) => {
+                let below = format!("{dir}/");
+                self.index
+                    .matching(site, |p| p == dir || p.starts_with(&below))
+            }
+            None => self.index.matching(site, |p| p == path),
+        };
+        let mut report = InvalidationReport::default();
+        for object in targets {
+            report.objects += 1;
+            report.bytes += object.cached_bytes();
+            match action {
+                Invalidation::Expire => object.expire(),
+                Invalidation::Purge | Invalidation::Hardpurge => self.index.retire(&object),
+            }
+        }
+        if action != Invalidation::Expire {
+            self.negative.lock().pop(&(site, Arc::from(path)));
+        }
+        tracing::info!(
+            path,
+            ?action,
+            objects = report.objects,
+            bytes = report.bytes,
+            "invalidated"
+        );
+        report
+    }
+
+    /// Splits a mount-relative path (`/host/a/b` with virtual hosts) into site and path.
+    pub fn split_mount_path(&self, path: &str) -> Option<(SiteId, String)> {
+        let path = format!("/{}", path.trim_start_matches('/'));
+        if !self.config.origins.is_empty() {
+            return Some((0, path.trim_end_matches('/').to_string()));
+        }
+        let rest = &path[1..];
+        let (host, inside) = rest.split_once('/').unwrap_or((rest, ""));
+        let site = self.vhost_named(host)?;
+        Some((site, format!("/{inside}").trim_end_matches('/').to_string()))
+    }
+
+    /// The TTL of an answer: a matching `ttl_rule` first, then the origin's Cache-Control
+    /// (unless `ignore_cache_control`), then `ttl`.
+    fn freshness(&self, path: &str, cache_control: CacheControl) -> Freshness {
+        let config = &self.config;
+        let honour = !config.ignore_cache_control;
+        let store = !(honour && cache_control.no_store);
+        if let Some(rule) = config.ttl_rules.iter().find(|r| r.matches(path)) {
+            return Freshness {
+                ttl: rule.ttl,
+                store,
+            };
+        }
+        let ttl = match (honour, cache_control) {
+            (true, CacheControl { no_store: true, .. } | CacheControl { no_cache: true, .. }) => {
+                Duration::ZERO
+            }
+            (
+                true,
+                CacheControl {
+                    max_age: Some(seconds),
+                    ..
+                },
+            ) => Duration::from_secs(seconds),
+            _ => config.ttl,
+        };
+        Freshness { ttl, store }
+    }
+
     /// Starts the background work of a live mount: probing excluded origins.
     pub fn start_background(self: &Arc<Self>) {
         let cache = self.clone();
@@ -181,7 +298,7 @@ impl Cache {
         let key = (site, path.clone());
         let now = now_secs();
         if let Some(object) = self.index.get(&key) {
-            return object.is_fresh(self.config.ttl, now).then_some(Ok(object));
+            return object.is_fresh(now).then_some(Ok(object));
         }
         let mut negative = self.negative.lock();
         match negative.get(&key) {
@@ -245,8 +362,16 @@ impl Cache {
             Ok(Probe::File {
                 version,
                 first_block,
-            }) => Ok(self.record_file(site, path, existing, version, first_block, now)),
-            Ok(Probe::Directory) => Ok(self.record_directory(site, path, existing, now)),
+                cache_control,
+            }) => {
+                let freshness = self.freshness(&path, cache_control);
+                let found = Found { version, freshness };
+                Ok(self.record_file(site, path, existing, found, first_block, now))
+            }
+            Ok(Probe::Directory) => {
+                let freshness = self.freshness(&path, CacheControl::default());
+                Ok(self.record_directory(site, path, existing, freshness, now))
+            }
             Ok(Probe::NotFound) => {
                 if let Some(old) = existing {
                     self.index.retire(&old);
@@ -274,12 +399,12 @@ impl Cache {
         site: SiteId,
         path: Arc<str>,
         existing: Option<Arc<Object>>,
-        version: Version,
+        found: Found,
         first_block: Bytes,
         now: u64,
     ) -> Arc<Object> {
         let object = match existing {
-            Some(object) if object.kind == ObjectKind::File && object.version == version => {
+            Some(object) if object.kind == ObjectKind::File && object.version == found.version => {
                 object.renew(now);
                 object
             }
@@ -287,7 +412,7 @@ impl Cache {
                 if let Some(old) = other {
                     self.index.retire(&old);
                 }
-                self.create_object(site, path, ObjectKind::File, version, now)
+                self.create_object(site, path, ObjectKind::File, found, now)
             }
         };
         if !first_block.is_empty() && !object.has_cached_block(0) {
@@ -301,6 +426,7 @@ impl Cache {
         site: SiteId,
         path: Arc<str>,
         existing: Option<Arc<Object>>,
+        freshness: Freshness,
         now: u64,
     ) -> Arc<Object> {
         match existing {
@@ -317,7 +443,8 @@ impl Cache {
                     etag: None,
                     last_modified: None,
                 };
-                self.create_object(site, path, ObjectKind::Directory, version, now)
+                let found = Found { version, freshness };
+                self.create_object(site, path, ObjectKind::Directory, found, now)
             }
         }
     }
@@ -328,9 +455,10 @@ impl Cache {
         site: SiteId,
         path: Arc<str>,
         kind: ObjectKind,
-        version: Version,
+        found: Found,
         now: u64,
     ) -> Arc<Object> {
+        let Found { version, freshness } = found;
         let header = MetaHeader {
             site: self.sites[site].store.name.clone(),
             path: path.to_string(),
@@ -340,8 +468,14 @@ impl Cache {
             last_modified: version.last_modified.clone(),
             fetched_at: now,
             block_size: self.config.block_size,
+            ttl: freshness.ttl.as_secs(),
         };
-        let location = self.persist_header(site, &header);
+        // no-store: the object lives in memory only, and every read goes to the origin.
+        let location = if freshness.store {
+            self.persist_header(site, &header)
+        } else {
+            None
+        };
         let charge = if location.is_some() {
             OBJECT_OVERHEAD
         } else {
@@ -353,6 +487,7 @@ impl Cache {
             kind,
             version,
             self.config.block_size,
+            freshness.ttl,
             now,
             location,
             charge,

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::cache::Invalidation;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_FILE};
 use crate::daemon::{self, Readiness};
-use crate::{demo, mount, store};
+use crate::{control, demo, mount, store};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -15,6 +16,7 @@ Examples:
   ston-fs -o max_cache_size=50G,ttl=600,allow_other http://origin.example.com/videos/ /mnt/videos
   ston-fs --config /etc/ston-fs/ston-fs.toml /mnt/origin
   ston-fs demo /tmp/ston-demo        (a built-in sample origin; needs no network)
+  ston-fs purge /mnt/origin/videos/intro.mp4 '/mnt/origin/img/*' 
 
 Unmount with: umount MOUNTPOINT. Every config key can be given with -o key=value;
 see the README for the full list.";
@@ -24,7 +26,7 @@ see the README for the full list.";
     name = "ston-fs",
     version,
     about = "Mount an HTTP(S) origin as a read-only, locally cached disk.",
-    override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT",
+    override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT\n       ston-fs purge|expire|hardpurge PATH...",
     after_help = EXAMPLES,
     args_conflicts_with_subcommands = true
 )]
@@ -60,6 +62,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Drop cached files on a live mount; the next read downloads them again.
+    /// A trailing `/*` covers a whole subtree (quote it from the shell).
+    Purge {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// End cached files' TTL now; the next read revalidates (a 304 keeps the data)
+    Expire {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Delete cached files for good, data and metadata
+    Hardpurge {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
     /// Serve a built-in sample origin and mount it: no configuration, no network needed
     Demo {
         /// Where to mount the demo (created if missing)
@@ -74,6 +92,9 @@ pub fn main() -> ExitCode {
             init_logging(cli.verbose, true);
             demo::run(mountpoint)
         }
+        Some(Command::Purge { paths }) => invalidate(Invalidation::Purge, paths),
+        Some(Command::Expire { paths }) => invalidate(Invalidation::Expire, paths),
+        Some(Command::Hardpurge { paths }) => invalidate(Invalidation::Hardpurge, paths),
         None => run_mount(&cli),
     }
 }
@@ -107,6 +128,34 @@ fn run_mount(cli: &Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            eprintln!("ston-fs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn invalidate(action: Invalidation, paths: &[PathBuf]) -> ExitCode {
+    match control::request(action, paths) {
+        Ok(response) if response.ok => {
+            let verb = match action {
+                Invalidation::Purge => "purged",
+                Invalidation::Expire => "expired",
+                Invalidation::Hardpurge => "hard-purged",
+            };
+            println!(
+                "{verb} {} object(s), {} byte(s) of cached data",
+                response.objects, response.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!(
+                "ston-fs: {}",
+                response.error.unwrap_or_else(|| "request failed".into())
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
             eprintln!("ston-fs: {e}");
             ExitCode::from(1)
         }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
+
+use crate::cache::Invalidation;
 use url::Url;
 
 /// Where the daemon looks for a config file when no ORIGIN is given.
@@ -146,6 +148,86 @@ pub fn redact_url(text: &str) -> String {
     }
 }
 
+/// A TTL for paths matching a glob (`*` matches anything, `/` included; `?` one character).
+#[derive(Debug, Clone)]
+pub struct TtlRule {
+    pub pattern: String,
+    pub ttl: Duration,
+}
+
+impl TtlRule {
+    pub fn matches(&self, path: &str) -> bool {
+        glob_match(self.pattern.as_bytes(), path.as_bytes())
+    }
+}
+
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    // Iterative matcher with one backtrack point per `*`: linear enough for paths.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((star_p, star_t)) => {
+                    p = star_p + 1;
+                    t = star_t + 1;
+                    star = Some((star_p, star_t + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// `-o ttl_rule=/live/*:5` form.
+fn parse_ttl_rule(value: &str) -> Result<TtlRule, ConfigError> {
+    let (pattern, ttl) = value
+        .rsplit_once(':')
+        .ok_or_else(|| bad("ttl_rule", "must look like `PATTERN:SECONDS`"))?;
+    new_ttl_rule(pattern, parse_duration("ttl_rule", ttl)?)
+}
+
+fn ttl_rule_from_table(table: &toml::Table) -> Result<TtlRule, ConfigError> {
+    let mut pattern = None;
+    let mut ttl = None;
+    for (key, value) in table {
+        match key.as_str() {
+            "pattern" => pattern = Some(toml_scalar(value)?),
+            "ttl" => ttl = Some(parse_duration("ttl_rule.ttl", &toml_scalar(value)?)?),
+            other => return Err(ConfigError::UnknownKey(format!("ttl_rule.{other}"))),
+        }
+    }
+    match (pattern, ttl) {
+        (Some(pattern), Some(ttl)) => new_ttl_rule(&pattern, ttl),
+        _ => Err(bad(
+            "ttl_rule",
+            "each [[ttl_rule]] needs `pattern` and `ttl`",
+        )),
+    }
+}
+
+fn new_ttl_rule(pattern: &str, ttl: Duration) -> Result<TtlRule, ConfigError> {
+    if !pattern.starts_with('/') && !pattern.starts_with('*') {
+        return Err(bad(
+            "ttl_rule",
+            format!("pattern `{pattern}` must start with `/` or `*`"),
+        ));
+    }
+    Ok(TtlRule {
+        pattern: pattern.to_string(),
+        ttl,
+    })
+}
+
 /// When an origin is taken out of rotation and when it comes back.
 #[derive(Debug, Clone)]
 pub struct HealthPolicy {
@@ -221,6 +303,11 @@ pub struct Config {
     pub fuse_threads: usize,
     pub log_file: Option<PathBuf>,
     pub health: HealthPolicy,
+    /// Per-path TTLs; the first matching rule wins over Cache-Control and `ttl`.
+    pub ttl_rules: Vec<TtlRule>,
+    pub ignore_cache_control: bool,
+    /// What `unlink()` of a cached file does.
+    pub unlink: Invalidation,
     /// Memory all open files together may hold in prefetched, not yet stored blocks.
     pub readahead_budget: u64,
     /// Largest read-ahead window of one open file.
@@ -252,6 +339,9 @@ impl Default for Config {
             fuse_threads: 8,
             log_file: None,
             health: HealthPolicy::default(),
+            ttl_rules: Vec::new(),
+            ignore_cache_control: false,
+            unlink: Invalidation::Purge,
             readahead_budget: 128 << 20,
             readahead_max: 32 << 20,
             passthrough: true,
@@ -271,6 +361,9 @@ impl Config {
         let value = value.trim();
         match key {
             "origin" | "origins" => self.origins = parse_origin_list(value)?,
+            "unlink" => self.unlink = value.parse().map_err(|e: String| bad(key, e))?,
+            "ignore_cache_control" => self.ignore_cache_control = parse_bool(key, value)?,
+            "ttl_rule" => self.ttl_rules.push(parse_ttl_rule(value)?),
             "origin_fail_threshold" => self.health.fail_threshold = parse_count(key, value)?,
             "origin_recover_threshold" => self.health.recover_threshold = parse_count(key, value)?,
             "origin_probe_interval" => self.health.probe_interval = parse_timeout(key, value)?,
@@ -350,6 +443,14 @@ impl Config {
     fn apply_table(&mut self, table: &toml::Table) -> Result<(), ConfigError> {
         for (key, value) in table {
             match (key.as_str(), value) {
+                ("ttl_rule", toml::Value::Array(items)) => {
+                    for item in items {
+                        let table = item
+                            .as_table()
+                            .ok_or_else(|| bad("ttl_rule", "each [[ttl_rule]] must be a table"))?;
+                        self.ttl_rules.push(ttl_rule_from_table(table)?);
+                    }
+                }
                 ("vhost", toml::Value::Array(items)) => {
                     for item in items {
                         let table = item
@@ -694,6 +795,22 @@ mod tests {
         config.apply_table(&table).unwrap();
         assert_eq!(config.origins[0].base, "http://c");
         assert!(config.set("origin", "http://a/,ftp://b/").is_err());
+    }
+
+    #[test]
+    fn ttl_rules_match_globs() {
+        let rule = parse_ttl_rule("/live/*.m3u8:5").unwrap();
+        assert_eq!(rule.ttl, Duration::from_secs(5));
+        assert!(rule.matches("/live/a/b.m3u8"));
+        assert!(!rule.matches("/vod/a.m3u8"));
+        assert!(!rule.matches("/live/a.ts"));
+        let table: toml::Table = "[[ttl_rule]]\npattern = \"/img/?.png\"\nttl = 60"
+            .parse()
+            .unwrap();
+        let mut config = Config::default();
+        config.apply_table(&table).unwrap();
+        assert!(config.ttl_rules[0].matches("/img/a.png"));
+        assert!(!config.ttl_rules[0].matches("/img/ab.png"));
     }
 
     #[test]

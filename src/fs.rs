@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,7 @@ use fuser::{
 use parking_lot::Mutex;
 
 use crate::cache::{now_secs, Cache};
+use crate::control::SOCKET_XATTR;
 use crate::error::{FsError, FsResult};
 use crate::inodes::{InodeTable, Node, OpenMode, ROOT_INO};
 use crate::object::{Object, SiteId};
@@ -46,6 +47,8 @@ struct Core {
     mounted_at: SystemTime,
     /// Configured, and granted by the kernel at INIT.
     passthrough: bool,
+    /// The control socket's path, once it listens.
+    control_socket: Arc<OnceLock<PathBuf>>,
     /// Set once the session exists; used to invalidate the kernel's page cache.
     notifier: Arc<OnceLock<Notifier>>,
 }
@@ -66,6 +69,7 @@ impl StonFs {
                 mounted_at: SystemTime::now(),
                 passthrough: cache.config.passthrough,
                 notifier: Arc::new(OnceLock::new()),
+                control_socket: Arc::new(OnceLock::new()),
                 cache,
             }),
         }
@@ -73,6 +77,11 @@ impl StonFs {
 }
 
 impl StonFs {
+    /// Where the control socket's path goes once it listens.
+    pub fn control_socket_slot(&self) -> Arc<OnceLock<PathBuf>> {
+        self.core.control_socket.clone()
+    }
+
     /// Where the session's notifier goes once the session exists.
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.core.notifier.clone()
@@ -88,7 +97,7 @@ fn component(name: &OsStr) -> Option<&str> {
 
 impl Core {
     fn ttl_of(&self, object: &Object) -> Duration {
-        let ttl = object.fresh_for(self.cache.config.ttl, now_secs());
+        let ttl = object.fresh_for(now_secs());
         if ttl.is_zero() {
             STALE_ATTR_TTL
         } else {
@@ -201,7 +210,7 @@ impl Core {
         let (Some(site), Some(object)) = (node.site, &node.object) else {
             return Err(FsError::NotFound);
         };
-        if object.is_fresh(self.cache.config.ttl, now_secs()) && !object.is_detached() {
+        if object.is_fresh(now_secs()) && !object.is_detached() {
             return Ok(object.clone());
         }
         let object = self.cache.resolve(site, node.path.clone()).await?;
@@ -216,7 +225,7 @@ impl Core {
     fn needs_origin(&self, node: &Node) -> bool {
         node.object
             .as_ref()
-            .is_some_and(|o| o.is_detached() || !o.is_fresh(self.cache.config.ttl, now_secs()))
+            .is_some_and(|o| o.is_detached() || !o.is_fresh(now_secs()))
     }
 
     fn finish_open(&self, ino: u64, object: Arc<Object>, reply: ReplyOpen) {
@@ -549,15 +558,19 @@ impl Filesystem for StonFs {
         }
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENODATA);
+    /// The mount root carries the control socket's path, for `ston-fs purge` to find.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let socket = self.core.control_socket.get().filter(|_| ino.0 == ROOT_INO);
+        let Some(socket) = socket.filter(|_| name == SOCKET_XATTR) else {
+            reply.error(Errno::ENODATA);
+            return;
+        };
+        let value = socket.as_os_str().as_encoded_bytes();
+        match size {
+            0 => reply.size(value.len() as u32),
+            n if (n as usize) < value.len() => reply.error(Errno::ERANGE),
+            _ => reply.data(value),
+        }
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -616,8 +629,22 @@ impl Filesystem for StonFs {
         reply.error(Errno::EROFS);
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    /// Unlinking a cached file invalidates it (the configured `unlink` action); the origin
+    /// still has the file, so it stays visible and the next read fetches or revalidates.
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let core = &self.core;
+        let parent_node = core.inodes.get(parent.0);
+        let (Some(parent_node), Some(name)) = (parent_node, component(name)) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let Some(site) = parent_node.site else {
+            reply.error(Errno::EROFS);
+            return;
+        };
+        let path = format!("{}/{}", parent_node.path, name);
+        core.cache.invalidate(site, &path, core.cache.config.unlink);
+        reply.ok();
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {

@@ -62,6 +62,17 @@ impl CacheIndex {
         self.state.lock().objects.get(key).cloned()
     }
 
+    /// Objects of `site` whose path `matches`, without touching their recency.
+    pub fn matching(&self, site: SiteId, matches: impl Fn(&str) -> bool) -> Vec<Arc<Object>> {
+        let state = self.state.lock();
+        state
+            .objects
+            .iter()
+            .filter(|((object_site, path), _)| *object_site == site && matches(path))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
     /// Adds an object restored at startup, charging what it already holds on disk.
     /// Restored objects are added oldest first, so the newest end up most recently used.
     pub fn restore(&self, object: Arc<Object>, charge: u64) {

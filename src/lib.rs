@@ -11,11 +11,13 @@
 //! - [`health`]: which of several equivalent origins are in rotation;
 //! - [`index`]: the LRU of cached objects and the hard size cap;
 //! - [`store`]: the on-disk block store and its crash-safe metadata journal;
+//! - [`control`]: the control socket behind `ston-fs purge|expire|hardpurge`;
 //! - [`config`], [`cli`], [`daemon`], [`mount`], [`demo`]: setting up and running a mount.
 
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod error;

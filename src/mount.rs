@@ -13,6 +13,7 @@ use fuser::{Session, SessionACL};
 
 use crate::cache::Cache;
 use crate::config::{redact_url, Config};
+use crate::control;
 use crate::daemon::Readiness;
 use crate::fs::StonFs;
 
@@ -23,6 +24,7 @@ const MAX_READ: u32 = 1 << 20;
 struct Mounted {
     session: Session<StonFs>,
     runtime: tokio::runtime::Runtime,
+    cache_dir: PathBuf,
 }
 
 /// Runs a mount until it is unmounted. `readiness` hears once the mount is live, or why not.
@@ -39,9 +41,13 @@ pub fn serve(config: Config, mountpoint: &Path, readiness: Readiness) -> Result<
     unmount_on_signal(mountpoint.to_path_buf());
     let result = mounted.session.run();
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    // Lets the journal recorders finish, so what was fetched survives the restart.
     mounted
         .runtime
-        .shutdown_timeout(std::time::Duration::from_secs(2));
+        .shutdown_timeout(std::time::Duration::from_secs(10));
+    if let Some(path) = control::socket_path(&mounted.cache_dir) {
+        let _ = std::fs::remove_file(path);
+    }
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }
 
@@ -52,6 +58,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let threads = config.fuse_threads;
+    let cache_dir = config.cache_dir.clone();
     let acl = if config.allow_other {
         SessionACL::All
     } else {
@@ -64,8 +71,14 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
         Arc::new(Cache::open(config)?)
     };
     cache.start_background();
-    let filesystem = StonFs::new(cache, runtime.handle().clone());
+    let control_socket = control::socket_path(&cache.config.cache_dir);
+    let filesystem = StonFs::new(cache.clone(), runtime.handle().clone());
     let notifier_slot = filesystem.notifier_slot();
+    if let Some(path) = control_socket {
+        let _guard = runtime.enter();
+        control::serve(cache, path.clone());
+        let _ = filesystem.control_socket_slot().set(path);
+    }
     let device = fuse_mount(mountpoint, &source, &options)?;
     let mut session_config = fuser::Config::default();
     session_config.n_threads = Some(threads);
@@ -79,7 +92,11 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
     };
     let _ = notifier_slot.set(session.notifier());
     raise_read_ahead(mountpoint);
-    Ok(Mounted { session, runtime })
+    Ok(Mounted {
+        session,
+        runtime,
+        cache_dir,
+    })
 }
 
 /// The name shown as the mount's source: the origin, without anything secret.
@@ -214,6 +231,12 @@ pub fn is_mount_point(path: &Path) -> bool {
     info.lines()
         .filter_map(|line| line.split(' ').nth(4))
         .any(|field| unescape_mountinfo(field).as_slice() == wanted)
+}
+
+/// A mount point field of mountinfo, decoded.
+pub fn unescape(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(unescape_mountinfo(field))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).

@@ -129,6 +129,8 @@ pub struct Object {
     pub kind: ObjectKind,
     pub version: Version,
     pub block_size: u64,
+    /// How long this version stays fresh after the origin confirms it.
+    pub ttl: Duration,
     /// Seconds since the epoch when the origin last confirmed this version.
     fetched_at: AtomicU64,
     location: Option<ObjectLocation>,
@@ -143,6 +145,7 @@ impl Object {
         kind: ObjectKind,
         version: Version,
         block_size: u64,
+        ttl: Duration,
         fetched_at: u64,
         location: Option<ObjectLocation>,
         charged: u64,
@@ -155,6 +158,7 @@ impl Object {
             path,
             kind,
             block_size,
+            ttl,
             fetched_at: AtomicU64::new(fetched_at),
             state: Mutex::new(ObjectState {
                 blocks,
@@ -184,6 +188,7 @@ impl Object {
             header.kind,
             version,
             header.block_size,
+            Duration::from_secs(header.ttl),
             header.fetched_at,
             Some(loaded.location),
             charged,
@@ -226,15 +231,15 @@ impl Object {
         self.fetched_at.load(Ordering::Relaxed)
     }
 
-    pub fn is_fresh(&self, ttl: Duration, now: u64) -> bool {
-        now < self.fetched_at().saturating_add(ttl.as_secs())
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.fetched_at().saturating_add(self.ttl.as_secs())
     }
 
     /// Seconds of freshness left, for kernel attribute and entry timeouts.
-    pub fn fresh_for(&self, ttl: Duration, now: u64) -> Duration {
+    pub fn fresh_for(&self, now: u64) -> Duration {
         Duration::from_secs(
             self.fetched_at()
-                .saturating_add(ttl.as_secs())
+                .saturating_add(self.ttl.as_secs())
                 .saturating_sub(now),
         )
     }
@@ -251,6 +256,23 @@ impl Object {
                 tracing::warn!(path = %self.path, "cannot record renewal: {e}");
             }
         }
+    }
+
+    /// The TTL ends now: the next use revalidates (a 304 keeps every block).
+    pub fn expire(&self) {
+        self.renew(0);
+    }
+
+    /// Bytes of the object's data held in the cache.
+    pub fn cached_bytes(&self) -> u64 {
+        let state = self.state.lock();
+        (0..state.blocks.len() as u64)
+            .filter(|b| matches!(state.blocks[*b as usize], BlockState::Cached { .. }))
+            .map(|b| {
+                let range = self.block_range(b);
+                range.end - range.start
+            })
+            .sum()
     }
 
     fn persistent_location(&self) -> Option<&ObjectLocation> {

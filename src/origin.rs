@@ -66,12 +66,51 @@ impl Version {
     }
 }
 
+/// The parts of an answer's `Cache-Control` that decide freshness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `s-maxage` (shared caches) or else `max-age`, in seconds.
+    pub max_age: Option<u64>,
+    /// Revalidate before every use.
+    pub no_cache: bool,
+    /// Keep nothing on disk.
+    pub no_store: bool,
+}
+
+impl CacheControl {
+    fn of(response: &reqwest::Response) -> CacheControl {
+        let mut parsed = CacheControl::default();
+        let mut shared_max_age = None;
+        for value in response.headers().get_all(header::CACHE_CONTROL) {
+            let Ok(text) = value.to_str() else { continue };
+            for directive in text.split(',') {
+                let (name, argument) = match directive.split_once('=') {
+                    Some((name, argument)) => {
+                        (name.trim(), Some(argument.trim().trim_matches('"')))
+                    }
+                    None => (directive.trim(), None),
+                };
+                match (name.to_ascii_lowercase().as_str(), argument) {
+                    ("no-store", _) => parsed.no_store = true,
+                    ("no-cache" | "private", _) => parsed.no_cache = true,
+                    ("max-age", Some(n)) => parsed.max_age = n.parse().ok().or(parsed.max_age),
+                    ("s-maxage", Some(n)) => shared_max_age = n.parse().ok(),
+                    _ => {}
+                }
+            }
+        }
+        parsed.max_age = shared_max_age.or(parsed.max_age);
+        parsed
+    }
+}
+
 /// What a probe (`GET` of the first block) found at a path.
 #[derive(Debug)]
 pub enum Probe {
     File {
         version: Version,
         first_block: Bytes,
+        cache_control: CacheControl,
     },
     Directory,
     NotFound,
@@ -234,6 +273,7 @@ impl OriginClient {
             416 => Ok(Probe::File {
                 version: unsatisfiable_version(&response)?,
                 first_block: Bytes::new(),
+                cache_control: CacheControl::of(&response),
             }),
             code if self.file_status.contains(&code) && status.is_success() => {
                 read_first_block(response, block_size).await
@@ -387,6 +427,7 @@ fn unsatisfiable_version(response: &reqwest::Response) -> FsResult<Version> {
 
 async fn read_first_block(mut response: reqwest::Response, block_size: u64) -> FsResult<Probe> {
     let mut version = version_of(&response);
+    let cache_control = CacheControl::of(&response);
     let size = if response.status() == StatusCode::PARTIAL_CONTENT {
         let (start, end, total) = content_range(&response)
             .ok_or_else(|| FsError::BadAnswer("206 without a valid Content-Range".into()))?;
@@ -424,6 +465,7 @@ async fn read_first_block(mut response: reqwest::Response, block_size: u64) -> F
     Ok(Probe::File {
         version,
         first_block: block.freeze(),
+        cache_control,
     })
 }
 

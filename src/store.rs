@@ -51,6 +51,13 @@ pub struct MetaHeader {
     /// Seconds since the epoch when the origin last confirmed this version.
     pub fetched_at: u64,
     pub block_size: u64,
+    /// Seconds the version stays fresh after each confirmation.
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    1800
 }
 
 /// An object read back from disk at startup.
@@ -185,7 +192,8 @@ fn decode_meta(bytes: &[u8]) -> Option<(MetaHeader, Vec<(u64, u32)>)> {
             RECORD_BLOCK => {
                 blocks.insert(u64::from(word(record, 4)), word(record, 8));
             }
-            RECORD_RENEWED => header.fetched_at = header.fetched_at.max(u64::from(word(record, 8))),
+            // Records are in time order: the last confirmation (or expiry, 0) wins.
+            RECORD_RENEWED => header.fetched_at = u64::from(word(record, 8)),
             _ => break,
         }
     }
@@ -413,6 +421,7 @@ mod tests {
             last_modified: None,
             fetched_at: 100,
             block_size: 4096,
+            ttl: 60,
         }
     }
 

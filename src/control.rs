@@ -1,0 +1,199 @@
+//! Control socket: `ston-fs purge|expire|hardpurge PATH...` talks to a live mount through a
+//! Unix socket under the cache dir, one JSON line each way.
+//!
+//! The command finds the socket from the mount itself (an xattr on the mount root), so it
+//! needs nothing but a path on the mount.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::cache::{Cache, Invalidation};
+
+/// Extended attribute of the mount root that holds the control socket's path.
+pub const SOCKET_XATTR: &str = "user.stonfs.control";
+/// Longest request line the daemon reads.
+const MAX_REQUEST: usize = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub op: Invalidation,
+    /// Paths relative to the mount root; a trailing `/*` covers a subtree.
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub objects: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where a daemon with this cache dir listens; `None` if the path is too long for a socket.
+pub fn socket_path(cache_dir: &Path) -> Option<PathBuf> {
+    let path = cache_dir.join(format!("control.{}.sock", std::process::id()));
+    (path.as_os_str().len() < 100).then_some(path)
+}
+
+/// Serves control requests until the runtime stops. Runs on the mount's I/O runtime.
+pub fn serve(cache: Arc<Cache>, path: PathBuf) {
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "no control socket: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(&cache, stream).await {
+                    tracing::debug!("control connection: {e}");
+                }
+            });
+        }
+    });
+}
+
+async fn answer(cache: &Cache, stream: tokio::net::UnixStream) -> std::io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(reader).take(MAX_REQUEST as u64);
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => execute(cache, &request),
+        Err(e) => Response {
+            error: Some(format!("bad request: {e}")),
+            ..Response::default()
+        },
+    };
+    let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
+    text.push('\n');
+    writer.write_all(text.as_bytes()).await
+}
+
+fn execute(cache: &Cache, request: &Request) -> Response {
+    let mut response = Response {
+        ok: true,
+        ..Response::default()
+    };
+    for path in &request.paths {
+        match cache.split_mount_path(path) {
+            Some((site, site_path)) => {
+                let report = cache.invalidate(site, &site_path, request.op);
+                response.objects += report.objects;
+                response.bytes += report.bytes;
+            }
+            None => {
+                response.ok = false;
+                response.error = Some(format!("{path}: not a path of this mount"));
+            }
+        }
+    }
+    response
+}
+
+/// The client side: sends one request for `paths` (absolute paths on one mount).
+pub fn request(op: Invalidation, paths: &[PathBuf]) -> Result<Response, String> {
+    let first = paths
+        .first()
+        .ok_or("give at least one PATH on a ston-fs mount")?;
+    let mountpoint =
+        mount_of(first).ok_or_else(|| format!("{} is not on a ston-fs mount", first.display()))?;
+    let mut relative = Vec::new();
+    for path in paths {
+        let absolute = absolute(path);
+        let inside = absolute.strip_prefix(&mountpoint).map_err(|_| {
+            format!(
+                "{} is not on the mount at {}",
+                path.display(),
+                mountpoint.display()
+            )
+        })?;
+        relative.push(format!("/{}", inside.to_string_lossy()));
+    }
+    let socket = read_socket_xattr(&mountpoint)?;
+    let mut stream = UnixStream::connect(&socket)
+        .map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))?;
+    let mut line = serde_json::to_string(&Request {
+        op,
+        paths: relative,
+    })
+    .map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+}
+
+/// Absolute form of a path without resolving its last component (it may be a pattern).
+fn absolute(path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    match (
+        joined.parent().and_then(|p| p.canonicalize().ok()),
+        joined.file_name(),
+    ) {
+        (Some(parent), Some(name)) => parent.join(name),
+        _ => joined,
+    }
+}
+
+/// The ston-fs mount that contains `path`: the longest matching mount point.
+fn mount_of(path: &Path) -> Option<PathBuf> {
+    let path = absolute(path);
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split(' ').next()?;
+            let mountpoint = before.split(' ').nth(4)?;
+            (fstype == "fuse.ston-fs").then(|| PathBuf::from(crate::mount::unescape(mountpoint)))
+        })
+        .filter(|mountpoint| path.starts_with(mountpoint))
+        .max_by_key(|mountpoint| mountpoint.as_os_str().len())
+}
+
+fn read_socket_xattr(mountpoint: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let c_name = std::ffi::CString::new(SOCKET_XATTR).map_err(|e| e.to_string())?;
+    let mut buffer = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and the buffer is valid for its length.
+    let len = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+        )
+    };
+    if len < 0 {
+        return Err(format!(
+            "the mount at {} has no control socket: {}",
+            mountpoint.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    buffer.truncate(len as usize);
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&buffer)))
+}
