@@ -374,7 +374,7 @@ impl Cache {
             }
             Ok(Probe::NotFound) => {
                 if let Some(old) = existing {
-                    self.index.retire(&old);
+                    self.index.retire_replaced(&old);
                 }
                 let expires = Instant::now() + self.config.negative_ttl;
                 self.negative.lock().put(key, expires);
@@ -410,7 +410,7 @@ impl Cache {
             }
             other => {
                 if let Some(old) = other {
-                    self.index.retire(&old);
+                    self.index.retire_replaced(&old);
                 }
                 self.create_object(site, path, ObjectKind::File, found, now)
             }
@@ -436,7 +436,7 @@ impl Cache {
             }
             other => {
                 if let Some(old) = other {
-                    self.index.retire(&old);
+                    self.index.retire_replaced(&old);
                 }
                 let version = Version {
                     size: 0,
@@ -524,7 +524,7 @@ impl Cache {
     /// The origin has a new version: the cached one goes, so the next lookup probes afresh.
     pub fn version_changed(&self, object: &Arc<Object>) {
         tracing::info!(path = %object.path, "object changed at the origin");
-        self.index.retire(object);
+        self.index.retire_replaced(object);
     }
 
     /// Starts fetching absent blocks ahead of a sequential reader, as far as the global

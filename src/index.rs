@@ -95,12 +95,22 @@ impl CacheIndex {
         let key = (object.site, object.path.clone());
         let previous = self.state.lock().objects.put(key, object);
         if let Some(previous) = previous {
-            self.forget_charge(&previous);
+            self.forget_charge(&previous, true);
         }
     }
 
     /// Takes `object` out of the index (if it is still the entry) and removes its files.
     pub fn retire(&self, object: &Arc<Object>) {
+        self.retire_as(object, false);
+    }
+
+    /// Like [`retire`](Self::retire), for a version the origin replaced: files that are open
+    /// keep reading what was cached of it.
+    pub fn retire_replaced(&self, object: &Arc<Object>) {
+        self.retire_as(object, true);
+    }
+
+    fn retire_as(&self, object: &Arc<Object>, replaced: bool) {
         let _evicting = self.evict_lock.lock();
         let key = (object.site, object.path.clone());
         {
@@ -113,11 +123,11 @@ impl CacheIndex {
                 state.objects.pop(&key);
             }
         }
-        self.forget_charge(object);
+        self.forget_charge(object, replaced);
     }
 
-    fn forget_charge(&self, object: &Object) {
-        let freed = object.detach();
+    fn forget_charge(&self, object: &Object, replaced: bool) {
+        let freed = object.detach(replaced);
         let mut state = self.state.lock();
         state.used = state.used.saturating_sub(freed);
     }
@@ -173,7 +183,7 @@ impl CacheIndex {
                 }
             };
             tracing::debug!(path = %victim.path, "evicting");
-            self.forget_charge(&victim);
+            self.forget_charge(&victim, false);
         };
         if let Some((key, object)) = kept_back {
             self.state.lock().objects.put(key, object);

@@ -369,6 +369,10 @@ impl Object {
         if let Some(file) = &state.data {
             return Ok(file.clone());
         }
+        if state.detached {
+            // The path may already hold another version's file: never reopen it.
+            return Err(FsError::Io("object left the cache".into()));
+        }
         let location = self
             .location
             .as_ref()
@@ -612,16 +616,26 @@ impl Object {
 
     /// Takes the object out of the cache: no more cache reads or writes, files removed.
     /// Returns the bytes it had charged against the cap.
-    pub fn detach(&self) -> u64 {
+    ///
+    /// With `keep_open_readable` (the origin has a new version), files still open keep reading
+    /// this version's cached blocks from the removed file: an open file keeps the version it
+    /// opened. Otherwise (eviction, purge) they fetch again, pinned to this same version.
+    pub fn detach(&self, keep_open_readable: bool) -> u64 {
         let mut state = self.state.lock();
         if state.detached && state.charged == 0 {
             return 0;
         }
+        let keep = keep_open_readable && state.open_handles > 0;
+        if keep && state.data.is_none() {
+            state.data = self.data_file(&mut state).ok();
+        }
         state.detached = true;
-        state.data = None;
-        for slot in state.blocks.iter_mut() {
-            if matches!(slot, BlockState::Cached { .. }) {
-                *slot = BlockState::Absent;
+        if !keep || state.data.is_none() {
+            state.data = None;
+            for slot in state.blocks.iter_mut() {
+                if matches!(slot, BlockState::Cached { .. }) {
+                    *slot = BlockState::Absent;
+                }
             }
         }
         if let Some(location) = &self.location {
