@@ -19,6 +19,7 @@ use crate::index::{CacheIndex, ObjectKey};
 use crate::object::{BlockSource, Flight, Object, SiteId};
 use crate::origin::{CacheControl, OriginClient, Probe, Site, Version};
 use crate::readahead::Budget;
+use crate::stats::{OriginHealth, Snapshot, Stats};
 use crate::store::{self, MetaHeader, ObjectKind, SiteStore, OBJECT_OVERHEAD};
 
 /// How many not-found answers are remembered at most.
@@ -107,6 +108,7 @@ pub struct Found {
 
 pub struct Cache {
     pub config: Config,
+    pub stats: Arc<Stats>,
     pub origin: OriginClient,
     pub index: CacheIndex,
     /// Prefetch memory shared by every open file.
@@ -120,7 +122,18 @@ pub struct Cache {
 impl Cache {
     /// Opens every site's cache folder (locking it) and loads what is cached there.
     pub fn open(config: Config) -> Result<Cache, String> {
-        let origin = OriginClient::new(&config)?;
+        let access_log = match &config.access_log {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot open access_log {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let stats = Arc::new(Stats::new(access_log));
+        let origin = OriginClient::new(&config, stats.clone())?;
         store::create_private_dir(&config.cache_dir).map_err(|e| {
             format!(
                 "cannot create cache dir {}: {e}",
@@ -147,6 +160,7 @@ impl Cache {
             sites.push(SiteEntry::open(&config, vhost.origins.clone(), name, host)?);
         }
         let cache = Cache {
+            stats,
             index: CacheIndex::new(config.max_cache_size),
             readahead: Budget::new(config.readahead_budget),
             runtime: tokio::runtime::Handle::try_current()
@@ -189,6 +203,24 @@ impl Cache {
             cap = self.index.cap(),
             "cache index loaded"
         );
+    }
+
+    /// Every figure of `ston-fs stats`, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = self.stats.snapshot();
+        snapshot.cache_bytes = self.index.used();
+        snapshot.cache_cap = self.index.cap();
+        snapshot.cache_objects = self.index.len() as u64;
+        for entry in &self.sites {
+            for member in &entry.site.pool.members {
+                snapshot.origins.push(OriginHealth {
+                    site: entry.name.clone(),
+                    origin: member.origin.to_string(),
+                    healthy: member.is_healthy(),
+                });
+            }
+        }
+        snapshot
     }
 
     /// Applies an invalidation to one path, or to a subtree when the path ends in `/*`.
@@ -548,25 +580,29 @@ impl Cache {
         }
     }
 
-    /// Reads `range` of `object`, fetching only the blocks that are missing.
+    /// Reads `range` of `object`, fetching only the blocks that are missing. Also says
+    /// whether the cache alone answered (no block had to come from the origin).
     pub async fn read(
         self: &Arc<Self>,
         object: &Arc<Object>,
         range: Range<u64>,
-    ) -> FsResult<Bytes> {
+    ) -> FsResult<(Bytes, bool)> {
         let range = range.start.min(object.version.size)..range.end.min(object.version.size);
         if range.is_empty() {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), true));
         }
         let blocks = range.start / object.block_size..(range.end - 1) / object.block_size + 1;
         for _ in 0..CORRUPTION_RETRIES {
             let (sources, runs) = object.plan(blocks.clone());
+            let from_cache = sources
+                .iter()
+                .all(|s| matches!(s, BlockSource::Disk { .. }));
             for run in runs {
                 tokio::spawn(fetch_run(self.clone(), object.clone(), run));
             }
             match self.gather(object, &range, blocks.start, sources).await {
                 Err(FsError::Corrupt) => continue,
-                result => return result,
+                result => return result.map(|data| (data, from_cache)),
             }
         }
         Err(FsError::Corrupt)

@@ -78,6 +78,13 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Show a live mount's statistics: hit ratios, latencies, origin traffic, cache use
+    Stats {
+        mountpoint: PathBuf,
+        /// Print JSON instead of the summary
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve a built-in sample origin and mount it: no configuration, no network needed
     Demo {
         /// Where to mount the demo (created if missing)
@@ -95,6 +102,7 @@ pub fn main() -> ExitCode {
         Some(Command::Purge { paths }) => invalidate(Invalidation::Purge, paths),
         Some(Command::Expire { paths }) => invalidate(Invalidation::Expire, paths),
         Some(Command::Hardpurge { paths }) => invalidate(Invalidation::Hardpurge, paths),
+        Some(Command::Stats { mountpoint, json }) => show_stats(mountpoint, *json),
         None => run_mount(&cli),
     }
 }
@@ -135,7 +143,7 @@ fn run_mount(cli: &Cli) -> ExitCode {
 }
 
 fn invalidate(action: Invalidation, paths: &[PathBuf]) -> ExitCode {
-    match control::request(action, paths) {
+    match control::request(action.into(), paths) {
         Ok(response) if response.ok => {
             let verb = match action {
                 Invalidation::Purge => "purged",
@@ -153,6 +161,34 @@ fn invalidate(action: Invalidation, paths: &[PathBuf]) -> ExitCode {
                 "ston-fs: {}",
                 response.error.unwrap_or_else(|| "request failed".into())
             );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ston-fs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn show_stats(mountpoint: &Path, json: bool) -> ExitCode {
+    let response = control::request(control::Op::Stats, &[mountpoint.to_path_buf()]);
+    match response.map(|r| r.stats) {
+        Ok(Some(stats)) if json => match serde_json::to_string_pretty(&stats) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ston-fs: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(Some(stats)) => {
+            print!("{}", stats.to_text());
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("ston-fs: the daemon sent no statistics");
             ExitCode::from(1)
         }
         Err(e) => {

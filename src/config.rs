@@ -308,6 +308,10 @@ pub struct Config {
     pub ignore_cache_control: bool,
     /// What `unlink()` of a cached file does.
     pub unlink: Invalidation,
+    /// Where file-system calls are logged, one line each.
+    pub access_log: Option<PathBuf>,
+    /// Loopback address of the Prometheus endpoint (`/metrics`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Memory all open files together may hold in prefetched, not yet stored blocks.
     pub readahead_budget: u64,
     /// Largest read-ahead window of one open file.
@@ -342,6 +346,8 @@ impl Default for Config {
             ttl_rules: Vec::new(),
             ignore_cache_control: false,
             unlink: Invalidation::Purge,
+            access_log: None,
+            metrics_addr: None,
             readahead_budget: 128 << 20,
             readahead_max: 32 << 20,
             passthrough: true,
@@ -361,6 +367,19 @@ impl Config {
         let value = value.trim();
         match key {
             "origin" | "origins" => self.origins = parse_origin_list(value)?,
+            "access_log" => self.access_log = Some(PathBuf::from(nonempty(key, value)?)),
+            "metrics_addr" => {
+                let addr: std::net::SocketAddr = value.parse().map_err(|_| {
+                    bad(
+                        key,
+                        format!("`{value}` is not an address like 127.0.0.1:9400"),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(bad(key, "must be a loopback address (127.0.0.1 or ::1)"));
+                }
+                self.metrics_addr = Some(addr);
+            }
             "unlink" => self.unlink = value.parse().map_err(|e: String| bad(key, e))?,
             "ignore_cache_control" => self.ignore_cache_control = parse_bool(key, value)?,
             "ttl_rule" => self.ttl_rules.push(parse_ttl_rule(value)?),

@@ -13,16 +13,38 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::cache::{Cache, Invalidation};
+use crate::stats::Snapshot;
 
 /// Extended attribute of the mount root that holds the control socket's path.
 pub const SOCKET_XATTR: &str = "user.stonfs.control";
 /// Longest request line the daemon reads.
 const MAX_REQUEST: usize = 1 << 20;
 
+/// What a request asks the daemon to do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Purge,
+    Expire,
+    Hardpurge,
+    Stats,
+}
+
+impl From<Invalidation> for Op {
+    fn from(action: Invalidation) -> Op {
+        match action {
+            Invalidation::Purge => Op::Purge,
+            Invalidation::Expire => Op::Expire,
+            Invalidation::Hardpurge => Op::Hardpurge,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
-    pub op: Invalidation,
+    pub op: Op,
     /// Paths relative to the mount root; a trailing `/*` covers a subtree.
+    #[serde(default)]
     pub paths: Vec<String>,
 }
 
@@ -35,6 +57,8 @@ pub struct Response {
     pub bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Snapshot>,
 }
 
 /// Where a daemon with this cache dir listens; `None` if the path is too long for a socket.
@@ -65,6 +89,44 @@ pub fn serve(cache: Arc<Cache>, path: PathBuf) {
     });
 }
 
+/// Serves `GET /metrics` in Prometheus text format on `addr` (a loopback address).
+pub fn serve_metrics(cache: Arc<Cache>, addr: std::net::SocketAddr) {
+    tokio::spawn(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(%addr, "no metrics endpoint: {e}");
+                return;
+            }
+        };
+        while let Ok((stream, _)) = listener.accept().await {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let found = request.uri().path() == "/metrics";
+                        let body = if found {
+                            cache.snapshot().to_prometheus()
+                        } else {
+                            String::new()
+                        };
+                        async move {
+                            hyper::Response::builder()
+                                .status(if found { 200 } else { 404 })
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+}
+
 async fn answer(cache: &Cache, stream: tokio::net::UnixStream) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
@@ -87,10 +149,19 @@ fn execute(cache: &Cache, request: &Request) -> Response {
         ok: true,
         ..Response::default()
     };
+    let action = match request.op {
+        Op::Stats => {
+            response.stats = Some(cache.snapshot());
+            return response;
+        }
+        Op::Purge => Invalidation::Purge,
+        Op::Expire => Invalidation::Expire,
+        Op::Hardpurge => Invalidation::Hardpurge,
+    };
     for path in &request.paths {
         match cache.split_mount_path(path) {
             Some((site, site_path)) => {
-                let report = cache.invalidate(site, &site_path, request.op);
+                let report = cache.invalidate(site, &site_path, action);
                 response.objects += report.objects;
                 response.bytes += report.bytes;
             }
@@ -104,7 +175,7 @@ fn execute(cache: &Cache, request: &Request) -> Response {
 }
 
 /// The client side: sends one request for `paths` (absolute paths on one mount).
-pub fn request(op: Invalidation, paths: &[PathBuf]) -> Result<Response, String> {
+pub fn request(op: Op, paths: &[PathBuf]) -> Result<Response, String> {
     let first = paths
         .first()
         .ok_or("give at least one PATH on a ston-fs mount")?;

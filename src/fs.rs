@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -24,6 +24,7 @@ use crate::error::{FsError, FsResult};
 use crate::inodes::{InodeTable, Node, OpenMode, ROOT_INO};
 use crate::object::{Object, SiteId};
 use crate::readahead::ReadAhead;
+use crate::stats::Op;
 use crate::store::ObjectKind;
 
 /// Kernel attribute timeout when an object is served past its TTL (origin down).
@@ -314,6 +315,12 @@ impl Core {
         }
     }
 
+    fn record(&self, op: Op, path: &str, bytes: u64, started: Instant, hit: bool) {
+        self.cache
+            .stats
+            .record_op(op, path, bytes, started.elapsed(), hit);
+    }
+
     fn spawn<F>(&self, task: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -364,8 +371,10 @@ impl Filesystem for StonFs {
             reply.error(Errno::ENOTDIR);
             return;
         }
+        let started = Instant::now();
         let path: Arc<str> = format!("{}/{}", parent_node.path, name).into();
         if let Some(answer) = core.cache.lookup_fresh(site, &path) {
+            core.record(Op::Lookup, &path, 0, started, true);
             core.reply_entry(parent.0, name, site, path, answer, reply);
             return;
         }
@@ -373,6 +382,7 @@ impl Filesystem for StonFs {
         let name = name.to_string();
         self.core.spawn(async move {
             let answer = core.cache.resolve(site, path.clone()).await;
+            core.record(Op::Lookup, &path, 0, started, false);
             core.reply_entry(parent.0, &name, site, path, answer, reply);
         });
     }
@@ -386,13 +396,17 @@ impl Filesystem for StonFs {
             reply.error(Errno::ENOENT);
             return;
         };
+        let started = Instant::now();
         if !self.core.needs_origin(&node) {
+            self.core.record(Op::Attr, &node.path, 0, started, true);
             reply.attr(&self.core.attr_ttl(&node), &self.core.attr(ino.0, &node));
             return;
         }
         let core = self.core.clone();
         self.core.spawn(async move {
-            match core.fresh_object(ino.0, &node).await {
+            let answer = core.fresh_object(ino.0, &node).await;
+            core.record(Op::Attr, &node.path, 0, started, false);
+            match answer {
                 Ok(object) => {
                     let node = Node {
                         object: Some(object),
@@ -420,15 +434,19 @@ impl Filesystem for StonFs {
             reply.error(Errno::EISDIR);
             return;
         }
+        let started = Instant::now();
         if !self.core.needs_origin(&node) {
             if let Some(object) = node.object {
+                self.core.record(Op::Open, &node.path, 0, started, true);
                 self.core.finish_open(ino.0, object, reply);
                 return;
             }
         }
         let core = self.core.clone();
         self.core.spawn(async move {
-            match core.fresh_object(ino.0, &node).await {
+            let answer = core.fresh_object(ino.0, &node).await;
+            core.record(Op::Open, &node.path, 0, started, false);
+            match answer {
                 Ok(object) => core.finish_open(ino.0, object, reply),
                 Err(error) => reply.error(error.errno()),
             }
@@ -451,16 +469,22 @@ impl Filesystem for StonFs {
             return;
         };
         let object = file.object.clone();
+        let started = Instant::now();
         let range = offset..offset.saturating_add(u64::from(size));
         self.core.read_ahead(&file, &range);
         if let Some(Ok(data)) = object.read_cached(range.clone()) {
+            self.core
+                .record(Op::Read, &object.path, data.len() as u64, started, true);
             reply.data(&data);
             return;
         }
-        let cache = self.core.cache.clone();
+        let core = self.core.clone();
         self.core.spawn(async move {
-            match cache.read(&object, range).await {
-                Ok(data) => reply.data(&data),
+            match core.cache.read(&object, range).await {
+                Ok((data, hit)) => {
+                    core.record(Op::Read, &object.path, data.len() as u64, started, hit);
+                    reply.data(&data);
+                }
                 Err(error) => reply.error(error.errno()),
             }
         });

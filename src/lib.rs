@@ -11,6 +11,7 @@
 //! - [`health`]: which of several equivalent origins are in rotation;
 //! - [`index`]: the LRU of cached objects and the hard size cap;
 //! - [`store`]: the on-disk block store and its crash-safe metadata journal;
+//! - [`stats`]: counters, latency histograms, the access log and Prometheus text;
 //! - [`control`]: the control socket behind `ston-fs purge|expire|hardpurge`;
 //! - [`config`], [`cli`], [`daemon`], [`mount`], [`demo`]: setting up and running a mount.
 
@@ -30,4 +31,5 @@ pub mod mount;
 pub mod object;
 pub mod origin;
 pub mod readahead;
+pub mod stats;
 pub mod store;

@@ -76,8 +76,12 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
     let notifier_slot = filesystem.notifier_slot();
     if let Some(path) = control_socket {
         let _guard = runtime.enter();
-        control::serve(cache, path.clone());
+        control::serve(cache.clone(), path.clone());
         let _ = filesystem.control_socket_slot().set(path);
+    }
+    if let Some(addr) = cache.config.metrics_addr {
+        let _guard = runtime.enter();
+        control::serve_metrics(cache.clone(), addr);
     }
     let device = fuse_mount(mountpoint, &source, &options)?;
     let mut session_config = fuser::Config::default();

@@ -4,6 +4,7 @@
 //! validators) before a byte of it is used; anything inconsistent becomes an error, never data.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,7 @@ use reqwest::StatusCode;
 use crate::config::{Config, HealthPolicy, Origin};
 use crate::error::{FsError, FsResult};
 use crate::health::{backoff, Member, Pool};
+use crate::stats::Stats;
 
 /// Everything outside RFC 3986's unreserved set is escaped, so no byte of a file name
 /// (`%`, `?`, `#`, space, CR/LF, unicode) can change the meaning of a request.
@@ -120,6 +122,7 @@ pub enum Probe {
 
 /// A range answer whose headers passed the checks; its body starts at `body_start`.
 pub struct RangeBody {
+    stats: Arc<Stats>,
     pub body_start: u64,
     /// The origin ignored Range and sends the whole object.
     pub whole_object: bool,
@@ -129,7 +132,11 @@ pub struct RangeBody {
 impl RangeBody {
     /// The next piece of the body, or `None` at its end.
     pub async fn chunk(&mut self) -> FsResult<Option<Bytes>> {
-        self.response.chunk().await.map_err(map_reqwest_error)
+        let chunk = self.response.chunk().await.map_err(map_reqwest_error)?;
+        if let Some(bytes) = &chunk {
+            self.stats.record_origin_bytes(bytes.len() as u64);
+        }
+        Ok(chunk)
     }
 }
 
@@ -140,12 +147,13 @@ pub struct OriginClient {
     file_status: Vec<u16>,
     dir_status: Vec<u16>,
     policy: HealthPolicy,
+    stats: Arc<Stats>,
     /// Longest a request may take to produce its answer's headers, over every retry.
     deadline: Duration,
 }
 
 impl OriginClient {
-    pub fn new(config: &Config) -> Result<OriginClient, String> {
+    pub fn new(config: &Config, stats: Arc<Stats>) -> Result<OriginClient, String> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.receive_timeout)
@@ -180,6 +188,7 @@ impl OriginClient {
             file_status: config.file_status.clone(),
             dir_status: config.dir_status.clone(),
             policy: config.health.clone(),
+            stats,
             deadline: config.connect_timeout + config.receive_timeout,
         })
     }
@@ -213,11 +222,16 @@ impl OriginClient {
                 if started.elapsed() + pause >= self.deadline {
                     break;
                 }
+                self.stats.record_retry();
                 tokio::time::sleep(pause).await;
             }
             let remaining = self.deadline.saturating_sub(started.elapsed());
             let request = decorate(self.request(site, &member.origin, path));
-            match tokio::time::timeout(remaining, request.send()).await {
+            let answer = tokio::time::timeout(remaining, request.send()).await;
+            if let Ok(Ok(response)) = &answer {
+                self.stats.record_origin_status(response.status().as_u16());
+            }
+            match answer {
                 Ok(Ok(response)) if !response.status().is_server_error() => {
                     member.record_success();
                     return Ok(response);
@@ -225,6 +239,10 @@ impl OriginClient {
                 Ok(Ok(response)) => last_error = FsError::Status(response.status().as_u16()),
                 Ok(Err(e)) => last_error = map_reqwest_error(e),
                 Err(_) => last_error = FsError::Timeout,
+            }
+            if !matches!(last_error, FsError::Status(_)) {
+                self.stats
+                    .record_origin_failure(matches!(last_error, FsError::Timeout));
             }
             member.record_failure(&self.policy);
             tracing::debug!(origin = %member.origin, path, attempt, "origin request failed: {last_error}");
@@ -276,7 +294,11 @@ impl OriginClient {
                 cache_control: CacheControl::of(&response),
             }),
             code if self.file_status.contains(&code) && status.is_success() => {
-                read_first_block(response, block_size).await
+                let probe = read_first_block(response, block_size).await;
+                if let Ok(Probe::File { first_block, .. }) = &probe {
+                    self.stats.record_origin_bytes(first_block.len() as u64);
+                }
+                probe
             }
             code if self.dir_status.contains(&code) => Ok(Probe::Directory),
             404 | 410 => Ok(Probe::NotFound),
@@ -325,6 +347,7 @@ impl OriginClient {
                     )));
                 }
                 Ok(RangeBody {
+                    stats: self.stats.clone(),
                     body_start: start,
                     whole_object: false,
                     response,
@@ -333,6 +356,7 @@ impl OriginClient {
             StatusCode::OK if answered.matches(version) => {
                 // An origin that ignores Range: the whole body, from byte 0.
                 Ok(RangeBody {
+                    stats: self.stats.clone(),
                     body_start: 0,
                     whole_object: true,
                     response,

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs ston-fs: the release binary, the mount(8) helpers and the systemd units.
+#
+#   mount-helpers/install.sh [--prefix DIR]     (default prefix /usr/local; run as root)
+#
+# After it: `mount -t fuse.ston-fs http://origin/ /mnt/origin -o allow_other` works, fstab
+# lines with type fuse.ston-fs work, and `systemctl enable --now ston-fs@mnt-origin` mounts
+# /mnt/origin with /etc/ston-fs/mnt-origin.toml.
+set -euo pipefail
+
+prefix=/usr/local
+sbindir=/sbin            # where mount(8) looks for mount.<type> helpers
+unitdir=/etc/systemd/system
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) prefix=$2; shift 2 ;;
+        --prefix=*) prefix=${1#--prefix=}; shift ;;
+        --sbindir) sbindir=$2; shift 2 ;;
+        --unitdir) unitdir=$2; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bindir=$prefix/bin
+
+if [ -z "${STON_FS_BIN:-}" ]; then
+    (cd "$repo" && cargo build --release --locked)
+    STON_FS_BIN=$repo/target/release/ston-fs
+fi
+
+install -d -m 0755 "$bindir" "$sbindir" "$unitdir" /etc/ston-fs
+install -m 0755 "$STON_FS_BIN" "$bindir/ston-fs"
+
+# One helper under both names mount(8) tries: mount.fuse.ston-fs and mount.ston-fs.
+helper=$(mktemp)
+trap 'rm -f "$helper"' EXIT
+sed "s|@BINDIR@|$bindir|g" "$repo/mount-helpers/mount.fuse.ston-fs" > "$helper"
+install -m 0755 "$helper" "$sbindir/mount.fuse.ston-fs"
+install -m 0755 "$helper" "$sbindir/mount.ston-fs"
+
+for unit in "$repo"/systemd/*.service "$repo"/systemd/*.mount; do
+    sed "s|@BINDIR@|$bindir|g" "$unit" > "$helper"
+    install -m 0644 "$helper" "$unitdir/$(basename "$unit")"
+done
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+fi
+
+echo "installed: $bindir/ston-fs, $sbindir/mount.fuse.ston-fs, $sbindir/mount.ston-fs, units in $unitdir"

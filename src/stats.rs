@@ -1,0 +1,529 @@
+//! Statistics: lock-free counters and latency histograms, shown by `ston-fs stats` and the
+//! Prometheus endpoint, plus the optional access log of file-system calls.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// File-system operations that are counted and timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lookup,
+    Attr,
+    Open,
+    Read,
+}
+
+impl Op {
+    const ALL: [Op; 4] = [Op::Lookup, Op::Attr, Op::Open, Op::Read];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Attr => "getattr",
+            Op::Open => "open",
+            Op::Read => "read",
+        }
+    }
+
+    /// The access log's method names (STON's ATTR/OPEN/READ).
+    fn log_name(self) -> &'static str {
+        match self {
+            Op::Lookup | Op::Attr => "ATTR",
+            Op::Open => "OPEN",
+            Op::Read => "READ",
+        }
+    }
+}
+
+/// Latency histogram with power-of-two microsecond buckets: 1 µs .. ~1 hour.
+struct Histogram {
+    buckets: [AtomicU64; 32],
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn record(&self, elapsed: Duration) {
+        let micros = elapsed.as_micros().max(1) as u64;
+        let bucket = (63 - micros.leading_zeros() as usize).min(31);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Upper bound of the bucket holding quantile `q`, in microseconds.
+    fn quantile(&self, q: f64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let wanted = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return 2u64 << bucket;
+            }
+        }
+        2u64 << 31
+    }
+}
+
+/// Counters of one mount. Every field is updated without locks on the hot paths.
+pub struct Stats {
+    op_counts: [AtomicU64; 4],
+    op_latency: [Histogram; 4],
+    read_hits: AtomicU64,
+    read_misses: AtomicU64,
+    bytes_from_cache: AtomicU64,
+    bytes_from_origin: AtomicU64,
+    origin_by_class: [AtomicU64; 6],
+    origin_bytes: AtomicU64,
+    origin_timeouts: AtomicU64,
+    origin_errors: AtomicU64,
+    origin_retries: AtomicU64,
+    access_log: Option<Mutex<File>>,
+}
+
+/// A point-in-time copy of the statistics, as `ston-fs stats --json` prints it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub ops: Vec<OpSnapshot>,
+    pub read_hits: u64,
+    pub read_misses: u64,
+    pub request_hit_ratio: f64,
+    pub bytes_from_cache: u64,
+    pub bytes_from_origin: u64,
+    pub byte_hit_ratio: f64,
+    /// Origin answers by status class: 1xx .. 5xx.
+    pub origin_requests: OriginClasses,
+    pub origin_bytes: u64,
+    pub origin_timeouts: u64,
+    pub origin_errors: u64,
+    pub origin_retries: u64,
+    pub origins: Vec<OriginHealth>,
+    pub cache_bytes: u64,
+    pub cache_cap: u64,
+    pub cache_objects: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OpSnapshot {
+    pub op: String,
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OriginClasses {
+    pub status_1xx: u64,
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OriginHealth {
+    pub site: String,
+    pub origin: String,
+    pub healthy: bool,
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+impl Stats {
+    pub fn new(access_log: Option<File>) -> Stats {
+        Stats {
+            op_counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            op_latency: std::array::from_fn(|_| Histogram::new()),
+            read_hits: AtomicU64::new(0),
+            read_misses: AtomicU64::new(0),
+            bytes_from_cache: AtomicU64::new(0),
+            bytes_from_origin: AtomicU64::new(0),
+            origin_by_class: std::array::from_fn(|_| AtomicU64::new(0)),
+            origin_bytes: AtomicU64::new(0),
+            origin_timeouts: AtomicU64::new(0),
+            origin_errors: AtomicU64::new(0),
+            origin_retries: AtomicU64::new(0),
+            access_log: access_log.map(Mutex::new),
+        }
+    }
+
+    /// Records one finished file-system call; `hit` is whether the cache alone answered it.
+    pub fn record_op(&self, op: Op, path: &str, bytes: u64, elapsed: Duration, hit: bool) {
+        self.op_counts[op.index()].fetch_add(1, Ordering::Relaxed);
+        self.op_latency[op.index()].record(elapsed);
+        if op == Op::Read {
+            let (requests, bytes_counter) = if hit {
+                (&self.read_hits, &self.bytes_from_cache)
+            } else {
+                (&self.read_misses, &self.bytes_from_origin)
+            };
+            requests.fetch_add(1, Ordering::Relaxed);
+            bytes_counter.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if let Some(log) = &self.access_log {
+            self.write_access_log(log, op, path, bytes, elapsed, hit);
+        }
+    }
+
+    fn write_access_log(
+        &self,
+        log: &Mutex<File>,
+        op: Op,
+        path: &str,
+        bytes: u64,
+        elapsed: Duration,
+        hit: bool,
+    ) {
+        let time = httpdate::fmt_http_date(SystemTime::now());
+        let path: String = path
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let line = format!(
+            "{time}\t{}\t{path}\t{bytes}\t{}us\t{}\n",
+            op.log_name(),
+            elapsed.as_micros(),
+            if hit { "HIT" } else { "MISS" }
+        );
+        let _ = log.lock().write_all(line.as_bytes());
+    }
+
+    pub fn record_origin_status(&self, status: u16) {
+        let class = usize::from(status / 100).min(5);
+        self.origin_by_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_origin_bytes(&self, bytes: u64) {
+        self.origin_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn record_origin_failure(&self, timeout: bool) {
+        let counter = if timeout {
+            &self.origin_timeouts
+        } else {
+            &self.origin_errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_retry(&self) {
+        self.origin_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Everything but the cache and origin-health figures, which the caller fills in.
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let (hits, misses) = (load(&self.read_hits), load(&self.read_misses));
+        let (cached, fetched) = (load(&self.bytes_from_cache), load(&self.bytes_from_origin));
+        let classes = &self.origin_by_class;
+        Snapshot {
+            ops: Op::ALL
+                .iter()
+                .map(|op| OpSnapshot {
+                    op: op.name().to_string(),
+                    count: load(&self.op_counts[op.index()]),
+                    p50_us: self.op_latency[op.index()].quantile(0.5),
+                    p90_us: self.op_latency[op.index()].quantile(0.9),
+                    p99_us: self.op_latency[op.index()].quantile(0.99),
+                })
+                .collect(),
+            read_hits: hits,
+            read_misses: misses,
+            request_hit_ratio: ratio(hits, hits + misses),
+            bytes_from_cache: cached,
+            bytes_from_origin: fetched,
+            byte_hit_ratio: ratio(cached, cached + fetched),
+            origin_requests: OriginClasses {
+                status_1xx: load(&classes[1]),
+                status_2xx: load(&classes[2]),
+                status_3xx: load(&classes[3]),
+                status_4xx: load(&classes[4]),
+                status_5xx: load(&classes[5]),
+            },
+            origin_bytes: load(&self.origin_bytes),
+            origin_timeouts: load(&self.origin_timeouts),
+            origin_errors: load(&self.origin_errors),
+            origin_retries: load(&self.origin_retries),
+            ..Snapshot::default()
+        }
+    }
+}
+
+impl Snapshot {
+    /// The readable summary of `ston-fs stats`.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "hit ratio: {:.1}% of reads ({} hits, {} misses), {:.1}% of bytes",
+            self.request_hit_ratio * 100.0,
+            self.read_hits,
+            self.read_misses,
+            self.byte_hit_ratio * 100.0
+        );
+        let _ = writeln!(
+            text,
+            "operations:            count      p50      p90      p99"
+        );
+        for op in &self.ops {
+            let _ = writeln!(
+                text,
+                "  {:<10} {:>14} {:>8} {:>8} {:>8}",
+                op.op,
+                op.count,
+                micros(op.p50_us),
+                micros(op.p90_us),
+                micros(op.p99_us)
+            );
+        }
+        let classes = &self.origin_requests;
+        let _ = writeln!(
+            text,
+            "origin: {} bytes; requests 2xx {} 3xx {} 4xx {} 5xx {}; {} timeouts, {} errors, {} retries",
+            self.origin_bytes,
+            classes.status_2xx,
+            classes.status_3xx,
+            classes.status_4xx,
+            classes.status_5xx,
+            self.origin_timeouts,
+            self.origin_errors,
+            self.origin_retries
+        );
+        for origin in &self.origins {
+            let state = if origin.healthy {
+                "healthy"
+            } else {
+                "EXCLUDED"
+            };
+            let _ = writeln!(text, "  {} {} {state}", origin.site, origin.origin);
+        }
+        let _ = writeln!(
+            text,
+            "cache: {} of {} bytes ({:.1}%), {} objects",
+            self.cache_bytes,
+            self.cache_cap,
+            ratio(self.cache_bytes, self.cache_cap) * 100.0,
+            self.cache_objects
+        );
+        text
+    }
+
+    /// Prometheus text exposition, every figure under a `stonfs_` name.
+    pub fn to_prometheus(&self) -> String {
+        let mut text = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(
+                text,
+                "# HELP stonfs_{name} {help}\n# TYPE stonfs_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(text, "stonfs_{name}{labels} {value}");
+            }
+        };
+        let plain = |value: u64| vec![(String::new(), value as f64)];
+        let ops = self
+            .ops
+            .iter()
+            .map(|o| (format!("{{op=\"{}\"}}", o.op), o.count as f64))
+            .collect();
+        metric(
+            "operations_total",
+            "counter",
+            "File-system calls served.",
+            ops,
+        );
+        let mut quantiles = Vec::new();
+        for op in &self.ops {
+            for (q, value) in [("0.5", op.p50_us), ("0.9", op.p90_us), ("0.99", op.p99_us)] {
+                quantiles.push((
+                    format!("{{op=\"{}\",quantile=\"{q}\"}}", op.op),
+                    value as f64 / 1e6,
+                ));
+            }
+        }
+        metric(
+            "operation_latency_seconds",
+            "gauge",
+            "Latency quantiles (bucket upper bounds).",
+            quantiles,
+        );
+        metric(
+            "read_hits_total",
+            "counter",
+            "Reads answered from the cache alone.",
+            plain(self.read_hits),
+        );
+        metric(
+            "read_misses_total",
+            "counter",
+            "Reads that needed the origin.",
+            plain(self.read_misses),
+        );
+        metric(
+            "read_bytes_from_cache_total",
+            "counter",
+            "Bytes read from the cache.",
+            plain(self.bytes_from_cache),
+        );
+        metric(
+            "read_bytes_from_origin_total",
+            "counter",
+            "Bytes read that came from the origin.",
+            plain(self.bytes_from_origin),
+        );
+        metric(
+            "request_hit_ratio",
+            "gauge",
+            "Share of reads answered from the cache.",
+            vec![(String::new(), self.request_hit_ratio)],
+        );
+        metric(
+            "byte_hit_ratio",
+            "gauge",
+            "Share of read bytes served from the cache.",
+            vec![(String::new(), self.byte_hit_ratio)],
+        );
+        let classes = &self.origin_requests;
+        let by_class = [
+            ("1xx", classes.status_1xx),
+            ("2xx", classes.status_2xx),
+            ("3xx", classes.status_3xx),
+            ("4xx", classes.status_4xx),
+            ("5xx", classes.status_5xx),
+        ]
+        .iter()
+        .map(|(class, n)| (format!("{{class=\"{class}\"}}"), *n as f64))
+        .collect();
+        metric(
+            "origin_requests_total",
+            "counter",
+            "Origin answers by status class.",
+            by_class,
+        );
+        metric(
+            "origin_bytes_total",
+            "counter",
+            "Body bytes received from origins.",
+            plain(self.origin_bytes),
+        );
+        metric(
+            "origin_timeouts_total",
+            "counter",
+            "Origin requests that timed out.",
+            plain(self.origin_timeouts),
+        );
+        metric(
+            "origin_errors_total",
+            "counter",
+            "Origin requests that failed to connect or broke.",
+            plain(self.origin_errors),
+        );
+        metric(
+            "origin_retries_total",
+            "counter",
+            "Origin requests retried.",
+            plain(self.origin_retries),
+        );
+        let health = self
+            .origins
+            .iter()
+            .map(|o| {
+                (
+                    format!("{{site=\"{}\",origin=\"{}\"}}", o.site, o.origin),
+                    if o.healthy { 1.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        metric(
+            "origin_healthy",
+            "gauge",
+            "1 while the origin is in rotation.",
+            health,
+        );
+        metric(
+            "cache_bytes",
+            "gauge",
+            "Bytes the cache uses on disk (charged).",
+            plain(self.cache_bytes),
+        );
+        metric(
+            "cache_capacity_bytes",
+            "gauge",
+            "max_cache_size.",
+            plain(self.cache_cap),
+        );
+        metric(
+            "cache_objects",
+            "gauge",
+            "Objects in the cache index.",
+            plain(self.cache_objects),
+        );
+        text
+    }
+}
+
+fn micros(value: u64) -> String {
+    match value {
+        0 => "-".to_string(),
+        v if v < 1000 => format!("{v}us"),
+        v if v < 1_000_000 => format!("{:.1}ms", v as f64 / 1e3),
+        v => format!("{:.2}s", v as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_split_into_hits_and_misses() {
+        let stats = Stats::new(None);
+        stats.record_op(Op::Read, "/a", 100, Duration::from_micros(5), true);
+        stats.record_op(Op::Read, "/a", 300, Duration::from_millis(5), false);
+        let snapshot = stats.snapshot();
+        assert_eq!((snapshot.read_hits, snapshot.read_misses), (1, 1));
+        assert_eq!(snapshot.byte_hit_ratio, 0.25);
+        assert!(snapshot
+            .to_prometheus()
+            .contains("stonfs_read_hits_total 1"));
+    }
+
+    #[test]
+    fn quantiles_come_from_the_right_buckets() {
+        let histogram = Histogram::new();
+        for _ in 0..99 {
+            histogram.record(Duration::from_micros(10));
+        }
+        histogram.record(Duration::from_secs(1));
+        assert_eq!(histogram.quantile(0.5), 16);
+        assert!(histogram.quantile(0.999) >= 1_000_000);
+    }
+}
