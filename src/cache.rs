@@ -16,6 +16,7 @@ use crate::error::{FsError, FsResult};
 use crate::fetch::fetch_run;
 use crate::health::Pool;
 use crate::index::{CacheIndex, ObjectKey};
+use crate::listing;
 use crate::object::{BlockSource, Flight, Object, SiteId};
 use crate::origin::{CacheControl, OriginClient, Probe, Site, Version};
 use crate::readahead::Budget;
@@ -24,6 +25,16 @@ use crate::store::{self, MetaHeader, ObjectKind, SiteStore, OBJECT_OVERHEAD};
 
 /// How many not-found answers are remembered at most.
 const NEGATIVE_ENTRIES: usize = 65_536;
+/// Directory listings kept in memory at most (more stay on disk).
+const LISTINGS_IN_MEMORY: usize = 4096;
+
+/// A directory's entries as the origin listed them, and when.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Listing {
+    fetched_at: u64,
+    entries: Arc<Vec<listing::Entry>>,
+}
+
 /// Reads retried after finding a corrupt cached block, before giving up with EIO.
 const CORRUPTION_RETRIES: usize = 3;
 
@@ -116,6 +127,7 @@ pub struct Cache {
     runtime: tokio::runtime::Handle,
     sites: Vec<SiteEntry>,
     negative: Mutex<LruCache<ObjectKey, Instant>>,
+    listings: Mutex<LruCache<ObjectKey, Listing>>,
     probes: Mutex<HashMap<ObjectKey, Arc<Flight<Arc<Object>>>>>,
 }
 
@@ -171,6 +183,9 @@ impl Cache {
                 NonZeroUsize::new(NEGATIVE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
             )),
             probes: Mutex::new(HashMap::new()),
+            listings: Mutex::new(LruCache::new(
+                NonZeroUsize::new(LISTINGS_IN_MEMORY).unwrap_or(NonZeroUsize::MIN),
+            )),
             config,
         };
         cache.load();
@@ -203,6 +218,85 @@ impl Cache {
             cap = self.index.cap(),
             "cache index loaded"
         );
+    }
+
+    /// A fresh listing's entry for `name` in `dir`, from memory only (never asks the origin).
+    pub fn listed_entry(&self, site: SiteId, dir: &str, name: &str) -> Option<listing::Entry> {
+        let mut listings = self.listings.lock();
+        let listing = listings.get(&(site, Arc::from(dir)))?;
+        if now_secs() >= listing.fetched_at.saturating_add(self.config.ttl.as_secs()) {
+            return None;
+        }
+        let found = listing
+            .entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()?;
+        Some(listing.entries[found].clone())
+    }
+
+    /// The entries of directory `dir` (`""` for the site root): from memory, from disk, or
+    /// from the origin's index page (or manifest). No listing at all is an empty directory.
+    pub async fn listing(&self, site: SiteId, dir: &str) -> Arc<Vec<listing::Entry>> {
+        let key: ObjectKey = (site, Arc::from(dir));
+        let now = now_secs();
+        let ttl = self.config.ttl.as_secs();
+        let remembered = self
+            .listings
+            .lock()
+            .get(&key)
+            .cloned()
+            .or_else(|| self.load_listing(site, dir));
+        if let Some(listing) = remembered
+            .as_ref()
+            .filter(|l| now < l.fetched_at.saturating_add(ttl))
+        {
+            return listing.entries.clone();
+        }
+        let fetched = match &self.config.manifest {
+            Some(manifest) => self
+                .origin
+                .fetch_listing(self.site(site), manifest)
+                .await
+                .map(|body| body.map(|b| listing::entries_from_manifest(&b, dir))),
+            None => {
+                let page = format!("{dir}/");
+                self.origin
+                    .fetch_listing(self.site(site), &page)
+                    .await
+                    .map(|body| body.map(|b| listing::parse(&b)))
+            }
+        };
+        let entries = match (fetched, remembered) {
+            (Ok(found), _) => Arc::new(found.unwrap_or_default()),
+            // Stale-if-error: an old listing beats none.
+            (Err(_), Some(old)) => return old.entries,
+            (Err(_), None) => return Arc::new(Vec::new()),
+        };
+        let listing = Listing {
+            fetched_at: now,
+            entries: entries.clone(),
+        };
+        self.save_listing(site, dir, &listing);
+        self.listings.lock().put(key, listing);
+        entries
+    }
+
+    fn load_listing(&self, site: SiteId, dir: &str) -> Option<Listing> {
+        let bytes = self.sites[site].store.load_listing(dir)?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save_listing(&self, site: SiteId, dir: &str, listing: &Listing) {
+        let Ok(json) = serde_json::to_vec(listing) else {
+            return;
+        };
+        match self.sites[site].store.save_listing(dir, &json) {
+            Ok((now_takes, took)) if now_takes > took => {
+                self.index.charge_existing(now_takes - took)
+            }
+            Ok((now_takes, took)) => self.index.release(took - now_takes),
+            Err(e) => tracing::warn!(dir, "cannot save listing: {e}"),
+        }
     }
 
     /// Every figure of `ston-fs stats`, as of now.

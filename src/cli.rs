@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::cache::Invalidation;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_FILE};
 use crate::daemon::{self, Readiness};
-use crate::{control, demo, mount, store};
+use crate::{control, demo, mount, store, warm};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -78,6 +78,11 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Pre-fetch files or whole subtrees of a mount into the cache
+    Warm {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
     /// Show a live mount's statistics: hit ratios, latencies, origin traffic, cache use
     Stats {
         mountpoint: PathBuf,
@@ -103,6 +108,7 @@ pub fn main() -> ExitCode {
         Some(Command::Expire { paths }) => invalidate(Invalidation::Expire, paths),
         Some(Command::Hardpurge { paths }) => invalidate(Invalidation::Hardpurge, paths),
         Some(Command::Stats { mountpoint, json }) => show_stats(mountpoint, *json),
+        Some(Command::Warm { paths }) => warm::run(paths),
         None => run_mount(&cli),
     }
 }

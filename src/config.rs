@@ -308,6 +308,11 @@ pub struct Config {
     pub ignore_cache_control: bool,
     /// What `unlink()` of a cached file does.
     pub unlink: Invalidation,
+    /// A manifest at the origin (one path a line, or JSON) listing every file, used for
+    /// directory listings instead of index pages.
+    pub manifest: Option<String>,
+    /// Answer any path component without a dot as a directory, without asking the origin.
+    pub dot_dir: bool,
     /// Where file-system calls are logged, one line each.
     pub access_log: Option<PathBuf>,
     /// Loopback address of the Prometheus endpoint (`/metrics`).
@@ -347,6 +352,8 @@ impl Default for Config {
             ignore_cache_control: false,
             unlink: Invalidation::Purge,
             access_log: None,
+            manifest: None,
+            dot_dir: false,
             metrics_addr: None,
             readahead_budget: 128 << 20,
             readahead_max: 32 << 20,
@@ -367,6 +374,13 @@ impl Config {
         let value = value.trim();
         match key {
             "origin" | "origins" => self.origins = parse_origin_list(value)?,
+            "manifest" => {
+                self.manifest = Some(format!(
+                    "/{}",
+                    nonempty(key, value)?.trim_start_matches('/')
+                ))
+            }
+            "dot_dir" => self.dot_dir = parse_bool(key, value)?,
             "access_log" => self.access_log = Some(PathBuf::from(nonempty(key, value)?)),
             "metrics_addr" => {
                 let addr: std::net::SocketAddr = value.parse().map_err(|_| {

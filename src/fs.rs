@@ -22,6 +22,7 @@ use crate::cache::{now_secs, Cache};
 use crate::control::SOCKET_XATTR;
 use crate::error::{FsError, FsResult};
 use crate::inodes::{InodeTable, Node, OpenMode, ROOT_INO};
+use crate::listing;
 use crate::object::{Object, SiteId};
 use crate::readahead::ReadAhead;
 use crate::stats::Op;
@@ -89,6 +90,16 @@ impl StonFs {
     }
 }
 
+/// Sends directory entries from `offset` on, as many as fit.
+fn fill_directory(mut reply: ReplyDirectory, entries: &[(u64, FileType, String)], offset: u64) {
+    for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+        if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
 /// File names that can never be sent to the origin as a path component.
 fn component(name: &OsStr) -> Option<&str> {
     let name = name.to_str()?;
@@ -123,7 +134,23 @@ impl Core {
                 0,
                 UNIX_EPOCH + Duration::from_secs(object.fetched_at()),
             ),
-            None => (FileType::Directory, 0o555, 2, 0, self.mounted_at),
+            None => match &node.listed {
+                Some(entry) if !entry.is_dir => (
+                    FileType::RegularFile,
+                    0o444,
+                    1,
+                    entry.size.unwrap_or(0),
+                    entry.mtime().unwrap_or(self.mounted_at),
+                ),
+                Some(entry) => (
+                    FileType::Directory,
+                    0o555,
+                    2,
+                    0,
+                    entry.mtime().unwrap_or(self.mounted_at),
+                ),
+                None => (FileType::Directory, 0o555, 2, 0, self.mounted_at),
+            },
         };
         FileAttr {
             ino: INodeNo(ino),
@@ -167,6 +194,7 @@ impl Core {
                     site: Some(site),
                     path,
                     object: Some(object),
+                    listed: None,
                 };
                 let (ino, stale) = self.inodes.attach(parent, name, node.clone());
                 if stale {
@@ -179,6 +207,7 @@ impl Core {
                     site: Some(site),
                     path,
                     object: None,
+                    listed: None,
                 };
                 let negative = self.cache.config.negative_ttl;
                 reply.entry(&negative, &self.attr(0, &node), Generation(0));
@@ -194,6 +223,7 @@ impl Core {
                     site: Some(site),
                     path: Arc::from(""),
                     object: None,
+                    listed: None,
                 };
                 let (ino, _) = self.inodes.attach(ROOT_INO, name, node.clone());
                 reply.entry(
@@ -208,17 +238,70 @@ impl Core {
 
     /// The node's object, revalidated when its TTL has run out.
     async fn fresh_object(self: &Arc<Self>, ino: u64, node: &Node) -> FsResult<Arc<Object>> {
-        let (Some(site), Some(object)) = (node.site, &node.object) else {
+        let Some(site) = node.site.filter(|_| !node.path.is_empty()) else {
             return Err(FsError::NotFound);
         };
-        if object.is_fresh(now_secs()) && !object.is_detached() {
-            return Ok(object.clone());
+        if let Some(object) = &node.object {
+            if object.is_fresh(now_secs()) && !object.is_detached() {
+                return Ok(object.clone());
+            }
         }
         let object = self.cache.resolve(site, node.path.clone()).await?;
-        if self.inodes.update_object(ino, &object) {
+        // A name first known from a listing may turn out another size: the kernel must drop
+        // the listed attributes, or it would cut reads short at the listed size.
+        let listed_differs = node.listed.as_ref().is_some_and(|e| {
+            e.size != Some(object.version.size)
+                || e.is_dir != (object.kind == ObjectKind::Directory)
+        });
+        if self.inodes.update_object(ino, &object) || listed_differs {
             self.invalidate_pages(ino);
         }
         Ok(object)
+    }
+
+    /// Answers a lookup from the parent's listing (or `dot_dir`), without the origin.
+    fn reply_listed(
+        &self,
+        parent: u64,
+        name: &str,
+        site: SiteId,
+        path: Arc<str>,
+        entry: listing::Entry,
+        reply: ReplyEntry,
+    ) {
+        let node = Node {
+            site: Some(site),
+            path,
+            object: None,
+            listed: Some(entry),
+        };
+        let (ino, _) = self.inodes.attach(parent, name, node.clone());
+        reply.entry(
+            &self.cache.config.ttl,
+            &self.attr(ino, &node),
+            Generation(0),
+        );
+    }
+
+    /// What can be said of `name` without asking the origin: `dot_dir`, or a fresh listing
+    /// of the parent that gives a directory, or a file with exact size and time.
+    fn known_without_origin(
+        &self,
+        site: SiteId,
+        parent_path: &str,
+        name: &str,
+    ) -> Option<listing::Entry> {
+        if self.cache.config.dot_dir && !name.contains('.') {
+            return Some(listing::Entry {
+                name: name.to_string(),
+                is_dir: true,
+                size: None,
+                mtime: None,
+            });
+        }
+        self.cache
+            .listed_entry(site, parent_path, name)
+            .filter(|e| e.is_dir || (e.size.is_some() && e.mtime.is_some()))
     }
 
     /// Whether answering for this node needs the cache's resolver (and maybe the origin):
@@ -227,6 +310,7 @@ impl Core {
         node.object
             .as_ref()
             .is_some_and(|o| o.is_detached() || !o.is_fresh(now_secs()))
+            && !node.path.is_empty()
     }
 
     fn finish_open(&self, ino: u64, object: Arc<Object>, reply: ReplyOpen) {
@@ -376,6 +460,11 @@ impl Filesystem for StonFs {
         if let Some(answer) = core.cache.lookup_fresh(site, &path) {
             core.record(Op::Lookup, &path, 0, started, true);
             core.reply_entry(parent.0, name, site, path, answer, reply);
+            return;
+        }
+        if let Some(entry) = core.known_without_origin(site, &parent_node.path, name) {
+            core.record(Op::Lookup, &path, 0, started, true);
+            core.reply_listed(parent.0, name, site, path, entry, reply);
             return;
         }
         let core = self.core.clone();
@@ -532,7 +621,7 @@ impl Filesystem for StonFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let Some(node) = self.core.inodes.get(ino.0) else {
             reply.error(Errno::ENOENT);
@@ -542,18 +631,26 @@ impl Filesystem for StonFs {
             (ino.0, FileType::Directory, ".".into()),
             (ROOT_INO, FileType::Directory, "..".into()),
         ];
-        if node.site.is_none() {
+        let Some(site) = node.site else {
             // The virtual-host root lists its hosts; inode numbers come with their lookups.
             for site in self.core.cache.sites() {
                 entries.push((u64::MAX, FileType::Directory, site.name.clone()));
             }
-        }
-        for (i, (entry_ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*entry_ino), (i + 1) as u64, *kind, name) {
-                break;
+            fill_directory(reply, &entries, offset);
+            return;
+        };
+        let core = self.core.clone();
+        self.core.spawn(async move {
+            for entry in core.cache.listing(site, &node.path).await.iter() {
+                let kind = if entry.is_dir {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
+                entries.push((u64::MAX, kind, entry.name.clone()));
             }
-        }
-        reply.ok();
+            fill_directory(reply, &entries, offset);
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -20,15 +20,20 @@ pub struct Node {
     pub site: Option<SiteId>,
     /// Path within the site: `""` for the site root, `/a/b` below it.
     pub path: Arc<str>,
-    /// The object version last resolved at this path (`None` for site roots).
+    /// The object version last resolved at this path (`None` for site roots, and for names
+    /// known only from a listing until they are opened).
     pub object: Option<Arc<Object>>,
+    /// What the parent's listing said of this name, when that answered the lookup.
+    pub listed: Option<crate::listing::Entry>,
 }
 
 impl Node {
     pub fn is_directory(&self) -> bool {
-        self.object
-            .as_ref()
-            .is_none_or(|o| o.kind == crate::store::ObjectKind::Directory)
+        match (&self.object, &self.listed) {
+            (Some(object), _) => object.kind == crate::store::ObjectKind::Directory,
+            (None, Some(entry)) => entry.is_dir,
+            (None, None) => true,
+        }
     }
 }
 
@@ -94,6 +99,7 @@ impl InodeTable {
                     site: root_site,
                     path: Arc::from(""),
                     object: None,
+                    listed: None,
                 },
                 parent: ROOT_INO,
                 name: Arc::from(""),

@@ -3,6 +3,7 @@
 //! Module map, following the path of one read:
 //! - [`fs`]: the FUSE adapter, which turns kernel requests into cache calls;
 //! - [`inodes`]: inode numbers to namespace paths;
+//! - [`listing`]: directory listings parsed from the origin's index pages or a manifest;
 //! - [`cache`]: resolving paths (probe, revalidate, negative answers) and serving reads;
 //! - [`object`]: one object version's block table and single-flight fetches;
 //! - [`fetch`]: range requests turned into verified blocks;
@@ -13,6 +14,7 @@
 //! - [`store`]: the on-disk block store and its crash-safe metadata journal;
 //! - [`stats`]: counters, latency histograms, the access log and Prometheus text;
 //! - [`control`]: the control socket behind `ston-fs purge|expire|hardpurge`;
+//! - [`warm`]: `ston-fs warm`, reading subtrees through the mount to fill the cache;
 //! - [`config`], [`cli`], [`daemon`], [`mount`], [`demo`]: setting up and running a mount.
 
 pub mod cache;
@@ -27,9 +29,11 @@ pub mod fs;
 pub mod health;
 pub mod index;
 pub mod inodes;
+pub mod listing;
 pub mod mount;
 pub mod object;
 pub mod origin;
 pub mod readahead;
 pub mod stats;
 pub mod store;
+pub mod warm;

@@ -140,6 +140,9 @@ impl RangeBody {
     }
 }
 
+/// Largest directory listing or manifest read (bytes).
+const MAX_LISTING: usize = 16 << 20;
+
 /// The shared HTTP client for every origin of a mount.
 pub struct OriginClient {
     http: reqwest::Client,
@@ -248,6 +251,25 @@ impl OriginClient {
             tracing::debug!(origin = %member.origin, path, attempt, "origin request failed: {last_error}");
         }
         Err(last_error)
+    }
+
+    /// The body of a listing page (a directory's index, or a manifest), if the origin serves
+    /// one: anything but a 200 is simply no listing. Bounded to `MAX_LISTING` bytes.
+    pub async fn fetch_listing(&self, site: &Site, path: &str) -> FsResult<Option<String>> {
+        let mut response = self.send(site, path, |request| request).await?;
+        if response.status() != StatusCode::OK {
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(map_reqwest_error)? {
+            self.stats.record_origin_bytes(chunk.len() as u64);
+            if body.len() + chunk.len() > MAX_LISTING {
+                tracing::warn!(path, "listing larger than {MAX_LISTING} bytes; ignored");
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// Background health check of an excluded origin: any answer below 500 is good.
@@ -376,7 +398,8 @@ pub fn encode_path(path: &str) -> String {
         encoded.push('/');
         encoded.extend(utf8_percent_encode(component, PATH_COMPONENT));
     }
-    if encoded.is_empty() {
+    // A directory's own index page is asked for with its trailing slash.
+    if encoded.is_empty() || (path.ends_with('/') && !encoded.ends_with('/')) {
         encoded.push('/');
     }
     encoded
@@ -503,6 +526,8 @@ mod tests {
         assert_eq!(encode_path("/x\r\ny"), "/x%0D%0Ay");
         assert_eq!(encode_path("/ü.txt"), "/%C3%BC.txt");
         assert_eq!(encode_path("/"), "/");
+        assert_eq!(encode_path("/dir/"), "/dir/");
+        assert_eq!(encode_path("/a b/"), "/a%20b/");
         assert_eq!(encode_path("/dir/file-1_2.~x"), "/dir/file-1_2.~x");
     }
 }

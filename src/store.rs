@@ -268,6 +268,37 @@ impl SiteStore {
         Ok((location, grown))
     }
 
+    /// Saves a directory listing (JSON); returns the bytes it now takes on disk and took before.
+    pub fn save_listing(&self, dir: &str, json: &[u8]) -> io::Result<(u64, u64)> {
+        let folder = self.dir.join("listings");
+        create_private_dir(&folder)?;
+        let path = self.listing_path(dir);
+        let before = fs::symlink_metadata(&path)
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0);
+        let tmp = path.with_extension("tmp");
+        remove_if_exists(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        file.write_all(json)?;
+        fs::rename(&tmp, &path)?;
+        Ok((disk_bytes(json.len() as u64), before))
+    }
+
+    /// A listing saved earlier, if any.
+    pub fn load_listing(&self, dir: &str) -> Option<Vec<u8>> {
+        read_nofollow(&self.listing_path(dir)).ok()
+    }
+
+    fn listing_path(&self, dir: &str) -> PathBuf {
+        let hash = xxhash_rust::xxh3::xxh3_128(format!("{}\0{}", self.name, dir).as_bytes());
+        self.dir.join("listings").join(format!("{hash:032x}.json"))
+    }
+
     /// Bytes the site's own folders take on disk (charged against the cap).
     pub fn folder_bytes(&self) -> u64 {
         let mut total = dir_blocks(&self.dir) + 4096; // the lock file's share
