@@ -327,10 +327,11 @@ impl Core {
         });
         object.open_handle();
         let keep = self.inodes.keep_page_cache(ino, &object);
+        // Nothing is ever written, so closing needs no FLUSH round trip.
         let flags = if keep {
-            FopenFlags::FOPEN_KEEP_CACHE
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
-            FopenFlags::empty()
+            FopenFlags::FOPEN_NOFLUSH
         };
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let passthrough = matches!(mode, OpenMode::Passthrough(_));
@@ -346,7 +347,7 @@ impl Core {
             OpenMode::Passthrough(backing) => {
                 // The kernel refuses FOPEN_KEEP_CACHE with passthrough: its page cache is unused.
                 tracing::debug!(ino, path = %file_path, "open: passthrough");
-                reply.opened_passthrough(FileHandle(handle), FopenFlags::empty(), &backing);
+                reply.opened_passthrough(FileHandle(handle), FopenFlags::FOPEN_NOFLUSH, &backing);
             }
             OpenMode::Cached => reply.opened(FileHandle(handle), flags),
         }
