@@ -24,6 +24,7 @@ const MAX_READ: u32 = 1 << 20;
 struct Mounted {
     session: Session<StonFs>,
     runtime: tokio::runtime::Runtime,
+    cache: Arc<Cache>,
     cache_dir: PathBuf,
 }
 
@@ -41,10 +42,11 @@ pub fn serve(config: Config, mountpoint: &Path, readiness: Readiness) -> Result<
     unmount_on_signal(mountpoint.to_path_buf());
     let result = mounted.session.run();
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
-    // Lets the journal recorders finish, so what was fetched survives the restart.
+    // Journal what was fetched, so it survives the restart.
     mounted
         .runtime
         .shutdown_timeout(std::time::Duration::from_secs(10));
+    mounted.cache.flush();
     if let Some(path) = control::socket_path(&mounted.cache_dir) {
         let _ = std::fs::remove_file(path);
     }
@@ -71,6 +73,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
         Arc::new(Cache::open(config)?)
     };
     cache.start_background();
+    let cache_handle = cache.clone();
     let control_socket = control::socket_path(&cache.config.cache_dir);
     let filesystem = StonFs::new(cache.clone(), runtime.handle().clone());
     let notifier_slot = filesystem.notifier_slot();
@@ -99,6 +102,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
     Ok(Mounted {
         session,
         runtime,
+        cache: cache_handle,
         cache_dir,
     })
 }

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -22,6 +22,11 @@ use crate::error::{FsError, FsResult};
 use crate::index::CacheIndex;
 use crate::origin::Version;
 use crate::store::{self, disk_bytes, ObjectKind, ObjectLocation, BLOCK_OVERHEAD};
+
+/// How long an object must go without new blocks before its journal is synced.
+const RECORD_QUIET: Duration = Duration::from_millis(250);
+/// Unrecorded data that forces a sync even while blocks keep arriving.
+const RECORD_MAX_PENDING: u64 = 256 << 20;
 
 /// Index of a site (origin or virtual host) in the mount's site table.
 pub type SiteId = usize;
@@ -82,6 +87,7 @@ struct ObjectState {
     /// Stored blocks waiting for `fdatasync` and their journal record.
     unrecorded: Vec<(u64, u32)>,
     recorder_running: bool,
+    last_stored: Option<Instant>,
 }
 
 /// Where a reader gets one block from.
@@ -168,6 +174,7 @@ impl Object {
                 open_handles: 0,
                 unrecorded: Vec::new(),
                 recorder_running: false,
+                last_stored: None,
             }),
             location,
             version,
@@ -570,39 +577,57 @@ impl Object {
             verified: true,
         };
         state.unrecorded.push((block, crc));
+        state.last_stored = Some(Instant::now());
         if !std::mem::replace(&mut state.recorder_running, true) {
-            let object = self.clone();
-            tokio::task::spawn_blocking(move || object.record_stored_blocks());
+            tokio::spawn(self.clone().record_when_quiet());
         }
         Some(crc)
     }
 
     /// Makes stored blocks durable (`fdatasync`), then records them in the journal: only then
-    /// do they survive a restart. One recorder per object runs at a time, and each round takes
-    /// every block stored meanwhile, so one sync covers many blocks.
-    fn record_stored_blocks(&self) {
+    /// do they survive a restart. It waits until the object has been quiet for
+    /// `RECORD_QUIET` (or `RECORD_MAX_PENDING` bytes are waiting): on some file systems an fsync
+    /// holds the inode lock and would stall a stream still writing to the same file.
+    async fn record_when_quiet(self: Arc<Self>) {
         loop {
-            let (batch, file) = {
+            tokio::time::sleep(RECORD_QUIET).await;
+            let due = {
                 let mut state = self.state.lock();
-                let batch = std::mem::take(&mut state.unrecorded);
-                let file = self.data_file(&mut state);
-                match (batch.is_empty() || state.detached, file) {
-                    (false, Ok(file)) => (batch, file),
-                    _ => {
-                        state.recorder_running = false;
-                        return;
-                    }
+                if state.unrecorded.is_empty() || state.detached {
+                    state.recorder_running = false;
+                    return;
                 }
+                let pending = state.unrecorded.len() as u64 * self.block_size;
+                let quiet = state
+                    .last_stored
+                    .is_none_or(|t| t.elapsed() >= RECORD_QUIET);
+                quiet || pending >= RECORD_MAX_PENDING
             };
-            let Some(location) = &self.location else {
-                return;
-            };
-            if let Err(e) = file
-                .sync_data()
-                .and_then(|()| location.append_blocks(&batch))
-            {
-                tracing::warn!(path = %self.path, "cannot record cached blocks: {e}");
+            if due {
+                let object = self.clone();
+                let _ = tokio::task::spawn_blocking(move || object.record_now()).await;
             }
+        }
+    }
+
+    /// Syncs and records every stored block now (the recorder's round; also at unmount).
+    pub fn record_now(&self) {
+        let (batch, file) = {
+            let mut state = self.state.lock();
+            if state.unrecorded.is_empty() || state.detached {
+                return;
+            }
+            let file = self.data_file(&mut state);
+            (std::mem::take(&mut state.unrecorded), file)
+        };
+        let (Ok(file), Some(location)) = (file, &self.location) else {
+            return;
+        };
+        if let Err(e) = file
+            .sync_data()
+            .and_then(|()| location.append_blocks(&batch))
+        {
+            tracing::warn!(path = %self.path, "cannot record cached blocks: {e}");
         }
     }
 
