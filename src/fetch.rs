@@ -182,6 +182,7 @@ async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> Fs
     if guard.is_complete() {
         Ok(())
     } else {
+        body.failed();
         Err(FsError::BadAnswer(format!(
             "body ended at byte {} of {}..{}",
             assembler.position, range.start, end
@@ -192,7 +193,7 @@ async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> Fs
 async fn stream_blocks(
     cache: &Cache,
     guard: &RunGuard,
-    body: &mut RangeBody,
+    body: &mut RangeBody<'_>,
     assembler: &mut BlockAssembler,
     end: u64,
 ) -> FsResult<()> {

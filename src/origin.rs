@@ -121,23 +121,45 @@ pub enum Probe {
 }
 
 /// A range answer whose headers passed the checks; its body starts at `body_start`.
-pub struct RangeBody {
-    stats: Arc<Stats>,
+pub struct RangeBody<'s> {
+    client: &'s OriginClient,
+    member: &'s Member,
     pub body_start: u64,
     /// The origin ignored Range and sends the whole object.
     pub whole_object: bool,
     response: reqwest::Response,
 }
 
-impl RangeBody {
-    /// The next piece of the body, or `None` at its end.
+impl RangeBody<'_> {
+    /// The next piece of the body, or `None` at its end. A body that breaks off counts
+    /// against the origin that sent it.
     pub async fn chunk(&mut self) -> FsResult<Option<Bytes>> {
-        let chunk = self.response.chunk().await.map_err(map_reqwest_error)?;
-        if let Some(bytes) = &chunk {
-            self.stats.record_origin_bytes(bytes.len() as u64);
+        match self.response.chunk().await {
+            Ok(chunk) => {
+                if let Some(bytes) = &chunk {
+                    self.client.stats.record_origin_bytes(bytes.len() as u64);
+                }
+                Ok(chunk)
+            }
+            Err(e) => {
+                self.failed();
+                Err(map_reqwest_error(e))
+            }
         }
-        Ok(chunk)
     }
+
+    /// The answer turned out wrong (short, long, inconsistent): mark its origin.
+    pub fn failed(&self) {
+        self.member.record_failure(&self.client.policy);
+    }
+}
+
+/// Failures of an answer's body rather than its headers: worth asking another origin.
+fn body_failure(error: &FsError) -> bool {
+    matches!(
+        error,
+        FsError::BadAnswer(_) | FsError::Unreachable(_) | FsError::Timeout
+    )
 }
 
 /// Largest directory listing or manifest read (bytes).
@@ -208,12 +230,12 @@ impl OriginClient {
     /// Sends a request to the site's origins in failover order. A failure before the answer's
     /// headers (connection error, timeout, 5xx) counts against that origin and is retried on
     /// the next one after a jittered pause, all within connect + receive timeout.
-    async fn send(
+    async fn send<'s>(
         &self,
-        site: &Site,
+        site: &'s Site,
         path: &str,
         decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
-    ) -> FsResult<reqwest::Response> {
+    ) -> FsResult<(reqwest::Response, &'s Member)> {
         let started = Instant::now();
         let order = site.pool.attempt_order();
         let attempts = order.len().max(2);
@@ -237,7 +259,7 @@ impl OriginClient {
             match answer {
                 Ok(Ok(response)) if !response.status().is_server_error() => {
                     member.record_success();
-                    return Ok(response);
+                    return Ok((response, member));
                 }
                 Ok(Ok(response)) => last_error = FsError::Status(response.status().as_u16()),
                 Ok(Err(e)) => last_error = map_reqwest_error(e),
@@ -256,7 +278,7 @@ impl OriginClient {
     /// The body of a listing page (a directory's index, or a manifest), if the origin serves
     /// one: anything but a 200 is simply no listing. Bounded to `MAX_LISTING` bytes.
     pub async fn fetch_listing(&self, site: &Site, path: &str) -> FsResult<Option<String>> {
-        let mut response = self.send(site, path, |request| request).await?;
+        let (mut response, _) = self.send(site, path, |request| request).await?;
         if response.status() != StatusCode::OK {
             return Ok(None);
         }
@@ -305,7 +327,34 @@ impl OriginClient {
             }
             request
         };
-        let response = self.send(site, path, decorate).await?;
+        // A body that breaks off (or lies) counts against that origin, and the probe is asked
+        // again: the failover order then puts another origin first.
+        let mut attempt = 0;
+        loop {
+            let (response, member) = self.send(site, path, &decorate).await?;
+            match self.read_probe(response, path, block_size, known).await {
+                Err(e) if body_failure(&e) && attempt + 1 < site.pool.members.len().max(2) => {
+                    member.record_failure(&self.policy);
+                    self.stats.record_retry();
+                    tracing::debug!(origin = %member.origin, path, "probe body failed ({e}); asking again");
+                    attempt += 1;
+                }
+                Err(e) if body_failure(&e) => {
+                    member.record_failure(&self.policy);
+                    return Err(e);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn read_probe(
+        &self,
+        response: reqwest::Response,
+        path: &str,
+        block_size: u64,
+        known: Option<&Version>,
+    ) -> FsResult<Probe> {
         let status = response.status();
         tracing::debug!(path, status = status.as_u16(), "probe");
         match status.as_u16() {
@@ -330,13 +379,13 @@ impl OriginClient {
 
     /// Fetches `range` of the object pinned to `version`. A different version at the origin is
     /// reported as [`FsError::VersionChanged`]; the caller never gets its bytes.
-    pub async fn fetch(
-        &self,
-        site: &Site,
+    pub async fn fetch<'s>(
+        &'s self,
+        site: &'s Site,
         path: &str,
         range: Range<u64>,
         version: &Version,
-    ) -> FsResult<RangeBody> {
+    ) -> FsResult<RangeBody<'s>> {
         let decorate = |mut request: reqwest::RequestBuilder| {
             request = request.header(
                 header::RANGE,
@@ -347,7 +396,7 @@ impl OriginClient {
             }
             request
         };
-        let response = self.send(site, path, decorate).await?;
+        let (response, member) = self.send(site, path, decorate).await?;
         let answered = version_of(&response);
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -360,6 +409,7 @@ impl OriginClient {
                     return Err(FsError::VersionChanged);
                 }
                 if start != range.start || end != range.end {
+                    member.record_failure(&self.policy);
                     return Err(FsError::BadAnswer(format!(
                         "asked for bytes {}-{}, got {}-{}",
                         range.start,
@@ -369,7 +419,8 @@ impl OriginClient {
                     )));
                 }
                 Ok(RangeBody {
-                    stats: self.stats.clone(),
+                    client: self,
+                    member,
                     body_start: start,
                     whole_object: false,
                     response,
@@ -378,7 +429,8 @@ impl OriginClient {
             StatusCode::OK if answered.matches(version) => {
                 // An origin that ignores Range: the whole body, from byte 0.
                 Ok(RangeBody {
-                    stats: self.stats.clone(),
+                    client: self,
+                    member,
                     body_start: 0,
                     whole_object: true,
                     response,
