@@ -95,16 +95,7 @@ impl ObjectLocation {
         remove_if_exists(&self.meta)?;
         remove_if_exists(&self.data)?;
         let bytes = encode_header(header)?;
-        let tmp = self.meta.with_extension("meta.tmp");
-        remove_if_exists(&tmp)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        file.write_all(&bytes)?;
-        fs::rename(&tmp, &self.meta)?;
+        replace_file(&self.meta, &bytes)?;
         Ok(bytes.len() as u64)
     }
 
@@ -137,6 +128,21 @@ impl ObjectLocation {
         remove_if_exists(&self.meta)?;
         remove_if_exists(&self.data)
     }
+}
+
+/// Writes a whole file next to `path` (0600, never through a symlink) and renames it into
+/// place, so readers see the old content or the new one, never a mix.
+fn replace_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    remove_if_exists(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    file.write_all(content)?;
+    fs::rename(&tmp, path)
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {
@@ -276,16 +282,7 @@ impl SiteStore {
         let before = fs::symlink_metadata(&path)
             .map(|m| m.blocks() * 512)
             .unwrap_or(0);
-        let tmp = path.with_extension("tmp");
-        remove_if_exists(&tmp)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        file.write_all(json)?;
-        fs::rename(&tmp, &path)?;
+        replace_file(&path, json)?;
         Ok((disk_bytes(json.len() as u64), before))
     }
 
