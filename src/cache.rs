@@ -25,6 +25,10 @@ use crate::store::{self, MetaHeader, ObjectKind, SiteStore, OBJECT_OVERHEAD};
 
 /// How many not-found answers are remembered at most.
 const NEGATIVE_ENTRIES: usize = 65_536;
+/// How often freed heap memory is returned to the system. Blocks pass through memory by the
+/// megabyte, and glibc would otherwise keep the freed space resident after a burst.
+const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Directory listings kept in memory at most (more stay on disk).
 const LISTINGS_IN_MEMORY: usize = 4096;
 
@@ -398,8 +402,17 @@ impl Cache {
         Freshness { ttl, store }
     }
 
-    /// Starts the background work of a live mount: probing excluded origins.
+    /// Starts the background work of a live mount: probing excluded origins, and handing
+    /// memory freed after bursts of traffic back to the system.
     pub fn start_background(self: &Arc<Self>) {
+        self.runtime.spawn(async {
+            let mut ticks = tokio::time::interval(MEMORY_TRIM_INTERVAL);
+            loop {
+                ticks.tick().await;
+                // SAFETY: malloc_trim only returns free heap pages to the kernel.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            }
+        });
         let cache = self.clone();
         self.runtime.spawn(async move {
             let mut ticks = tokio::time::interval(cache.config.health.probe_interval);
