@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Apache's binary and modules only; the apache2 package would also start a system Apache.
+command -v apache2 >/dev/null 2>&1 || [ -x /usr/sbin/apache2 ] || missing+=(apache2-bin)
 command -v umount >/dev/null 2>&1 || missing+=(mount)
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 if [ ${#missing[@]} -gt 0 ]; then

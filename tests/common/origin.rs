@@ -322,7 +322,44 @@ pub enum FaultAction {
     StallBody { after: u64, stall: Stall },
     /// Send headers and `after` body bytes, then abort the connection.
     CloseAfter(u64),
+    /// Set (or replace) a response header on every matching answer, 304s included, e.g.
+    /// `Header("cache-control".into(), "max-age=1".into())` with a permanent path fault.
+    Header(String, String),
+    /// Rewrite the answer before it is sent (status, headers, body). Content-Length always
+    /// follows the rewritten body; the request log records the rewritten status.
+    Rewrite(Rewriter),
 }
+
+/// An answer as the origin is about to send it, for `FaultAction::Rewrite`. Header names
+/// are lower case; `content-length` is not among them (it is added from the body).
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` to `value`, replacing any earlier value.
+    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
+        self.remove_header(name);
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+    }
+
+    pub fn remove_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+}
+
+/// The function of a `FaultAction::Rewrite`: sees the request, edits the answer.
+pub type Rewriter = Arc<dyn Fn(&RequestRecord, &mut Answer) + Send + Sync>;
 
 /// A fault rule: an action, for one path (percent-decoded) or all, for a
 /// limited number of matching requests or forever.
@@ -837,6 +874,8 @@ struct Applied {
     stall_headers: Vec<Stall>,
     stall_body: Option<(u64, Stall)>,
     close_after: Option<u64>,
+    headers: Vec<(String, String)>,
+    rewrites: Vec<Rewriter>,
 }
 
 fn take_faults(shared: &Shared, path: &str) -> Applied {
@@ -862,6 +901,8 @@ fn take_faults(shared: &Shared, path: &str) -> Applied {
                 ap.stall_body = Some((*after, stall.clone()))
             }
             FaultAction::CloseAfter(n) => ap.close_after = Some(*n),
+            FaultAction::Header(k, v) => ap.headers.push((k.to_ascii_lowercase(), v.clone())),
+            FaultAction::Rewrite(f) => ap.rewrites.push(f.clone()),
         }
     }
     rules.retain(|r| r.fault.times.is_none_or(|t| r.used < t));
@@ -918,7 +959,7 @@ async fn handle(shared: Arc<Shared>, conn_no: u64, req: Request<Incoming>) -> Re
 
     // Decide the response.
     let mut file_body: Option<Bytes> = None;
-    let (status, mut extra, small_body) = if let Some(code) = faults.status {
+    let (status, extra, small_body) = if let Some(code) = faults.status {
         let mut r = simple(code, "test origin fault status\n");
         if (300..400).contains(&code) {
             r.1.push(("location", format!("{raw_path}/")));
@@ -1006,7 +1047,7 @@ async fn handle(shared: Arc<Shared>, conn_no: u64, req: Request<Incoming>) -> Re
         }
     };
 
-    lock(&shared.log).push(RequestRecord {
+    let mut record = RequestRecord {
         method,
         target,
         path,
@@ -1015,13 +1056,35 @@ async fn handle(shared: Arc<Shared>, conn_no: u64, req: Request<Incoming>) -> Re
         headers,
         status: status.as_u16(),
         connection: conn_no,
-    });
+    };
+    let mut status = status;
+    let mut data = file_body.unwrap_or(small_body);
+    let mut extra: Vec<(String, String)> =
+        extra.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    if !faults.headers.is_empty() || !faults.rewrites.is_empty() {
+        let mut answer = Answer {
+            status: status.as_u16(),
+            headers: std::mem::take(&mut extra),
+            body: data,
+        };
+        for (k, v) in &faults.headers {
+            answer.set_header(k, v.clone());
+        }
+        for rewrite in &faults.rewrites {
+            rewrite(&record, &mut answer);
+        }
+        answer.remove_header("content-length");
+        status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        record.status = status.as_u16();
+        extra = answer.headers;
+        data = answer.body;
+    }
+    lock(&shared.log).push(record);
 
     for s in &faults.stall_headers {
         s.future().await;
     }
 
-    let data = file_body.unwrap_or(small_body);
     let content_length = data.len();
     let mut body = FileBody::empty(guard, stats);
     if !is_head && status != StatusCode::NOT_MODIFIED {
@@ -1032,12 +1095,15 @@ async fn handle(shared: Arc<Shared>, conn_no: u64, req: Request<Incoming>) -> Re
         body.close_after = faults.close_after.map(|n| n as usize);
     }
     if status != StatusCode::NOT_MODIFIED {
-        extra.push(("content-length", content_length.to_string()));
+        extra.push(("content-length".to_string(), content_length.to_string()));
     }
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     for (k, v) in extra {
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
             resp.headers_mut().append(k, v);
         }
     }

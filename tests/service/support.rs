@@ -1,0 +1,696 @@
+//! Helpers for `tests/service.rs`: a private nginx (optionally with autoindex), a private
+//! Apache, a foreground ston-fs daemon the test controls itself (signals, `NOTIFY_SOCKET`),
+//! daemons started by mount(8), the /sbin helpers the installer writes (restored afterwards),
+//! and small command runners. Every process started here is stopped by its own guard, by pid.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::mount::{force_unmount_all, is_mounted, mounts_at, tail, wait_timeout, BIN};
+
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn wait_listening(port: u16, what: &str, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status} before listening\n--- {} ---\n{}",
+                log.display(),
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on 127.0.0.1:{port}\n--- {} ---\n{}",
+            log.display(),
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) until `path` stops growing for a few polls: a server writes its access-log
+/// line just after the answer's last byte, so a client can be a moment ahead of the log.
+fn settle_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = None;
+    let mut stable = 0;
+    while stable < 4 && Instant::now() < deadline {
+        let len = fs::metadata(path).map(|m| m.len()).ok();
+        if len == last {
+            stable += 1;
+        } else {
+            stable = 0;
+            last = len;
+        }
+        std::thread::sleep(Duration::from_millis(75));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// nginx
+// ---------------------------------------------------------------------------
+
+/// How nginx answers a directory URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Autoindex {
+    /// `autoindex off`: 403 for a directory without index.html.
+    Off,
+    /// `autoindex on` (HTML, exact sizes, GMT times).
+    Html,
+    /// `autoindex on; autoindex_format json`.
+    Json,
+}
+
+/// One access-log line of the private nginx.
+#[derive(Clone, Debug)]
+pub struct NginxRequest {
+    pub status: u16,
+    pub bytes: u64,
+    pub method: String,
+    /// The request URI as sent (percent-encoded).
+    pub uri: String,
+    pub range: String,
+}
+
+/// A private nginx on a loopback port serving `root`, logging every request.
+pub struct Nginx {
+    child: Child,
+    port: u16,
+    access_log: PathBuf,
+    error_log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(root: &Path, autoindex: Autoindex) -> Nginx {
+        let nginx =
+            which("nginx").expect("nginx is not installed: run the suite with `bash tests/run.sh`");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let access_log = dir.path().join("access.log");
+        let error_log = dir.path().join("error.log");
+        let index = match autoindex {
+            Autoindex::Off => "autoindex off;",
+            Autoindex::Html => {
+                "autoindex on; autoindex_exact_size on; autoindex_localtime off; autoindex_format html;"
+            }
+            Autoindex::Json => "autoindex on; autoindex_format json;",
+        };
+        let config = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
+             error_log {err} warn;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  log_format ston '$status $body_bytes_sent \"$request\" \"$http_range\"';\n\
+               access_log {log} ston;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+               fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n\
+               sendfile on;\n  default_type application/octet-stream;\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; {index} }}\n}}\n",
+            dir = dir.path().display(),
+            err = error_log.display(),
+            log = access_log.display(),
+            root = root.display(),
+        );
+        let config_path = dir.path().join("nginx.conf");
+        fs::write(&config_path, config).expect("write nginx.conf");
+        let mut child = Command::new(nginx)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-p")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        wait_listening(port, "nginx", &mut child, &error_log);
+        Nginx {
+            child,
+            port,
+            access_log,
+            error_log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Every request so far, once the log has settled.
+    pub fn requests(&self) -> Vec<NginxRequest> {
+        settle_file(&self.access_log);
+        fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(parse_nginx_line)
+            .collect()
+    }
+
+    /// Requests whose URI is exactly `uri`.
+    pub fn requests_for(&self, uri: &str) -> Vec<NginxRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.uri == uri)
+            .collect()
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = String::from("nginx access log:\n");
+        for r in self.requests() {
+            s.push_str(&format!(
+                "  {} {} {} range={:?} bytes={}\n",
+                r.status, r.method, r.uri, r.range, r.bytes
+            ));
+        }
+        s.push_str(&format!(
+            "nginx error log:\n{}",
+            fs::read_to_string(&self.error_log).unwrap_or_default()
+        ));
+        s
+    }
+}
+
+fn parse_nginx_line(line: &str) -> Option<NginxRequest> {
+    // 206 1048576 "GET /a%20b HTTP/1.1" "bytes=0-1048575"
+    let (status, rest) = line.split_once(' ')?;
+    let (bytes, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix('"')?;
+    let (request, rest) = rest.split_once("\" ")?;
+    let mut parts = request.split(' ');
+    let method = parts.next()?.to_string();
+    let uri = parts.next()?.to_string();
+    let range = rest.trim_matches('"').to_string();
+    Some(NginxRequest {
+        status: status.parse().ok()?,
+        bytes: bytes.parse().ok()?,
+        method,
+        uri,
+        range,
+    })
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Apache
+// ---------------------------------------------------------------------------
+
+const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
+
+/// A private Apache (`apache2 -X`, one process) on a loopback port whose DocumentRoot is
+/// `docroot`, with `Options Indexes`. It drops to www-data like a packaged Apache does.
+pub struct Apache {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Apache {
+    pub fn start(docroot: &Path) -> Apache {
+        let apache2 = which("apache2")
+            .expect("apache2 is not installed: run the suite with `bash tests/run.sh`");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let d = dir.path().display();
+        let root = docroot.display();
+        let modules = [
+            ("mpm_prefork_module", "mod_mpm_prefork.so"),
+            ("authz_core_module", "mod_authz_core.so"),
+            ("dir_module", "mod_dir.so"),
+            ("autoindex_module", "mod_autoindex.so"),
+            ("mime_module", "mod_mime.so"),
+            ("alias_module", "mod_alias.so"),
+        ]
+        .iter()
+        .map(|(name, file)| format!("LoadModule {name} {APACHE_MODULES}/{file}\n"))
+        .collect::<String>();
+        let types = if Path::new("/etc/mime.types").exists() {
+            "/etc/mime.types"
+        } else {
+            "/dev/null"
+        };
+        let config = format!(
+            "ServerRoot \"{d}\"\n{modules}\
+             ServerName 127.0.0.1\nListen 127.0.0.1:{port}\n\
+             PidFile \"{d}/apache2.pid\"\nDefaultRuntimeDir \"{d}\"\nMutex file:{d} default\n\
+             ErrorLog \"{d}/error.log\"\nLogLevel warn\n\
+             LogFormat \"%>s %B \\\"%r\\\" \\\"%{{Range}}i\\\"\" ston\n\
+             CustomLog \"{d}/access.log\" ston\n\
+             User www-data\nGroup www-data\n\
+             TypesConfig {types}\nAddType text/plain .txt\n\
+             EnableSendfile Off\nKeepAlive Off\n\
+             DocumentRoot \"{root}\"\n\
+             <Directory />\n  AllowOverride None\n  Require all denied\n</Directory>\n\
+             <Directory \"{root}\">\n  Options Indexes\n  AllowOverride None\n  Require all granted\n</Directory>\n\
+             DirectoryIndex index.html\n"
+        );
+        let conf = dir.path().join("apache2.conf");
+        fs::write(&conf, config).expect("write apache2.conf");
+        let syntax = run_command(
+            Command::new(&apache2).arg("-t").arg("-f").arg(&conf),
+            STEP_TIMEOUT,
+        );
+        assert!(
+            syntax.success(),
+            "apache2 -t rejected the config:\n{}",
+            syntax.describe()
+        );
+        let stderr = dir.path().join("stderr.log");
+        let mut child = Command::new(&apache2)
+            .arg("-X")
+            .arg("-f")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stderr).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start apache2");
+        wait_listening(port, "apache2", &mut child, &dir.path().join("error.log"));
+        Apache {
+            child: Some(child),
+            port,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "--- apache error.log ---\n{}\n--- apache access.log ---\n{}\n--- apache stderr ---\n{}",
+            tail(&read("error.log"), 8000),
+            tail(&read("access.log"), 8000),
+            tail(&read("stderr.log"), 4000)
+        )
+    }
+
+    /// SIGTERM, then (bounded) SIGKILL; returns how it ended.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        match wait_timeout(&mut child, Duration::from_secs(10)) {
+            Some(status) => Some(status),
+            None => {
+                let _ = child.kill();
+                wait_timeout(&mut child, Duration::from_secs(5))
+            }
+        }
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------
+
+/// Result of a bounded command run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub command: String,
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\nstatus: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command,
+            self.status,
+            tail(&self.stdout_text(), 8000),
+            tail(&self.stderr, 8000)
+        )
+    }
+}
+
+/// Runs `cmd` to completion (killed after `timeout`). Output goes to files, not pipes, so a
+/// daemon that the command leaves behind cannot hold our reads open.
+pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("stdout");
+    let err = dir.path().join("stderr");
+    let command = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
+    let status = wait_timeout(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = wait_timeout(&mut child, Duration::from_secs(5));
+    }
+    Outcome {
+        command,
+        status,
+        stdout: fs::read(&out).unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&fs::read(&err).unwrap_or_default()).into_owned(),
+    }
+}
+
+/// `ston-fs ARGS...` (bounded).
+pub fn ston_fs<I, S>(args: I) -> Outcome
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    run_command(&mut cmd, Duration::from_secs(60))
+}
+
+/// curl's answer: HTTP status and body.
+pub struct CurlAnswer {
+    pub code: u16,
+    pub body: Vec<u8>,
+}
+
+/// `curl -sS [extra] URL`, body to a file, status from `-w`.
+pub fn curl(url: &str, extra: &[&str]) -> CurlAnswer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = dir.path().join("body");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60", "-o"])
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(extra)
+        .arg(url);
+    let out = run_command(&mut cmd, Duration::from_secs(90));
+    assert!(out.success(), "curl failed:\n{}", out.describe());
+    CurlAnswer {
+        code: out
+            .stdout_text()
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl printed no status:\n{}", out.describe())),
+        body: fs::read(&body).unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A foreground ston-fs the test drives itself
+// ---------------------------------------------------------------------------
+
+/// `ston-fs -f ARGS... ORIGIN MOUNTPOINT`, started without waiting for anything. Dropping it
+/// detaches the mount and kills the process.
+pub struct Daemon {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(
+        args: &[&OsStr],
+        origin: &str,
+        mountpoint: &Path,
+        envs: &[(&str, &OsStr)],
+        log: &Path,
+    ) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-f").args(args).arg(origin).arg(mountpoint);
+        let file = File::create(log).expect("daemon log");
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .env_remove("NOTIFY_SOCKET");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn ston-fs");
+        Daemon {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon").id()
+    }
+
+    pub fn log(&self) -> String {
+        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 16000).to_string()
+    }
+
+    /// Waits (bounded) until the mount shows up; panics with the log if it doesn't.
+    pub fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if mounts_at(&self.mountpoint)
+                .iter()
+                .any(|m| m.fstype == "fuse.ston-fs")
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "ston-fs exited with {status} before mounting\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ston-fs did not mount within {STEP_TIMEOUT:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon");
+        match wait_timeout(&mut child, STEP_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ston-fs did not exit within {STEP_TIMEOUT:?}\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// Sends `signal` and waits (bounded) for the exit.
+    pub fn signal_and_wait(&mut self, signal: libc::c_int) -> ExitStatus {
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, signal);
+        }
+        self.wait_exit()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            force_unmount_all(&self.mountpoint);
+            if wait_timeout(&mut child, Duration::from_secs(3)).is_none() {
+                let _ = child.kill();
+                let _ = wait_timeout(&mut child, Duration::from_secs(5));
+            }
+        }
+        force_unmount_all(&self.mountpoint);
+        if std::thread::panicking() {
+            eprintln!("--- ston-fs log ---\n{}", self.log());
+        }
+    }
+}
+
+pub fn describe_status(status: &ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => format!("{status}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Daemons started by mount(8)
+// ---------------------------------------------------------------------------
+
+/// Processes (not zombies) whose argv[0] ends in `ston-fs` and that have `arg` among their
+/// arguments.
+pub fn ston_fs_pids_with_arg(arg: &Path) -> Vec<i32> {
+    let wanted = arg.as_os_str().as_encoded_bytes();
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_ston = args.first().is_some_and(|a0| a0.ends_with(b"ston-fs"));
+        if is_ston && args.contains(&wanted) && is_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Running (exists and is not a zombie).
+pub fn is_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) until `pid` is no longer running.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while is_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Cleanup for a mount made by mount(8): detaches whatever is left on `dir` and kills, by
+/// pid, any ston-fs daemon still serving it.
+pub struct ExternalMount {
+    pub dir: PathBuf,
+}
+
+impl Drop for ExternalMount {
+    fn drop(&mut self) {
+        let pids = ston_fs_pids_with_arg(&self.dir);
+        if is_mounted(&self.dir) {
+            force_unmount_all(&self.dir);
+        }
+        for pid in pids {
+            if !wait_gone(pid, Duration::from_secs(3)) {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                wait_gone(pid, Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The mount(8) helpers in /sbin
+// ---------------------------------------------------------------------------
+
+/// Remembers `/sbin/mount.fuse.ston-fs`, `/sbin/mount.ston-fs` (and whether /etc/ston-fs
+/// existed) and puts them back as they were on drop: the test installs its own helpers where
+/// mount(8) looks for them, but must not leave the machine changed.
+pub struct SbinHelpers {
+    /// Each helper path with its old bytes and mode, if it existed.
+    saved: Vec<(PathBuf, Option<Saved>)>,
+    etc_created: bool,
+}
+
+/// A file's bytes and permission bits.
+type Saved = (Vec<u8>, u32);
+
+impl SbinHelpers {
+    pub const NAMES: [&'static str; 2] = ["mount.fuse.ston-fs", "mount.ston-fs"];
+
+    pub fn save() -> SbinHelpers {
+        let saved = Self::NAMES
+            .iter()
+            .map(|name| {
+                let path = Path::new("/sbin").join(name);
+                let old = fs::read(&path).ok().map(|bytes| {
+                    let mode = fs::metadata(&path).map(|m| m.permissions().mode()).unwrap();
+                    (bytes, mode)
+                });
+                (path, old)
+            })
+            .collect();
+        SbinHelpers {
+            saved,
+            etc_created: !Path::new("/etc/ston-fs").exists(),
+        }
+    }
+}
+
+impl Drop for SbinHelpers {
+    fn drop(&mut self) {
+        for (path, old) in &self.saved {
+            match old {
+                Some((bytes, mode)) => {
+                    let _ = fs::remove_file(path);
+                    if fs::write(path, bytes).is_ok() {
+                        let _ = fs::set_permissions(path, fs::Permissions::from_mode(*mode));
+                    }
+                }
+                None => {
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+        if self.etc_created {
+            let _ = fs::remove_dir("/etc/ston-fs"); // only if still empty
+        }
+    }
+}
