@@ -180,6 +180,7 @@ async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> Fs
     };
     stream_blocks(cache, guard, &mut body, &mut assembler, end).await?;
     if guard.is_complete() {
+        body.succeeded();
         Ok(())
     } else {
         body.failed();

@@ -152,6 +152,11 @@ impl RangeBody<'_> {
     pub fn failed(&self) {
         self.member.record_failure(&self.client.policy);
     }
+
+    /// The whole answer arrived as asked: its origin is working.
+    pub fn succeeded(&self) {
+        self.member.record_success();
+    }
 }
 
 /// Failures of an answer's body rather than its headers: worth asking another origin.
@@ -257,8 +262,8 @@ impl OriginClient {
                 self.stats.record_origin_status(response.status().as_u16());
             }
             match answer {
+                // Success is recorded by the caller once the body has arrived whole too.
                 Ok(Ok(response)) if !response.status().is_server_error() => {
-                    member.record_success();
                     return Ok((response, member));
                 }
                 Ok(Ok(response)) => last_error = FsError::Status(response.status().as_u16()),
@@ -278,8 +283,9 @@ impl OriginClient {
     /// The body of a listing page (a directory's index, or a manifest), if the origin serves
     /// one: anything but a 200 is simply no listing. Bounded to `MAX_LISTING` bytes.
     pub async fn fetch_listing(&self, site: &Site, path: &str) -> FsResult<Option<String>> {
-        let (mut response, _) = self.send(site, path, |request| request).await?;
+        let (mut response, member) = self.send(site, path, |request| request).await?;
         if response.status() != StatusCode::OK {
+            member.record_success();
             return Ok(None);
         }
         let mut body = Vec::new();
@@ -291,6 +297,7 @@ impl OriginClient {
             }
             body.extend_from_slice(&chunk);
         }
+        member.record_success();
         Ok(Some(String::from_utf8_lossy(&body).into_owned()))
     }
 
@@ -343,7 +350,10 @@ impl OriginClient {
                     member.record_failure(&self.policy);
                     return Err(e);
                 }
-                result => return result,
+                result => {
+                    member.record_success();
+                    return result;
+                }
             }
         }
     }
