@@ -10,6 +10,7 @@ use fuser::BackingId;
 use parking_lot::Mutex;
 
 use crate::object::{Object, SiteId};
+use crate::store::ObjectKind;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -30,7 +31,7 @@ pub struct Node {
 impl Node {
     pub fn is_directory(&self) -> bool {
         match (&self.object, &self.listed) {
-            (Some(object), _) => object.kind == crate::store::ObjectKind::Directory,
+            (Some(object), _) => object.kind == ObjectKind::Directory,
             (None, Some(entry)) => entry.is_dir,
             (None, None) => true,
         }
@@ -48,6 +49,18 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether `next` describes another version of this entry's file.
+    fn is_replaced_by(&self, next: &Node) -> bool {
+        match (&self.node.object, &next.object) {
+            (Some(old), Some(new)) => {
+                old.kind == ObjectKind::File
+                    && new.kind == ObjectKind::File
+                    && old.version != new.version
+            }
+            _ => false,
+        }
+    }
+
     /// Pages of some version were handed out with `FOPEN_KEEP_CACHE`, and `next` is another
     /// version. Forgets that version, so one change invalidates once.
     fn take_stale_pages(&mut self, next: Option<&Arc<Object>>) -> bool {
@@ -128,10 +141,15 @@ impl InodeTable {
         let key = (parent, Arc::<str>::from(name));
         if let Some(&ino) = table.children.get(&key) {
             if let Some(entry) = table.entries.get_mut(&ino) {
-                entry.lookups += 1;
-                let stale = entry.take_stale_pages(node.object.as_ref());
-                entry.node = node;
-                return (ino, stale);
+                if !entry.is_replaced_by(&node) {
+                    entry.lookups += 1;
+                    let stale = entry.take_stale_pages(node.object.as_ref());
+                    entry.node = node;
+                    return (ino, stale);
+                }
+                // A new version gets a new inode: files still open on the old one keep
+                // their own page cache, so they can never read the new version's pages.
+                // The old entry lives on until the kernel forgets it.
             }
         }
         let ino = table.next_ino;
