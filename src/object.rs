@@ -25,8 +25,8 @@ use crate::store::{self, disk_bytes, ObjectKind, ObjectLocation, BLOCK_OVERHEAD}
 
 /// How long an object must go without new blocks before its journal is synced.
 const RECORD_QUIET: Duration = Duration::from_millis(250);
-/// Unrecorded data that forces a sync even while blocks keep arriving.
-const RECORD_MAX_PENDING: u64 = 256 << 20;
+/// Longest a stored block waits for its journal record while blocks keep arriving.
+const RECORD_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// Index of a site (origin or virtual host) in the mount's site table.
 pub type SiteId = usize;
@@ -586,9 +586,10 @@ impl Object {
 
     /// Makes stored blocks durable (`fdatasync`), then records them in the journal: only then
     /// do they survive a restart. It waits until the object has been quiet for
-    /// `RECORD_QUIET` (or `RECORD_MAX_PENDING` bytes are waiting): on some file systems an fsync
+    /// `RECORD_QUIET` (or blocks have waited `RECORD_MAX_DELAY`): on some file systems an fsync
     /// holds the inode lock and would stall a stream still writing to the same file.
     async fn record_when_quiet(self: Arc<Self>) {
+        let mut waiting_since = Instant::now();
         loop {
             tokio::time::sleep(RECORD_QUIET).await;
             let due = {
@@ -597,13 +598,13 @@ impl Object {
                     state.recorder_running = false;
                     return;
                 }
-                let pending = state.unrecorded.len() as u64 * self.block_size;
                 let quiet = state
                     .last_stored
                     .is_none_or(|t| t.elapsed() >= RECORD_QUIET);
-                quiet || pending >= RECORD_MAX_PENDING
+                quiet || waiting_since.elapsed() >= RECORD_MAX_DELAY
             };
             if due {
+                waiting_since = Instant::now();
                 let object = self.clone();
                 let _ = tokio::task::spawn_blocking(move || object.record_now()).await;
             }
