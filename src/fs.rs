@@ -28,6 +28,9 @@ use crate::readahead::ReadAhead;
 use crate::stats::Op;
 use crate::store::ObjectKind;
 
+/// Objects whose passthrough registration outlives their last close.
+const KEPT_BACKINGS: usize = 1024;
+
 /// Kernel attribute timeout when an object is served past its TTL (origin down).
 const STALE_ATTR_TTL: Duration = Duration::from_secs(1);
 
@@ -49,6 +52,8 @@ struct Core {
     mounted_at: SystemTime,
     /// Configured, and granted by the kernel at INIT.
     passthrough: bool,
+    /// Objects that keep a passthrough registration between opens, oldest first.
+    kept_backings: Mutex<std::collections::VecDeque<std::sync::Weak<Object>>>,
     /// The control socket's path, once it listens.
     control_socket: Arc<OnceLock<PathBuf>>,
     /// Set once the session exists; used to invalidate the kernel's page cache.
@@ -72,6 +77,7 @@ impl StonFs {
                 passthrough: cache.config.passthrough,
                 notifier: Arc::new(OnceLock::new()),
                 control_socket: Arc::new(OnceLock::new()),
+                kept_backings: Mutex::new(std::collections::VecDeque::new()),
                 cache,
             }),
         }
@@ -322,8 +328,11 @@ impl Core {
         let _ = self.cache.index.get(&(object.site, object.path.clone()));
         let wanted = self.passthrough_wanted(&object);
         let mode = self.inodes.begin_open(ino, wanted, || {
-            let file = object.backing_file().map_err(std::io::Error::other)?;
-            reply.open_backing(&*file)
+            let (backing, new) = object.backing(|file| reply.open_backing(file))?;
+            if new {
+                self.bound_kept_backings(&object);
+            }
+            Ok(backing)
         });
         object.open_handle();
         let keep = self.inodes.keep_page_cache(ino, &object);
@@ -350,6 +359,18 @@ impl Core {
                 reply.opened_passthrough(FileHandle(handle), FopenFlags::FOPEN_NOFLUSH, &backing);
             }
             OpenMode::Cached => reply.opened(FileHandle(handle), flags),
+        }
+    }
+
+    /// Keeps at most `KEPT_BACKINGS` objects registered for passthrough between opens: each
+    /// holds a file reference in the kernel (and the disk space of an evicted file).
+    fn bound_kept_backings(&self, object: &Arc<Object>) {
+        let mut kept = self.kept_backings.lock();
+        kept.push_back(Arc::downgrade(object));
+        while kept.len() > KEPT_BACKINGS {
+            if let Some(oldest) = kept.pop_front().and_then(|o| o.upgrade()) {
+                oldest.drop_backing();
+            }
         }
     }
 

@@ -198,7 +198,7 @@ impl InodeTable {
         &self,
         ino: u64,
         wanted: bool,
-        open_backing: impl FnOnce() -> std::io::Result<BackingId>,
+        open_backing: impl FnOnce() -> std::io::Result<Arc<BackingId>>,
     ) -> OpenMode {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
@@ -212,7 +212,6 @@ impl InodeTable {
         if wanted && opens.cached == 0 {
             match open_backing() {
                 Ok(backing) => {
-                    let backing = Arc::new(backing);
                     opens.backing = Some(backing.clone());
                     opens.passthrough = 1;
                     return OpenMode::Passthrough(backing);

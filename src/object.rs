@@ -84,6 +84,9 @@ struct ObjectState {
     detached: bool,
     data: Option<Arc<File>>,
     open_handles: usize,
+    /// The cache file registered with the kernel for passthrough, kept between opens so that
+    /// reopening a hot file costs no registration. Dropped when the object leaves the cache.
+    backing: Option<Arc<fuser::BackingId>>,
     /// Stored blocks waiting for `fdatasync` and their journal record.
     unrecorded: Vec<(u64, u32)>,
     recorder_running: bool,
@@ -172,6 +175,7 @@ impl Object {
                 detached: location.is_none(),
                 data: None,
                 open_handles: 0,
+                backing: None,
                 unrecorded: Vec::new(),
                 recorder_running: false,
                 last_stored: None,
@@ -337,10 +341,25 @@ impl Object {
         }
     }
 
-    /// The cache file, for the kernel to read directly (passthrough).
-    pub fn backing_file(&self) -> FsResult<Arc<File>> {
+    /// The cache file's passthrough registration, made with `register` the first time.
+    /// Returns whether it is new (the caller bounds how many objects keep one).
+    pub fn backing(
+        &self,
+        register: impl FnOnce(&File) -> std::io::Result<fuser::BackingId>,
+    ) -> std::io::Result<(Arc<fuser::BackingId>, bool)> {
         let mut state = self.state.lock();
-        self.data_file(&mut state)
+        if let Some(backing) = &state.backing {
+            return Ok((backing.clone(), false));
+        }
+        let file = self.data_file(&mut state).map_err(std::io::Error::other)?;
+        let backing = Arc::new(register(&file)?);
+        state.backing = Some(backing.clone());
+        Ok((backing, true))
+    }
+
+    /// Gives up the kept passthrough registration (handles still open keep theirs).
+    pub fn drop_backing(&self) {
+        self.state.lock().backing = None;
     }
 
     pub fn has_cached_block(&self, block: u64) -> bool {
@@ -656,6 +675,7 @@ impl Object {
             state.data = self.data_file(&mut state).ok();
         }
         state.detached = true;
+        state.backing = None;
         if !keep || state.data.is_none() {
             state.data = None;
             for slot in state.blocks.iter_mut() {
