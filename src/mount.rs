@@ -50,7 +50,11 @@ pub fn serve(config: Config, mountpoint: &Path, readiness: Readiness) -> Result<
     if let Some(path) = control::socket_path(&mounted.cache_dir) {
         let _ = std::fs::remove_file(path);
     }
-    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+    match result {
+        // The kernel ends the session this way after an unmount: that is a clean exit.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::ENODEV)) => Ok(()),
+        result => result.map_err(|e| format!("FUSE session ended with an error: {e}")),
+    }
 }
 
 fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
