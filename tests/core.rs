@@ -23,18 +23,7 @@ use common::{
 };
 use percent_encoding::percent_decode_str;
 
-const IDLE_QUIET: Duration = Duration::from_millis(300);
-const IDLE_MAX: Duration = Duration::from_secs(20);
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn wait_idle(origin: &Origin) {
-    assert!(
-        origin.wait_idle(IDLE_QUIET, IDLE_MAX),
-        "origin never went idle: {} in flight\n{}",
-        origin.in_flight(),
-        origin.describe_requests()
-    );
-}
 
 // ---------------------------------------------------------------------------
 // 1. Sequential and random reads are byte-identical to the origin
@@ -212,7 +201,7 @@ fn cached_reads_make_no_origin_requests_and_survive_remount() {
         .mount();
     let p = m.path("videos/intro.bin");
     assert_file_matches(&p, &data, 256 * KIB);
-    wait_idle(&origin);
+    origin.settle();
     assert!(
         origin.request_count_for("/videos/intro.bin") > 0,
         "first read should have reached the origin\n{}",
@@ -226,7 +215,7 @@ fn cached_reads_make_no_origin_requests_and_survive_remount() {
     let f = File::open(&p).unwrap();
     assert_random_preads(&f, &data, 53, 50, 512 * KIB, "intro.bin cached");
     drop(f);
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.request_count(),
         0,
@@ -253,7 +242,7 @@ fn cached_reads_make_no_origin_requests_and_survive_remount() {
     let f = File::open(&p).unwrap();
     assert_random_preads(&f, &data, 54, 50, 512 * KIB, "intro.bin after remount");
     drop(f);
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.request_count(),
         0,
@@ -291,12 +280,12 @@ fn missing_paths_are_enoent_and_negative_cached() {
     assert_eq!(fs::read(m.path("dir/file.txt")).unwrap(), b"inner\n");
 
     // 404 is negative-cached (negative_ttl=3600).
-    wait_idle(&origin);
+    origin.settle();
     assert!(origin.request_count_for("/missing.txt") > 0);
     origin.reset();
     let r = fs::metadata(m.path("missing.txt"));
     assert_eq!(errno(&r), Some(libc::ENOENT), "stat again: {r:?}");
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.request_count_for("/missing.txt"),
         0,
@@ -356,7 +345,7 @@ fn write_access_is_erofs_and_modes_are_read_only() {
     // Nothing changed.
     assert_eq!(fs::read(&file).unwrap(), b"read only\n");
     assert_eq!(fs::read(m.path("dir/inner.txt")).unwrap(), b"inner\n");
-    wait_idle(&origin);
+    origin.settle();
     for r in origin.requests() {
         assert!(
             r.method == "GET" || r.method == "HEAD",
@@ -408,7 +397,7 @@ fn special_names_are_percent_encoded() {
         let got = fs::read(&p).unwrap_or_else(|e| panic!("read {name:?}: {e}"));
         assert_bytes_eq(&got, data, name);
     }
-    wait_idle(&origin);
+    origin.settle();
 
     let log = origin.requests();
     let mut allowed: Vec<String> = vec!["/".into()];
@@ -462,7 +451,7 @@ fn origin_path_prefix_is_prepended() {
     assert_file_matches(&m.path("sub/file.bin"), &data, 64 * KIB);
     let r = fs::metadata(m.path("prefix"));
     assert_eq!(errno(&r), Some(libc::ENOENT), "{r:?}");
-    wait_idle(&origin);
+    origin.settle();
     for r in origin.requests() {
         assert!(
             r.path.starts_with("/prefix/"),
@@ -531,7 +520,7 @@ fn max_cache_size_is_never_exceeded() {
         let f = File::open(m.path(&format!("set/f{i}.bin"))).unwrap();
         assert_random_preads(&f, d, 90 + i as u64, 40, 512 * KIB, "random after passes");
     }
-    wait_idle(&origin);
+    origin.settle();
     stop.store(true, Ordering::SeqCst);
     let samples = sampler.join().unwrap();
 
@@ -588,7 +577,7 @@ fn corrupted_cache_block_is_detected_and_refetched() {
 
     let m = mount(&origin);
     assert_file_matches(&m.path("media/clip.bin"), &data, 128 * KIB);
-    wait_idle(&origin);
+    origin.settle();
     m.unmount();
 
     // Find the .data file of this object: byte N of the object at offset N.
@@ -643,7 +632,7 @@ fn corrupted_cache_block_is_detected_and_refetched() {
         );
     }
     drop(f);
-    wait_idle(&origin);
+    origin.settle();
     let reqs = origin.requests_for(path);
     for (off, n) in corrupt {
         let (bs, be) = (off / BS * BS, ((off / BS + 1) * BS).min(len));
@@ -990,7 +979,7 @@ fn config_file_sets_cache_dir_and_block_size() {
         .arg(&cfg)
         .mount();
     assert_file_matches(&m.path("cfg/file.bin"), &data, 100 * KIB);
-    wait_idle(&origin);
+    origin.settle();
     let first = origin
         .requests_for("/cfg/file.bin")
         .into_iter()

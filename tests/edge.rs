@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -25,36 +24,17 @@ use common::mount::{
 };
 use common::origin::{pattern, Fault, FaultAction, Origin, RequestRecord};
 use common::{
-    assert_bytes_eq, assert_file_matches, assert_random_preads, errno, pread_full, KIB, MIB,
+    assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, errno, pread_full,
+    KIB, MIB,
 };
 use percent_encoding::percent_decode_str;
 use tls::TlsOrigin;
 
-const IDLE_QUIET: Duration = Duration::from_millis(300);
-const IDLE_MAX: Duration = Duration::from_secs(30);
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for one file-system call that must not hang (a hang fails the
 /// test; it is not a timing assertion).
 const CALL_BOUND: Duration = Duration::from_secs(60);
 const WATCHDOG: Duration = Duration::from_secs(300);
-
-fn wait_idle(origin: &Origin) {
-    assert!(
-        origin.wait_idle(IDLE_QUIET, IDLE_MAX),
-        "origin never went idle: {} in flight\n{}",
-        origin.in_flight(),
-        origin.describe_requests()
-    );
-}
-
-/// Drops the clean page-cache pages of a file on the mount, so that the next
-/// read really reaches the daemon (the mount keeps the page cache across
-/// opens).
-fn drop_page_cache(path: &Path) {
-    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(r, 0, "posix_fadvise(DONTNEED) on {}", path.display());
-}
 
 /// Runs `f` on a helper thread and fails the test if it does not return
 /// within `CALL_BOUND` (a hung FUSE request must fail the test, not hang it).
@@ -298,7 +278,7 @@ fn vhosts_route_by_first_component_with_canonical_host() {
         let rel2 = format!("{dir}{fresh_path}");
         let got = fs::read(d.path(&rel2)).unwrap_or_else(|e| panic!("read {rel2}: {e}"));
         assert_bytes_eq(&got, &fresh, &rel2);
-        wait_idle(&a);
+        a.settle();
         if i == 0 {
             assert!(
                 !a.requests_for("/x.txt").is_empty(),
@@ -329,7 +309,7 @@ fn vhosts_route_by_first_component_with_canonical_host() {
     let f = File::open(d.path("b.example/y.txt")).unwrap();
     assert_random_preads(&f, &b_y, 7, 40, 100 * KIB, "b.example/y.txt");
     drop(f);
-    wait_idle(&b);
+    b.settle();
     let b_reqs = b.requests();
     assert!(
         b_reqs.iter().any(|r| r.path == "/pre/y.txt"),
@@ -369,7 +349,7 @@ fn vhosts_route_by_first_component_with_canonical_host() {
         );
     }
     // Nothing about the unknown hosts reached either origin as another host.
-    wait_idle(&a);
+    a.settle();
     for r in a.requests() {
         assert_eq!(host_of(&r), Some("a.example"), "{r:?}");
     }
@@ -408,7 +388,7 @@ fn origin_ignoring_range_is_read_exactly_and_kept() {
     assert_random_preads(&f, &rnd, 21, 120, 3 * BS, "rnd.bin cold");
     drop(f);
     assert_file_matches(&m.path("rnd.bin"), &rnd, 4097);
-    wait_idle(&origin);
+    origin.settle();
     let statuses: BTreeSet<u16> = origin.requests().iter().map(|r| r.status).collect();
     assert!(
         statuses.iter().all(|s| *s == 200),
@@ -425,7 +405,7 @@ fn origin_ignoring_range_is_read_exactly_and_kept() {
         let f = File::open(m.path(name)).unwrap();
         assert_random_preads(&f, data, 22, 60, 3 * BS, &format!("{name} warm"));
     }
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.request_count(),
         0,
@@ -446,7 +426,7 @@ fn origin_ignoring_range_is_read_exactly_and_kept() {
     assert_random_preads(&f, &rnd, 23, 60, 3 * BS, "rnd.bin after remount");
     drop(f);
     assert_file_matches(&m.path("rnd.bin"), &rnd, MIB);
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.request_count(),
         0,
@@ -479,7 +459,7 @@ fn exercise_headers(origin: &Origin, m: Mount, extra: Option<(&str, &str)>) {
         b"small\n",
         "dir/small.txt"
     );
-    wait_idle(origin);
+    origin.settle();
 
     let reqs = origin.requests();
     assert!(
@@ -691,7 +671,7 @@ fn offline_remount(cached: &str, seed: u64) {
 
     let m = Mount::builder(&url).cache_dir(&cache).opt(OPTS).mount();
     assert_file_matches(&m.path(cached), &data, MIB);
-    wait_idle(&origin);
+    origin.settle();
     m.unmount();
 
     // Stop the origin; wait (bounded) until its port refuses connections.
@@ -897,7 +877,7 @@ fn full_cache_disk_serves_from_origin() {
         let got = pread_full(&File::open(&p).unwrap(), 20 * MIB as u64 - 3, 100).unwrap();
         assert_bytes_eq(&got, &data[20 * MIB - 3..], "tail of twenty.bin");
         assert!(m.is_running(), "daemon died");
-        wait_idle(&origin);
+        origin.settle();
         m.unmount();
     }
 }
@@ -953,7 +933,7 @@ fn odd_names_stay_one_component_under_the_prefix() {
         let got = fs::read(&p).unwrap_or_else(|e| panic!("read {name:?}: {e}"));
         assert_bytes_eq(&got, data, &format!("{name:?}"));
     }
-    wait_idle(&origin);
+    origin.settle();
 
     for (name, _) in &expected {
         let want_target = format!("/pre/{}", encode_component(name));

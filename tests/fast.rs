@@ -4,22 +4,13 @@
 mod common;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::mount::Mount;
 use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
-use common::{assert_file_matches, assert_random_preads, MIB};
-
-/// Drops the kernel's cached pages of a file, so the next read must reach the daemon.
-fn drop_page_cache(path: &std::path::Path) {
-    let file = File::open(path).expect("open for fadvise");
-    // SAFETY: fadvise only advises the kernel about a descriptor we own.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise");
-}
+use common::{assert_file_matches, assert_random_preads, drop_page_cache, MIB};
 
 #[test]
 fn a_stalled_origin_never_delays_reads_of_cached_files() {

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -29,26 +28,15 @@ use common::origin::{
     RequestRecord, Stall,
 };
 use common::{assert_bytes_eq, assert_file_matches, assert_random_preads, errno, pread_full};
-use common::{KIB, MIB};
+use common::{drop_pages_of, no_kernel_readahead, KIB, MIB};
 
 const BLOCK: usize = 256 * KIB;
-const IDLE_QUIET: Duration = Duration::from_millis(300);
-const IDLE_MAX: Duration = Duration::from_secs(30);
 /// Longest any single file-system call may take here before the test calls it a hang.
 const CALL_BOUND: Duration = Duration::from_secs(20);
 /// Bound for whole-file reads that may go through retries and failovers.
 const READ_BOUND: Duration = Duration::from_secs(90);
 /// Options every fault test uses: short timeouts so failures end quickly.
 const TIMEOUTS: &str = "connect_timeout=1,receive_timeout=2";
-
-fn wait_idle(origin: &Origin) {
-    assert!(
-        origin.wait_idle(IDLE_QUIET, IDLE_MAX),
-        "origin never went idle: {} in flight\n{}",
-        origin.in_flight(),
-        origin.describe_requests()
-    );
-}
 
 /// Runs `f` on a helper thread; fails the test if it has not returned within `bound`.
 #[track_caller]
@@ -89,24 +77,12 @@ fn pread_bounded(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8
     })
 }
 
-fn drop_pages_of(file: &File) {
-    // SAFETY: fadvise only advises the kernel about a descriptor we own.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise(DONTNEED)");
-}
-
+/// Like `common::drop_page_cache`, but an open that hangs fails the test.
 fn drop_page_cache(path: &Path) {
     let path = path.to_path_buf();
     let file = bounded("open to drop pages", CALL_BOUND, move || File::open(path))
         .expect("open to drop pages");
     drop_pages_of(&file);
-}
-
-/// No kernel read-ahead on this descriptor: a pread asks the daemon for its own range only.
-fn no_kernel_readahead(file: &File) {
-    // SAFETY: as above.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-    assert_eq!(rc, 0, "posix_fadvise(RANDOM)");
 }
 
 fn open_bounded(path: &Path) -> File {
@@ -460,8 +436,8 @@ fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
     read_whole(mount.path("cached.bin"), cached.clone());
     read_whole(mount.path("dir/deep.bin"), deep.clone());
     assert_eq!(len_bounded(&mount.path("part.bin")), part.len() as u64);
-    wait_idle(&a);
-    wait_idle(&b);
+    a.settle();
+    b.settle();
     drop(a);
     drop(b);
 
@@ -512,7 +488,7 @@ fn a_revalidation_answered_5xx_keeps_the_cached_copy() {
         .mount();
     read_whole(mount.path("c.bin"), data.clone());
     assert_eq!(len_bounded(&mount.path("p.bin")), part.len() as u64);
-    wait_idle(&origin);
+    origin.settle();
     let etag = origin.entry("/c.bin").unwrap().etag;
 
     origin.add_fault(Fault::global(FaultAction::Status(503)));
@@ -1225,7 +1201,7 @@ fn kill9_during_concurrent_downloads_never_serves_wrong_bytes() {
             .mount();
         // Durably cached: read whole, then a pause for the journal to catch up.
         read_whole(mount.path(rel(&set[0].0)), set[0].1.clone());
-        wait_idle(&origin);
+        origin.settle();
         std::thread::sleep(Duration::from_secs(3));
 
         // Many downloads at once; one of them is surely in the middle of a body at the kill.
@@ -1280,7 +1256,7 @@ fn kill9_during_concurrent_downloads_never_serves_wrong_bytes() {
         }
         gate.release();
         origin.clear_faults();
-        wait_idle(&origin);
+        origin.settle();
         drop(mount);
 
         // Remount on the same cache: the durable file costs nothing, everything is exact.
@@ -1291,7 +1267,7 @@ fn kill9_during_concurrent_downloads_never_serves_wrong_bytes() {
             .mount();
         let durable = &set[0];
         read_whole(mount.path(rel(&durable.0)), durable.1.clone());
-        wait_idle(&origin);
+        origin.settle();
         assert_eq!(
             origin.request_count_for(&durable.0),
             0,

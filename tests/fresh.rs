@@ -10,52 +10,23 @@
 mod common;
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::mount::{find_files_with_ext, run_cli, CliOutcome, Mount};
 use common::origin::{pattern, Fault, FaultAction, Origin, RequestRecord};
-use common::{assert_bytes_eq, assert_file_matches, assert_random_preads, errno, pread_full, KIB};
+use common::{
+    assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, drop_pages_of,
+    errno, no_kernel_readahead, pread_full, KIB,
+};
 
 const BLOCK: usize = 256 * KIB;
-const IDLE_QUIET: Duration = Duration::from_millis(300);
-const IDLE_MAX: Duration = Duration::from_secs(30);
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn wait_idle(origin: &Origin) {
-    assert!(
-        origin.wait_idle(IDLE_QUIET, IDLE_MAX),
-        "origin never went idle: {} in flight\n{}",
-        origin.in_flight(),
-        origin.describe_requests()
-    );
-}
 
 /// Sleeps `secs` seconds: only ever used to let a TTL run out (with a wide margin).
 fn let_ttl_pass(secs: f64) {
     std::thread::sleep(Duration::from_secs_f64(secs));
-}
-
-/// Drops the kernel's cached pages of a file, so the next read must reach the daemon. (The
-/// open this needs is a lookup and an open like any other: it may revalidate.)
-fn drop_page_cache(path: &Path) {
-    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    drop_pages_of(&file);
-}
-
-fn drop_pages_of(file: &File) {
-    // SAFETY: fadvise only advises the kernel about a descriptor we own.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise(DONTNEED)");
-}
-
-/// No kernel read-ahead on this descriptor: a pread asks the daemon for its own range only.
-fn no_kernel_readahead(file: &File) {
-    // SAFETY: as above.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-    assert_eq!(rc, 0, "posix_fadvise(RANDOM)");
 }
 
 /// Page cache dropped, then the whole file read and compared.
@@ -155,7 +126,7 @@ fn expired_ttl_costs_one_conditional_request_and_a_304_keeps_every_block() {
         .opt("ttl=2,block_size=256K,passthrough=false")
         .mount();
     assert_file_matches(&mount.path("media/clip.bin"), &data, 64 * KIB);
-    wait_idle(&origin);
+    origin.settle();
     assert!(
         origin.bytes_sent_for("/media/clip.bin") >= data.len() as u64,
         "the first read must come from the origin"
@@ -164,7 +135,7 @@ fn expired_ttl_costs_one_conditional_request_and_a_304_keeps_every_block() {
     // Within the TTL: nothing reaches the origin.
     origin.reset();
     reread(&mount, "media/clip.bin", &data);
-    wait_idle(&origin);
+    origin.settle();
     assert_no_requests(&origin, "re-read within the TTL");
 
     // Past the TTL: the lookup revalidates once, the 304 keeps every block, and the full
@@ -175,7 +146,7 @@ fn expired_ttl_costs_one_conditional_request_and_a_304_keeps_every_block() {
     let file = File::open(mount.path("media/clip.bin")).unwrap();
     assert_random_preads(&file, &data, 102, 60, 3 * BLOCK, "after the 304");
     drop(file);
-    wait_idle(&origin);
+    origin.settle();
     assert_single_304(&origin, "/media/clip.bin", "full re-read after the TTL");
     // The directory's TTL ran out too: its own revalidation is the only other request.
     for r in origin.requests() {
@@ -189,7 +160,7 @@ fn expired_ttl_costs_one_conditional_request_and_a_304_keeps_every_block() {
     // The 304 renewed the TTL: a re-read right after costs nothing.
     origin.reset();
     reread(&mount, "media/clip.bin", &data);
-    wait_idle(&origin);
+    origin.settle();
     assert_no_requests(&origin, "re-read after the renewal");
     mount.unmount();
 }
@@ -211,15 +182,15 @@ fn ttl_rule_files(origin: &Origin) -> (Bytes, Bytes) {
 fn check_ttl_rule(origin: &Origin, mount: &Mount, live: &Bytes, vod: &Bytes) {
     assert_file_matches(&mount.path("live/stream.bin"), live, 64 * KIB);
     assert_file_matches(&mount.path("vod/movie.bin"), vod, 64 * KIB);
-    wait_idle(origin);
+    origin.settle();
     let_ttl_pass(3.2);
     origin.reset();
     reread(mount, "live/stream.bin", live);
-    wait_idle(origin);
+    origin.settle();
     assert_single_304(origin, "/live/stream.bin", "ttl_rule /live/*:2");
     origin.reset();
     reread(mount, "vod/movie.bin", vod);
-    wait_idle(origin);
+    origin.settle();
     assert_no_requests(origin, "a path outside the rule keeps ttl=3600");
 }
 
@@ -301,7 +272,7 @@ fn origin_cache_control_is_honoured_unless_ignored() {
         for ((path, _), data) in CC_FILES.iter().zip(&datas) {
             assert_file_matches(&mount.path(&rel(path)), data, 64 * KIB);
         }
-        wait_idle(origin);
+        origin.settle();
         if origin.url() == honour_origin.url() {
             // Right away (well within max-age=3), max-age and plain files are fresh.
             honour_origin.reset();
@@ -322,7 +293,7 @@ fn origin_cache_control_is_honoured_unless_ignored() {
     // Right away, within every TTL.
     honour_origin.reset();
     reread(&honour, "cc/nostore.bin", &datas[2]);
-    wait_idle(&honour_origin);
+    honour_origin.settle();
     assert!(
         honour_origin.bytes_sent_for("/cc/nostore.bin") >= datas[2].len() as u64,
         "no-store: every read goes to the origin\n{}",
@@ -330,7 +301,7 @@ fn origin_cache_control_is_honoured_unless_ignored() {
     );
     honour_origin.reset();
     reread(&honour, "cc/nocache.bin", &datas[1]);
-    wait_idle(&honour_origin);
+    honour_origin.settle();
     let requests = honour_origin.requests();
     assert!(
         !requests.is_empty(),
@@ -353,25 +324,25 @@ fn origin_cache_control_is_honoured_unless_ignored() {
     for ((path, _), data) in CC_FILES.iter().zip(&datas) {
         reread(&ignore, &rel(path), data);
     }
-    wait_idle(&ignore_origin);
+    ignore_origin.settle();
     assert_no_requests(&ignore_origin, "ignore_cache_control: ttl=3600 for all");
 
     // Past max-age=3.
     let_ttl_pass(4.2);
     honour_origin.reset();
     reread(&honour, "cc/maxage.bin", &datas[0]);
-    wait_idle(&honour_origin);
+    honour_origin.settle();
     assert_single_304(&honour_origin, "/cc/maxage.bin", "max-age=3 ran out");
     honour_origin.reset();
     reread(&honour, "cc/plain.bin", &datas[3]);
-    wait_idle(&honour_origin);
+    honour_origin.settle();
     assert_no_requests(&honour_origin, "no Cache-Control: ttl=3600");
 
     ignore_origin.reset();
     for ((path, _), data) in CC_FILES.iter().zip(&datas) {
         reread(&ignore, &rel(path), data);
     }
-    wait_idle(&ignore_origin);
+    ignore_origin.settle();
     assert_no_requests(&ignore_origin, "ignore_cache_control after max-age ran out");
 
     honour.unmount();
@@ -426,7 +397,7 @@ fn a_new_version_after_the_ttl_is_served_whole_and_never_mixed() {
             assert_file_matches(&mount.path(&rel(path)), old, 64 * KIB);
         }
     }
-    wait_idle(&origin);
+    origin.settle();
 
     let mut new_etags = Vec::new();
     for (path, _, new) in &cases {
@@ -445,7 +416,7 @@ fn a_new_version_after_the_ttl_is_served_whole_and_never_mixed() {
         let file = File::open(&p).unwrap();
         assert_random_preads(&file, new, 139, 40, 2 * BLOCK, path);
     }
-    wait_idle(&origin);
+    origin.settle();
     // Every block of the new versions was asked for pinned to the new version.
     for ((path, _, _), etag) in cases.iter().zip(&new_etags) {
         for r in origin.requests_for(path) {
@@ -483,7 +454,7 @@ fn an_open_file_keeps_its_version_when_the_origin_changes() {
         let got = pread_full(&file, (b * BLOCK) as u64, BLOCK).unwrap();
         assert_bytes_eq(&got, block(b), &format!("block {b} before the change"));
     }
-    wait_idle(&origin);
+    origin.settle();
 
     let new_etag = origin.replace("/movie.bin", new.clone()).etag;
     assert_ne!(old_etag, new_etag);
@@ -517,7 +488,7 @@ fn an_open_file_keeps_its_version_when_the_origin_changes() {
         let got = pread_full(&file, (b * BLOCK) as u64, BLOCK).unwrap();
         assert_bytes_eq(&got, block(b), &format!("old fd, cached block {b}, again"));
     }
-    wait_idle(&origin);
+    origin.settle();
     let range_requests: Vec<RequestRecord> = origin
         .requests_for("/movie.bin")
         .into_iter()
@@ -568,7 +539,7 @@ fn an_old_descriptor_never_reads_pages_of_the_new_version() {
     no_kernel_readahead(&old_fd);
     let got = pread_full(&old_fd, 0, BLOCK).unwrap();
     assert_bytes_eq(&got, &old[..BLOCK], "block 0 before the change");
-    wait_idle(&origin);
+    origin.settle();
 
     origin.replace("/doc.bin", new.clone());
     let_ttl_pass(2.2);
@@ -651,14 +622,14 @@ fn unlink_purges_a_cached_file_and_the_next_read_downloads_it_again() {
         .mount();
     let path = mount.path("dl/file.bin");
     assert_file_matches(&path, &data, 64 * KIB);
-    wait_idle(&origin);
+    origin.settle();
     origin.reset();
 
     fs::remove_file(&path).expect("unlink of a cached file succeeds");
     let md = fs::metadata(&path).expect("the file stays visible after unlink");
     assert_eq!(md.len(), data.len() as u64);
     reread(&mount, "dl/file.bin", &data);
-    wait_idle(&origin);
+    origin.settle();
     let requests = origin.requests_for("/dl/file.bin");
     assert!(
         !requests.is_empty(),
@@ -680,7 +651,7 @@ fn unlink_purges_a_cached_file_and_the_next_read_downloads_it_again() {
     // Cached again: the next read costs nothing.
     origin.reset();
     reread(&mount, "dl/file.bin", &data);
-    wait_idle(&origin);
+    origin.settle();
     assert_no_requests(&origin, "re-read after the new download");
     mount.unmount();
 }
@@ -695,13 +666,13 @@ fn unlink_with_unlink_expire_revalidates_and_keeps_the_blocks() {
         .mount();
     let path = mount.path("dl/file.bin");
     assert_file_matches(&path, &data, 64 * KIB);
-    wait_idle(&origin);
+    origin.settle();
     origin.reset();
 
     fs::remove_file(&path).expect("unlink of a cached file succeeds");
     assert_eq!(fs::metadata(&path).unwrap().len(), data.len() as u64);
     reread(&mount, "dl/file.bin", &data);
-    wait_idle(&origin);
+    origin.settle();
     assert_single_304(
         &origin,
         "/dl/file.bin",
@@ -731,7 +702,7 @@ fn purge_expire_and_hardpurge_commands_on_a_live_mount() {
     for (path, data) in &files {
         assert_file_matches(&mount.path(&rel(path)), data, 64 * KIB);
     }
-    wait_idle(&origin);
+    origin.settle();
     let len_of = |p: &str| files.iter().find(|(q, _)| *q == p).unwrap().1.len();
 
     // purge one file.
@@ -745,7 +716,7 @@ fn purge_expire_and_hardpurge_commands_on_a_live_mount() {
     );
     origin.reset();
     reread(&mount, "other.bin", &files[3].1);
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.bytes_sent_for("/other.bin"),
         len_of("/other.bin") as u64,
@@ -768,7 +739,7 @@ fn purge_expire_and_hardpurge_commands_on_a_live_mount() {
     for (path, data) in &files[..3] {
         reread(&mount, &rel(path), data);
     }
-    wait_idle(&origin);
+    origin.settle();
     for (path, _) in &files[..3] {
         assert_single_304(&origin, path, "read after `ston-fs expire img/*`");
     }
@@ -788,7 +759,7 @@ fn purge_expire_and_hardpurge_commands_on_a_live_mount() {
     origin.reset();
     reread(&mount, "hard.bin", &files[4].1);
     reread(&mount, "keep.bin", &files[5].1);
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.bytes_sent_for("/hard.bin"),
         len_of("/hard.bin") as u64,
@@ -818,7 +789,7 @@ fn purge_expire_and_hardpurge_commands_on_a_live_mount() {
     origin.reset();
     reread(&mount, "img/sub/c.jpg", &files[2].1);
     reread(&mount, "keep.bin", &files[5].1);
-    wait_idle(&origin);
+    origin.settle();
     assert_eq!(
         origin.bytes_sent(),
         (len_of("/img/sub/c.jpg") + len_of("/keep.bin")) as u64,
@@ -851,7 +822,7 @@ fn purged_data_never_comes_back_after_a_remount() {
     for (path, data) in &files {
         assert_file_matches(&mount.path(&rel(path)), data, 64 * KIB);
     }
-    wait_idle(&origin);
+    origin.settle();
     assert_cli_says(
         &cli(&[&"purge", &mount.path("p.bin")]),
         &format!(
@@ -883,7 +854,7 @@ fn purged_data_never_comes_back_after_a_remount() {
     for (path, data) in &files {
         assert_file_matches(&mount.path(&rel(path)), data, 64 * KIB);
     }
-    wait_idle(&origin);
+    origin.settle();
     for (path, data) in &files[..3] {
         assert_eq!(
             origin.bytes_sent_for(path),

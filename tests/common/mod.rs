@@ -165,3 +165,27 @@ pub fn assert_random_preads(
 pub fn errno<T>(r: &std::io::Result<T>) -> Option<i32> {
     r.as_ref().err().and_then(|e| e.raw_os_error())
 }
+
+/// Drops the kernel's cached pages of an open file, so the next read must reach the daemon.
+pub fn drop_pages_of(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fadvise only advises the kernel about a descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise(DONTNEED)");
+}
+
+/// Drops the kernel's cached pages of a file on the mount (the open is a lookup and an open
+/// like any other: it may revalidate).
+#[track_caller]
+pub fn drop_page_cache(path: &Path) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    drop_pages_of(&file);
+}
+
+/// No kernel read-ahead on this descriptor: a pread asks the daemon for its own range only.
+pub fn no_kernel_readahead(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as above.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(rc, 0, "posix_fadvise(RANDOM)");
+}

@@ -826,6 +826,18 @@ impl Origin {
     }
 
     /// Compact human-readable dump of the request log (for assert messages).
+    /// Waits (bounded) until nothing is in flight and nothing new arrived for a moment; a
+    /// request that never finishes fails the test.
+    #[track_caller]
+    pub fn settle(&self) {
+        assert!(
+            self.wait_idle(Duration::from_millis(300), Duration::from_secs(30)),
+            "origin never went idle: {} in flight\n{}",
+            self.in_flight(),
+            self.describe_requests()
+        );
+    }
+
     pub fn describe_requests(&self) -> String {
         let log = self.requests();
         let mut s = format!("{} request(s):\n", log.len());
