@@ -9,18 +9,16 @@ mod common;
 mod tls;
 
 use std::collections::BTreeSet;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mount::{
-    force_unmount_all, is_mounted, mounts_at, run_cli, tail, umount2, wait_timeout, Mount, BIN,
-    EXIT_TIMEOUT, MOUNT_TIMEOUT,
+    force_unmount_all, is_mounted, run_cli, tail, umount2, Mount, BIN, EXIT_TIMEOUT,
 };
 use common::origin::{pattern, Fault, FaultAction, Origin, RequestRecord};
 use common::{
@@ -34,7 +32,6 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for one file-system call that must not hang (a hang fails the
 /// test; it is not a timing assertion).
 const CALL_BOUND: Duration = Duration::from_secs(60);
-const WATCHDOG: Duration = Duration::from_secs(300);
 
 /// Runs `f` on a helper thread and fails the test if it does not return
 /// within `CALL_BOUND` (a hung FUSE request must fail the test, not hang it).
@@ -54,152 +51,6 @@ fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
 // MOUNTPOINT` without an ORIGIN positional, which the shared builder always
 // passes).
 // ---------------------------------------------------------------------------
-
-struct Daemon {
-    child: Option<Child>,
-    mnt: PathBuf,
-    log_path: PathBuf,
-    cmdline: String,
-    watchdog: Option<mpsc::Sender<()>>,
-    tmp: Option<tempfile::TempDir>,
-}
-
-impl Daemon {
-    /// `ston-fs -f ARGS... <tmp>/mnt`, waits (bounded) until it is mounted.
-    fn start(args: &[OsString]) -> Daemon {
-        let tmp = tempfile::Builder::new()
-            .prefix("ston-fs-edge-")
-            .tempdir()
-            .expect("tempdir");
-        let mnt = tmp.path().join("mnt");
-        fs::create_dir(&mnt).unwrap();
-        let log_path = tmp.path().join("ston-fs.log");
-        let log = File::create(&log_path).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("-f")
-            .args(args)
-            .arg(&mnt)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .env("RUST_BACKTRACE", "1");
-        let cmdline = format!("{cmd:?}");
-        let child = cmd.spawn().expect("spawn ston-fs");
-        let pid = child.id();
-        let (wd_tx, wd_rx) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = wd_rx.recv_timeout(WATCHDOG) {
-                eprintln!("WATCHDOG: SIGKILL ston-fs pid {pid}");
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                }
-            }
-        });
-        let mut d = Daemon {
-            child: Some(child),
-            mnt,
-            log_path,
-            cmdline,
-            watchdog: Some(wd_tx),
-            tmp: Some(tmp),
-        };
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if mounts_at(&d.mnt)
-                .iter()
-                .any(|m| m.fstype.starts_with("fuse"))
-            {
-                return d;
-            }
-            if let Ok(Some(st)) = d.child.as_mut().unwrap().try_wait() {
-                panic!(
-                    "ston-fs exited with {st} before mounting\ncommand: {}\n{}",
-                    d.cmdline,
-                    tail(&d.log(), 16000)
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "mount did not appear within {MOUNT_TIMEOUT:?}\ncommand: {}\n{}",
-                    d.cmdline,
-                    tail(&d.log(), 16000)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel.trim_start_matches('/'))
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
-    }
-
-    /// Clean `umount`, then the daemon must exit 0. Returns its output.
-    fn unmount(mut self) -> String {
-        if let Some(tx) = self.watchdog.take() {
-            let _ = tx.send(());
-        }
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            match umount2(&self.mnt, 0) {
-                Ok(()) => break,
-                Err(e) if e == libc::EBUSY && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(e) => panic!(
-                    "umount {}: {}\n{}",
-                    self.mnt.display(),
-                    std::io::Error::from_raw_os_error(e),
-                    tail(&self.log(), 16000)
-                ),
-            }
-        }
-        let mut child = self.child.take().unwrap();
-        let st = wait_timeout(&mut child, EXIT_TIMEOUT);
-        let log = self.log();
-        if st.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "ston-fs should exit 0 after umount, got {st:?}\n{}",
-            tail(&log, 16000)
-        );
-        log
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(tx) = self.watchdog.take() {
-            let _ = tx.send(());
-        }
-        if let Some(mut child) = self.child.take() {
-            force_unmount_all(&self.mnt);
-            if wait_timeout(&mut child, Duration::from_secs(3)).is_none() {
-                let _ = child.kill();
-                let _ = wait_timeout(&mut child, Duration::from_secs(5));
-            }
-            if std::thread::panicking() {
-                eprintln!(
-                    "--- ston-fs output ({}) ---\n{}\n--- end ---",
-                    self.cmdline,
-                    tail(&self.log(), 32000)
-                );
-            }
-        }
-        force_unmount_all(&self.mnt);
-        if is_mounted(&self.mnt) {
-            if let Some(t) = self.tmp.take() {
-                let _ = t.keep();
-            }
-        }
-    }
-}
 
 /// Detaches whatever is mounted on the path when dropped.
 struct MountGuard(PathBuf);
@@ -248,10 +99,10 @@ fn vhosts_route_by_first_component_with_canonical_host() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&[OsString::from("--config"), cfg.clone().into_os_string()]);
+    let d = Mount::with_config(&cfg).mount();
 
     // Root listing: the canonical names.
-    let names: BTreeSet<String> = fs::read_dir(&d.mnt)
+    let names: BTreeSet<String> = fs::read_dir(d.mountpoint())
         .expect("readdir of the mount root")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();

@@ -331,7 +331,8 @@ enum CacheArg {
 
 /// Builder for `Mount`.
 pub struct MountBuilder {
-    origin: String,
+    /// `None`: no ORIGIN positional (the config file names the origins).
+    origin: Option<String>,
     cache: CacheArg,
     opts: Vec<String>,
     args: Vec<OsString>,
@@ -413,7 +414,10 @@ impl MountBuilder {
             cmd.arg("-o").arg(self.opts.join(","));
         }
         cmd.args(&self.args);
-        cmd.arg(&self.origin).arg(&mountpoint);
+        if let Some(origin) = &self.origin {
+            cmd.arg(origin);
+        }
+        cmd.arg(&mountpoint);
         let log = File::create(&log_path).unwrap();
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -500,13 +504,21 @@ impl Mount {
     /// Builder for a mount of `origin_url` (e.g. `origin.url()`).
     pub fn builder(origin_url: impl Into<String>) -> MountBuilder {
         MountBuilder {
-            origin: origin_url.into(),
+            origin: Some(origin_url.into()),
             cache: CacheArg::Private,
             opts: Vec::new(),
             args: Vec::new(),
             envs: Vec::new(),
             watchdog: DEFAULT_WATCHDOG,
         }
+    }
+
+    /// Builder for `ston-fs -f --config FILE MOUNTPOINT`: the file names the origins (and
+    /// usually the cache dir, so no `--cache-dir` is passed).
+    pub fn with_config(file: impl AsRef<Path>) -> MountBuilder {
+        let mut builder = Self::builder("").no_cache_dir_arg();
+        builder.origin = None;
+        builder.arg("--config").arg(file.as_ref())
     }
 
     /// Mount with default options and a private cache dir.
