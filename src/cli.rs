@@ -16,7 +16,7 @@ Examples:
   ston-fs -o max_cache_size=50G,ttl=600,allow_other http://origin.example.com/videos/ /mnt/videos
   ston-fs --config /etc/ston-fs/ston-fs.toml /mnt/origin
   ston-fs demo /tmp/ston-demo        (a built-in sample origin; needs no network)
-  ston-fs purge /mnt/origin/videos/intro.mp4 '/mnt/origin/img/*' 
+  ston-fs purge /mnt/origin/videos/intro.mp4 '/mnt/origin/img/*'
 
 Unmount with: umount MOUNTPOINT. Every config key can be given with -o key=value;
 see the README for the full list.";
@@ -26,7 +26,7 @@ see the README for the full list.";
     name = "ston-fs",
     version,
     about = "Mount an HTTP(S) origin as a read-only, locally cached disk.",
-    override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT\n       ston-fs purge|expire|hardpurge PATH...",
+    override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT\n       ston-fs purge|expire|hardpurge PATH...\n       ston-fs stats MOUNTPOINT [--json]\n       ston-fs warm PATH...",
     after_help = EXAMPLES,
     args_conflicts_with_subcommands = true
 )]
@@ -114,6 +114,12 @@ pub fn main() -> ExitCode {
 }
 
 fn run_mount(cli: &Cli) -> ExitCode {
+    if cli.positional.is_empty() {
+        // A bare `ston-fs`: show a newcomer how it is used rather than one terse error.
+        let usage = <Cli as clap::CommandFactory>::command().render_usage();
+        eprintln!("ston-fs mounts an HTTP(S) origin as a read-only, locally cached disk.\n\n{usage}\n\n{EXAMPLES}");
+        return ExitCode::from(2);
+    }
     let (config, mountpoint) = match build_config(cli) {
         Ok(built) => built,
         Err(e) => {
