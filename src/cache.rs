@@ -17,7 +17,7 @@ use crate::fetch::fetch_run;
 use crate::health::Pool;
 use crate::index::{CacheIndex, ObjectKey};
 use crate::listing;
-use crate::object::{BlockSource, Flight, Object, SiteId};
+use crate::object::{BlockSource, Delivered, Flight, Object, SiteId};
 use crate::origin::{CacheControl, OriginClient, Probe, Site, Version};
 use crate::readahead::Budget;
 use crate::stats::{OriginHealth, Snapshot, Stats};
@@ -39,8 +39,9 @@ struct Listing {
     entries: Arc<Vec<listing::Entry>>,
 }
 
-/// Reads retried after finding a corrupt cached block, before giving up with EIO.
-const CORRUPTION_RETRIES: usize = 3;
+/// Read attempts: a corrupt cached block, or a block that reached the cache while the read
+/// waited for it, makes the read plan again; past this many it gives up with EIO.
+const CORRUPTION_RETRIES: usize = 4;
 
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -564,7 +565,7 @@ impl Cache {
             }
         };
         if !first_block.is_empty() && !object.has_cached_block(0) {
-            object.store_block(&self.index, 0, &first_block, None);
+            object.store_block(&self.index, 0, std::slice::from_ref(&first_block), None);
         }
         object
     }
@@ -717,7 +718,7 @@ impl Cache {
                 tokio::spawn(fetch_run(self.clone(), object.clone(), run));
             }
             match self.gather(object, &range, blocks.start, sources).await {
-                Err(FsError::Corrupt) => continue,
+                Err(FsError::Corrupt | FsError::Replan) => continue,
                 result => return result.map(|data| (data, from_cache)),
             }
         }
@@ -745,13 +746,14 @@ impl Cache {
                     crc,
                     verified,
                 } => Bytes::from(object.read_from_disk(block, &file, crc, verified, within)?),
-                BlockSource::Flight(flight) => {
-                    let bytes = flight.wait().await?;
-                    if within.end as usize > bytes.len() {
-                        return Err(FsError::BadAnswer("short block".into()));
+                BlockSource::Flight(flight) => match flight.wait().await? {
+                    Delivered::Data(bytes) if within.end as usize <= bytes.len() => {
+                        bytes.slice(within.start as usize..within.end as usize)
                     }
-                    bytes.slice(within.start as usize..within.end as usize)
-                }
+                    Delivered::Data(_) => return Err(FsError::BadAnswer("short block".into())),
+                    // It went to the cache while this read waited: read it from there.
+                    Delivered::Stored => return Err(FsError::Replan),
+                },
             };
             pieces.push(piece);
         }

@@ -24,6 +24,9 @@ pub enum FsError {
     Corrupt,
     #[error("local I/O failed: {0}")]
     Io(String),
+    /// Internal: a block reached the cache while a read waited for it; the read plans again.
+    #[error("block moved to the cache; read again")]
+    Replan,
 }
 
 impl FsError {
@@ -38,6 +41,7 @@ impl FsError {
             | FsError::BadAnswer(_)
             | FsError::VersionChanged
             | FsError::Corrupt
+            | FsError::Replan
             | FsError::Io(_) => Errno::EIO,
         }
     }

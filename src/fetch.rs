@@ -8,12 +8,12 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::cache::Cache;
 use crate::error::{FsError, FsResult};
 use crate::health::backoff;
-use crate::object::{Flight, Object, Run};
+use crate::object::{Delivered, Flight, Object, Run};
 use crate::origin::RangeBody;
 
 const ATTEMPTS: u32 = 2;
@@ -24,13 +24,13 @@ struct RunGuard {
     cache: Arc<Cache>,
     object: Arc<Object>,
     first: u64,
-    flights: Vec<Arc<Flight<Bytes>>>,
+    flights: Vec<Arc<Flight<Delivered>>>,
     /// Read-ahead budget still held, in blocks: one per prefetched block not yet stored.
     budget_blocks: AtomicU64,
 }
 
 impl RunGuard {
-    fn flight(&self, block: u64) -> Option<&Arc<Flight<Bytes>>> {
+    fn flight(&self, block: u64) -> Option<&Arc<Flight<Delivered>>> {
         block
             .checked_sub(self.first)
             .and_then(|i| self.flights.get(i as usize))
@@ -77,15 +77,25 @@ impl Drop for RunGuard {
     }
 }
 
-/// Cuts a body that starts at `position` into whole blocks of the object.
+/// Cuts a body that starts at `position` into whole blocks of the object. A block is kept as
+/// the received pieces (slices of the body, no copy) until someone needs it in one piece.
 struct BlockAssembler {
     position: u64,
-    pending: BytesMut,
+    pending: Vec<Bytes>,
+    pending_len: u64,
 }
 
 impl BlockAssembler {
+    fn new(position: u64) -> BlockAssembler {
+        BlockAssembler {
+            position,
+            pending: Vec::new(),
+            pending_len: 0,
+        }
+    }
+
     /// Appends a chunk and returns the blocks it completed, with their numbers.
-    fn push(&mut self, object: &Object, mut chunk: Bytes) -> Vec<(u64, Bytes)> {
+    fn push(&mut self, object: &Object, mut chunk: Bytes) -> Vec<(u64, Vec<Bytes>)> {
         let mut complete = Vec::new();
         while !chunk.is_empty() {
             let block = self.position / object.block_size;
@@ -95,24 +105,26 @@ impl BlockAssembler {
             }
             let start = self.position;
             let take = ((block_range.end - start) as usize).min(chunk.len());
-            let piece = chunk.split_to(take);
+            self.pending.push(chunk.split_to(take));
+            self.pending_len += take as u64;
             self.position += take as u64;
-            if self.pending.is_empty()
-                && start == block_range.start
-                && self.position == block_range.end
-            {
-                complete.push((block, piece)); // the chunk held the whole block: no copy
-                continue;
-            }
-            self.pending.extend_from_slice(&piece);
             if self.position == block_range.end {
-                let bytes = std::mem::take(&mut self.pending).freeze();
-                if bytes.len() as u64 == block_range.end - block_range.start {
-                    complete.push((block, bytes));
+                let pieces = std::mem::take(&mut self.pending);
+                let whole =
+                    std::mem::take(&mut self.pending_len) == block_range.end - block_range.start;
+                if whole {
+                    complete.push((block, pieces));
                 }
             }
         }
         complete
+    }
+}
+
+fn concat(pieces: &[Bytes]) -> Bytes {
+    match pieces {
+        [one] => one.clone(),
+        many => Bytes::from(many.concat()),
     }
 }
 
@@ -174,10 +186,7 @@ async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> Fs
     } else {
         range.end
     };
-    let mut assembler = BlockAssembler {
-        position: body.body_start,
-        pending: BytesMut::new(),
-    };
+    let mut assembler = BlockAssembler::new(body.body_start);
     stream_blocks(cache, guard, &mut body, &mut assembler, end).await?;
     if guard.is_complete() {
         body.succeeded();
@@ -202,26 +211,44 @@ async fn stream_blocks(
         let Some(chunk) = body.chunk().await? else {
             return Ok(());
         };
-        for (block, bytes) in assembler.push(&guard.object, chunk) {
-            deliver(cache, guard, block, bytes);
+        for (block, pieces) in assembler.push(&guard.object, chunk) {
+            deliver(cache, guard, block, pieces);
         }
     }
     Ok(())
 }
 
-/// Hands a block to its waiters first, then to the block store (which makes it durable in
-/// the background, so the stream never waits on the disk).
-fn deliver(cache: &Cache, guard: &RunGuard, block: u64, bytes: Bytes) {
+/// Hands a block to the readers waiting for it, and to the block store. With readers waiting,
+/// they get it first; without, it goes straight to the cache file (written from the received
+/// pieces, never copied into one buffer) and late readers read it from there.
+fn deliver(cache: &Cache, guard: &RunGuard, block: u64, pieces: Vec<Bytes>) {
     let object = &guard.object;
-    let claim = guard.flight(block);
-    if let Some(flight) = claim {
-        flight.finish(Ok(bytes.clone()));
-    }
-    let stored = object.store_block(&cache.index, block, &bytes, claim);
-    if let (None, Some(flight)) = (stored, claim) {
+    let Some(flight) = guard.flight(block) else {
+        object.store_block(&cache.index, block, &pieces, None);
+        return;
+    };
+    if flight.has_waiters() {
+        let bytes = concat(&pieces);
+        flight.finish(Ok(Delivered::Data(bytes.clone())));
+        if object
+            .store_block(
+                &cache.index,
+                block,
+                std::slice::from_ref(&bytes),
+                Some(flight),
+            )
+            .is_none()
+        {
+            object.abandon(block, flight);
+        }
+    } else if object
+        .store_block(&cache.index, block, &pieces, Some(flight))
+        .is_some()
+    {
+        flight.finish(Ok(Delivered::Stored));
+    } else {
+        flight.finish(Ok(Delivered::Data(concat(&pieces))));
         object.abandon(block, flight);
     }
-    if claim.is_some() {
-        guard.release_one_block();
-    }
+    guard.release_one_block();
 }

@@ -31,6 +31,15 @@ const RECORD_MAX_DELAY: Duration = Duration::from_secs(10);
 /// Index of a site (origin or virtual host) in the mount's site table.
 pub type SiteId = usize;
 
+/// How a fetched block reaches the readers waiting for it.
+#[derive(Clone)]
+pub enum Delivered {
+    /// The block's bytes (when readers were already waiting, or it could not be cached).
+    Data(Bytes),
+    /// Nobody was waiting: the block went straight to the cache, to be read from there.
+    Stored,
+}
+
 /// A result that many tasks wait for and one task produces.
 pub struct Flight<T: Clone> {
     state: watch::Sender<Option<Result<T, FsError>>>,
@@ -55,6 +64,11 @@ impl<T: Clone> Flight<T> {
         });
     }
 
+    /// Whether any task is waiting for the result right now.
+    pub fn has_waiters(&self) -> bool {
+        self.state.receiver_count() > 0
+    }
+
     pub fn is_finished(&self) -> bool {
         self.state.borrow().is_some()
     }
@@ -73,7 +87,7 @@ impl<T: Clone> Flight<T> {
 
 enum BlockState {
     Absent,
-    Fetching(Arc<Flight<Bytes>>),
+    Fetching(Arc<Flight<Delivered>>),
     Cached { crc: u32, verified: bool },
 }
 
@@ -100,13 +114,13 @@ pub enum BlockSource {
         crc: u32,
         verified: bool,
     },
-    Flight(Arc<Flight<Bytes>>),
+    Flight(Arc<Flight<Delivered>>),
 }
 
 /// A run of adjacent blocks that this reader must fetch (it owns their flights).
 pub struct Run {
     pub first: u64,
-    pub flights: Vec<Arc<Flight<Bytes>>>,
+    pub flights: Vec<Arc<Flight<Delivered>>>,
     /// Read-ahead runs hold one block of the global read-ahead budget per flight.
     pub prefetch: bool,
 }
@@ -116,7 +130,7 @@ pub struct Run {
 const MAX_RUN_BYTES: u64 = 16 << 20;
 
 /// Appends a block to the last run if it is adjacent and the run has room, else starts a run.
-fn add_to_runs(runs: &mut Vec<Run>, block: u64, flight: Arc<Flight<Bytes>>, max_blocks: u64) {
+fn add_to_runs(runs: &mut Vec<Run>, block: u64, flight: Arc<Flight<Delivered>>, max_blocks: u64) {
     match runs.last_mut() {
         Some(run)
             if run.first + run.flights.len() as u64 == block
@@ -488,7 +502,7 @@ impl Object {
     }
 
     /// A fetch gave up on a block it owned: the next reader will try again.
-    pub fn abandon(&self, block: u64, flight: &Arc<Flight<Bytes>>) {
+    pub fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
         let mut state = self.state.lock();
         if let Some(slot) = state.blocks.get_mut(block as usize) {
             if matches!(slot, BlockState::Fetching(f) if Arc::ptr_eq(f, flight)) {
@@ -554,8 +568,8 @@ impl Object {
         self: &Arc<Self>,
         index: &CacheIndex,
         block: u64,
-        bytes: &Bytes,
-        claim: Option<&Arc<Flight<Bytes>>>,
+        pieces: &[Bytes],
+        claim: Option<&Arc<Flight<Delivered>>>,
     ) -> Option<u32> {
         let charge = self.block_charge(block);
         if !index.reserve(self, charge) {
@@ -580,9 +594,11 @@ impl Object {
                 }
             }
         };
-        let crc = crc32c::crc32c(bytes);
+        let crc = pieces
+            .iter()
+            .fold(0, |crc, piece| crc32c::crc32c_append(crc, piece));
         let offset = self.block_range(block).start;
-        if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&*file, bytes, offset) {
+        if let Err(e) = store::write_pieces_at(&file, pieces, offset) {
             tracing::warn!(path = %self.path, "cache write failed, serving from the origin: {e}");
             self.uncharge(index, charge);
             return None;

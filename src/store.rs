@@ -402,6 +402,38 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
 }
 
 /// Reads `len` bytes at `offset`; a short read means the cache file lost data.
+/// Writes `pieces` back to back at `offset` with one `pwritev` (no copy into one buffer).
+pub fn write_pieces_at(file: &File, pieces: &[bytes::Bytes], offset: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let iovecs: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let at = i64::try_from(offset).map_err(io::Error::other)?;
+    let count = i32::try_from(iovecs.len()).map_err(io::Error::other)?;
+    // SAFETY: every iovec points into a live `Bytes` that outlives the call, with its length.
+    let written = unsafe { libc::pwritev(file.as_raw_fd(), iovecs.as_ptr(), count, at) };
+    if written < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let written = written as usize;
+    if written < total {
+        // A short write (rare): finish the rest the simple way.
+        let rest: Vec<u8> = pieces
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .skip(written)
+            .collect();
+        file.write_all_at(&rest, offset + written as u64)?;
+    }
+    Ok(())
+}
+
 /// The buffer is not zeroed first: on the hit path that memset costs as much as the read.
 pub fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
