@@ -318,7 +318,7 @@ impl Cache {
         let mut snapshot = self.stats.snapshot();
         snapshot.cache_bytes = self.index.used();
         snapshot.cache_cap = self.index.cap();
-        snapshot.cache_objects = self.index.len() as u64;
+        snapshot.cache_objects = self.index.object_count() as u64;
         for entry in &self.sites {
             for member in &entry.site.pool.members {
                 snapshot.origins.push(OriginHealth {

@@ -8,8 +8,6 @@ use thiserror::Error;
 pub enum FsError {
     #[error("no such file at the origin")]
     NotFound,
-    #[error("the file system is read-only")]
-    ReadOnly,
     #[error("origin unreachable: {0}")]
     Unreachable(String),
     #[error("origin timed out")]
@@ -34,9 +32,8 @@ impl FsError {
     pub fn errno(&self) -> Errno {
         match self {
             FsError::NotFound => Errno::ENOENT,
-            FsError::ReadOnly => Errno::EROFS,
-            FsError::Timeout => Errno::EIO,
-            FsError::Unreachable(_)
+            FsError::Timeout
+            | FsError::Unreachable(_)
             | FsError::Status(_)
             | FsError::BadAnswer(_)
             | FsError::VersionChanged
@@ -44,14 +41,6 @@ impl FsError {
             | FsError::Replan
             | FsError::Io(_) => Errno::EIO,
         }
-    }
-
-    /// Failures that say nothing about the object and may succeed on another attempt.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            FsError::Unreachable(_) | FsError::Timeout | FsError::Status(500..=599)
-        )
     }
 }
 

@@ -683,7 +683,7 @@ impl Filesystem for StonFs {
             blocks,
             free,
             free,
-            index.len() as u64,
+            index.object_count() as u64,
             u64::MAX / 2,
             4096,
             255,

@@ -49,12 +49,8 @@ impl CacheIndex {
         self.state.lock().used
     }
 
-    pub fn len(&self) -> usize {
+    pub fn object_count(&self) -> usize {
         self.state.lock().objects.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Looks an object up and marks it recently used.

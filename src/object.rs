@@ -383,15 +383,6 @@ impl Object {
         )
     }
 
-    pub fn cached_block_count(&self) -> u64 {
-        let state = self.state.lock();
-        state
-            .blocks
-            .iter()
-            .filter(|b| matches!(b, BlockState::Cached { .. }))
-            .count() as u64
-    }
-
     pub fn open_handle(&self) {
         self.state.lock().open_handles += 1;
     }
