@@ -103,9 +103,38 @@ impl DemoOrigin {
         let is_dir = path == "/" || self.files.iter().any(|(name, _)| name.starts_with(&as_dir));
         match (is_dir, path.ends_with('/')) {
             (true, false) => simple(StatusCode::MOVED_PERMANENTLY, Some(&as_dir)),
-            (true, true) => simple(StatusCode::FORBIDDEN, None),
+            (true, true) => self.listing(path),
             _ => simple(StatusCode::NOT_FOUND, None),
         }
+    }
+
+    /// A directory index in nginx's `autoindex_format json`, so `ls` works on the demo mount.
+    fn listing(&self, dir: &str) -> Response<Body> {
+        let mut entries = std::collections::BTreeMap::new();
+        for (name, content) in &self.files {
+            let Some(rest) = name.strip_prefix(dir) else {
+                continue;
+            };
+            let entry = match rest.split_once('/') {
+                Some((child, _)) => (
+                    child.to_string(),
+                    serde_json::json!({"name": child, "type": "directory", "mtime": self.last_modified}),
+                ),
+                None => (
+                    rest.to_string(),
+                    serde_json::json!({"name": rest, "type": "file", "mtime": self.last_modified, "size": content.len()}),
+                ),
+            };
+            entries.insert(entry.0, entry.1);
+        }
+        let body = serde_json::Value::Array(entries.into_values().collect()).to_string();
+        let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+        if let Ok(value) = "application/json".parse() {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, value);
+        }
+        response
     }
 
     fn file_response(&self, request: &Request<Incoming>, content: &Content) -> Response<Body> {
@@ -274,6 +303,7 @@ fn run_demo(mountpoint: &Path) -> Result<(), String> {
     let instructions = move || {
         println!("ston-fs demo: origin http://{address}/ is mounted at {shown}");
         println!("Try, in another terminal:");
+        println!("  ls -lR {shown}");
         println!("  cat {shown}/README.txt");
         println!("  ls -l {shown}/media/large.bin \"{shown}/docs/naïve café notes.txt\"");
         println!("  time cat {shown}/media/large.bin > /dev/null    # first read: from the origin");
