@@ -21,12 +21,15 @@
 #   STON_FS_BIN=PATH       use this binary; otherwise `cargo build --release`
 #   BENCH_BLOCK_SIZE=1M    ston-fs block_size (figure 6 is reported in these blocks)
 #   STON_FS_OPTS=...       extra -o options (default max_cache_size=8G)
-#   BENCH_REPS=N           repetitions of the throughput figures (median; default 3)
+#   BENCH_REPS=N           repetitions of the throughput figures (median; default 5, quick 1)
 #   BENCH_TMPDIR=DIR       parent of the temp dir (default /var/tmp; needs ~3.5 GiB)
 #   BENCH_RESULTS_DIR=DIR  default benches/results
 #   BENCH_NO_INSTALL=1     never call apt-get
 #   BENCH_KEEP_TMP=1       keep the temp dir (logs, access log) after the run
 set -euo pipefail
+# Without this a failing command inside $(...) (dd on a broken mount, fio)
+# would not fail the step: the substitution's status would be the last command's.
+shopt -s inherit_errexit
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
@@ -36,7 +39,7 @@ QUICK=${BENCH_QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     BIG_MIB=256; MID_MIB=64; N_SMALL=200; FIO_RUNTIME=5; REPS=${BENCH_REPS:-1}
 else
-    BIG_MIB=1024; MID_MIB=128; N_SMALL=2000; FIO_RUNTIME=10; REPS=${BENCH_REPS:-3}
+    BIG_MIB=1024; MID_MIB=128; N_SMALL=2000; FIO_RUNTIME=10; REPS=${BENCH_REPS:-5}
 fi
 SMALL_SIZE=4096
 N_RANDOM=200          # figure 6: random 4 KiB reads of a cold file
@@ -371,23 +374,37 @@ ensure_mount() {
 
 # -------------------------------------------------------------- figures
 
+# "min–max" of the numbers, for the notes: a median alone hides how noisy a VM is.
+spread() { printf '%s\n' "$@" | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
+
+# Odd runs measure ston-fs first, even runs the baseline first, so neither side
+# always inherits the other's leftovers (writeback, CPU caches, host disk cache).
+fs_first() { (($1 % 2 == 1)); }
+
 # 1 + 4: cold sequential read through a fresh mount with an empty cache, vs
 # curl of the same file from the same nginx. The origin file is made hot in
 # the page cache before each side, so both sides get the same origin.
 step_cold() {
     local r fs cu fsv=() cuv=() bytes_max=0 reqs_last=0 mark reqs bytes bad
     for r in $(seq 1 "$REPS"); do
-        cat "$TMP/www/big.bin" >/dev/null
-        sync
-        cu=$(timed_curl "${ORIGIN}big.bin" "$BIG_SIZE")
+        # Fresh daemon, empty cache dir, nothing pending on disk.
         umount_fs
         rm -rf "$TMP/cache" && mkdir "$TMP/cache"
+        cat "$TMP/www/big.bin" >/dev/null
         sync
+        if ! fs_first "$r"; then
+            cu=$(timed_curl "${ORIGIN}big.bin" "$BIG_SIZE")
+            sync
+        fi
         mark=$(log_mark)
         mount_fs
         fs=$(timed_read "$TMP/mnt/big.bin")
         log_settle
         read -r reqs bytes bad < <(log_stats "$mark")
+        if fs_first "$r"; then
+            sync   # the cache file's writeback must not overlap curl
+            cu=$(timed_curl "${ORIGIN}big.bin" "$BIG_SIZE")
+        fi
         log "cold rep $r/$REPS: ston-fs $fs MB/s vs curl $cu MB/s; origin $bytes B in $reqs requests ($bad non-2xx)"
         fsv+=("$fs"); cuv+=("$cu")
         ((bytes > bytes_max)) && bytes_max=$bytes
@@ -395,31 +412,44 @@ step_cold() {
     done
     record 1 "cold sequential read" "MB/s, fresh mount, empty cache (dd bs=1M)" \
         "$(median "${fsv[@]}")" "MB/s" "$(median "${cuv[@]}")" "MB/s" ">=" 0.9 "≥ 0.9×" \
-        "baseline: curl of the same file from the same nginx"
+        "baseline: curl of the same file from the same nginx; $REPS runs: ston-fs $(spread "${fsv[@]}"), curl $(spread "${cuv[@]}") MB/s"
     record 4 "cold read origin traffic" "origin bytes ÷ file size" \
         "$bytes_max" "B" "$BIG_SIZE" "B" "==" 1.0 "1.00" \
         "all requests after the mount; worst of $REPS run(s); $reqs_last requests in the last run"
+}
+
+# Rewrites a baseline copy and flushes it, right before a warm figure. The
+# ston-fs cache was just written too, so both sides' data went to disk about
+# equally recently: on a VM the host's own cache of the disk image otherwise
+# favours whichever file was written last, by up to 3x.
+refresh_local() {
+    local src
+    for src in "$@"; do
+        cp -f "$TMP/www/$src" "$TMP/local/$src.new" && mv -f "$TMP/local/$src.new" "$TMP/local/$src"
+    done
+    sync
 }
 
 # 2: everything is in the ston-fs cache dir; the page cache is dropped before
 # each side, so both read from disk. Origin requests here should be zero.
 step_warm() {
     local r fs lo fsv=() lov=() mark reqs bytes bad total_reqs=0
+    refresh_local big.bin
     for r in $(seq 1 "$REPS"); do
+        if ! fs_first "$r"; then drop_caches; lo=$(timed_read "$TMP/local/big.bin"); fi
         drop_caches
         mark=$(log_mark)
         fs=$(timed_read "$TMP/mnt/big.bin")
         log_settle
         read -r reqs bytes bad < <(log_stats "$mark")
         total_reqs=$((total_reqs + reqs))
-        drop_caches
-        lo=$(timed_read "$TMP/local/big.bin")
+        if fs_first "$r"; then drop_caches; lo=$(timed_read "$TMP/local/big.bin"); fi
         log "warm rep $r/$REPS: ston-fs $fs MB/s vs local copy $lo MB/s; origin requests $reqs"
         fsv+=("$fs"); lov+=("$lo")
     done
     record 2 "warm sequential read" "MB/s, cached, page cache dropped" \
         "$(median "${fsv[@]}")" "MB/s" "$(median "${lov[@]}")" "MB/s" ">=" 0.8 "≥ 0.8×" \
-        "baseline: local copy after the same drop; origin requests during warm reads: $total_reqs"
+        "baseline: local copy after the same drop; $REPS runs: ston-fs $(spread "${fsv[@]}"), local $(spread "${lov[@]}") MB/s; origin requests during warm reads: $total_reqs"
     check "warm read of big.bin makes no origin request" \
         "$([[ $total_reqs == 0 ]] && echo ok || echo FAIL)" "$total_reqs requests"
 }
@@ -431,14 +461,17 @@ step_hot() {
     timed_read "$TMP/local/big.bin" >/dev/null
     n=$((REPS < 3 ? 3 : REPS))   # cheap, so always at least 3
     for r in $(seq 1 "$n"); do
-        fs=$(timed_read "$TMP/mnt/big.bin")
-        lo=$(timed_read "$TMP/local/big.bin")
+        if fs_first "$r"; then
+            fs=$(timed_read "$TMP/mnt/big.bin"); lo=$(timed_read "$TMP/local/big.bin")
+        else
+            lo=$(timed_read "$TMP/local/big.bin"); fs=$(timed_read "$TMP/mnt/big.bin")
+        fi
         log "hot rep $r/$n: ston-fs $fs MB/s vs local copy $lo MB/s"
         fsv+=("$fs"); lov+=("$lo")
     done
     record 3 "hot re-read" "MB/s, file in page cache" \
         "$(median "${fsv[@]}")" "MB/s" "$(median "${lov[@]}")" "MB/s" ">=" 0.8 "≥ 0.8×" \
-        "baseline: local copy from the page cache"
+        "baseline: local copy from the page cache; $n runs: ston-fs $(spread "${fsv[@]}"), local $(spread "${lov[@]}") MB/s"
     # Correctness: the bytes served must be the origin's bytes.
     if timeout -k 5 "$READ_TIMEOUT" cmp -s "$TMP/mnt/big.bin" "$TMP/www/big.bin"; then
         check "big.bin via ston-fs == origin file" ok
@@ -516,21 +549,31 @@ step_small_cold() {
 # process per side so interpreter start-up does not dominate.
 step_small_warm() {
     local r fs lo fsv=() lov=() mark reqs total=0
+    # Same reason as refresh_local: rewrite the baseline copies now.
+    rm -rf "$TMP/local/small" && mkdir "$TMP/local/small"
+    cp "$TMP"/www/s[0-9]*.bin "$TMP/local/small/"
+    sync
     for r in $(seq 1 "$REPS"); do
+        if ! fs_first "$r"; then
+            drop_caches
+            lo=$(timeout -k 5 "$STEP_TIMEOUT" "$PY" "$HELPERS" smallfiles "$TMP/local/small" "$N_SMALL")
+        fi
         drop_caches
         mark=$(log_mark)
         fs=$(timeout -k 5 "$STEP_TIMEOUT" "$PY" "$HELPERS" smallfiles "$TMP/mnt" "$N_SMALL")
         log_settle
         read -r reqs _ _ < <(log_stats "$mark")
         total=$((total + reqs))
-        drop_caches
-        lo=$(timeout -k 5 "$STEP_TIMEOUT" "$PY" "$HELPERS" smallfiles "$TMP/local/small" "$N_SMALL")
+        if fs_first "$r"; then
+            drop_caches
+            lo=$(timeout -k 5 "$STEP_TIMEOUT" "$PY" "$HELPERS" smallfiles "$TMP/local/small" "$N_SMALL")
+        fi
         log "small warm rep $r/$REPS: ston-fs $fs files/s vs local copies $lo files/s; origin requests $reqs"
         fsv+=("$fs"); lov+=("$lo")
     done
     record 8 "${N_SMALL} 4 KiB files, warm" "files/s, open+read+close, page cache dropped" \
         "$(median "${fsv[@]}")" "files/s" "$(median "${lov[@]}")" "files/s" ">=" 0.5 "≥ 0.5×" \
-        "baseline: local copies; origin requests during warm passes: $total"
+        "baseline: local copies; $REPS runs: ston-fs $(spread "${fsv[@]}"), local $(spread "${lov[@]}") files/s; origin requests during warm passes: $total"
     check "warm small-file passes make no origin request" \
         "$([[ $total == 0 ]] && echo ok || echo FAIL)" "$total requests over $REPS pass(es)"
 }
@@ -625,6 +668,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    ((rc == 0)) || log "stopping (exit $rc): unmounting, stopping nginx, removing temp files"
     # Background readers of ours (figure 9), if interrupted mid-step.
     local j
     for j in $(jobs -p); do

@@ -172,7 +172,12 @@ def load_rows(tsv):
                 r = dict(zip(cols, line.split("\t")))
                 r.setdefault("note", "")
                 rows[r["id"]] = r
-    return list(rows.values())
+
+    def order(rid):  # "1" < "4" < "5" < "5b" < "10" < "10b"
+        m = re.match(r"(\d+)(.*)", rid)
+        return (int(m.group(1)), m.group(2)) if m else (10**9, rid)
+
+    return sorted(rows.values(), key=lambda r: order(r["id"]))
 
 
 def load_kv(path):

@@ -35,8 +35,9 @@ def main():
     for x, r in zip(xs, rows):
         txt = "error" if r["ratio"] is None else f"{r['ratio']:.2f}"
         arrow = {">=": "≥", "<=": "≤", "==": "="}.get(r["target_op"], "")
-        ax.annotate(f"{txt}\n({arrow}{r['target']:g})", (x, ratios[x]),
-                    textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+        # Above both the bar and the target marker, so neither hides the text.
+        ax.annotate(f"{txt}\n({arrow}{r['target']:g})", (x, max(ratios[x], r["target"] or 0)),
+                    textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     top = max([1.2] + [v * 1.25 for v in ratios if v] + [t * 1.25 for t in targets if t])
     if top > 8:
         ax.set_yscale("symlog", linthresh=1.0)
