@@ -22,6 +22,7 @@ use crate::origin::{CacheControl, OriginClient, Probe, Site, Version};
 use crate::readahead::Budget;
 use crate::stats::{OriginHealth, Snapshot, Stats};
 use crate::store::{self, MetaHeader, ObjectKind, SiteStore, OBJECT_OVERHEAD};
+use crate::writer::WriteBehind;
 
 /// How many not-found answers are remembered at most.
 const NEGATIVE_ENTRIES: usize = 65_536;
@@ -128,7 +129,9 @@ pub struct Cache {
     pub origin: OriginClient,
     pub index: CacheIndex,
     /// Prefetch memory shared by every open file.
-    pub readahead: Budget,
+    pub readahead: Arc<Budget>,
+    /// Bound on fetched bytes waiting for the disk.
+    pub write_behind: WriteBehind,
     runtime: tokio::runtime::Handle,
     sites: Vec<SiteEntry>,
     negative: Mutex<LruCache<ObjectKey, Instant>>,
@@ -179,7 +182,8 @@ impl Cache {
         let cache = Cache {
             stats,
             index: CacheIndex::new(config.max_cache_size),
-            readahead: Budget::new(config.readahead_budget),
+            readahead: Arc::new(Budget::new(config.readahead_budget)),
+            write_behind: WriteBehind::new(config.block_size),
             runtime: tokio::runtime::Handle::try_current()
                 .map_err(|_| "the cache must be opened inside the I/O runtime".to_string())?,
             origin,

@@ -323,6 +323,8 @@ pub struct Config {
     pub readahead_max: u64,
     /// Let the kernel read wholly cached files straight from the cache (FUSE passthrough).
     pub passthrough: bool,
+    /// Files at least this big that are not wholly cached are opened for direct I/O; 0: never.
+    pub direct_io_min_size: u64,
 }
 
 impl Default for Config {
@@ -358,6 +360,7 @@ impl Default for Config {
             readahead_budget: 128 << 20,
             readahead_max: 32 << 20,
             passthrough: true,
+            direct_io_min_size: 32 << 20,
         }
     }
 }
@@ -425,6 +428,7 @@ impl Config {
             "readahead_budget" => self.readahead_budget = parse_size_or_zero(key, value)?,
             "readahead_max" => self.readahead_max = parse_size_or_zero(key, value)?,
             "passthrough" => self.passthrough = parse_bool(key, value)?,
+            "direct_io_min_size" => self.direct_io_min_size = parse_size_or_zero(key, value)?,
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())

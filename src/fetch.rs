@@ -1,11 +1,10 @@
 //! Block fetcher: one range request per run of missing blocks; each block goes to its waiters
-//! the moment it is complete, then into the block store.
+//! the moment it is complete, then to the write-behind queue of its cache file.
 //!
 //! Only whole blocks at their checked offsets are ever handed out: a body that ends early,
 //! runs long, or comes from another version fails the blocks it did not complete.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,52 +14,54 @@ use crate::error::{FsError, FsResult};
 use crate::health::backoff;
 use crate::object::{Delivered, Flight, Object, Run};
 use crate::origin::RangeBody;
+use crate::readahead::{Budget, BudgetHold};
+use crate::writer::{self, PendingWrite};
 
 const ATTEMPTS: u32 = 2;
 
-/// Owns a run's flights: any flight still open when the fetch ends is failed, so no reader
-/// can wait forever, and its block is released for the next reader to fetch.
+/// Owns a run's flights until each is handed on (to its readers and the writer): any flight
+/// still owned when the fetch ends is failed, so no reader can wait forever, and its block is
+/// released for the next reader to fetch.
 struct RunGuard {
-    cache: Arc<Cache>,
     object: Arc<Object>,
     first: u64,
-    flights: Vec<Arc<Flight<Delivered>>>,
-    /// Read-ahead budget still held, in blocks: one per prefetched block not yet stored.
-    budget_blocks: AtomicU64,
+    /// `None` once the block is handed on.
+    flights: Vec<Option<Arc<Flight<Delivered>>>>,
+    /// Read-ahead budget still held, one block per prefetched block not yet handed on.
+    budget: Option<Arc<Budget>>,
+    budget_blocks: u64,
 }
 
 impl RunGuard {
-    fn flight(&self, block: u64) -> Option<&Arc<Flight<Delivered>>> {
-        block
+    /// Takes over the block's flight, and its share of the read-ahead budget.
+    fn hand_on(&mut self, block: u64) -> Option<(Arc<Flight<Delivered>>, Option<BudgetHold>)> {
+        let slot = block
             .checked_sub(self.first)
-            .and_then(|i| self.flights.get(i as usize))
+            .and_then(|i| self.flights.get_mut(i as usize))?;
+        let flight = slot.take()?;
+        let hold = match &self.budget {
+            Some(budget) if self.budget_blocks > 0 => {
+                self.budget_blocks -= 1;
+                Some(BudgetHold::adopt(budget, self.object.block_size))
+            }
+            _ => None,
+        };
+        Some((flight, hold))
     }
 
     fn first_unfinished(&self) -> Option<u64> {
-        let open = self.flights.iter().position(|f| !f.is_finished())?;
+        let open = self.flights.iter().position(Option::is_some)?;
         Some(self.first + open as u64)
     }
 
     fn is_complete(&self) -> bool {
-        self.flights.iter().all(|f| f.is_finished())
+        self.flights.iter().all(Option::is_none)
     }
 
-    /// A prefetched block left memory (stored or handed over): its budget goes back.
-    fn release_one_block(&self) {
-        let released =
-            self.budget_blocks
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                    held.checked_sub(1)
-                });
-        if released.is_ok() {
-            self.cache.readahead.give_back(self.object.block_size);
-        }
-    }
-
-    fn fail_open_flights(&self, error: &FsError) {
-        for (i, flight) in self.flights.iter().enumerate() {
-            if !flight.is_finished() {
-                self.object.abandon(self.first + i as u64, flight);
+    fn fail_open_flights(&mut self, error: &FsError) {
+        for (i, slot) in self.flights.iter_mut().enumerate() {
+            if let Some(flight) = slot.take() {
+                self.object.abandon(self.first + i as u64, &flight);
                 flight.finish(Err(error.clone()));
             }
         }
@@ -70,10 +71,9 @@ impl RunGuard {
 impl Drop for RunGuard {
     fn drop(&mut self) {
         self.fail_open_flights(&FsError::Io("fetch cancelled".into()));
-        let held = self.budget_blocks.swap(0, Ordering::AcqRel);
-        self.cache
-            .readahead
-            .give_back(held * self.object.block_size);
+        if let Some(budget) = &self.budget {
+            budget.give_back(std::mem::take(&mut self.budget_blocks) * self.object.block_size);
+        }
     }
 }
 
@@ -121,13 +121,6 @@ impl BlockAssembler {
     }
 }
 
-fn concat(pieces: &[Bytes]) -> Bytes {
-    match pieces {
-        [one] => one.clone(),
-        many => Bytes::from(many.concat()),
-    }
-}
-
 /// Fetches one run of blocks and publishes each to its flight; runs as its own task.
 pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
     let budget_blocks = if run.prefetch {
@@ -135,12 +128,12 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
     } else {
         0
     };
-    let guard = RunGuard {
-        cache: cache.clone(),
+    let mut guard = RunGuard {
         object: object.clone(),
         first: run.first,
-        flights: run.flights,
-        budget_blocks: AtomicU64::new(budget_blocks),
+        flights: run.flights.into_iter().map(Some).collect(),
+        budget: run.prefetch.then(|| cache.readahead.clone()),
+        budget_blocks,
     };
     let last = guard.first + guard.flights.len() as u64 - 1;
     let run_end = object.block_range(last).end;
@@ -152,7 +145,7 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
             break;
         };
         let range = object.block_range(first_open).start..run_end;
-        result = transfer(&cache, &guard, range).await;
+        result = transfer(&cache, &mut guard, range).await;
         match &result {
             Ok(()) | Err(FsError::VersionChanged) => break,
             Err(e) if attempt + 1 < ATTEMPTS => {
@@ -173,8 +166,8 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
 }
 
 /// One request: streams the body into blocks, delivering and storing them.
-async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> FsResult<()> {
-    let object = &guard.object;
+async fn transfer(cache: &Arc<Cache>, guard: &mut RunGuard, range: Range<u64>) -> FsResult<()> {
+    let object = guard.object.clone();
     let site = cache.site(object.site);
     let mut body = cache
         .origin
@@ -201,8 +194,8 @@ async fn transfer(cache: &Arc<Cache>, guard: &RunGuard, range: Range<u64>) -> Fs
 }
 
 async fn stream_blocks(
-    cache: &Cache,
-    guard: &RunGuard,
+    cache: &Arc<Cache>,
+    guard: &mut RunGuard,
     body: &mut RangeBody<'_>,
     assembler: &mut BlockAssembler,
     end: u64,
@@ -212,43 +205,31 @@ async fn stream_blocks(
             return Ok(());
         };
         for (block, pieces) in assembler.push(&guard.object, chunk) {
-            deliver(cache, guard, block, pieces);
+            deliver(cache, guard, block, pieces).await;
         }
     }
     Ok(())
 }
 
-/// Hands a block to the readers waiting for it, and to the block store. With readers waiting,
-/// they get it first; without, it goes straight to the cache file (written from the received
-/// pieces, never copied into one buffer) and late readers read it from there.
-fn deliver(cache: &Cache, guard: &RunGuard, block: u64, pieces: Vec<Bytes>) {
-    let object = &guard.object;
-    let Some(flight) = guard.flight(block) else {
-        object.store_block(&cache.index, block, &pieces, None);
-        return;
+/// Hands a block to the readers waiting for it, then to the writer. Without waiters the block
+/// goes to the writer whole (its pieces, never copied into one buffer), and the writer
+/// finishes the flight.
+async fn deliver(cache: &Arc<Cache>, guard: &mut RunGuard, block: u64, mut pieces: Vec<Bytes>) {
+    let object = guard.object.clone();
+    let (flight, budget) = match guard.hand_on(block) {
+        Some((flight, budget)) => (Some(flight), budget),
+        None => (None, None),
     };
-    if flight.has_waiters() {
-        let bytes = concat(&pieces);
+    if let Some(flight) = flight.as_ref().filter(|f| f.has_waiters()) {
+        let bytes = writer::concat(&pieces);
         flight.finish(Ok(Delivered::Data(bytes.clone())));
-        if object
-            .store_block(
-                &cache.index,
-                block,
-                std::slice::from_ref(&bytes),
-                Some(flight),
-            )
-            .is_none()
-        {
-            object.abandon(block, flight);
-        }
-    } else if object
-        .store_block(&cache.index, block, &pieces, Some(flight))
-        .is_some()
-    {
-        flight.finish(Ok(Delivered::Stored));
-    } else {
-        flight.finish(Ok(Delivered::Data(concat(&pieces))));
-        object.abandon(block, flight);
+        pieces = vec![bytes];
     }
-    guard.release_one_block();
+    let write = PendingWrite {
+        block,
+        pieces,
+        flight,
+        budget,
+    };
+    writer::queue(cache, &object, write).await;
 }

@@ -337,7 +337,9 @@ impl Core {
         object.open_handle();
         let keep = self.inodes.keep_page_cache(ino, &object);
         // Nothing is ever written, so closing needs no FLUSH round trip.
-        let flags = if keep {
+        let flags = if self.direct_io_wanted(&object) {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+        } else if keep {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
             FopenFlags::FOPEN_NOFLUSH
@@ -376,6 +378,15 @@ impl Core {
 
     /// Passthrough only for a whole, verified object: the kernel would read holes as zeros.
     /// A whole but not yet verified object is verified in the background for the next open.
+    /// A big file still being fetched is read with direct I/O: its bytes then sit in memory
+    /// once, in the cache file's page cache, not a second time in the FUSE file's. That is
+    /// also a third fewer copies per byte on a cold read. Wholly cached files use passthrough
+    /// (or the page cache where passthrough is off), so re-reads skip the daemon.
+    fn direct_io_wanted(&self, object: &Object) -> bool {
+        let threshold = self.cache.config.direct_io_min_size;
+        threshold > 0 && object.version.size >= threshold && !object.fully_cached()
+    }
+
     fn passthrough_wanted(&self, object: &Arc<Object>) -> bool {
         if !self.passthrough || object.version.size == 0 {
             return false;
@@ -441,6 +452,8 @@ impl Filesystem for StonFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
+            // Lets programs mmap files opened for direct I/O (kernel >= 6.6).
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             if config.add_capabilities(wanted).is_err() {
                 tracing::debug!("kernel lacks {wanted:?}");

@@ -7,6 +7,7 @@
 //! - [`cache`]: resolving paths (probe, revalidate, negative answers) and serving reads;
 //! - [`object`]: one object version's block table and single-flight fetches;
 //! - [`fetch`]: range requests turned into verified blocks;
+//! - [`writer`]: write-behind of fetched blocks, one writer per object;
 //! - [`readahead`]: sequential detection and the global prefetch budget;
 //! - [`origin`]: the HTTP client and its checks of every answer;
 //! - [`health`]: which of several equivalent origins are in rotation;
@@ -37,3 +38,4 @@ pub mod readahead;
 pub mod stats;
 pub mod store;
 pub mod warm;
+pub mod writer;

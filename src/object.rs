@@ -22,6 +22,7 @@ use crate::error::{FsError, FsResult};
 use crate::index::CacheIndex;
 use crate::origin::Version;
 use crate::store::{self, disk_bytes, ObjectKind, ObjectLocation, BLOCK_OVERHEAD};
+use crate::writer::WriteQueue;
 
 /// How long an object must go without new blocks before its journal is synced.
 const RECORD_QUIET: Duration = Duration::from_millis(250);
@@ -158,6 +159,8 @@ pub struct Object {
     fetched_at: AtomicU64,
     location: Option<ObjectLocation>,
     state: Mutex<ObjectState>,
+    /// Fetched blocks waiting for the cache file.
+    pub writes: WriteQueue,
 }
 
 impl Object {
@@ -196,6 +199,7 @@ impl Object {
             }),
             location,
             version,
+            writes: WriteQueue::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The global allowance of prefetch memory, shared by every open file.
 pub struct Budget {
@@ -34,6 +35,28 @@ impl Budget {
 
     pub fn give_back(&self, bytes: u64) {
         self.available.fetch_add(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Budget taken for one prefetched block; given back when the block leaves memory.
+pub struct BudgetHold {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl BudgetHold {
+    /// Takes over `bytes` the caller already took from `budget`.
+    pub fn adopt(budget: &Arc<Budget>, bytes: u64) -> BudgetHold {
+        BudgetHold {
+            budget: budget.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
     }
 }
 
@@ -68,6 +91,12 @@ impl ReadAhead {
         }
         self.window = (self.window * 2).clamp(2, max_window.max(2));
         let next_block = range.end.div_ceil(block_size);
+        // Top the window up only once half of it is used: requests stay large (a few per
+        // window, not one per block read), while the other half is still in flight.
+        let ahead = self.requested_until.saturating_sub(next_block);
+        if ahead > self.window / 2 {
+            return 0..0;
+        }
         let from = next_block.max(self.requested_until);
         let until = (next_block + self.window).min(block_count);
         if from >= until {

@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use common::mount::run_cli;
 use common::mount::Mount;
 use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
-use common::{assert_file_matches, assert_random_preads, drop_page_cache, MIB};
+use common::{
+    assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, pread_full, MIB,
+};
 
 #[test]
 fn a_stalled_origin_never_delays_reads_of_cached_files() {
@@ -166,6 +169,82 @@ fn passthrough_serves_whole_files_exactly_and_never_partial_ones() {
     assert_eq!(
         partial_passthrough, 0,
         "a partly cached file was opened in passthrough:\n{log}"
+    );
+    mount.unmount();
+}
+
+/// Daemon-side count of FUSE reads so far, from `ston-fs stats --json`.
+fn reads_seen_by_daemon(mount: &Mount) -> u64 {
+    let out = run_cli(
+        [
+            std::ffi::OsStr::new("stats"),
+            mount.mountpoint().as_os_str(),
+            std::ffi::OsStr::new("--json"),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(out.success(), "ston-fs stats --json:\n{}", out.describe());
+    let stats: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stats --json is not JSON ({e}):\n{}", out.describe()));
+    stats["ops"]
+        .as_array()
+        .and_then(|ops| ops.iter().find(|o| o["op"] == "read"))
+        .and_then(|o| o["count"].as_u64())
+        .unwrap_or_else(|| panic!("stats has no read count: {stats:#}"))
+}
+
+/// Reads the same range `times` times through one descriptor; returns how many of those reads
+/// reached the daemon (the kernel answers the rest from its page cache, or passthrough does).
+fn daemon_reads_for_repeated_pread(mount: &Mount, file: &File, want: &[u8], times: u64) -> u64 {
+    let (offset, len) = (MIB + 4096, 64 * 1024);
+    let before = reads_seen_by_daemon(mount);
+    for _ in 0..times {
+        let got = pread_full(file, offset as u64, len).unwrap();
+        assert_bytes_eq(&got, &want[offset..offset + len], "repeated pread");
+    }
+    reads_seen_by_daemon(mount) - before
+}
+
+#[test]
+fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped() {
+    let origin = Origin::start();
+    let data = pattern(66, 5 * MIB + 4097);
+    origin.put("/big.bin", data.clone());
+    let mount = Mount::builder(origin.url())
+        .opt("block_size=256K,direct_io_min_size=1M")
+        .mount();
+
+    // Not wholly cached at open: direct I/O, so every read reaches the daemon and the kernel
+    // keeps no second copy of the bytes in the FUSE file's page cache.
+    let file = File::open(mount.path("big.bin")).unwrap();
+    assert_eq!(
+        daemon_reads_for_repeated_pread(&mount, &file, &data, 5),
+        5,
+        "each read of a file opened for direct I/O must reach the daemon"
+    );
+    // A shared mapping of a direct-I/O file still works (FUSE_DIRECT_IO_ALLOW_MMAP), exactly.
+    // SAFETY: the mount is read-only, so the mapped file cannot change under the mapping.
+    let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap of a file opened for direct I/O");
+    assert_bytes_eq(&map, &data, "mmap of a direct-I/O file");
+    drop(map);
+    assert_file_matches(&mount.path("big.bin"), &data, 300_000);
+    drop(file);
+
+    // Wholly cached now: later opens use passthrough (or the page cache), so repeated reads
+    // stop reaching the daemon. The last blocks may still be on their way to the cache file,
+    // so reopen until they are there.
+    let mut last = u64::MAX;
+    for _ in 0..50 {
+        let file = File::open(mount.path("big.bin")).unwrap();
+        last = daemon_reads_for_repeated_pread(&mount, &file, &data, 5);
+        if last <= 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        last <= 1,
+        "a wholly cached file was still opened for direct I/O ({last} of 5 reads reached the daemon)"
     );
     mount.unmount();
 }
