@@ -19,8 +19,9 @@ def main():
     with open(src, encoding="utf-8") as f:
         data = json.load(f)
     meta = data["meta"]
-    # Only figures that have a target and a ratio make sense as a ratio bar.
-    rows = [r for r in data["figures"] if r.get("target_op")]
+    # Figures with a target, plus context ratios (grey, no target); not the RSS figures.
+    rows = [r for r in data["figures"]
+            if r.get("target_op") or r.get("target_text") == "context"]
     labels = [f"{r['id']}. {r['workload']}" for r in rows]
     ratios = [r["ratio"] if r["ratio"] is not None else 0.0 for r in rows]
     targets = [r["target"] for r in rows]
@@ -35,8 +36,9 @@ def main():
     for x, r in zip(xs, rows):
         txt = "error" if r["ratio"] is None else f"{r['ratio']:.2f}"
         arrow = {">=": "≥", "<=": "≤", "==": "="}.get(r["target_op"], "")
+        goal = f"({arrow}{r['target']:g})" if r["target"] is not None else "(context)"
         # Above both the bar and the target marker, so neither hides the text.
-        ax.annotate(f"{txt}\n({arrow}{r['target']:g})", (x, max(ratios[x], r["target"] or 0)),
+        ax.annotate(f"{txt}\n{goal}", (x, max(ratios[x], r["target"] or 0)),
                     textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     top = max([1.2] + [v * 1.25 for v in ratios if v] + [t * 1.25 for t in targets if t])
     if top > 8:
@@ -50,7 +52,7 @@ def main():
                  f"{meta.get('mode', '')} ({meta.get('big_size_h', '')} file)", fontsize=10)
     ax.axhline(1.0, color="#888888", linewidth=0.8, linestyle=":")
     ax.legend(loc="upper right", fontsize=8)
-    ax.text(0.01, 0.98, "green: target met   red: missed\n"
+    ax.text(0.01, 0.98, "green: target met   red: missed   grey: context, no target\n"
             "≥ rows: higher is better; ≤/= rows (origin traffic): 1.00 is ideal",
             transform=ax.transAxes, fontsize=7, va="top")
     fig.tight_layout()
