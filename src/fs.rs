@@ -54,6 +54,9 @@ struct Core {
     mounted_at: SystemTime,
     /// Configured, and granted by the kernel at INIT.
     passthrough: bool,
+    /// Big cold files may be opened for direct I/O: configured, and the kernel lets programs
+    /// mmap such files (without that, a shared mapping of them would fail with ENODEV).
+    direct_io: bool,
     /// Objects that keep a passthrough registration between opens, oldest first.
     kept_backings: Mutex<std::collections::VecDeque<std::sync::Weak<Object>>>,
     /// The control socket's path, once it listens.
@@ -77,6 +80,7 @@ impl StonFs {
                 runtime,
                 mounted_at: SystemTime::now(),
                 passthrough: cache.config.passthrough,
+                direct_io: cache.config.direct_io_min_size > 0,
                 notifier: Arc::new(OnceLock::new()),
                 control_socket: Arc::new(OnceLock::new()),
                 kept_backings: Mutex::new(std::collections::VecDeque::new()),
@@ -385,8 +389,9 @@ impl Core {
     /// also a third fewer copies per byte on a cold read. Wholly cached files use passthrough
     /// (or the page cache where passthrough is off), so re-reads skip the daemon.
     fn direct_io_wanted(&self, object: &Object) -> bool {
-        let threshold = self.cache.config.direct_io_min_size;
-        threshold > 0 && object.version.size >= threshold && !object.fully_cached()
+        self.direct_io
+            && object.version.size >= self.cache.config.direct_io_min_size
+            && !object.fully_cached()
     }
 
     fn passthrough_wanted(&self, object: &Arc<Object>) -> bool {
@@ -454,8 +459,6 @@ impl Filesystem for StonFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_MAX_PAGES,
-            // Lets programs mmap files opened for direct I/O (kernel >= 6.6).
-            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             if config.add_capabilities(wanted).is_err() {
                 tracing::debug!("kernel lacks {wanted:?}");
@@ -463,8 +466,21 @@ impl Filesystem for StonFs {
         }
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
-        let core = Arc::get_mut(&mut self.core);
-        if let Some(core) = core.filter(|c| c.passthrough) {
+        let Some(core) = Arc::get_mut(&mut self.core) else {
+            return Ok(());
+        };
+        if core.direct_io {
+            // Kernel >= 6.6: programs may mmap files opened for direct I/O.
+            core.direct_io = config
+                .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+                .is_ok();
+            if !core.direct_io {
+                tracing::info!(
+                    "kernel cannot mmap direct-I/O files; every open uses the page cache"
+                );
+            }
+        }
+        if core.passthrough {
             // The cache files live on an ordinary file system: one level of stacking.
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
