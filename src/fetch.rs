@@ -226,6 +226,7 @@ async fn deliver(cache: &Arc<Cache>, guard: &mut RunGuard, block: u64, mut piece
         pieces = vec![bytes];
     }
     let write = PendingWrite {
+        object: Arc::downgrade(&object),
         block,
         pieces,
         flight,

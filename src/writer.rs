@@ -10,10 +10,10 @@
 //!   it instead of filling memory.
 //! - A queued block's flight is finished by the writer (unless readers already got the bytes):
 //!   readers that arrive meanwhile wait for it, and are handed the bytes before the write if
-//!   they do.
+//!   they do. A write dropped unwritten still finishes its flight, with the bytes.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -56,6 +56,8 @@ impl WriteBehind {
 
 /// One fetched block waiting for the disk.
 pub struct PendingWrite {
+    /// Weak: the write sits in its object's own queue.
+    pub object: Weak<Object>,
     pub block: u64,
     pub pieces: Vec<Bytes>,
     /// The flight that owns the block; `None` for blocks beyond the fetched run (a whole
@@ -114,14 +116,9 @@ fn drain(cache: &Cache, object: &Arc<Object>) {
     }
 }
 
-fn write_one(cache: &Cache, object: &Arc<Object>, write: PendingWrite) {
-    let PendingWrite {
-        block,
-        pieces,
-        flight,
-        budget: _budget,
-    } = write;
-    let Some(flight) = flight else {
+fn write_one(cache: &Cache, object: &Arc<Object>, mut write: PendingWrite) {
+    let (block, pieces) = (write.block, std::mem::take(&mut write.pieces));
+    let Some(flight) = write.flight.take() else {
         object.store_block(&cache.index, block, &pieces, None);
         return;
     };
@@ -142,10 +139,76 @@ fn write_one(cache: &Cache, object: &Arc<Object>, write: PendingWrite) {
     }
 }
 
+impl Drop for PendingWrite {
+    /// A write dropped unwritten (the runtime shutting down) must not leave its readers
+    /// waiting: they get the bytes if any, and the block goes back to absent.
+    fn drop(&mut self) {
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        flight.finish(Ok(Delivered::Data(concat(&self.pieces))));
+        if let Some(object) = self.object.upgrade() {
+            object.abandon(self.block, &flight);
+        }
+    }
+}
+
 /// One contiguous buffer for a block's pieces (a copy only when there are several).
 pub fn concat(pieces: &[Bytes]) -> Bytes {
     match pieces {
         [one] => one.clone(),
         many => Bytes::from(many.concat()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(block: u64) -> PendingWrite {
+        PendingWrite {
+            object: Weak::new(),
+            block,
+            pieces: vec![Bytes::from_static(b"block")],
+            flight: None,
+            budget: None,
+        }
+    }
+
+    #[test]
+    fn exactly_one_writer_drains_in_arrival_order() {
+        let queue = WriteQueue::default();
+        assert!(
+            queue.push(write(1), None),
+            "the first write starts a writer"
+        );
+        assert!(
+            !queue.push(write(2), None),
+            "a running writer takes later writes"
+        );
+        assert_eq!(queue.next().map(|(w, _)| w.block), Some(1));
+        assert_eq!(queue.next().map(|(w, _)| w.block), Some(2));
+        assert!(queue.next().is_none());
+        assert!(
+            queue.push(write(3), None),
+            "an empty queue has no writer left"
+        );
+    }
+
+    #[test]
+    fn a_dropped_write_still_gives_its_readers_the_bytes() {
+        let flight = Flight::new();
+        let mut pending = write(0);
+        pending.flight = Some(flight.clone());
+        drop(pending);
+        let delivered = block_on(flight.wait());
+        assert!(matches!(delivered, Ok(Delivered::Data(bytes)) if &bytes[..] == b"block"));
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
     }
 }
