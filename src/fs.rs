@@ -344,6 +344,7 @@ impl Core {
         let keep = self.inodes.keep_page_cache(ino, &object);
         // Nothing is ever written, so closing needs no FLUSH round trip.
         let flags = if self.direct_io_wanted(&object) {
+            tracing::debug!(ino, path = %object.path, "open: direct I/O");
             FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
         } else if keep {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH

@@ -576,23 +576,30 @@ struct Liar<'a> {
     covering: &'a dyn Fn(&str, u64, u64) -> usize,
 }
 
+/// `f.bin` stays under `LIAR_DIRECT_IO_MIN` and is read through the page cache; `g.bin` is
+/// over it and is read with direct I/O (the default for big cold files), so every lie is
+/// checked on both read paths.
 fn liar_files() -> (Bytes, Bytes) {
     (
         pattern(351, 12 * BLOCK + 1000),
-        pattern(352, 12 * BLOCK + 1000),
+        pattern(352, 17 * BLOCK + 1000),
     )
 }
 
+const LIAR_DIRECT_IO_MIN: &str = "4M";
+
 /// Phase A: `/f.bin` is looked up (first block cached), the lie is armed for one answer and
 /// block 3 is read. Phase B: `/g.bin` is looked up, the lie is armed for good and blocks 1, 5
-/// and 10 are read; block 0 (cached) still reads back. After disarming, new opens read
-/// both files exactly.
+/// and 10 are read with direct I/O; block 0 (cached) still reads back. After disarming, new
+/// opens read both files exactly.
 fn lie_scenario(name: &str, liar: Liar, once: Once, forever: Forever) {
     let (f, g) = liar_files();
     let mount = Mount::builder(liar.url.clone())
         .opt(format!(
-            "block_size=256K,readahead_max=0,passthrough=false,{TIMEOUTS}"
+            "block_size=256K,readahead_max=0,passthrough=false,{TIMEOUTS},\
+             direct_io_min_size={LIAR_DIRECT_IO_MIN}"
         ))
+        .arg("-v")
         .mount();
 
     // Phase A: one lie.
@@ -687,6 +694,16 @@ fn lie_scenario(name: &str, liar: Liar, once: Once, forever: Forever) {
         &format!("{name}: cached block 0 of g.bin"),
     );
     drop(file);
+    let log = mount.log();
+    let direct_opens = |path: &str| {
+        log.lines()
+            .filter(|l| l.contains("open: direct I/O") && l.contains(&format!("path={path}")))
+            .count()
+    };
+    assert!(
+        direct_opens("/g.bin") > 0 && direct_opens("/f.bin") == 0,
+        "{name}: g.bin must be read with direct I/O and f.bin through the page cache:\n{log}"
+    );
     (liar.disarm)();
     read_whole(gpath.clone(), g.clone());
     let file = open_bounded(&gpath);
