@@ -217,6 +217,9 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
     // Not wholly cached at open: direct I/O, so every read reaches the daemon and the kernel
     // keeps no second copy of the bytes in the FUSE file's page cache.
     let file = File::open(mount.path("big.bin")).unwrap();
+    // Reads arrive exactly as the program makes them: any offset, any size, across blocks
+    // cached and not, and past the end.
+    assert_random_preads(&file, &data, 67, 60, 700_000, "direct-I/O preads");
     assert_eq!(
         daemon_reads_for_repeated_pread(&mount, &file, &data, 5),
         5,
