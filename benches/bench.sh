@@ -26,6 +26,7 @@
 #   BENCH_RESULTS_DIR=DIR  default benches/results
 #   BENCH_NO_INSTALL=1     never call apt-get
 #   BENCH_KEEP_TMP=1       keep the temp dir (logs, access log) after the run
+#   BENCH_NO_PEERS=1       skip the peer figure (rclone mount of the same file)
 set -euo pipefail
 # Without this a failing command inside $(...) (dd on a broken mount, fio)
 # would not fail the step: the substitution's status would be the last command's.
@@ -425,6 +426,7 @@ step_cold() {
         ((bytes > bytes_max)) && bytes_max=$bytes
         reqs_last=$reqs
     done
+    median "${fsv[@]}" >"$TMP/cold_median"
     record 1 "cold sequential read" "MB/s, fresh mount, empty cache (dd bs=1M)" \
         "$(median "${fsv[@]}")" "MB/s" "$(median "${cuv[@]}")" "MB/s" ">=" 0.9 "≥ 0.9×" \
         "baseline: curl of the same file from the same nginx; $REPS runs: ston-fs $(spread "${fsv[@]}"), curl $(spread "${cuv[@]}") MB/s"
@@ -659,6 +661,48 @@ finish_counts() {
     fi
 }
 
+# 11 (context, no target): the cold read through a peer, rclone mount with
+# --vfs-cache-mode full (which also stores what it reads), from the same nginx,
+# each run prepared like a cold ston-fs run. BENCH_NO_PEERS=1 skips it; so does
+# an rclone that is missing and cannot be installed.
+step_peer_rclone() {
+    local r rc rcv=() mnt="$TMP/rclone-mnt" version
+    [[ ${BENCH_NO_PEERS:-0} == 1 ]] && return 0
+    if ! command -v rclone >/dev/null 2>&1; then
+        [[ ${BENCH_NO_INSTALL:-0} == 1 ]] && { log "rclone missing; peer figure skipped"; return 0; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null 2>&1 ||
+            { log "rclone cannot be installed; peer figure skipped"; return 0; }
+    fi
+    version=$(rclone version 2>/dev/null | head -1)
+    mkdir -p "$mnt"
+    for r in $(seq 1 "$REPS"); do
+        rm -rf "$TMP/rclone-cache"
+        cat "$TMP/www/big.bin" >/dev/null
+        sync
+        timed_curl "${ORIGIN}big.bin" "$BIG_SIZE" >/dev/null
+        rclone mount --http-url "$ORIGIN" :http: "$mnt" --read-only --vfs-cache-mode full \
+            --cache-dir "$TMP/rclone-cache" --daemon --log-file "$TMP/rclone.log"
+        wait_for_mount "$mnt"
+        rc=$(timed_read "$mnt/big.bin")
+        umount "$mnt"
+        log "peer rep $r/$REPS: rclone mount --vfs-cache-mode full $rc MB/s"
+        rcv+=("$rc")
+    done
+    record 11 "cold read, ston-fs against rclone" "MB/s; baseline: rclone mount --vfs-cache-mode full" \
+        "$(cat "$TMP/cold_median")" "MB/s" "$(median "${rcv[@]}")" "MB/s" "" "" "context" \
+        "peer in the same run ($version), same nginx and file, each run after a curl like ston-fs's cold runs; $REPS runs: $(spread "${rcv[@]}") MB/s"
+}
+
+wait_for_mount() {
+    local i
+    for i in $(seq 1 $((MOUNT_TIMEOUT * 10))); do
+        awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts && return 0
+        sleep 0.1
+    done
+    log "$1 did not appear within ${MOUNT_TIMEOUT}s"
+    return 1
+}
+
 # Runs one step in a subshell with errexit on: a failure ends that step only,
 # is reported, and the next step gets a live mount again (unless --no-mount:
 # the step mounts for itself).
@@ -695,6 +739,7 @@ cleanup() {
     done
     if [[ -n $TMP && -d $TMP ]]; then
         umount_fs
+        umount "$TMP/rclone-mnt" 2>/dev/null
         stop_nginx
         if grep -q " $TMP/" /proc/mounts; then
             log "WARNING: something is still mounted under $TMP; not deleting it"
@@ -752,6 +797,7 @@ main() {
     run_step "8 warm small files" step_small_warm
     run_step "9 concurrent readers" step_concurrent
     run_step "10 daemon RSS" step_rss
+    run_step "11 peer: rclone" --no-mount step_peer_rclone
 
     umount_fs
     finish_counts
