@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::mount::run_cli;
-use common::mount::Mount;
+use common::mount::{op_count, stats_json, Mount};
 use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, pread_full, MIB,
@@ -173,36 +172,16 @@ fn passthrough_serves_whole_files_exactly_and_never_partial_ones() {
     mount.unmount();
 }
 
-/// Daemon-side count of FUSE reads so far, from `ston-fs stats --json`.
-fn reads_seen_by_daemon(mount: &Mount) -> u64 {
-    let out = run_cli(
-        [
-            std::ffi::OsStr::new("stats"),
-            mount.mountpoint().as_os_str(),
-            std::ffi::OsStr::new("--json"),
-        ],
-        Duration::from_secs(20),
-    );
-    assert!(out.success(), "ston-fs stats --json:\n{}", out.describe());
-    let stats: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("stats --json is not JSON ({e}):\n{}", out.describe()));
-    stats["ops"]
-        .as_array()
-        .and_then(|ops| ops.iter().find(|o| o["op"] == "read"))
-        .and_then(|o| o["count"].as_u64())
-        .unwrap_or_else(|| panic!("stats has no read count: {stats:#}"))
-}
-
 /// Reads the same range `times` times through one descriptor; returns how many of those reads
 /// reached the daemon (the kernel answers the rest from its page cache, or passthrough does).
 fn daemon_reads_for_repeated_pread(mount: &Mount, file: &File, want: &[u8], times: u64) -> u64 {
     let (offset, len) = (MIB + 4096, 64 * 1024);
-    let before = reads_seen_by_daemon(mount);
+    let before = op_count(&stats_json(mount.mountpoint()), "read");
     for _ in 0..times {
         let got = pread_full(file, offset as u64, len).unwrap();
         assert_bytes_eq(&got, &want[offset..offset + len], "repeated pread");
     }
-    reads_seen_by_daemon(mount) - before
+    op_count(&stats_json(mount.mountpoint()), "read") - before
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::mount::{is_mounted, mounts_at, Mount, BIN};
+use common::mount::{is_mounted, mounts_at, op_count, stats_json, Mount, BIN};
 use common::origin::{pattern, Fault, FaultAction, Origin};
 use common::{assert_bytes_eq, assert_file_matches, pread_full, KIB, MIB};
 use support::{
@@ -300,28 +300,11 @@ fn assert_ls_matches(got: &[LsEntry], want: &[WantLs], what: &str) {
 // stats
 // ---------------------------------------------------------------------------
 
-fn stats_json(mountpoint: &Path) -> serde_json::Value {
-    let out = ston_fs([os("stats"), mountpoint.as_os_str(), os("--json")]);
-    assert!(out.success(), "ston-fs stats --json:\n{}", out.describe());
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stats --json is not JSON ({e}):\n{}", out.describe()))
-}
-
 fn num(stats: &serde_json::Value, pointer: &str) -> u64 {
     stats
         .pointer(pointer)
         .and_then(|v| v.as_u64())
         .unwrap_or_else(|| panic!("stats has no number at {pointer}: {stats:#}"))
-}
-
-fn op_count(stats: &serde_json::Value, op: &str) -> u64 {
-    stats["ops"]
-        .as_array()
-        .unwrap_or_else(|| panic!("stats has no ops[]: {stats:#}"))
-        .iter()
-        .find(|o| o["op"] == op)
-        .and_then(|o| o["count"].as_u64())
-        .unwrap_or_else(|| panic!("stats has no op {op:?}: {stats:#}"))
 }
 
 fn fadvise(file: &File, advice: libc::c_int) {

@@ -229,6 +229,32 @@ where
     }
 }
 
+/// `ston-fs stats MOUNTPOINT --json`, parsed.
+pub fn stats_json(mountpoint: &Path) -> serde_json::Value {
+    let out = run_cli(
+        [
+            OsStr::new("stats"),
+            mountpoint.as_os_str(),
+            OsStr::new("--json"),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(out.success(), "ston-fs stats --json:\n{}", out.describe());
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stats --json is not JSON ({e}):\n{}", out.describe()))
+}
+
+/// How many calls of kind `op` (`read`, `open`, `lookup`, ...) the daemon has answered.
+pub fn op_count(stats: &serde_json::Value, op: &str) -> u64 {
+    stats["ops"]
+        .as_array()
+        .unwrap_or_else(|| panic!("stats has no ops[]: {stats:#}"))
+        .iter()
+        .find(|o| o["op"] == op)
+        .and_then(|o| o["count"].as_u64())
+        .unwrap_or_else(|| panic!("stats has no op {op:?}: {stats:#}"))
+}
+
 // ---------------------------------------------------------------------------
 // Cache-dir inspection
 // ---------------------------------------------------------------------------
