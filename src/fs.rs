@@ -383,8 +383,6 @@ impl Core {
         }
     }
 
-    /// Passthrough only for a whole, verified object: the kernel would read holes as zeros.
-    /// A whole but not yet verified object is verified in the background for the next open.
     /// A big file still being fetched is read with direct I/O: its bytes then sit in memory
     /// once, in the cache file's page cache, not a second time in the FUSE file's. That is
     /// also a third fewer copies per byte on a cold read. Wholly cached files use passthrough
@@ -395,6 +393,8 @@ impl Core {
             && !object.fully_cached()
     }
 
+    /// Passthrough only for a whole, verified object: the kernel would read holes as zeros.
+    /// A whole but not yet verified object is verified in the background for the next open.
     fn passthrough_wanted(&self, object: &Arc<Object>) -> bool {
         if !self.passthrough || object.version.size == 0 {
             return false;
