@@ -20,11 +20,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::mount::{is_mounted, mounts_at, op_count, stats_json, Mount, BIN};
+use common::nginx::{free_port, Autoindex, Nginx};
 use common::origin::{pattern, Fault, FaultAction, Origin};
 use common::{assert_bytes_eq, assert_file_matches, pread_full, KIB, MIB};
 use support::{
-    curl, describe_status, ston_fs, ston_fs_pids_with_arg, wait_gone, Apache, Autoindex, Daemon,
-    ExternalMount, Nginx, SbinHelpers, STEP_TIMEOUT,
+    curl, describe_status, ston_fs, ston_fs_pids_with_arg, wait_gone, Apache, Daemon,
+    ExternalMount, SbinHelpers, STEP_TIMEOUT,
 };
 
 /// Tests that install into /sbin (or touch /etc) run one at a time.
@@ -1297,7 +1298,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_endpoint_and_access_log_agree_with_the_stats() {
-    let port = support::free_port();
+    let port = free_port();
     let logdir = open_tempdir();
     let access_log = logdir.path().join("access.log");
     let k = known_reads(&[

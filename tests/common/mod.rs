@@ -3,10 +3,12 @@
 //! - `origin`: in-process HTTP/1.1 test origin with request recording and
 //!   fault knobs, plus the `pattern` content generator.
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
+//! - `nginx`: a private nginx that logs every request, and process helpers for servers.
 //! - this module: small read/compare helpers and a seeded RNG.
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod nginx;
 pub mod origin;
 
 use std::fs::File;
