@@ -8,6 +8,22 @@
 # /mnt/origin with /etc/ston-fs/mnt-origin.toml.
 set -euo pipefail
 
+usage() {
+    cat <<'USAGE'
+usage: mount-helpers/install.sh [--prefix DIR] [--sbindir DIR] [--unitdir DIR]
+
+Installs ston-fs (run as root): the release binary in PREFIX/bin (default /usr/local/bin),
+the mount(8) helpers mount.fuse.ston-fs and mount.ston-fs in SBINDIR (default /sbin, where
+mount(8) looks), and the systemd units in UNITDIR (default /etc/systemd/system).
+Set STON_FS_BIN=PATH to install that binary instead of building one with cargo.
+
+Afterwards these work:
+  mount -t fuse.ston-fs http://origin/ /mnt/origin -o allow_other,cache_dir=/var/cache/ston-fs
+  fstab: http://origin/ /mnt/origin fuse.ston-fs _netdev,nofail,allow_other 0 0
+  systemctl enable --now ston-fs@mnt-origin     (reads /etc/ston-fs/mnt-origin.toml)
+USAGE
+}
+
 prefix=/usr/local
 sbindir=/sbin            # where mount(8) looks for mount.<type> helpers
 unitdir=/etc/systemd/system
@@ -17,7 +33,7 @@ while [ $# -gt 0 ]; do
         --prefix=*) prefix=${1#--prefix=}; shift ;;
         --sbindir) sbindir=$2; shift 2 ;;
         --unitdir) unitdir=$2; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done

@@ -14,7 +14,8 @@ use parking_lot::Mutex;
 use crate::config::{cache_folder_name, Config, Origin};
 use crate::error::{FsError, FsResult};
 use crate::fetch::fetch_run;
-use crate::health::Pool;
+use crate::flight::Waiter;
+use crate::health::{HealthState, Pool};
 use crate::index::{CacheIndex, ObjectKey};
 use crate::listing;
 use crate::object::{BlockSource, Delivered, Flight, Object, SiteId};
@@ -33,16 +34,56 @@ const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// Directory listings kept in memory at most (more stay on disk).
 const LISTINGS_IN_MEMORY: usize = 4096;
 
+/// A read's source for one block, with flights already waited for.
+enum Pending {
+    Disk {
+        file: Arc<std::fs::File>,
+        crc: u32,
+        verified: bool,
+    },
+    Flight(Waiter<Delivered>),
+    Gate(Waiter<()>),
+    Gone,
+}
+
+impl From<BlockSource> for Pending {
+    fn from(source: BlockSource) -> Pending {
+        match source {
+            BlockSource::Disk {
+                file,
+                crc,
+                verified,
+                ..
+            } => Pending::Disk {
+                file,
+                crc,
+                verified,
+            },
+            BlockSource::Flight(flight) => Pending::Flight(flight.waiter()),
+            BlockSource::Wait(gate) => Pending::Gate(gate.waiter()),
+            BlockSource::Gone => Pending::Gone,
+        }
+    }
+}
+
 /// A directory's entries as the origin listed them, and when.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Listing {
+    /// The directory (`""` for the site root); lets an expiry find listings on disk.
+    #[serde(default)]
+    dir: String,
     fetched_at: u64,
     entries: Arc<Vec<listing::Entry>>,
 }
 
-/// Read attempts: a corrupt cached block, or a block that reached the cache while the read
-/// waited for it, makes the read plan again; past this many it gives up with EIO.
-const CORRUPTION_RETRIES: usize = 4;
+/// Read attempts: a corrupt cached block, a block that reached the cache while the read
+/// waited for it, or another fetch that had to end first makes the read plan again; past
+/// this many it gives up with EIO.
+const READ_ATTEMPTS: usize = 6;
+
+/// How long past its deadline a caller waits for the work it started, which stops at the
+/// deadline: the work's own outcome then reaches the caller.
+const WAIT_GRACE: Duration = Duration::from_millis(200);
 
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -144,10 +185,7 @@ impl Cache {
     pub fn open(config: Config) -> Result<Cache, String> {
         let access_log = match &config.access_log {
             Some(path) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
+                store::open_private_log(path)
                     .map_err(|e| format!("cannot open access_log {}: {e}", path.display()))?,
             ),
             None => None,
@@ -205,17 +243,17 @@ impl Cache {
     fn load(&self) {
         let mut loaded = Vec::new();
         for (site, entry) in self.sites.iter().enumerate() {
-            loaded.extend(entry.store.load().into_iter().map(|object| (site, object)));
+            let limits = store::LoadLimits {
+                max_object_size: self.config.max_object_size,
+            };
+            let objects = entry.store.load(&limits).into_iter();
+            loaded.extend(objects.map(|object| (site, object)));
         }
         loaded.sort_by_key(|(_, object)| object.last_used);
         let count = loaded.len();
         for (site, object) in loaded {
             let restored = Object::restore(site, object, 0);
-            let charge = OBJECT_OVERHEAD
-                + (0..restored.block_count())
-                    .filter(|b| restored.has_cached_block(*b))
-                    .map(|b| restored.block_charge(b))
-                    .sum::<u64>();
+            let charge = OBJECT_OVERHEAD + restored.cached_charge();
             restored.add_charge(charge);
             self.index.restore(Arc::new(restored), charge);
         }
@@ -233,7 +271,11 @@ impl Cache {
     pub fn listed_entry(&self, site: SiteId, dir: &str, name: &str) -> Option<listing::Entry> {
         let mut listings = self.listings.lock();
         let listing = listings.get(&(site, Arc::from(dir)))?;
-        if now_secs() >= listing.fetched_at.saturating_add(self.config.ttl.as_secs()) {
+        if now_secs()
+            >= listing
+                .fetched_at
+                .saturating_add(self.config.listing_ttl.as_secs())
+        {
             return None;
         }
         let found = listing
@@ -248,7 +290,8 @@ impl Cache {
     pub async fn listing(&self, site: SiteId, dir: &str) -> Arc<Vec<listing::Entry>> {
         let key: ObjectKey = (site, Arc::from(dir));
         let now = now_secs();
-        let ttl = self.config.ttl.as_secs();
+        let ttl = self.config.listing_ttl.as_secs();
+        let deadline = std::time::Instant::now() + self.request_timeout();
         let remembered = self
             .listings
             .lock()
@@ -264,13 +307,13 @@ impl Cache {
         let fetched = match &self.config.manifest {
             Some(manifest) => self
                 .origin
-                .fetch_listing(self.site(site), manifest)
+                .fetch_listing(self.site(site), manifest, deadline)
                 .await
                 .map(|body| body.map(|b| listing::entries_from_manifest(&b, dir))),
             None => {
                 let page = format!("{dir}/");
                 self.origin
-                    .fetch_listing(self.site(site), &page)
+                    .fetch_listing(self.site(site), &page, deadline)
                     .await
                     .map(|body| body.map(|b| listing::parse(&b)))
             }
@@ -282,6 +325,7 @@ impl Cache {
             (Err(_), None) => return Arc::new(Vec::new()),
         };
         let listing = Listing {
+            dir: dir.to_string(),
             fetched_at: now,
             entries: entries.clone(),
         };
@@ -325,28 +369,31 @@ impl Cache {
         snapshot.cache_objects = self.index.object_count() as u64;
         for entry in &self.sites {
             for member in &entry.site.pool.members {
+                let state = member.state();
                 snapshot.origins.push(OriginHealth {
                     site: entry.name.clone(),
                     origin: member.origin.to_string(),
-                    healthy: member.is_healthy(),
+                    healthy: state == HealthState::Healthy,
+                    state: state.name().to_string(),
+                    last_error: member.last_error(),
                 });
             }
         }
         snapshot
     }
 
-    /// Applies an invalidation to one path, or to a subtree when the path ends in `/*`.
+    /// Applies an invalidation to one path, or to what lies below a directory when the path
+    /// ends in `/*` (the directory's own record stays). Listings of the directories it
+    /// covers expire too, and so do remembered not-found answers below them.
     pub fn invalidate(&self, site: SiteId, path: &str, action: Invalidation) -> InvalidationReport {
-        let targets = match path.strip_suffix("/*") {
-            Some(dir) => {
-                let below = format!("{dir}/");
-                self.index
-                    .matching(site, |p| p == dir || p.starts_with(&below))
-            }
-            None => self.index.matching(site, |p| p == path),
+        let (dir, below) = match path.strip_suffix("/*") {
+            Some(dir) => (dir.to_string(), format!("{dir}/")),
+            None => (path.to_string(), format!("{path}/")),
         };
+        let subtree = path.ends_with("/*");
+        let covers = |p: &str| p.starts_with(&below) || (!subtree && p == path);
         let mut report = InvalidationReport::default();
-        for object in targets {
+        for object in self.index.matching(site, covers) {
             report.objects += 1;
             report.bytes += object.cached_bytes();
             match action {
@@ -354,9 +401,20 @@ impl Cache {
                 Invalidation::Purge | Invalidation::Hardpurge => self.index.retire(&object),
             }
         }
-        if action != Invalidation::Expire {
-            self.negative.lock().pop(&(site, Arc::from(path)));
+        {
+            let mut negative = self.negative.lock();
+            let gone: Vec<ObjectKey> = negative
+                .iter()
+                .map(|(key, _)| key)
+                .filter(|(s, p)| *s == site && (p.starts_with(&below) || **p == *path))
+                .cloned()
+                .collect();
+            for key in gone {
+                negative.pop(&key);
+            }
         }
+        let listed = |d: &str| d == dir || (subtree && d.starts_with(&below));
+        self.expire_listings(site, listed);
         tracing::info!(
             path,
             ?action,
@@ -365,6 +423,24 @@ impl Cache {
             "invalidated"
         );
         report
+    }
+
+    /// Ends the TTL of the listings of directories that `matches`, in memory and on disk;
+    /// the old entries stay as a fallback for when the origin is down.
+    fn expire_listings(&self, site: SiteId, matches: impl Fn(&str) -> bool) {
+        for (key, listing) in self.listings.lock().iter_mut() {
+            if key.0 == site && matches(&key.1) {
+                listing.fetched_at = 0;
+            }
+        }
+        self.sites[site].store.rewrite_listings(|bytes| {
+            let mut listing: Listing = serde_json::from_slice(bytes).ok()?;
+            if !matches(&listing.dir) || listing.fetched_at == 0 {
+                return None;
+            }
+            listing.fetched_at = 0;
+            serde_json::to_vec(&listing).ok()
+        });
     }
 
     /// Splits a mount-relative path (`/host/a/b` with virtual hosts) into site and path.
@@ -426,11 +502,46 @@ impl Cache {
                 ticks.tick().await;
                 for entry in &cache.sites {
                     for member in entry.site.pool.excluded() {
-                        cache.origin.probe_health(&entry.site, member).await;
+                        let deadline = Instant::now() + cache.request_timeout();
+                        cache
+                            .origin
+                            .probe_health(&entry.site, member, deadline)
+                            .await;
                     }
                 }
             }
         });
+    }
+
+    /// Tries a connection to every origin; returns one line for each that failed.
+    pub async fn unreachable_origins(&self) -> Vec<String> {
+        let timeout = self.config.connect_timeout;
+        let members = self.sites.iter().flat_map(|e| e.site.pool.members.iter());
+        let checks = members.map(|member| async move {
+            let result = OriginClient::connectable(&member.origin, timeout).await;
+            (member, result)
+        });
+        let mut warnings = Vec::new();
+        for (member, result) in futures_util::future::join_all(checks).await {
+            if let Err(reason) = result {
+                self.origin.record_unreachable(member, &reason);
+                warnings.push(format!("origin {} is unreachable: {reason}", member.origin));
+            }
+        }
+        warnings
+    }
+
+    pub fn origin(&self) -> &OriginClient {
+        &self.origin
+    }
+
+    pub fn readahead_budget(&self) -> Arc<Budget> {
+        self.readahead.clone()
+    }
+
+    /// The deadline of one file-system call that needs the origin.
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout()
     }
 
     pub fn site(&self, id: SiteId) -> &Site {
@@ -465,8 +576,14 @@ impl Cache {
     }
 
     /// Resolves a path to a fresh object, asking the origin at most once for any number of
-    /// concurrent callers.
-    pub async fn resolve(self: &Arc<Self>, site: SiteId, path: Arc<str>) -> FsResult<Arc<Object>> {
+    /// concurrent callers. The caller waits until `deadline`; the probe itself goes on for
+    /// the others who wait for it.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        site: SiteId,
+        path: Arc<str>,
+        deadline: Instant,
+    ) -> FsResult<Arc<Object>> {
         if let Some(answer) = self.lookup_fresh(site, &path) {
             return answer;
         }
@@ -487,21 +604,30 @@ impl Cache {
             let cache = self.clone();
             let flight = flight.clone();
             tokio::spawn(async move {
-                let result = cache.probe_and_record(site, path).await;
+                let result = cache.probe_and_record(site, path, deadline).await;
                 cache.probes.lock().remove(&key);
                 flight.finish(result);
             });
         }
-        flight.wait().await
+        match tokio::time::timeout_at((deadline + WAIT_GRACE).into(), flight.wait()).await {
+            Ok(result) => result,
+            Err(_) => Err(FsError::Timeout),
+        }
     }
 
-    async fn probe_and_record(&self, site: SiteId, path: Arc<str>) -> FsResult<Arc<Object>> {
+    async fn probe_and_record(
+        &self,
+        site: SiteId,
+        path: Arc<str>,
+        deadline: Instant,
+    ) -> FsResult<Arc<Object>> {
         let key = (site, path.clone());
         let existing = self.index.get(&key);
         let known = existing.as_ref().map(|o| &o.version);
+        let block_size = self.config.block_size;
         let probe = self
             .origin
-            .probe(self.site(site), &path, self.config.block_size, known)
+            .probe(self.site(site), &path, block_size, known, deadline)
             .await;
         let now = now_secs();
         match probe {
@@ -514,12 +640,12 @@ impl Cache {
             },
             Ok(Probe::File {
                 version,
-                first_block,
+                head,
                 cache_control,
             }) => {
                 let freshness = self.freshness(&path, cache_control);
                 let found = Found { version, freshness };
-                Ok(self.record_file(site, path, existing, found, first_block, now))
+                Ok(self.record_file(site, path, existing, found, head, now))
             }
             Ok(Probe::Directory) => {
                 let freshness = self.freshness(&path, CacheControl::default());
@@ -533,18 +659,35 @@ impl Cache {
                 self.negative.lock().put(key, expires);
                 Err(FsError::NotFound)
             }
-            Err(error) => match existing {
-                // Stale-if-error: what the cache holds beats an error.
-                Some(object) => {
-                    tracing::warn!(path = %path, "origin failed ({error}); serving the cached copy");
-                    Ok(object)
-                }
-                None => {
-                    tracing::warn!(path = %path, "origin failed: {error}");
-                    Err(error)
-                }
-            },
+            Err(error) => self.stale_if_error(site, path, existing, error, now),
         }
+    }
+
+    /// The origin failed: what the cache holds beats an error. A directory whose own record
+    /// is gone but whose children are cached is still served as a directory.
+    fn stale_if_error(
+        &self,
+        site: SiteId,
+        path: Arc<str>,
+        existing: Option<Arc<Object>>,
+        error: FsError,
+        now: u64,
+    ) -> FsResult<Arc<Object>> {
+        if let Some(object) = existing {
+            tracing::warn!(path = %path, "origin failed ({error}); serving the cached copy");
+            return Ok(object);
+        }
+        let below = format!("{path}/");
+        if self.index.any_matching(site, |p| p.starts_with(&below)) {
+            tracing::warn!(path = %path, "origin failed ({error}); serving the cached directory");
+            let freshness = Freshness {
+                ttl: Duration::ZERO,
+                store: false,
+            };
+            return Ok(self.record_directory(site, path, None, freshness, now));
+        }
+        tracing::warn!(path = %path, "origin failed: {error}");
+        Err(error)
     }
 
     fn record_file(
@@ -553,11 +696,17 @@ impl Cache {
         path: Arc<str>,
         existing: Option<Arc<Object>>,
         found: Found,
-        first_block: Bytes,
+        head: Bytes,
         now: u64,
     ) -> Arc<Object> {
+        let block_size = self.config.block_size as usize;
+        let first_block = head.slice(..head.len().min(block_size));
         let object = match existing {
-            Some(object) if object.kind == ObjectKind::File && object.version == found.version => {
+            Some(object)
+                if object.kind == ObjectKind::File
+                    && object.version == found.version
+                    && self.same_content_start(&object, &first_block) =>
+            {
                 object.renew(now);
                 object
             }
@@ -568,10 +717,35 @@ impl Cache {
                 self.create_object(site, path, ObjectKind::File, found, now)
             }
         };
-        if !first_block.is_empty() && !object.has_cached_block(0) {
-            object.store_block(&self.index, 0, std::slice::from_ref(&first_block), None);
-        }
+        self.store_head(&object, &head);
         object
+    }
+
+    /// Without validators, an unchanged size says little: the probe's first block must also
+    /// agree with what the cached version handed out.
+    fn same_content_start(&self, object: &Object, first_block: &[u8]) -> bool {
+        object.version.is_pinned()
+            || first_block.is_empty()
+            || object.agrees_unpinned(0, first_block)
+    }
+
+    /// Keeps the blocks a probe brought along (its first block, or the whole of an answer
+    /// that had no length).
+    fn store_head(&self, object: &Arc<Object>, head: &Bytes) {
+        let block_size = object.block_size as usize;
+        for (block, start) in (0..head.len()).step_by(block_size).enumerate() {
+            let block = block as u64;
+            let range = object.block_range(block);
+            let piece = head.slice(start..(start + block_size).min(head.len()));
+            let whole = piece.len() as u64 == range.end - range.start;
+            if !whole || object.has_cached_block(block) {
+                continue;
+            }
+            if !object.version.is_pinned() && !object.agrees_unpinned(block, &piece) {
+                return;
+            }
+            object.store_block(&self.index, block, std::slice::from_ref(&piece), None);
+        }
     }
 
     fn record_directory(
@@ -692,7 +866,7 @@ impl Cache {
             return;
         }
         let runs = object.claim_absent(blocks.start..blocks.start + granted);
-        let claimed: u64 = runs.iter().map(|r| r.flights.len() as u64).sum();
+        let claimed: u64 = runs.iter().map(|r| r.owned() as u64).sum();
         self.readahead.give_back((granted - claimed) * block_size);
         for mut run in runs {
             run.prefetch = true;
@@ -707,30 +881,47 @@ impl Cache {
         self: &Arc<Self>,
         object: &Arc<Object>,
         range: Range<u64>,
+        deadline: Instant,
     ) -> FsResult<(Bytes, bool)> {
         let range = range.start.min(object.version.size)..range.end.min(object.version.size);
         if range.is_empty() {
             return Ok((Bytes::new(), true));
         }
         let blocks = range.start / object.block_size..(range.end - 1) / object.block_size + 1;
-        for _ in 0..CORRUPTION_RETRIES {
+        for _ in 0..READ_ATTEMPTS {
             let (sources, runs) = object.plan(blocks.clone());
             let from_cache = sources
                 .iter()
-                .all(|s| matches!(s, BlockSource::Disk { .. }));
-            for run in runs {
+                .all(|s| matches!(s, BlockSource::Disk { fresh: false, .. }));
+            for mut run in runs {
+                run.deadline = Some(deadline);
                 tokio::spawn(fetch_run(self.clone(), object.clone(), run));
             }
-            match self.gather(object, &range, blocks.start, sources).await {
-                Err(FsError::Corrupt | FsError::Replan) => continue,
-                result => return result.map(|data| (data, from_cache)),
+            // A little past the deadline: the fetch gives up at the deadline, and its own
+            // error says more than "timed out".
+            let gathered = self.gather(object, &range, blocks.start, sources);
+            let result =
+                match tokio::time::timeout_at((deadline + WAIT_GRACE).into(), gathered).await {
+                    Ok(result) => result,
+                    Err(_) => Err(FsError::Timeout),
+                };
+            match result {
+                Err(e @ (FsError::Corrupt | FsError::Replan)) => {
+                    tracing::trace!(path = %object.path, "read plans again: {e}");
+                    continue;
+                }
+                result => {
+                    object.take_fresh(blocks.clone());
+                    return result.map(|data| (data, from_cache));
+                }
             }
         }
         Err(FsError::Corrupt)
     }
 
-    /// Collects the read's bytes from disk and from flights, in order. A read within one
-    /// fetched block is a slice of it, with no copy.
+    /// Collects the read's bytes from disk and from flights, in order. Every flight is
+    /// waited for from the start, so the fetch hands each block over in memory rather than
+    /// through the cache file. A read within one fetched block is a slice of it, no copy.
     async fn gather(
         &self,
         object: &Object,
@@ -738,26 +929,35 @@ impl Cache {
         first_block: u64,
         sources: Vec<BlockSource>,
     ) -> FsResult<Bytes> {
-        let mut pieces = Vec::with_capacity(sources.len());
-        for (i, source) in sources.into_iter().enumerate() {
+        let pending: Vec<Pending> = sources.into_iter().map(Pending::from).collect();
+        let mut pieces = Vec::with_capacity(pending.len());
+        for (i, source) in pending.into_iter().enumerate() {
             let block = first_block + i as u64;
             let block_range = object.block_range(block);
             let within = range.start.max(block_range.start) - block_range.start
                 ..range.end.min(block_range.end) - block_range.start;
             let piece = match source {
-                BlockSource::Disk {
+                Pending::Disk {
                     file,
                     crc,
                     verified,
                 } => Bytes::from(object.read_from_disk(block, &file, crc, verified, within)?),
-                BlockSource::Flight(flight) => match flight.wait().await? {
+                Pending::Flight(waiter) => match waiter.wait().await? {
                     Delivered::Data(bytes) if within.end as usize <= bytes.len() => {
                         bytes.slice(within.start as usize..within.end as usize)
                     }
                     Delivered::Data(_) => return Err(FsError::BadAnswer("short block".into())),
-                    // It went to the cache while this read waited: read it from there.
-                    Delivered::Stored => return Err(FsError::Replan),
+                    // It reached the cache before this read began to wait: read it there.
+                    Delivered::Stored => match object.read_block(block, within) {
+                        Some(Ok(bytes)) => Bytes::from(bytes),
+                        _ => return Err(FsError::Replan),
+                    },
                 },
+                Pending::Gate(waiter) => {
+                    let _ = waiter.wait().await;
+                    return Err(FsError::Replan);
+                }
+                Pending::Gone => return Err(FsError::VersionChanged),
             };
             pieces.push(piece);
         }

@@ -18,8 +18,13 @@ Examples:
   ston-fs demo /tmp/ston-demo        (a built-in sample origin; needs no network)
   ston-fs purge /mnt/origin/videos/intro.mp4 '/mnt/origin/img/*'
 
-Unmount with: umount MOUNTPOINT. Every config key can be given with -o key=value;
-see the README for the full list.";
+Unmount with: umount MOUNTPOINT (umount -l if files are still open). Every config key
+can be given with -o key=value; `ston-fs --help` lists them all.";
+
+/// `--help`'s epilogue: the examples, then every config key with its default.
+fn long_help() -> String {
+    format!("{EXAMPLES}\n\n{}", crate::config::keys_help())
+}
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +33,7 @@ see the README for the full list.";
     about = "Mount an HTTP(S) origin as a read-only, locally cached disk.",
     override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT\n       ston-fs purge|expire|hardpurge PATH...\n       ston-fs stats MOUNTPOINT [--json]\n       ston-fs warm PATH...",
     after_help = EXAMPLES,
+    after_long_help = long_help(),
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -35,7 +41,8 @@ struct Cli {
     command: Option<Command>,
 
     /// ORIGIN (an http:// or https:// URL; its path is prepended to every request) and
-    /// MOUNTPOINT (an existing, empty directory). With --config, only MOUNTPOINT.
+    /// MOUNTPOINT (an existing directory; what it holds is hidden while mounted).
+    /// With --config, only MOUNTPOINT.
     #[arg(value_name = "ORIGIN MOUNTPOINT", num_args = 0..=2)]
     positional: Vec<String>,
 
@@ -62,29 +69,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Drop cached files on a live mount; the next read downloads them again.
-    /// A trailing `/*` covers a whole subtree (quote it from the shell).
+    /// Drop cached files on a live mount; the next read downloads them again. If the origin
+    /// is down then, the dropped copy is restored and served.
     Purge {
+        /// Files or directories on a ston-fs mount; `DIR/*` (quoted) covers what is below DIR
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// End cached files' TTL now; the next read revalidates (a 304 keeps the data)
     Expire {
+        /// Files or directories on a ston-fs mount; `DIR/*` (quoted) covers what is below DIR
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
-    /// Delete cached files for good, data and metadata
+    /// Delete cached files for good, data and metadata; nothing is kept to fall back on
     Hardpurge {
+        /// Files or directories on a ston-fs mount; `DIR/*` (quoted) covers what is below DIR
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Pre-fetch files or whole subtrees of a mount into the cache
     Warm {
+        /// Files or directories on a ston-fs mount; directories are walked through listings
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Show a live mount's statistics: hit ratios, latencies, origin traffic, cache use
     Stats {
+        /// The mount point (or any path on the mount)
         mountpoint: PathBuf,
         /// Print JSON instead of the summary
         #[arg(long)]
@@ -101,7 +113,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Demo { mountpoint }) => {
-            init_logging(cli.verbose, true);
+            init_logging(cli.verbose, true, false);
             demo::run(mountpoint)
         }
         Some(Command::Purge { paths }) => invalidate(Invalidation::Purge, paths),
@@ -132,7 +144,9 @@ fn run_mount(cli: &Cli) -> ExitCode {
         eprintln!("ston-fs: {e}");
         return ExitCode::from(1);
     }
-    init_logging(cli.verbose, cli.foreground);
+    // A daemon without a log file logs to syslog (the journal), never to nowhere.
+    let to_syslog = !cli.foreground && config.log_file.is_none();
+    init_logging(cli.verbose, cli.foreground, to_syslog);
     let readiness = if cli.foreground {
         Readiness::Foreground
     } else {
@@ -212,14 +226,17 @@ fn show_stats(mountpoint: &Path, json: bool) -> ExitCode {
 
 /// Defaults, then the config file, then ORIGIN, then `-o`, then `--cache-dir`.
 fn build_config(cli: &Cli) -> Result<(Config, PathBuf), ConfigError> {
+    let missing_mountpoint = || {
+        ConfigError::Invalid(
+            "missing MOUNTPOINT: usage is `ston-fs [OPTIONS] ORIGIN MOUNTPOINT`".into(),
+        )
+    };
     let (origin, mountpoint) = match cli.positional.as_slice() {
         [origin, mountpoint] => (Some(origin), mountpoint),
+        // A lone URL is an origin whose mount point was forgotten, not a mount point.
+        [origin] if origin.contains("://") => return Err(missing_mountpoint()),
         [mountpoint] => (None, mountpoint),
-        _ => {
-            return Err(ConfigError::Invalid(
-                "missing MOUNTPOINT: usage is `ston-fs [OPTIONS] ORIGIN MOUNTPOINT`".into(),
-            ))
-        }
+        _ => return Err(missing_mountpoint()),
     };
     let mut config = Config::default();
     let default_file = Path::new(DEFAULT_CONFIG_FILE);
@@ -246,6 +263,13 @@ fn build_config(cli: &Cli) -> Result<(Config, PathBuf), ConfigError> {
 
 /// Catches the common mistakes before forking, so they are reported where the user looks.
 fn preflight(config: &Config, mountpoint: &Path) -> Result<(), String> {
+    let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    if mount::detach_dead_mount(&absolute) {
+        eprintln!(
+            "ston-fs: detached a dead FUSE mount at {} (its daemon was gone)",
+            absolute.display()
+        );
+    }
     let meta = std::fs::metadata(mountpoint)
         .map_err(|e| format!("mount point {} does not exist: {e}", mountpoint.display()))?;
     if !meta.is_dir() {
@@ -263,6 +287,13 @@ fn preflight(config: &Config, mountpoint: &Path) -> Result<(), String> {
             canonical.display()
         ));
     }
+    let holds_files = std::fs::read_dir(&canonical).is_ok_and(|mut d| d.next().is_some());
+    if holds_files {
+        eprintln!(
+            "ston-fs: note: {} is not empty; its files are hidden while the mount is live",
+            canonical.display()
+        );
+    }
     check_cache_dir(&config.cache_dir)
 }
 
@@ -275,7 +306,7 @@ fn check_cache_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logging(verbose: u8, to_terminal: bool) {
+fn init_logging(verbose: u8, to_terminal: bool, to_syslog: bool) {
     use tracing_subscriber::EnvFilter;
     let level = match verbose {
         0 => "info",
@@ -284,10 +315,17 @@ fn init_logging(verbose: u8, to_terminal: bool) {
     };
     let filter = EnvFilter::try_from_env("STON_FS_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = to_terminal && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if to_syslog {
+        // syslog stamps its own time.
+        builder
+            .without_time()
+            .with_writer(crate::syslog::Syslog::new())
+            .try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
+    };
 }

@@ -14,6 +14,79 @@ use url::Url;
 /// Where the daemon looks for a config file when no ORIGIN is given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ston-fs/ston-fs.toml";
 
+/// One config key as `--help` and the README describe it: name, default, meaning.
+pub struct KeyDoc {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn doc(key: &'static str, default: &'static str, meaning: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        default,
+        meaning,
+    }
+}
+
+/// Every config key, in the README's order. A unit test keeps this, [`Config::set`] and the
+/// README's table in step.
+pub const KEYS: &[KeyDoc] = &[
+    doc("origin", "-", "origin URL, or a comma-separated list of equivalent origins (TOML: `origins = [...]`)"),
+    doc("cache_dir", "/var/cache/ston-fs", "cache location; one subfolder per origin"),
+    doc("block_size", "1M", "cache and fetch unit; a multiple of 4K from 4K to 64M"),
+    doc("max_cache_size", "10G", "hard cap on the cache directory's disk use"),
+    doc("max_object_size", "1T", "largest object size an origin may claim; larger objects answer EIO"),
+    doc("max_unsized_object", "64M", "largest answer without Content-Length read whole to learn its size"),
+    doc("ttl", "1800", "seconds an object is fresh before it is revalidated"),
+    doc("negative_ttl", "30", "seconds a 404/410 is remembered (by ston-fs and the kernel)"),
+    doc("listing_ttl", "60", "seconds a directory listing is used before it is fetched again"),
+    doc("connect_timeout", "3", "origin connect timeout; also when a request is hedged to a second origin"),
+    doc("receive_timeout", "10", "longest wait for any data from the origin"),
+    doc("request_timeout", "connect+receive", "one deadline for a file-system call that needs the origin, over all retries and origins"),
+    doc("low_speed_limit", "16K", "bytes/s below which an answer counts as failing (0: off)"),
+    doc("low_speed_time", "3", "seconds an answer may stay below low_speed_limit"),
+    doc("allow_other", "false", "let users other than the mounting one use the mount (Apache, nginx workers)"),
+    doc("default_permissions", "true", "the kernel checks mode bits (files 0444, directories 0555)"),
+    doc("uid", "0", "owner shown for every file and directory (a number or a user name)"),
+    doc("gid", "0", "group shown for every file and directory (a number or a group name)"),
+    doc("read_only", "false", "mount read-only (`-o ro`); `mount` shows ro and unlink() is refused"),
+    doc("ca_file", "-", "PEM file of extra CAs trusted for https origins, on top of the system roots"),
+    doc("tls_pin", "-", "sha256:FINGERPRINT of an origin certificate trusted as it is (self-signed too); may repeat"),
+    doc("headers", "-", "request header `Name: value` (TOML list; `-o header=...`); values are never logged"),
+    doc("header_file", "-", "file of request headers, one `Name: value` a line; must not be readable by others"),
+    doc("file_status", "200..206", "origin statuses that make a path a file (`-o file_status=200:206`)"),
+    doc("dir_status", "301, 302, 403", "origin statuses that make a path a directory"),
+    doc("fuse_threads", "8", "FUSE dispatch threads"),
+    doc("log_file", "-", "where a daemonized ston-fs writes its log (otherwise syslog/the journal)"),
+    doc("ignore_cache_control", "false", "ignore the origin's Cache-Control"),
+    doc("ttl_rule", "-", "per-path TTL: `-o ttl_rule=/live/*:5` or TOML [[ttl_rule]]"),
+    doc("origin_fail_threshold", "3", "consecutive failures that take an origin out of rotation"),
+    doc("origin_probe_interval", "10", "seconds between background probes of excluded origins"),
+    doc("origin_recover_threshold", "5", "consecutive good probes that readmit an origin"),
+    doc("readahead_budget", "128M", "memory all open files together may hold in prefetched blocks"),
+    doc("readahead_max", "32M", "largest read-ahead window of one sequentially read file (0: off)"),
+    doc("passthrough", "true", "let the kernel read wholly cached files straight from the cache file"),
+    doc("direct_io_min_size", "32M", "files at least this big and not wholly cached use direct I/O (0: never)"),
+    doc("unlink", "purge", "what unlink() of a cached file does: purge, expire or hardpurge"),
+    doc("manifest", "-", "origin path of a manifest used for directory listings"),
+    doc("dot_dir", "false", "answer any path component without a dot as a directory at once"),
+    doc("access_log", "-", "file with one line per file-system call (created 0640)"),
+    doc("metrics_addr", "-", "loopback address serving Prometheus text at /metrics"),
+];
+
+/// The key table as `--help` prints it.
+pub fn keys_help() -> String {
+    let mut text = String::from("Config keys (TOML file and -o key=value take the same keys):\n");
+    for key in KEYS {
+        text.push_str(&format!(
+            "  {:<26} {} [default: {}]\n",
+            key.key, key.meaning, key.default
+        ));
+    }
+    text
+}
+
 /// A configuration or command-line mistake, reported to the user before anything is mounted.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -79,9 +152,21 @@ impl Origin {
             url: redact_url(text),
             reason: reason.to_string(),
         };
-        let url = Url::parse(text.trim()).map_err(|e| fail(&e.to_string()))?;
+        let trimmed = text.trim();
+        let url = Url::parse(trimmed).map_err(|e| match e {
+            url::ParseError::RelativeUrlWithoutBase => fail(&format!(
+                "it needs a scheme, e.g. http://{}/",
+                trimmed.trim_matches('/')
+            )),
+            other => fail(&other.to_string()),
+        })?;
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(fail("only http:// and https:// origins are supported"));
+        }
+        // The url crate reads `http:///host` as `http://host/`; a typo should not pass.
+        let after_scheme = trimmed.split_once("://").map(|(_, rest)| rest);
+        if after_scheme.is_none_or(|rest| rest.starts_with('/')) {
+            return Err(fail("no host after the scheme (expected http://HOST/...)"));
         }
         let host = url.host_str().ok_or_else(|| fail("no host"))?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -201,8 +286,11 @@ fn ttl_rule_from_table(table: &toml::Table) -> Result<TtlRule, ConfigError> {
     let mut ttl = None;
     for (key, value) in table {
         match key.as_str() {
-            "pattern" => pattern = Some(toml_scalar(value)?),
-            "ttl" => ttl = Some(parse_duration("ttl_rule.ttl", &toml_scalar(value)?)?),
+            "pattern" => pattern = Some(toml_scalar("ttl_rule.pattern", value)?),
+            "ttl" => {
+                let seconds = toml_scalar("ttl_rule.ttl", value)?;
+                ttl = Some(parse_duration("ttl_rule.ttl", &seconds)?)
+            }
             other => return Err(ConfigError::UnknownKey(format!("ttl_rule.{other}"))),
         }
     }
@@ -325,6 +413,31 @@ pub struct Config {
     pub passthrough: bool,
     /// Files at least this big that are not wholly cached are opened for direct I/O; 0: never.
     pub direct_io_min_size: u64,
+    /// Largest object size an origin may claim; above it the object answers EIO.
+    pub max_object_size: u64,
+    /// Largest body read to learn the size of an answer that has no Content-Length.
+    pub max_unsized_object: u64,
+    /// One deadline for every file-system call that needs the origin, over all retries and
+    /// origins; `None`: `connect_timeout + receive_timeout`.
+    pub request_timeout: Option<Duration>,
+    /// An answer's body slower than this many bytes a second over `low_speed_time` is a
+    /// failure (curl's `--speed-limit`); 0 turns the rule off.
+    pub low_speed_limit: u64,
+    pub low_speed_time: Duration,
+    /// SHA-256 fingerprints of origin certificates trusted as they are (self-signed ones too).
+    pub tls_pins: Vec<[u8; 32]>,
+    /// How long a directory listing is used before the origin is asked again.
+    pub listing_ttl: Duration,
+    /// Mounted read-only (`-o ro`): `mount` shows `ro`, and even `unlink()` is refused.
+    pub read_only: bool,
+}
+
+impl Config {
+    /// The deadline of one file-system call that needs the origin.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+            .unwrap_or(self.connect_timeout + self.receive_timeout)
+    }
 }
 
 impl Default for Config {
@@ -361,20 +474,45 @@ impl Default for Config {
             readahead_max: 32 << 20,
             passthrough: true,
             direct_io_min_size: 32 << 20,
+            max_object_size: 1 << 40,
+            max_unsized_object: 64 << 20,
+            request_timeout: None,
+            low_speed_limit: 16 << 10,
+            low_speed_time: Duration::from_secs(3),
+            tls_pins: Vec::new(),
+            listing_ttl: Duration::from_secs(60),
+            read_only: false,
         }
     }
 }
 
+/// Keys that add to a list each time they are given, so they may repeat.
+const LIST_KEYS: &[&str] = &["header", "headers", "header_file", "ttl_rule", "tls_pin"];
+
 /// Mount words that fstab, mount(8) and systemd pass along; they need no action from us.
 const IGNORED_MOUNT_WORDS: &[&str] = &[
-    "ro", "rw", "_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults",
-    "nodev", "nosuid", "noexec", "exec", "dev", "suid", "noatime", "relatime", "atime",
+    "_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults", "nodev",
+    "nosuid", "noexec", "exec", "dev", "suid", "noatime", "relatime", "atime",
 ];
 
 impl Config {
     /// Applies one `key = value` setting, from `-o` or from the TOML file.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let value = value.trim();
+        let handled = self.set_origin_key(key, value)?
+            || self.set_cache_key(key, value)?
+            || self.set_timing_key(key, value)?
+            || self.set_mount_key(key, value)?
+            || self.set_service_key(key, value)?;
+        if handled {
+            Ok(())
+        } else {
+            Err(ConfigError::UnknownKey(key.to_string()))
+        }
+    }
+
+    /// Where requests go and how they are asked and checked.
+    fn set_origin_key(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
         match key {
             "origin" | "origins" => self.origins = parse_origin_list(value)?,
             "manifest" => {
@@ -383,82 +521,128 @@ impl Config {
                     nonempty(key, value)?.trim_start_matches('/')
                 ))
             }
-            "dot_dir" => self.dot_dir = parse_bool(key, value)?,
-            "access_log" => self.access_log = Some(PathBuf::from(nonempty(key, value)?)),
-            "metrics_addr" => {
-                let addr: std::net::SocketAddr = value.parse().map_err(|_| {
-                    bad(
-                        key,
-                        format!("`{value}` is not an address like 127.0.0.1:9400"),
-                    )
-                })?;
-                if !addr.ip().is_loopback() {
-                    return Err(bad(key, "must be a loopback address (127.0.0.1 or ::1)"));
-                }
-                self.metrics_addr = Some(addr);
-            }
-            "unlink" => self.unlink = value.parse().map_err(|e: String| bad(key, e))?,
-            "ignore_cache_control" => self.ignore_cache_control = parse_bool(key, value)?,
-            "ttl_rule" => self.ttl_rules.push(parse_ttl_rule(value)?),
+            "ca_file" => self.ca_file = Some(PathBuf::from(nonempty(key, value)?)),
+            "tls_pin" => self.tls_pins.push(parse_pin(value)?),
+            "header" | "headers" => self.headers.push(parse_header(value)?),
+            "header_file" => self.headers.extend(read_header_file(value)?),
+            "file_status" => self.file_status = parse_status_list(key, value)?,
+            "dir_status" => self.dir_status = parse_status_list(key, value)?,
             "origin_fail_threshold" => self.health.fail_threshold = parse_count(key, value)?,
             "origin_recover_threshold" => self.health.recover_threshold = parse_count(key, value)?,
             "origin_probe_interval" => self.health.probe_interval = parse_timeout(key, value)?,
+            "max_object_size" => self.max_object_size = parse_size(key, value)?,
+            "max_unsized_object" => self.max_unsized_object = parse_size(key, value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The cache on disk and in memory, and how reads use it.
+    fn set_cache_key(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        match key {
             "cache_dir" => self.cache_dir = PathBuf::from(nonempty(key, value)?),
             "block_size" => self.block_size = parse_block_size(key, value)?,
             "max_cache_size" => self.max_cache_size = parse_size(key, value)?,
+            "readahead_budget" => self.readahead_budget = parse_size_or_zero(key, value)?,
+            "readahead_max" => self.readahead_max = parse_size_or_zero(key, value)?,
+            "passthrough" => self.passthrough = parse_bool(key, value)?,
+            "direct_io_min_size" => self.direct_io_min_size = parse_size_or_zero(key, value)?,
+            "unlink" => self.unlink = value.parse().map_err(|e: String| bad(key, e))?,
+            "dot_dir" => self.dot_dir = parse_bool(key, value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Freshness and the time limits of origin requests.
+    fn set_timing_key(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        match key {
             "ttl" => self.ttl = parse_duration(key, value)?,
             "negative_ttl" => self.negative_ttl = parse_duration(key, value)?,
+            "listing_ttl" => self.listing_ttl = parse_duration(key, value)?,
+            "ttl_rule" => self.ttl_rules.push(parse_ttl_rule(value)?),
+            "ignore_cache_control" => self.ignore_cache_control = parse_bool(key, value)?,
             "connect_timeout" => self.connect_timeout = parse_timeout(key, value)?,
             "receive_timeout" => self.receive_timeout = parse_timeout(key, value)?,
+            "request_timeout" => self.request_timeout = Some(parse_timeout(key, value)?),
+            "low_speed_limit" => self.low_speed_limit = parse_size_or_zero(key, value)?,
+            "low_speed_time" => self.low_speed_time = parse_timeout(key, value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// How the mount looks to local programs.
+    fn set_mount_key(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        match key {
             "allow_other" => self.allow_other = parse_bool(key, value)?,
             "default_permissions" => self.default_permissions = parse_bool(key, value)?,
-            "uid" => self.uid = parse_number(key, value)?,
-            "gid" => self.gid = parse_number(key, value)?,
-            "ca_file" => self.ca_file = Some(PathBuf::from(nonempty(key, value)?)),
-            "header" | "headers" => self.headers.push(parse_header(value)?),
-            "file_status" => self.file_status = parse_status_list(key, value)?,
-            "dir_status" => self.dir_status = parse_status_list(key, value)?,
+            "read_only" => self.read_only = parse_bool(key, value)?,
+            "uid" => self.uid = parse_user(key, value)?,
+            "gid" => self.gid = parse_group(key, value)?,
             "fuse_threads" => {
                 self.fuse_threads = parse_number(key, value)?;
                 if !(1..=64).contains(&self.fuse_threads) {
                     return Err(bad(key, "must be between 1 and 64"));
                 }
             }
-            "log_file" => self.log_file = Some(PathBuf::from(nonempty(key, value)?)),
-            "readahead_budget" => self.readahead_budget = parse_size_or_zero(key, value)?,
-            "readahead_max" => self.readahead_max = parse_size_or_zero(key, value)?,
-            "passthrough" => self.passthrough = parse_bool(key, value)?,
-            "direct_io_min_size" => self.direct_io_min_size = parse_size_or_zero(key, value)?,
-            _ => return Err(ConfigError::UnknownKey(key.to_string())),
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Applies a comma-separated fstab-style option string (`-o a=b,c`).
+    /// Logs, metrics and other operations settings.
+    fn set_service_key(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        match key {
+            "log_file" => self.log_file = Some(PathBuf::from(nonempty(key, value)?)),
+            "access_log" => self.access_log = Some(PathBuf::from(nonempty(key, value)?)),
+            "metrics_addr" => self.metrics_addr = Some(parse_metrics_addr(key, value)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Applies a comma-separated fstab-style option string (`-o a=b,c`). A key given twice
+    /// is a mistake (which one was meant?), except the keys that add to a list.
     pub fn apply_mount_options(&mut self, options: &str) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
         for word in split_mount_options(options) {
+            if word.trim().is_empty() {
+                continue;
+            }
             let (key, value) = match word.split_once('=') {
                 Some((key, value)) => (key.trim(), Some(value)),
                 None => (word.trim(), None),
             };
             if key.is_empty() {
-                continue;
+                return Err(ConfigError::Invalid(format!(
+                    "option `{word}` has no key (expected key=value)"
+                )));
             }
-            if IGNORED_MOUNT_WORDS.contains(&key) || key.starts_with("x-systemd.") {
-                continue;
+            if !LIST_KEYS.contains(&key) && !seen.insert(key.to_string()) {
+                return Err(bad(key, "given more than once"));
             }
-            match (key, value) {
-                ("allow_other" | "default_permissions", None) => self.set(key, "true")?,
-                ("allow_root", None) => self.allow_other = true,
-                (_, Some(value)) => self.set(key, value)?,
-                (_, None) => {
-                    // A bare word that is a real key still needs a value; anything else is unknown.
-                    let mut probe = Config::default();
-                    return match probe.set(key, "") {
-                        Err(ConfigError::UnknownKey(k)) => Err(ConfigError::UnknownKey(k)),
-                        _ => Err(bad(key, "needs a value (key=value)")),
-                    };
-                }
+            self.apply_mount_word(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn apply_mount_word(&mut self, key: &str, value: Option<&str>) -> Result<(), ConfigError> {
+        match (key, value) {
+            ("ro", None) => self.read_only = true,
+            ("rw", None) => self.read_only = false,
+            (word, None) if IGNORED_MOUNT_WORDS.contains(&word) => {}
+            (word, _) if word.starts_with("x-systemd.") => {}
+            ("allow_other" | "default_permissions", None) => self.set(key, "true")?,
+            ("allow_root", None) => self.allow_other = true,
+            (_, Some(value)) => self.set(key, value)?,
+            (_, None) => {
+                // A bare word that is a real key still needs a value; anything else is unknown.
+                let mut probe = Config::default();
+                return match probe.set(key, "") {
+                    Err(ConfigError::UnknownKey(k)) => Err(ConfigError::UnknownKey(k)),
+                    _ => Err(bad(key, "needs a value (key=value)")),
+                };
             }
         }
         Ok(())
@@ -471,10 +655,12 @@ impl Config {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            file_error(e.to_string().lines().next().unwrap_or("").to_string())
-        })?;
+        // toml's message names the line, shows it, and says what was expected there.
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| file_error(e.to_string().trim_end().to_string()))?;
         self.apply_table(&table)
+            .map_err(|e| file_error(e.to_string()))
     }
 
     fn apply_table(&mut self, table: &toml::Table) -> Result<(), ConfigError> {
@@ -496,27 +682,32 @@ impl Config {
                         self.vhosts.push(parse_vhost(table)?);
                     }
                 }
-                ("origins", value @ toml::Value::Array(_)) => {
-                    self.origins = parse_origin_value(value)?
+                ("origins" | "origin", value @ toml::Value::Array(_)) => {
+                    self.origins = parse_origin_value(key, value)?
                 }
-                (_, toml::Value::Array(items)) if key == "headers" || key.ends_with("_status") => {
-                    if key != "headers" {
-                        self.set(key, "")?; // validates the key and clears the default list
-                        let codes = items
-                            .iter()
-                            .map(toml_scalar)
-                            .collect::<Result<Vec<_>, _>>()?;
-                        self.set(key, &codes.join(":"))?;
-                    } else {
-                        for item in items {
-                            self.set(key, &toml_scalar(item)?)?;
-                        }
+                ("headers", toml::Value::Array(items)) => {
+                    for item in items {
+                        self.set(key, &toml_scalar(key, item)?)?;
                     }
                 }
-                _ => self.set(
-                    key,
-                    &toml_scalar(value).map_err(|_| bad(key, "must be a single value"))?,
-                )?,
+                ("headers", other) => {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "expected a list like [\"Name: value\"], found {}",
+                            other.type_str()
+                        ),
+                    ))
+                }
+                (_, toml::Value::Array(items)) if key.ends_with("_status") => {
+                    self.set(key, "")?; // validates the key and clears the default list
+                    let codes = items
+                        .iter()
+                        .map(|item| toml_scalar(key, item))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.set(key, &codes.join(":"))?;
+                }
+                _ => self.set(key, &toml_scalar(key, value)?)?,
             }
         }
         Ok(())
@@ -576,14 +767,14 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
     let mut origins = Vec::new();
     for (key, value) in table {
         match key.as_str() {
-            "name" => name = Some(toml_scalar(value)?),
-            "origin" | "origins" => origins.extend(parse_origin_value(value)?),
+            "name" => name = Some(toml_scalar("vhost.name", value)?),
+            "origin" | "origins" => origins.extend(parse_origin_value("vhost.origin", value)?),
             "aliases" => {
                 let items = value
                     .as_array()
                     .ok_or_else(|| bad("vhost.aliases", "must be a list of names"))?;
                 for item in items {
-                    aliases.push(toml_scalar(item)?);
+                    aliases.push(toml_scalar("vhost.aliases", item)?);
                 }
             }
             other => return Err(ConfigError::UnknownKey(format!("vhost.{other}"))),
@@ -604,27 +795,27 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
 }
 
 /// An origin value in TOML: a string (one URL or a list) or an array of URLs.
-fn parse_origin_value(value: &toml::Value) -> Result<Vec<Origin>, ConfigError> {
+fn parse_origin_value(key: &str, value: &toml::Value) -> Result<Vec<Origin>, ConfigError> {
     match value {
         toml::Value::Array(items) => {
             let mut origins = Vec::new();
             for item in items {
-                origins.extend(parse_origin_list(&toml_scalar(item)?)?);
+                origins.extend(parse_origin_list(&toml_scalar(key, item)?)?);
             }
             Ok(origins)
         }
-        other => parse_origin_list(&toml_scalar(other)?),
+        other => parse_origin_list(&toml_scalar(key, other)?),
     }
 }
 
-fn toml_scalar(value: &toml::Value) -> Result<String, ConfigError> {
+fn toml_scalar(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
     match value {
         toml::Value::String(s) => Ok(s.clone()),
         toml::Value::Integer(i) => Ok(i.to_string()),
         toml::Value::Float(f) => Ok(f.to_string()),
         toml::Value::Boolean(b) => Ok(b.to_string()),
         other => Err(bad(
-            "value",
+            key,
             format!(
                 "expected a string, number or boolean, found {}",
                 other.type_str()
@@ -739,6 +930,120 @@ fn parse_status_list(key: &str, value: &str) -> Result<Vec<u16>, ConfigError> {
             _ => Err(bad(key, format!("`{s}` is not an HTTP status code"))),
         })
         .collect()
+}
+
+fn parse_metrics_addr(key: &str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let addr: std::net::SocketAddr = value.parse().map_err(|_| {
+        bad(
+            key,
+            format!("`{value}` is not an address like 127.0.0.1:9400"),
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(bad(key, "must be a loopback address (127.0.0.1 or ::1)"));
+    }
+    Ok(addr)
+}
+
+/// `sha256:AB:CD:...` or plain hex, as `openssl x509 -noout -fingerprint -sha256` prints it.
+fn parse_pin(value: &str) -> Result<[u8; 32], ConfigError> {
+    let text = value.trim();
+    let lower = text.to_ascii_lowercase();
+    let hex: String = lower
+        .strip_prefix("sha256:")
+        .or_else(|| lower.strip_prefix("sha256 fingerprint="))
+        .unwrap_or(&lower)
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let invalid = || {
+        bad(
+            "tls_pin",
+            "must be a certificate's SHA-256 fingerprint: sha256: and 64 hex digits",
+        )
+    };
+    if hex.len() != 64 {
+        return Err(invalid());
+    }
+    let mut pin = [0u8; 32];
+    for (i, byte) in pin.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
+    }
+    Ok(pin)
+}
+
+/// Request headers from a file, one `Name: value` a line, so that secrets stay out of `ps`
+/// and fstab. The file must not be readable by other users.
+fn read_header_file(value: &str) -> Result<Vec<ExtraHeader>, ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new(nonempty("header_file", value)?);
+    let fail = |reason: String| bad("header_file", format!("{}: {reason}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(fail(format!(
+            "mode {:o} lets other users read it; chmod 600 it",
+            meta.mode() & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(parse_header)
+        .collect()
+}
+
+/// A user id, or a user name looked up in the system's user database.
+fn parse_user(key: &str, value: &str) -> Result<u32, ConfigError> {
+    if let Ok(id) = value.parse() {
+        return Ok(id);
+    }
+    lookup_id(value, false).ok_or_else(|| bad(key, format!("no user named `{value}`")))
+}
+
+/// A group id, or a group name.
+fn parse_group(key: &str, value: &str) -> Result<u32, ConfigError> {
+    if let Ok(id) = value.parse() {
+        return Ok(id);
+    }
+    lookup_id(value, true).ok_or_else(|| bad(key, format!("no group named `{value}`")))
+}
+
+/// The id of a user (or group) name, through libc's reentrant lookups.
+fn lookup_id(name: &str, group: bool) -> Option<u32> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    if group {
+        // SAFETY: zeroed plain-old-data output struct, filled by getgrnam_r.
+        let mut entry: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; the buffer's length is passed.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c_name.as_ptr(),
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
+    } else {
+        // SAFETY: zeroed plain-old-data output struct, filled by getpwnam_r.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; the buffer's length is passed.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c_name.as_ptr(),
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        (rc == 0 && !found.is_null()).then_some(entry.pw_uid)
+    }
 }
 
 fn parse_header(value: &str) -> Result<ExtraHeader, ConfigError> {

@@ -67,8 +67,36 @@ pub fn socket_path(cache_dir: &Path) -> Option<PathBuf> {
     (path.as_os_str().len() < 100).then_some(path)
 }
 
+/// Removes control sockets left behind by daemons that died (`kill -9`, a crash): a socket
+/// nobody accepts on is stale. A live daemon sharing the cache dir keeps its own.
+pub fn remove_stale_sockets(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("control.") && name.ends_with(".sock")) {
+            continue;
+        }
+        let refused = UnixStream::connect(entry.path()).is_err_and(|e| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ECONNREFUSED | libc::ENOENT | libc::ENOTSOCK)
+            )
+        });
+        if refused {
+            tracing::info!(socket = %entry.path().display(), "removing a dead daemon's control socket");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Serves control requests until the runtime stops. Runs on the mount's I/O runtime.
 pub fn serve(cache: Arc<Cache>, path: PathBuf) {
+    if let Some(dir) = path.parent() {
+        remove_stale_sockets(dir);
+    }
     let _ = std::fs::remove_file(&path);
     let listener = match tokio::net::UnixListener::bind(&path) {
         Ok(listener) => listener,
@@ -229,7 +257,7 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// The ston-fs mount that contains `path`: the longest matching mount point.
-fn mount_of(path: &Path) -> Option<PathBuf> {
+pub fn mount_of(path: &Path) -> Option<PathBuf> {
     let path = absolute(path);
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines()

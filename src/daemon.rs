@@ -2,7 +2,7 @@
 //! or has failed (non-zero, with the reason), and systemd hears `READY=1` from `--foreground`.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -27,6 +27,19 @@ impl Readiness {
             Readiness::Callback(callback) => {
                 notify_systemd("READY=1");
                 callback();
+            }
+        }
+    }
+
+    /// A problem the user should hear of now, though the mount goes ahead.
+    pub fn warn(&self, warning: &str) {
+        match self {
+            Readiness::Parent(pipe) => {
+                let mut pipe: &File = pipe;
+                let _ = pipe.write_all(format!("warning: {warning}\n").as_bytes());
+            }
+            Readiness::Foreground | Readiness::Callback(_) => {
+                eprintln!("ston-fs: warning: {warning}")
             }
         }
     }
@@ -87,20 +100,25 @@ pub fn daemonize(log_file: Option<&Path>) -> Result<Readiness, String> {
     }
 }
 
-fn wait_for_child(mut reader: File) -> i32 {
-    let mut report = String::new();
-    let _ = reader.read_to_string(&mut report);
-    match report.lines().next() {
-        Some("ready") => 0,
-        Some(line) => {
-            eprintln!("ston-fs: {}", line.strip_prefix("error: ").unwrap_or(line));
-            1
-        }
-        None => {
-            eprintln!("ston-fs: the background process exited before the mount was live");
-            1
+/// Relays the child's warnings, then exits with its verdict: 0 once the mount is live.
+fn wait_for_child(reader: File) -> i32 {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        match line.as_str() {
+            "ready" => return 0,
+            warning if warning.starts_with("warning: ") => eprintln!("ston-fs: {warning}"),
+            error => {
+                eprintln!(
+                    "ston-fs: {}",
+                    error.strip_prefix("error: ").unwrap_or(error)
+                );
+                return 1;
+            }
         }
     }
+    eprintln!("ston-fs: the background process exited before the mount was live");
+    1
 }
 
 fn detach_from_terminal(log_file: Option<&Path>) -> Result<(), String> {
@@ -113,10 +131,7 @@ fn detach_from_terminal(log_file: Option<&Path>) -> Result<(), String> {
         .open("/dev/null")
         .map_err(|e| format!("cannot open /dev/null: {e}"))?;
     let log = match log_file {
-        Some(path) => File::options()
-            .create(true)
-            .append(true)
-            .open(path)
+        Some(path) => crate::store::open_private_log(path)
             .map_err(|e| format!("cannot open log_file {}: {e}", path.display()))?,
         None => null.try_clone().map_err(|e| e.to_string())?,
     };

@@ -17,8 +17,6 @@ use crate::config::Config;
 use crate::daemon::Readiness;
 use crate::mount;
 
-/// Preferred port, so the demo cache is reused between runs; any free port otherwise.
-const DEMO_PORT: u16 = 18480;
 const LARGE_FILE_SIZE: u64 = 256 << 20;
 const CHUNK: u64 = 256 << 10;
 
@@ -233,8 +231,7 @@ fn parse_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 
 /// Starts the sample origin on its own thread; returns its address.
 fn start_origin() -> Result<SocketAddr, String> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", DEMO_PORT))
-        .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| format!("cannot listen on loopback: {e}"))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -297,7 +294,10 @@ fn run_demo(mountpoint: &Path) -> Result<(), String> {
     config
         .set("origin", &format!("http://{address}/"))
         .map_err(|e| e.to_string())?;
-    config.cache_dir = std::env::temp_dir().join("ston-fs-demo");
+    // A new, empty cache each run, so the first read really comes from the origin.
+    let cache_dir = std::env::temp_dir().join(format!("ston-fs-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    config.cache_dir = cache_dir.clone();
     config.max_cache_size = 1 << 30;
     let shown = mountpoint.display().to_string();
     let instructions = move || {
@@ -310,11 +310,13 @@ fn run_demo(mountpoint: &Path) -> Result<(), String> {
         println!("  time cat {shown}/media/large.bin > /dev/null    # second read: from the cache");
         println!("Press Ctrl-C here (or run: umount {shown}) to stop.");
     };
-    mount::serve(
+    let served = mount::serve(
         config,
         &mountpoint,
         Readiness::Callback(Box::new(instructions)),
-    )
+    );
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    served
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ pub enum FsError {
     Unreachable(String),
     #[error("origin timed out")]
     Timeout,
+    #[error("origin too slow: {0}")]
+    TooSlow(String),
+    #[error("object too large: {0}")]
+    TooLarge(String),
     #[error("origin answered HTTP {0}")]
     Status(u16),
     #[error("origin answer is inconsistent: {0}")]
@@ -33,6 +37,8 @@ impl FsError {
         match self {
             FsError::NotFound => Errno::ENOENT,
             FsError::Timeout
+            | FsError::TooSlow(_)
+            | FsError::TooLarge(_)
             | FsError::Unreachable(_)
             | FsError::Status(_)
             | FsError::BadAnswer(_)

@@ -6,13 +6,15 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::cache::Cache;
+use crate::config::Origin;
 use crate::error::{FsError, FsResult};
 use crate::health::backoff;
-use crate::object::{Delivered, Flight, Object, Run};
+use crate::object::{Delivered, Flight, Object, Run, UnpinnedRun};
 use crate::origin::RangeBody;
 use crate::readahead::{Budget, BudgetHold};
 use crate::writer::{self, PendingWrite};
@@ -25,11 +27,17 @@ const ATTEMPTS: u32 = 2;
 struct RunGuard {
     object: Arc<Object>,
     first: u64,
-    /// `None` once the block is handed on.
+    /// `None` once the block is handed on (or if it was never this run's).
     flights: Vec<Option<Arc<Flight<Delivered>>>>,
     /// Read-ahead budget still held, one block per prefetched block not yet handed on.
     budget: Option<Arc<Budget>>,
     budget_blocks: u64,
+    /// A fetch of a version without validators, and the blocks it holds back until its
+    /// answer has been compared up to `compare_end`.
+    unpinned: Option<UnpinnedRun>,
+    held: Vec<(u64, Arc<Flight<Delivered>>, Vec<Bytes>)>,
+    /// Origins whose answer broke off: a retry asks another one first.
+    broken: Vec<Origin>,
 }
 
 impl RunGuard {
@@ -55,15 +63,19 @@ impl RunGuard {
     }
 
     fn is_complete(&self) -> bool {
-        self.flights.iter().all(Option::is_none)
+        self.flights.iter().all(Option::is_none) && self.held.is_empty()
     }
 
+    /// Fails every flight still owned, so no reader waits for it; its block can be fetched
+    /// again by the next reader.
     fn fail_open_flights(&mut self, error: &FsError) {
-        for (i, slot) in self.flights.iter_mut().enumerate() {
-            if let Some(flight) = slot.take() {
-                self.object.abandon(self.first + i as u64, &flight);
-                flight.finish(Err(error.clone()));
-            }
+        let held = std::mem::take(&mut self.held).into_iter();
+        let held = held.map(|(block, flight, _)| (block, flight));
+        let open = self.flights.iter_mut().enumerate();
+        let open = open.filter_map(|(i, slot)| Some((self.first + i as u64, slot.take()?)));
+        for (block, flight) in held.chain(open.collect::<Vec<_>>()) {
+            self.object.abandon(block, &flight);
+            flight.finish(Err(error.clone()));
         }
     }
 }
@@ -74,9 +86,11 @@ impl Drop for RunGuard {
         if let Some(budget) = &self.budget {
             budget.give_back(std::mem::take(&mut self.budget_blocks) * self.object.block_size);
         }
+        if let Some(run) = self.unpinned.take() {
+            self.object.end_unpinned_fetch(&run.gate);
+        }
     }
 }
-
 /// Cuts a body that starts at `position` into whole blocks of the object. A block is kept as
 /// the received pieces (slices of the body, no copy) until someone needs it in one piece.
 struct BlockAssembler {
@@ -122,21 +136,28 @@ impl BlockAssembler {
 }
 
 /// Fetches one run of blocks and publishes each to its flight; runs as its own task.
+///
+/// The run must make progress before its deadline (the reader's), which moves forward by
+/// `request_timeout` whenever a block arrives: a stalled origin fails the run within one
+/// deadline, over every attempt, while a long stream that keeps delivering is never cut short.
 pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
-    let budget_blocks = if run.prefetch {
-        run.flights.len() as u64
-    } else {
-        0
-    };
+    let budget_blocks = if run.prefetch { run.owned() as u64 } else { 0 };
+    let mut deadline = run
+        .deadline
+        .unwrap_or_else(|| Instant::now() + cache.request_timeout());
+    let unpinned_end = run.unpinned.as_ref().map(|u| u.request_end);
     let mut guard = RunGuard {
         object: object.clone(),
         first: run.first,
-        flights: run.flights.into_iter().map(Some).collect(),
-        budget: run.prefetch.then(|| cache.readahead.clone()),
+        flights: run.flights,
+        budget: run.prefetch.then(|| cache.readahead_budget()),
         budget_blocks,
+        unpinned: run.unpinned,
+        held: Vec::new(),
+        broken: Vec::new(),
     };
     let last = guard.first + guard.flights.len() as u64 - 1;
-    let run_end = object.block_range(last).end;
+    let run_end = unpinned_end.unwrap_or(object.block_range(last).end);
     let mut result = Ok(());
     for attempt in 0..ATTEMPTS {
         // A retry asks only for what is still missing: blocks already handed out stay.
@@ -144,20 +165,23 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
             result = Ok(());
             break;
         };
-        let range = object.block_range(first_open).start..run_end;
-        result = transfer(&cache, &mut guard, range).await;
+        let start = match unpinned_end {
+            Some(_) => 0,
+            None => object.block_range(first_open).start,
+        };
+        result = transfer(&cache, &mut guard, start..run_end, &mut deadline).await;
         match &result {
             Ok(()) | Err(FsError::VersionChanged) => break,
-            Err(e) if attempt + 1 < ATTEMPTS => {
+            Err(e) if attempt + 1 < ATTEMPTS && Instant::now() < deadline => {
                 tracing::debug!(path = %object.path, "fetch interrupted ({e}); retrying the rest");
                 tokio::time::sleep(backoff(attempt as usize + 1)).await;
             }
-            Err(_) => {}
+            Err(_) => break,
         }
     }
-    let range = object.block_range(guard.first).start..run_end;
     if let Err(error) = result {
-        tracing::warn!(path = %object.path, start = range.start, end = range.end, "fetch failed: {error}");
+        let start = object.block_range(guard.first).start;
+        tracing::warn!(path = %object.path, start, end = run_end, "fetch failed: {error}");
         if matches!(error, FsError::VersionChanged) {
             cache.version_changed(&object);
         }
@@ -166,31 +190,53 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
 }
 
 /// One request: streams the body into blocks, delivering and storing them.
-async fn transfer(cache: &Arc<Cache>, guard: &mut RunGuard, range: Range<u64>) -> FsResult<()> {
+async fn transfer(
+    cache: &Arc<Cache>,
+    guard: &mut RunGuard,
+    range: Range<u64>,
+    deadline: &mut Instant,
+) -> FsResult<()> {
     let object = guard.object.clone();
-    let site = cache.site(object.site);
     let mut body = cache
-        .origin
-        .fetch(site, &object.path, range.clone(), &object.version)
+        .origin()
+        .fetch(
+            cache.site(object.site),
+            &object.path,
+            range.clone(),
+            &object.version,
+            *deadline,
+            &guard.broken,
+        )
         .await?;
-    // A 200 (origin ignoring Range) streams the whole object: keep all of it.
-    let end = if body.whole_object {
-        object.version.size
-    } else {
-        range.end
-    };
-    let mut assembler = BlockAssembler::new(body.body_start);
-    stream_blocks(cache, guard, &mut body, &mut assembler, end).await?;
-    if guard.is_complete() {
-        body.succeeded();
-        Ok(())
-    } else {
-        body.failed();
-        Err(FsError::BadAnswer(format!(
-            "body ended at byte {} of {}..{}",
-            assembler.position, range.start, end
-        )))
+    let result = stream_body(cache, guard, &mut body, range, deadline).await;
+    if result.is_err() {
+        guard.broken.push(body.origin().clone());
     }
+    result
+}
+
+async fn stream_body(
+    cache: &Arc<Cache>,
+    guard: &mut RunGuard,
+    body: &mut RangeBody<'_>,
+    range: Range<u64>,
+    deadline: &mut Instant,
+) -> FsResult<()> {
+    let mut assembler = BlockAssembler::new(body.body_start);
+    let end = body.body_end;
+    stream_blocks(cache, guard, body, &mut assembler, end, deadline).await?;
+    if assembler.position < end && !guard.is_complete() {
+        body.failed();
+        return Err(FsError::BadAnswer(format!(
+            "body ended at byte {} of {}..{end}",
+            assembler.position, range.start
+        )));
+    }
+    if assembler.position == end {
+        body.expect_end().await?;
+    }
+    body.succeeded();
+    Ok(())
 }
 
 async fn stream_blocks(
@@ -199,13 +245,24 @@ async fn stream_blocks(
     body: &mut RangeBody<'_>,
     assembler: &mut BlockAssembler,
     end: u64,
+    deadline: &mut Instant,
 ) -> FsResult<()> {
     while assembler.position < end {
-        let Some(chunk) = body.chunk().await? else {
+        let next = tokio::time::timeout_at((*deadline).into(), body.chunk()).await;
+        let Some(chunk) = next.map_err(|_| FsError::Timeout)?? else {
             return Ok(());
         };
         for (block, pieces) in assembler.push(&guard.object, chunk) {
-            deliver(cache, guard, block, pieces).await;
+            deliver(cache, guard, block, pieces).await?;
+            *deadline = Instant::now() + cache.request_timeout();
+        }
+        // An origin that ignored Range sends everything; stop once the run is served and
+        // the blocks passing by are already cached.
+        if guard.is_complete() && guard.unpinned.is_none() && body.whole_object {
+            let next = assembler.position / guard.object.block_size;
+            if guard.object.has_cached_block(next) {
+                return Ok(());
+            }
         }
     }
     Ok(())
@@ -214,9 +271,28 @@ async fn stream_blocks(
 /// Hands a block to the readers waiting for it, then to the writer. Without waiters the block
 /// goes to the writer whole (its pieces, never copied into one buffer), and the writer
 /// finishes the flight.
-async fn deliver(cache: &Arc<Cache>, guard: &mut RunGuard, block: u64, mut pieces: Vec<Bytes>) {
-    let object = guard.object.clone();
-    let (flight, budget) = match guard.hand_on(block) {
+async fn deliver(
+    cache: &Arc<Cache>,
+    guard: &mut RunGuard,
+    block: u64,
+    pieces: Vec<Bytes>,
+) -> FsResult<()> {
+    if guard.unpinned.is_some() {
+        return deliver_unpinned(cache, guard, block, pieces).await;
+    }
+    let owned = guard.hand_on(block);
+    hand_out(cache, &guard.object, block, pieces, owned).await;
+    Ok(())
+}
+
+async fn hand_out(
+    cache: &Arc<Cache>,
+    object: &Arc<Object>,
+    block: u64,
+    mut pieces: Vec<Bytes>,
+    owned: Option<(Arc<Flight<Delivered>>, Option<BudgetHold>)>,
+) {
+    let (flight, budget) = match owned {
         Some((flight, budget)) => (Some(flight), budget),
         None => (None, None),
     };
@@ -226,11 +302,46 @@ async fn deliver(cache: &Arc<Cache>, guard: &mut RunGuard, block: u64, mut piece
         pieces = vec![bytes];
     }
     let write = PendingWrite {
-        object: Arc::downgrade(&object),
+        object: Arc::downgrade(object),
         block,
         pieces,
         flight,
         budget,
     };
-    writer::queue(cache, &object, write).await;
+    writer::queue(cache, object, write).await;
+}
+
+/// A block of a version without validators: compared with everything the version handed out
+/// before; held back (owned) or skipped (not owned) until the answer passes `compare_end`.
+async fn deliver_unpinned(
+    cache: &Arc<Cache>,
+    guard: &mut RunGuard,
+    block: u64,
+    pieces: Vec<Bytes>,
+) -> FsResult<()> {
+    let object = guard.object.clone();
+    let bytes = writer::concat(&pieces);
+    if !object.agrees_unpinned(block, &bytes) {
+        return Err(FsError::VersionChanged);
+    }
+    let compare_end = guard.unpinned.as_ref().map_or(0, |u| u.compare_end);
+    let owned = guard.hand_on(block).map(|(flight, _)| flight);
+    if block + 1 < compare_end {
+        if let Some(flight) = owned {
+            guard.held.push((block, flight, vec![bytes]));
+        }
+        return Ok(());
+    }
+    for (held_block, flight, held_pieces) in std::mem::take(&mut guard.held) {
+        hand_out(
+            cache,
+            &object,
+            held_block,
+            held_pieces,
+            Some((flight, None)),
+        )
+        .await;
+    }
+    hand_out(cache, &object, block, vec![bytes], owned.map(|f| (f, None))).await;
+    Ok(())
 }

@@ -42,6 +42,29 @@ struct OpenFile {
     ino: u64,
     passthrough: bool,
     readahead: Mutex<ReadAhead>,
+    /// The last read that failed for want of the origin. The kernel retries a failed page
+    /// read at once, one page at a time; that retry gets the same answer instead of a second
+    /// full deadline, so one `read()` waits at most one deadline.
+    failed_read: Mutex<Option<(std::ops::Range<u64>, Instant)>>,
+}
+
+/// How soon after a failed read the kernel's retry of it arrives, at most.
+const KERNEL_RETRY_WINDOW: Duration = Duration::from_secs(1);
+
+impl OpenFile {
+    /// Whether `range` is the kernel's immediate retry of the last failed read (asked once).
+    fn is_retry_of_failure(&self, range: &std::ops::Range<u64>) -> bool {
+        let mut failed = self.failed_read.lock();
+        let retry = failed.as_ref().is_some_and(|(failed_range, at)| {
+            at.elapsed() < KERNEL_RETRY_WINDOW
+                && range.start < failed_range.end
+                && failed_range.start < range.end
+        });
+        if retry {
+            *failed = None;
+        }
+        retry
+    }
 }
 
 /// State shared by the FUSE threads and the tasks that answer them later.
@@ -249,7 +272,12 @@ impl Core {
     }
 
     /// The node's object, revalidated when its TTL has run out.
-    async fn fresh_object(self: &Arc<Self>, ino: u64, node: &Node) -> FsResult<Arc<Object>> {
+    async fn fresh_object(
+        self: &Arc<Self>,
+        ino: u64,
+        node: &Node,
+        deadline: Instant,
+    ) -> FsResult<Arc<Object>> {
         let Some(site) = node.site.filter(|_| !node.path.is_empty()) else {
             return Err(FsError::NotFound);
         };
@@ -258,7 +286,10 @@ impl Core {
                 return Ok(object.clone());
             }
         }
-        let object = self.cache.resolve(site, node.path.clone()).await?;
+        let object = self
+            .cache
+            .resolve(site, node.path.clone(), deadline)
+            .await?;
         // A name first known from a listing may turn out another size: the kernel must drop
         // the listed attributes, or it would cut reads short at the listed size.
         let listed_differs = node.listed.as_ref().is_some_and(|e| {
@@ -359,6 +390,7 @@ impl Core {
             ino,
             passthrough,
             readahead: Mutex::new(ReadAhead::default()),
+            failed_read: Mutex::new(None),
         };
         self.handles.lock().insert(handle, Arc::new(file));
         match mode {
@@ -524,7 +556,8 @@ impl Filesystem for StonFs {
         let core = self.core.clone();
         let name = name.to_string();
         self.core.spawn(async move {
-            let answer = core.cache.resolve(site, path.clone()).await;
+            let deadline = started + core.cache.request_timeout();
+            let answer = core.cache.resolve(site, path.clone(), deadline).await;
             core.record(Op::Lookup, &path, 0, started, false);
             core.reply_entry(parent.0, &name, site, path, answer, reply);
         });
@@ -547,7 +580,8 @@ impl Filesystem for StonFs {
         }
         let core = self.core.clone();
         self.core.spawn(async move {
-            let answer = core.fresh_object(ino.0, &node).await;
+            let deadline = started + core.cache.request_timeout();
+            let answer = core.fresh_object(ino.0, &node, deadline).await;
             core.record(Op::Attr, &node.path, 0, started, false);
             match answer {
                 Ok(object) => {
@@ -587,7 +621,8 @@ impl Filesystem for StonFs {
         }
         let core = self.core.clone();
         self.core.spawn(async move {
-            let answer = core.fresh_object(ino.0, &node).await;
+            let deadline = started + core.cache.request_timeout();
+            let answer = core.fresh_object(ino.0, &node, deadline).await;
             core.record(Op::Open, &node.path, 0, started, false);
             match answer {
                 Ok(object) => core.finish_open(ino.0, object, reply),
@@ -614,21 +649,30 @@ impl Filesystem for StonFs {
         let object = file.object.clone();
         let started = Instant::now();
         let range = offset..offset.saturating_add(u64::from(size));
+        if file.is_retry_of_failure(&range) {
+            reply.error(Errno::EIO);
+            return;
+        }
         self.core.read_ahead(&file, &range);
-        if let Some(Ok(data)) = object.read_cached(range.clone()) {
+        if let Some(Ok((data, hit))) = object.read_cached(range.clone()) {
             self.core
-                .record(Op::Read, &object.path, data.len() as u64, started, true);
+                .record(Op::Read, &object.path, data.len() as u64, started, hit);
             reply.data(&data);
             return;
         }
         let core = self.core.clone();
         self.core.spawn(async move {
-            match core.cache.read(&object, range).await {
+            let deadline = started + core.cache.request_timeout();
+            match core.cache.read(&object, range.clone(), deadline).await {
                 Ok((data, hit)) => {
                     core.record(Op::Read, &object.path, data.len() as u64, started, hit);
                     reply.data(&data);
                 }
-                Err(error) => reply.error(error.errno()),
+                Err(error) => {
+                    tracing::debug!(path = %object.path, offset = range.start, "read failed: {error}");
+                    *file.failed_read.lock() = Some((range, Instant::now()));
+                    reply.error(error.errno())
+                }
             }
         });
     }

@@ -9,15 +9,45 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use crate::config::{HealthPolicy, Origin};
+
+/// What is known of one origin's health, as `ston-fs stats` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// Never asked yet.
+    Unknown,
+    /// Its last request succeeded.
+    Healthy,
+    /// Its last requests failed, not yet enough to exclude it.
+    Failing,
+    /// Out of rotation until background probes readmit it.
+    Excluded,
+}
+
+impl HealthState {
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Healthy => "healthy",
+            HealthState::Failing => "failing",
+            HealthState::Excluded => "excluded",
+        }
+    }
+}
 
 /// One origin address and what is known of its health.
 #[derive(Debug)]
 pub struct Member {
     pub origin: Origin,
     healthy: AtomicBool,
+    /// Whether any request to it has succeeded yet.
+    answered: AtomicBool,
     failures: AtomicU32,
     good_probes: AtomicU32,
+    /// Why its last failed request failed, for `ston-fs stats`.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Member {
@@ -25,13 +55,35 @@ impl Member {
         Member {
             origin,
             healthy: AtomicBool::new(true),
+            answered: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             good_probes: AtomicU32::new(0),
+            last_error: Mutex::new(None),
         }
     }
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> HealthState {
+        if !self.is_healthy() {
+            HealthState::Excluded
+        } else if self.failures.load(Ordering::Acquire) > 0 {
+            HealthState::Failing
+        } else if self.answered.load(Ordering::Acquire) {
+            HealthState::Healthy
+        } else {
+            HealthState::Unknown
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    pub fn record_error(&self, reason: &str) {
+        *self.last_error.lock() = Some(reason.chars().take(200).collect());
     }
 
     pub fn record_failure(&self, policy: &HealthPolicy) {
@@ -44,12 +96,18 @@ impl Member {
 
     pub fn record_success(&self) {
         self.failures.store(0, Ordering::Release);
+        self.answered.store(true, Ordering::Release);
     }
 
     /// A background probe's verdict on an excluded origin.
     pub fn record_probe(&self, good: bool, policy: &HealthPolicy) {
         if !good {
             self.good_probes.store(0, Ordering::Release);
+            return;
+        }
+        if self.is_healthy() {
+            // A probe of an origin in rotation (at mount time): it answers, so it works.
+            self.record_success();
             return;
         }
         let goods = self.good_probes.fetch_add(1, Ordering::AcqRel) + 1;

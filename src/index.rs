@@ -69,6 +69,16 @@ impl CacheIndex {
             .collect()
     }
 
+    /// Whether any object of `site` has a path that `matches`.
+    pub fn any_matching(&self, site: SiteId, matches: impl Fn(&str) -> bool) -> bool {
+        let state = self.state.lock();
+        let found = state
+            .objects
+            .iter()
+            .any(|((object_site, path), _)| *object_site == site && matches(path));
+        found
+    }
+
     /// Adds an object restored at startup, charging what it already holds on disk.
     /// Restored objects are added oldest first, so the newest end up most recently used.
     pub fn restore(&self, object: Arc<Object>, charge: u64) {

@@ -18,6 +18,7 @@
 //! - [`warm`]: `ston-fs warm`, reading subtrees through the mount to fill the cache;
 //! - [`config`], [`cli`], [`daemon`], [`mount`], [`demo`]: setting up and running a mount.
 
+pub mod blocks;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod fetch;
+pub mod flight;
 pub mod fs;
 pub mod health;
 pub mod index;
@@ -37,5 +39,6 @@ pub mod origin;
 pub mod readahead;
 pub mod stats;
 pub mod store;
+pub mod syslog;
 pub mod warm;
 pub mod writer;

@@ -38,6 +38,14 @@ pub fn serve(config: Config, mountpoint: &Path, readiness: Readiness) -> Result<
         }
     };
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    // Reported where the user looks, though the mount goes ahead: the cache still serves.
+    for warning in mounted
+        .runtime
+        .block_on(mounted.cache.unreachable_origins())
+    {
+        tracing::warn!("{warning}; serving what the cache holds");
+        readiness.warn(&warning);
+    }
     readiness.ready();
     unmount_on_signal(mountpoint.to_path_buf());
     let result = mounted.session.run();
@@ -72,6 +80,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
     };
     let source = mount_source(&config);
     let options = kernel_options(&config);
+    let read_only = config.read_only;
     let cache = {
         let _guard = runtime.enter();
         Arc::new(Cache::open(config)?)
@@ -90,7 +99,7 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
         let _guard = runtime.enter();
         control::serve_metrics(cache.clone(), addr);
     }
-    let device = fuse_mount(mountpoint, &source, &options)?;
+    let device = fuse_mount(mountpoint, &source, &options, read_only)?;
     let mut session_config = fuser::Config::default();
     session_config.n_threads = Some(threads);
     session_config.clone_fd = true;
@@ -138,13 +147,18 @@ fn kernel_options(config: &Config) -> String {
 
 /// Opens /dev/fuse and mounts it with type `fuse.ston-fs`, so mount tables, `umount` and
 /// `mount -t fuse.ston-fs` all see the same name.
-fn fuse_mount(mountpoint: &Path, source: &str, options: &str) -> Result<OwnedFd, String> {
+fn fuse_mount(
+    mountpoint: &Path,
+    source: &str,
+    options: &str,
+    read_only: bool,
+) -> Result<OwnedFd, String> {
     let device = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/fuse")
-        .map_err(|e| format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
+        .map_err(|e| format!("cannot open /dev/fuse: {e}{}", why_fuse_failed(&e)))?;
     let data = format!("fd={},{}", device.as_raw_fd(), options);
     let c_source = CString::new(source).map_err(|_| "bad mount source".to_string())?;
     let c_target = CString::new(mountpoint.as_os_str().as_bytes())
@@ -157,15 +171,66 @@ fn fuse_mount(mountpoint: &Path, source: &str, options: &str) -> Result<OwnedFd,
             c_source.as_ptr(),
             c_target.as_ptr(),
             c_type.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
+            libc::MS_NOSUID | libc::MS_NODEV | if read_only { libc::MS_RDONLY } else { 0 },
             c_data.as_ptr().cast(),
         )
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        return Err(format!("cannot mount on {}: {err}", mountpoint.display()));
+        return Err(format!(
+            "cannot mount on {}: {err}{}",
+            mountpoint.display(),
+            why_fuse_failed(&err)
+        ));
     }
     Ok(OwnedFd::from(device))
+}
+
+/// A hint for the usual reason behind a failed FUSE open or mount.
+fn why_fuse_failed(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => " (mounting needs root, or CAP_SYS_ADMIN)",
+        Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => {
+            " (is the fuse module loaded? try `modprobe fuse`)"
+        }
+        _ => "",
+    }
+}
+
+/// Detaches a dead FUSE mount at `mountpoint` (its daemon is gone, so every access says
+/// "Transport endpoint is not connected"), so that a new mount can take its place.
+/// Returns whether it detached one.
+pub fn detach_dead_mount(mountpoint: &Path) -> bool {
+    let dead = std::fs::metadata(mountpoint)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    if !dead || !is_fuse_mount_point(mountpoint) {
+        return false;
+    }
+    let Ok(target) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `target` is a valid NUL-terminated path.
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) == 0 }
+}
+
+/// Whether a FUSE file system is mounted exactly at `path`.
+fn is_fuse_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.as_os_str().as_bytes();
+    info.lines().any(|line| {
+        let Some((before, after)) = line.split_once(" - ") else {
+            return false;
+        };
+        let at = before.split(' ').nth(4).map(unescape_mountinfo);
+        let fuse = after
+            .split(' ')
+            .next()
+            .is_some_and(|t| t.starts_with("fuse"));
+        fuse && at.is_some_and(|at| at.as_slice() == wanted)
+    })
 }
 
 /// Unmounts, detaching lazily if files are still open.

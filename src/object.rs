@@ -16,9 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::watch;
 
+use crate::blocks::{BlockState, BlockTable};
 use crate::error::{FsError, FsResult};
+pub use crate::flight::{Delivered, Flight};
 use crate::index::CacheIndex;
 use crate::origin::Version;
 use crate::store::{self, disk_bytes, ObjectKind, ObjectLocation, BLOCK_OVERHEAD};
@@ -32,68 +33,8 @@ const RECORD_MAX_DELAY: Duration = Duration::from_secs(10);
 /// Index of a site (origin or virtual host) in the mount's site table.
 pub type SiteId = usize;
 
-/// How a fetched block reaches the readers waiting for it.
-#[derive(Clone)]
-pub enum Delivered {
-    /// The block's bytes (when readers were already waiting, or it could not be cached).
-    Data(Bytes),
-    /// Nobody was waiting: the block went straight to the cache, to be read from there.
-    Stored,
-}
-
-/// A result that many tasks wait for and one task produces.
-pub struct Flight<T: Clone> {
-    state: watch::Sender<Option<Result<T, FsError>>>,
-}
-
-impl<T: Clone> Flight<T> {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Flight {
-            state: watch::Sender::new(None),
-        })
-    }
-
-    /// Publishes the result; the first one wins, later ones are ignored.
-    pub fn finish(&self, result: Result<T, FsError>) {
-        self.state.send_if_modified(|state| {
-            if state.is_none() {
-                *state = Some(result);
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Whether any task is waiting for the result right now.
-    pub fn has_waiters(&self) -> bool {
-        self.state.receiver_count() > 0
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.state.borrow().is_some()
-    }
-
-    pub async fn wait(&self) -> Result<T, FsError> {
-        let mut receiver = self.state.subscribe();
-        let result = match receiver.wait_for(Option::is_some).await {
-            Ok(state) => state
-                .clone()
-                .unwrap_or(Err(FsError::Io("flight lost".into()))),
-            Err(_) => Err(FsError::Io("flight abandoned".into())),
-        };
-        result
-    }
-}
-
-enum BlockState {
-    Absent,
-    Fetching(Arc<Flight<Delivered>>),
-    Cached { crc: u32, verified: bool },
-}
-
 struct ObjectState {
-    blocks: Vec<BlockState>,
+    blocks: BlockTable,
     /// Bytes of `max_cache_size` this object holds; returned to the index when detached.
     charged: u64,
     detached: bool,
@@ -106,6 +47,20 @@ struct ObjectState {
     unrecorded: Vec<(u64, u32)>,
     recorder_running: bool,
     last_stored: Option<Instant>,
+    /// Versions without validators only (see [`Object::plan`]).
+    unpinned: Unpinned,
+}
+
+/// What keeps a version without validators from being served as a splice of two versions.
+#[derive(Default)]
+struct Unpinned {
+    /// The one fetch in flight: fetches of such a version never overlap.
+    fetch: Option<Arc<Flight<()>>>,
+    /// xxh3 of every block this version has handed out or cached: every later answer must
+    /// agree with all of them, even after the blocks themselves left the cache.
+    seen: std::collections::BTreeMap<u64, u64>,
+    /// An answer disagreed: this version is gone at the origin.
+    changed: bool,
 }
 
 /// Where a reader gets one block from.
@@ -114,16 +69,56 @@ pub enum BlockSource {
         file: Arc<File>,
         crc: u32,
         verified: bool,
+        /// Fetched for this read (by read-ahead): the read is not a cache hit.
+        fresh: bool,
     },
     Flight(Arc<Flight<Delivered>>),
+    /// Another fetch of this unvalidated version is in flight: wait for it, then plan again.
+    Wait(Arc<Flight<()>>),
+    /// This version is gone at the origin and the block is not cached.
+    Gone,
 }
 
-/// A run of adjacent blocks that this reader must fetch (it owns their flights).
+/// Blocks that this reader must fetch (it owns their flights), for one range request.
 pub struct Run {
     pub first: u64,
-    pub flights: Vec<Arc<Flight<Delivered>>>,
+    /// Flights from `first` on; `None` where a block in between is not this run's to fetch.
+    pub flights: Vec<Option<Arc<Flight<Delivered>>>>,
     /// Read-ahead runs hold one block of the global read-ahead budget per flight.
     pub prefetch: bool,
+    /// A fetch of a version without validators (see [`UnpinnedRun`]).
+    pub unpinned: Option<UnpinnedRun>,
+    /// When the reader that needs this run gives up; the run gives up then too, so that no
+    /// flight outlives every reader waiting for it. `None` for read-ahead.
+    pub deadline: Option<Instant>,
+}
+
+/// A fetch of a version without validators. It asks for the object from byte 0 to
+/// `request_end`, and checks every block below `compare_end` against what this version
+/// handed out before. Until the answer has passed `compare_end`, it hands nothing out and
+/// caches nothing, so a difference found late can never have been served next to new bytes.
+pub struct UnpinnedRun {
+    pub request_end: u64,
+    pub compare_end: u64,
+    /// Opened when the run ends; readers of the object wait for it.
+    pub gate: Arc<Flight<()>>,
+}
+
+impl Run {
+    fn new(first: u64) -> Run {
+        Run {
+            first,
+            flights: Vec::new(),
+            prefetch: false,
+            unpinned: None,
+            deadline: None,
+        }
+    }
+
+    /// Blocks this run owns.
+    pub fn owned(&self) -> usize {
+        self.flights.iter().flatten().count()
+    }
 }
 
 /// Longest run fetched with one range request; longer stretches become several requests in
@@ -137,13 +132,13 @@ fn add_to_runs(runs: &mut Vec<Run>, block: u64, flight: Arc<Flight<Delivered>>, 
             if run.first + run.flights.len() as u64 == block
                 && (run.flights.len() as u64) < max_blocks =>
         {
-            run.flights.push(flight)
+            run.flights.push(Some(flight))
         }
-        _ => runs.push(Run {
-            first: block,
-            flights: vec![flight],
-            prefetch: false,
-        }),
+        _ => {
+            let mut run = Run::new(block);
+            run.flights.push(Some(flight));
+            runs.push(run);
+        }
     }
 }
 
@@ -176,9 +171,6 @@ impl Object {
         location: Option<ObjectLocation>,
         charged: u64,
     ) -> Object {
-        let block_count = version.size.div_ceil(block_size) as usize;
-        let mut blocks = Vec::with_capacity(block_count);
-        blocks.resize_with(block_count, || BlockState::Absent);
         Object {
             site,
             path,
@@ -187,7 +179,7 @@ impl Object {
             ttl,
             fetched_at: AtomicU64::new(fetched_at),
             state: Mutex::new(ObjectState {
-                blocks,
+                blocks: BlockTable::default(),
                 charged,
                 detached: location.is_none(),
                 data: None,
@@ -196,6 +188,7 @@ impl Object {
                 unrecorded: Vec::new(),
                 recorder_running: false,
                 last_stored: None,
+                unpinned: Unpinned::default(),
             }),
             location,
             version,
@@ -224,13 +217,14 @@ impl Object {
         );
         {
             let mut state = object.state.lock();
-            for (block, crc) in loaded.blocks {
-                if let Some(slot) = state.blocks.get_mut(block as usize) {
-                    *slot = BlockState::Cached {
-                        crc,
-                        verified: false,
-                    };
-                }
+            let count = object.block_count();
+            for (block, crc) in loaded.blocks.into_iter().filter(|(b, _)| *b < count) {
+                let cached = BlockState::Cached {
+                    crc,
+                    verified: false,
+                    fresh: false,
+                };
+                state.blocks.set(block, cached);
             }
         }
         object
@@ -295,12 +289,23 @@ impl Object {
     /// Bytes of the object's data held in the cache.
     pub fn cached_bytes(&self) -> u64 {
         let state = self.state.lock();
-        (0..state.blocks.len() as u64)
-            .filter(|b| matches!(state.blocks[*b as usize], BlockState::Cached { .. }))
-            .map(|b| {
-                let range = self.block_range(b);
+        state
+            .blocks
+            .cached()
+            .map(|(block, _, _)| {
+                let range = self.block_range(block);
                 range.end - range.start
             })
+            .sum()
+    }
+
+    /// Bytes charged against the cap for the blocks cached now (at restore).
+    pub fn cached_charge(&self) -> u64 {
+        let state = self.state.lock();
+        state
+            .blocks
+            .cached()
+            .map(|(block, _, _)| self.block_charge(block))
             .sum()
     }
 
@@ -320,42 +325,30 @@ impl Object {
     /// may the cache file stand in for the object (passthrough), holes and all ruled out.
     pub fn fully_verified(&self) -> bool {
         let state = self.state.lock();
-        !state.detached
-            && state
-                .blocks
-                .iter()
-                .all(|b| matches!(b, BlockState::Cached { verified: true, .. }))
+        !state.detached && state.blocks.all_verified(0..self.block_count())
     }
 
     /// Whether every block is cached, verified or not.
     pub fn fully_cached(&self) -> bool {
         let state = self.state.lock();
-        !state.detached
-            && state
-                .blocks
-                .iter()
-                .all(|b| matches!(b, BlockState::Cached { .. }))
+        !state.detached && state.blocks.cached_count() == self.block_count()
     }
 
     /// Checks every cached, unverified block against its CRC32C (dropping the ones that fail).
     pub fn verify_all(&self) {
-        for block in 0..self.block_count() {
-            let pending = {
-                let mut state = self.state.lock();
-                match state.blocks.get(block as usize) {
-                    Some(BlockState::Cached {
-                        crc,
-                        verified: false,
-                    }) => {
-                        let crc = *crc;
-                        self.data_file(&mut state).ok().map(|file| (file, crc))
-                    }
-                    _ => None,
-                }
-            };
-            if let Some((file, crc)) = pending {
-                let _ = self.read_from_disk(block, &file, crc, false, 0..0);
-            }
+        let (unverified, file) = {
+            let mut state = self.state.lock();
+            let unverified: Vec<(u64, u32)> = state
+                .blocks
+                .cached()
+                .filter(|(_, _, verified)| !verified)
+                .map(|(block, crc, _)| (block, crc))
+                .collect();
+            (unverified, self.data_file(&mut state))
+        };
+        let Ok(file) = file else { return };
+        for (block, crc) in unverified {
+            let _ = self.read_from_disk(block, &file, crc, false, 0..0);
         }
     }
 
@@ -381,10 +374,7 @@ impl Object {
     }
 
     pub fn has_cached_block(&self, block: u64) -> bool {
-        matches!(
-            self.state.lock().blocks.get(block as usize),
-            Some(BlockState::Cached { .. })
-        )
+        self.state.lock().blocks.is_cached(block)
     }
 
     pub fn open_handle(&self) {
@@ -420,77 +410,171 @@ impl Object {
     }
 
     /// Serves a read entirely from verified cached blocks, or says it cannot (`None`).
-    /// This is the hit path, run on the FUSE thread without touching the network.
-    pub fn read_cached(&self, range: Range<u64>) -> Option<FsResult<Vec<u8>>> {
+    /// This is the hit path, run on the FUSE thread without touching the network. Also says
+    /// whether it was a cache hit: false when read-ahead fetched some block for this read.
+    pub fn read_cached(&self, range: Range<u64>) -> Option<FsResult<(Vec<u8>, bool)>> {
         let range = range.start.min(self.version.size)..range.end.min(self.version.size);
         if range.is_empty() {
-            return Some(Ok(Vec::new()));
+            return Some(Ok((Vec::new(), true)));
         }
-        let file = {
+        let (file, fresh) = {
             let mut state = self.state.lock();
-            let first = range.start / self.block_size;
-            let last = (range.end - 1) / self.block_size;
-            let all_verified = (first..=last).all(|b| {
-                matches!(
-                    state.blocks.get(b as usize),
-                    Some(BlockState::Cached { verified: true, .. })
-                )
-            });
-            if !all_verified {
+            let blocks = range.start / self.block_size..(range.end - 1) / self.block_size + 1;
+            if !state.blocks.all_verified(blocks.clone()) {
                 return None;
             }
-            self.data_file(&mut state).ok()?
+            let file = self.data_file(&mut state).ok()?;
+            (file, state.blocks.take_fresh(blocks))
         };
         let len = (range.end - range.start) as usize;
-        Some(store::read_exact_at(&file, len, range.start).map_err(FsError::from))
+        let data = store::read_exact_at(&file, len, range.start).map_err(FsError::from);
+        Some(data.map(|data| (data, !fresh)))
     }
 
     /// Classifies the blocks of a read. Absent blocks become `Fetching` with flights owned by
     /// the caller, grouped into runs of adjacent blocks for one range request each.
     pub fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
         let mut state = self.state.lock();
+        if !self.version.is_pinned() {
+            return self.plan_unpinned(&mut state, blocks);
+        }
         let mut sources = Vec::with_capacity((blocks.end - blocks.start) as usize);
         let mut runs: Vec<Run> = Vec::new();
         for block in blocks {
-            let cached = match &state.blocks[block as usize] {
-                BlockState::Cached { crc, verified } => Some((*crc, *verified)),
-                _ => None,
-            };
-            if let Some((crc, verified)) = cached {
-                if let Ok(file) = self.data_file(&mut state) {
-                    sources.push(BlockSource::Disk {
-                        file,
-                        crc,
-                        verified,
-                    });
-                    continue;
-                }
-                state.blocks[block as usize] = BlockState::Absent;
+            if let Some(source) = self.existing_source(&mut state, block) {
+                sources.push(source);
+                continue;
             }
-            let flight = match &state.blocks[block as usize] {
-                BlockState::Fetching(flight) => {
-                    sources.push(BlockSource::Flight(flight.clone()));
-                    continue;
-                }
-                _ => Flight::new(),
-            };
-            state.blocks[block as usize] = BlockState::Fetching(flight.clone());
+            let flight = Flight::new();
+            state
+                .blocks
+                .set(block, BlockState::Fetching(flight.clone()));
             sources.push(BlockSource::Flight(flight.clone()));
             add_to_runs(&mut runs, block, flight, self.max_run_blocks());
         }
         (sources, runs)
     }
 
-    /// Claims absent blocks in `blocks` for a fetch the caller will run (no reader waits yet).
-    pub fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
+    /// Where a block comes from if no new fetch is needed: disk or a flight.
+    /// `None` for an absent block (a cached block whose file is gone becomes absent).
+    fn existing_source(&self, state: &mut ObjectState, block: u64) -> Option<BlockSource> {
+        match state.blocks.get(block).cloned() {
+            Some(BlockState::Cached {
+                crc,
+                verified,
+                fresh,
+            }) => match self.data_file(state) {
+                Ok(file) => Some(BlockSource::Disk {
+                    file,
+                    crc,
+                    verified,
+                    fresh,
+                }),
+                Err(_) => {
+                    state.blocks.clear(block);
+                    None
+                }
+            },
+            Some(BlockState::Fetching(flight)) => Some(BlockSource::Flight(flight)),
+            None => None,
+        }
+    }
+
+    /// Plans a read of a version without validators: its missing blocks come from one answer
+    /// that starts at byte 0 and covers every block handed out before, so each is compared.
+    /// Only one such fetch runs at a time, and every reader waits for it to end.
+    fn plan_unpinned(
+        &self,
+        state: &mut ObjectState,
+        blocks: Range<u64>,
+    ) -> (Vec<BlockSource>, Vec<Run>) {
+        if state.unpinned.changed {
+            let gone = (blocks.start..blocks.end).map(|_| BlockSource::Gone);
+            return (gone.collect(), Vec::new());
+        }
+        if let Some(gate) = &state.unpinned.fetch {
+            let wait = (blocks.start..blocks.end).map(|_| BlockSource::Wait(gate.clone()));
+            return (wait.collect(), Vec::new());
+        }
+        let mut sources = Vec::new();
+        let mut run = Run::new(blocks.start);
+        for block in blocks.clone() {
+            if let Some(source) = self.existing_source(state, block) {
+                sources.push(source);
+                run.flights.push(None);
+            } else {
+                let flight = Flight::new();
+                state
+                    .blocks
+                    .set(block, BlockState::Fetching(flight.clone()));
+                sources.push(BlockSource::Flight(flight.clone()));
+                run.flights.push(Some(flight));
+            }
+        }
+        if run.owned() == 0 {
+            return (sources, Vec::new());
+        }
+        let seen_end = state.unpinned.seen.keys().next_back().map_or(0, |b| b + 1);
+        let compare_end = seen_end.max(state.blocks.cached_end());
+        let gate = Flight::new();
+        state.unpinned.fetch = Some(gate.clone());
+        run.unpinned = Some(UnpinnedRun {
+            request_end: (blocks.end.max(compare_end) * self.block_size).min(self.version.size),
+            compare_end,
+            gate,
+        });
+        (sources, vec![run])
+    }
+
+    /// The unpinned fetch that `gate` stands for has ended: the next one may start.
+    pub fn end_unpinned_fetch(&self, gate: &Arc<Flight<()>>) {
         let mut state = self.state.lock();
+        if state
+            .unpinned
+            .fetch
+            .as_ref()
+            .is_some_and(|g| Arc::ptr_eq(g, gate))
+        {
+            state.unpinned.fetch = None;
+        }
+        drop(state);
+        gate.finish(Ok(()));
+    }
+
+    /// Whether a block of a version without validators agrees with what this version handed
+    /// out or cached before. Records it as seen when it does.
+    pub fn agrees_unpinned(&self, block: u64, bytes: &[u8]) -> bool {
+        let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+        let mut state = self.state.lock();
+        let agrees = match (state.unpinned.seen.get(&block), state.blocks.get(block)) {
+            (Some(seen), _) => *seen == hash,
+            (None, Some(BlockState::Cached { crc, .. })) => crc32c::crc32c(bytes) == *crc,
+            (None, _) => true,
+        };
+        if agrees {
+            state.unpinned.seen.insert(block, hash);
+        } else {
+            state.unpinned.changed = true;
+        }
+        agrees
+    }
+
+    /// Claims absent blocks in `blocks` for a fetch the caller will run (no reader waits yet).
+    /// Versions without validators are never prefetched: their fetches must not overlap.
+    pub fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
+        if !self.version.is_pinned() {
+            return runs;
+        }
+        let mut state = self.state.lock();
         for block in blocks {
-            if !matches!(state.blocks[block as usize], BlockState::Absent) {
+            if state.blocks.get(block).is_some() {
                 continue;
             }
             let flight = Flight::new();
-            state.blocks[block as usize] = BlockState::Fetching(flight.clone());
+            state
+                .blocks
+                .set(block, BlockState::Fetching(flight.clone()));
             add_to_runs(&mut runs, block, flight, self.max_run_blocks());
         }
         runs
@@ -499,11 +583,23 @@ impl Object {
     /// A fetch gave up on a block it owned: the next reader will try again.
     pub fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
         let mut state = self.state.lock();
-        if let Some(slot) = state.blocks.get_mut(block as usize) {
-            if matches!(slot, BlockState::Fetching(f) if Arc::ptr_eq(f, flight)) {
-                *slot = BlockState::Absent;
-            }
+        let owned = matches!(state.blocks.get(block), Some(BlockState::Fetching(f)) if Arc::ptr_eq(f, flight));
+        if owned {
+            state.blocks.clear(block);
         }
+    }
+
+    /// Reads part of a block if it is cached now (checking it as [`Object::read_from_disk`]).
+    pub fn read_block(&self, block: u64, within: Range<u64>) -> Option<FsResult<Vec<u8>>> {
+        let (file, crc, verified) = {
+            let mut state = self.state.lock();
+            let Some(BlockState::Cached { crc, verified, .. }) = state.blocks.get(block).cloned()
+            else {
+                return None;
+            };
+            (self.data_file(&mut state).ok()?, crc, verified)
+        };
+        Some(self.read_from_disk(block, &file, crc, verified, within))
     }
 
     /// Reads part of a cached block, checking its CRC32C on the first read back from disk.
@@ -538,20 +634,24 @@ impl Object {
 
     fn mark_verified(&self, block: u64, expected: u32) {
         let mut state = self.state.lock();
-        if let Some(BlockState::Cached { crc, verified }) = state.blocks.get_mut(block as usize) {
+        if let Some(BlockState::Cached { crc, verified, .. }) = state.blocks.get_mut(block) {
             if *crc == expected {
                 *verified = true;
             }
         }
     }
 
+    /// Clears the `fresh` marks of blocks a read used; returns whether any had one.
+    pub fn take_fresh(&self, blocks: Range<u64>) -> bool {
+        self.state.lock().blocks.take_fresh(blocks)
+    }
+
     fn drop_block(&self, block: u64, expected: u32) -> FsError {
         tracing::warn!(path = %self.path, block, "cached block failed its checksum; refetching");
         let mut state = self.state.lock();
-        if let Some(slot) = state.blocks.get_mut(block as usize) {
-            if matches!(slot, BlockState::Cached { crc, .. } if *crc == expected) {
-                *slot = BlockState::Absent;
-            }
+        if matches!(state.blocks.get(block), Some(BlockState::Cached { crc, .. }) if *crc == expected)
+        {
+            state.blocks.clear(block);
         }
         FsError::Corrupt
     }
@@ -572,9 +672,9 @@ impl Object {
         }
         let file = {
             let mut state = self.state.lock();
-            let owned = match (state.blocks.get(block as usize), claim) {
+            let owned = match (state.blocks.get(block), claim) {
                 (Some(BlockState::Fetching(current)), Some(claim)) => Arc::ptr_eq(current, claim),
-                (Some(BlockState::Absent), None) => true,
+                (None, None) => true,
                 _ => false,
             };
             match (state.detached || !owned, self.data_file(&mut state)) {
@@ -602,10 +702,12 @@ impl Object {
         if state.detached {
             return None;
         }
-        state.blocks[block as usize] = BlockState::Cached {
+        let cached = BlockState::Cached {
             crc,
             verified: true,
+            fresh: true,
         };
+        state.blocks.set(block, cached);
         state.unrecorded.push((block, crc));
         state.last_stored = Some(Instant::now());
         if !std::mem::replace(&mut state.recorder_running, true) {
@@ -689,11 +791,7 @@ impl Object {
         state.backing = None;
         if !keep || state.data.is_none() {
             state.data = None;
-            for slot in state.blocks.iter_mut() {
-                if matches!(slot, BlockState::Cached { .. }) {
-                    *slot = BlockState::Absent;
-                }
-            }
+            state.blocks.clear_cached();
         }
         if let Some(location) = &self.location {
             if let Err(e) = location.remove() {

@@ -92,6 +92,8 @@ pub struct Stats {
     op_latency: [Histogram; 4],
     read_hits: AtomicU64,
     read_misses: AtomicU64,
+    open_hits: AtomicU64,
+    open_misses: AtomicU64,
     bytes_from_cache: AtomicU64,
     bytes_from_origin: AtomicU64,
     origin_by_class: [AtomicU64; 6],
@@ -99,6 +101,7 @@ pub struct Stats {
     origin_timeouts: AtomicU64,
     origin_errors: AtomicU64,
     origin_retries: AtomicU64,
+    origin_hedges: AtomicU64,
     access_log: Option<Mutex<File>>,
 }
 
@@ -109,6 +112,9 @@ pub struct Snapshot {
     pub read_hits: u64,
     pub read_misses: u64,
     pub request_hit_ratio: f64,
+    /// Opens answered without the origin, passthrough opens included.
+    pub open_hits: u64,
+    pub open_misses: u64,
     pub bytes_from_cache: u64,
     pub bytes_from_origin: u64,
     pub byte_hit_ratio: f64,
@@ -118,6 +124,7 @@ pub struct Snapshot {
     pub origin_timeouts: u64,
     pub origin_errors: u64,
     pub origin_retries: u64,
+    pub origin_hedges: u64,
     pub origins: Vec<OriginHealth>,
     pub cache_bytes: u64,
     pub cache_cap: u64,
@@ -146,7 +153,13 @@ pub struct OriginClasses {
 pub struct OriginHealth {
     pub site: String,
     pub origin: String,
+    /// In rotation and not failing.
     pub healthy: bool,
+    /// unknown (never asked), healthy, failing or excluded.
+    pub state: String,
+    /// Why its last failed request failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
@@ -164,6 +177,8 @@ impl Stats {
             op_latency: std::array::from_fn(|_| Histogram::new()),
             read_hits: AtomicU64::new(0),
             read_misses: AtomicU64::new(0),
+            open_hits: AtomicU64::new(0),
+            open_misses: AtomicU64::new(0),
             bytes_from_cache: AtomicU64::new(0),
             bytes_from_origin: AtomicU64::new(0),
             origin_by_class: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -171,22 +186,35 @@ impl Stats {
             origin_timeouts: AtomicU64::new(0),
             origin_errors: AtomicU64::new(0),
             origin_retries: AtomicU64::new(0),
+            origin_hedges: AtomicU64::new(0),
             access_log: access_log.map(Mutex::new),
         }
     }
 
-    /// Records one finished file-system call; `hit` is whether the cache alone answered it.
+    /// Records one finished file-system call; `hit` is whether the cache alone answered it:
+    /// for a read, that no byte of it had to come from the origin (read-ahead included).
     pub fn record_op(&self, op: Op, path: &str, bytes: u64, elapsed: Duration, hit: bool) {
         self.op_counts[op.index()].fetch_add(1, Ordering::Relaxed);
         self.op_latency[op.index()].record(elapsed);
-        if op == Op::Read {
-            let (requests, bytes_counter) = if hit {
-                (&self.read_hits, &self.bytes_from_cache)
-            } else {
-                (&self.read_misses, &self.bytes_from_origin)
-            };
-            requests.fetch_add(1, Ordering::Relaxed);
-            bytes_counter.fetch_add(bytes, Ordering::Relaxed);
+        match op {
+            Op::Read => {
+                let (requests, bytes_counter) = if hit {
+                    (&self.read_hits, &self.bytes_from_cache)
+                } else {
+                    (&self.read_misses, &self.bytes_from_origin)
+                };
+                requests.fetch_add(1, Ordering::Relaxed);
+                bytes_counter.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Op::Open => {
+                let counter = if hit {
+                    &self.open_hits
+                } else {
+                    &self.open_misses
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Op::Lookup | Op::Attr => {}
         }
         if let Some(log) = &self.access_log {
             self.write_access_log(log, op, path, bytes, elapsed, hit);
@@ -238,6 +266,11 @@ impl Stats {
         self.origin_retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request that went to a second origin because the first stayed silent.
+    pub fn record_hedge(&self) {
+        self.origin_hedges.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Everything but the cache and origin-health figures, which the caller fills in.
     pub fn snapshot(&self) -> Snapshot {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -258,6 +291,8 @@ impl Stats {
             read_hits: hits,
             read_misses: misses,
             request_hit_ratio: ratio(hits, hits + misses),
+            open_hits: load(&self.open_hits),
+            open_misses: load(&self.open_misses),
             bytes_from_cache: cached,
             bytes_from_origin: fetched,
             byte_hit_ratio: ratio(cached, cached + fetched),
@@ -272,6 +307,7 @@ impl Stats {
             origin_timeouts: load(&self.origin_timeouts),
             origin_errors: load(&self.origin_errors),
             origin_retries: load(&self.origin_retries),
+            origin_hedges: load(&self.origin_hedges),
             ..Snapshot::default()
         }
     }
@@ -283,11 +319,14 @@ impl Snapshot {
         let mut text = String::new();
         let _ = writeln!(
             text,
-            "hit ratio: {:.1}% of reads ({} hits, {} misses), {:.1}% of bytes",
+            "hit ratio: {:.1}% of reads ({} hits, {} misses), {:.1}% of bytes; {:.1}% of opens ({} hits, {} misses)",
             self.request_hit_ratio * 100.0,
             self.read_hits,
             self.read_misses,
-            self.byte_hit_ratio * 100.0
+            self.byte_hit_ratio * 100.0,
+            ratio(self.open_hits, self.open_hits + self.open_misses) * 100.0,
+            self.open_hits,
+            self.open_misses
         );
         let _ = writeln!(
             text,
@@ -307,7 +346,7 @@ impl Snapshot {
         let classes = &self.origin_requests;
         let _ = writeln!(
             text,
-            "origin: {} bytes; requests 2xx {} 3xx {} 4xx {} 5xx {}; {} timeouts, {} errors, {} retries",
+            "origin: {} bytes; requests 2xx {} 3xx {} 4xx {} 5xx {}; {} timeouts, {} errors, {} retries, {} hedged",
             self.origin_bytes,
             classes.status_2xx,
             classes.status_3xx,
@@ -315,15 +354,17 @@ impl Snapshot {
             classes.status_5xx,
             self.origin_timeouts,
             self.origin_errors,
-            self.origin_retries
+            self.origin_retries,
+            self.origin_hedges
         );
         for origin in &self.origins {
-            let state = if origin.healthy {
-                "healthy"
-            } else {
-                "EXCLUDED"
-            };
-            let _ = writeln!(text, "  {} {} {state}", origin.site, origin.origin);
+            let _ = write!(text, "  {} {} {}", origin.site, origin.origin, origin.state);
+            match &origin.last_error {
+                Some(error) if !origin.healthy => {
+                    let _ = writeln!(text, " (last error: {error})");
+                }
+                _ => text.push('\n'),
+            }
         }
         let _ = writeln!(
             text,
@@ -400,6 +441,18 @@ impl Snapshot {
             plain(self.bytes_from_origin),
         );
         metric(
+            "open_hits_total",
+            "counter",
+            "Opens answered without the origin (passthrough opens included).",
+            plain(self.open_hits),
+        );
+        metric(
+            "open_misses_total",
+            "counter",
+            "Opens that needed the origin.",
+            plain(self.open_misses),
+        );
+        metric(
             "request_hit_ratio",
             "gauge",
             "Share of reads answered from the cache.",
@@ -452,6 +505,12 @@ impl Snapshot {
             "Origin requests retried.",
             plain(self.origin_retries),
         );
+        metric(
+            "origin_hedges_total",
+            "counter",
+            "Origin requests also sent to a second origin after the first stayed silent.",
+            plain(self.origin_hedges),
+        );
         let health = self
             .origins
             .iter()
@@ -465,7 +524,7 @@ impl Snapshot {
         metric(
             "origin_healthy",
             "gauge",
-            "1 while the origin is in rotation.",
+            "1 while the origin is in rotation and its last request succeeded.",
             health,
         );
         metric(

@@ -77,16 +77,43 @@ pub struct ObjectLocation {
 }
 
 impl ObjectLocation {
-    /// Opens (creating if needed) the data file, never following a symlink.
+    /// Opens (creating if needed) the data file, never following a symlink. A symlink in its
+    /// place is removed (and logged), so the object can be cached again.
     pub fn open_data(&self) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&self.data)
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&self.data)
+        };
+        match open() {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.remove_symlinked_data();
+                open()
+            }
+            result => result,
+        }
+    }
+
+    /// Whether the data file is a plain file (or absent). Anything else in its place, such
+    /// as a symlink, is removed with a log line: its blocks are fetched again.
+    pub fn data_is_regular_file(&self) -> bool {
+        match fs::symlink_metadata(&self.data) {
+            Ok(meta) if !meta.file_type().is_file() => {
+                self.remove_symlinked_data();
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn remove_symlinked_data(&self) {
+        tracing::warn!(file = %self.data.display(), "cache data file is not a plain file; removed");
+        let _ = fs::remove_file(&self.data);
     }
 
     /// Replaces the metadata with a fresh header (no records): the start of a new version.
@@ -286,6 +313,26 @@ impl SiteStore {
         Ok((disk_bytes(json.len() as u64), before))
     }
 
+    /// Rewrites saved listings in place: `change` gets each one's bytes and returns the new
+    /// bytes for those it changes.
+    pub fn rewrite_listings(&self, change: impl Fn(&[u8]) -> Option<Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(self.dir.join("listings")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Some(changed) = read_nofollow(&path).ok().and_then(|b| change(&b)) else {
+                continue;
+            };
+            if let Err(e) = replace_file(&path, &changed) {
+                tracing::warn!(file = %path.display(), "cannot rewrite listing: {e}");
+            }
+        }
+    }
+
     /// A listing saved earlier, if any.
     pub fn load_listing(&self, dir: &str) -> Option<Vec<u8>> {
         read_nofollow(&self.listing_path(dir)).ok()
@@ -310,7 +357,7 @@ impl SiteStore {
     }
 
     /// Reads every object's metadata, removing damaged, partial and orphaned files.
-    pub fn load(&self) -> Vec<LoadedObject> {
+    pub fn load(&self, limits: &LoadLimits) -> Vec<LoadedObject> {
         let mut objects = Vec::new();
         let Ok(fan_outs) = fs::read_dir(&self.dir) else {
             return objects;
@@ -326,7 +373,7 @@ impl SiteStore {
                 let path = entry.path();
                 match path.extension().and_then(|e| e.to_str()) {
                     Some("meta") => {
-                        if let Some(object) = load_object(&path, &self.name) {
+                        if let Some(object) = load_object(&path, &self.name, limits) {
                             objects.push(object);
                         }
                     }
@@ -350,20 +397,26 @@ fn dir_blocks(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn load_object(meta_path: &Path, site: &str) -> Option<LoadedObject> {
+/// Largest metadata file read back (a header and 16 bytes per cached block): anything
+/// bigger is not ours.
+const MAX_META_BYTES: u64 = 256 << 20;
+
+fn load_object(meta_path: &Path, site: &str, limits: &LoadLimits) -> Option<LoadedObject> {
     let location = ObjectLocation {
         data: meta_path.with_extension("data"),
         meta: meta_path.to_path_buf(),
     };
-    let parsed = read_nofollow(meta_path)
-        .ok()
-        .and_then(|bytes| decode_meta(&bytes));
-    let valid = parsed.filter(|(header, _)| header.site == site && header.block_size > 0);
-    let Some((header, blocks)) = valid else {
-        tracing::warn!(file = %meta_path.display(), "dropping damaged cache metadata");
-        let _ = location.remove();
-        return None;
+    let (header, mut blocks) = match read_meta(meta_path, site, limits) {
+        Ok(parsed) => parsed,
+        Err(reason) => {
+            tracing::warn!(file = %meta_path.display(), "dropping cache metadata: {reason}");
+            let _ = location.remove();
+            return None;
+        }
     };
+    if !location.data_is_regular_file() {
+        blocks.clear();
+    }
     let last_used = fs::symlink_metadata(meta_path)
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -375,6 +428,44 @@ fn load_object(meta_path: &Path, site: &str) -> Option<LoadedObject> {
     })
 }
 
+/// What a metadata file must satisfy to be loaded.
+pub struct LoadLimits {
+    pub max_object_size: u64,
+}
+
+/// Reads and checks one metadata file; the error says which check failed.
+fn read_meta(
+    path: &Path,
+    site: &str,
+    limits: &LoadLimits,
+) -> Result<(MetaHeader, Vec<(u64, u32)>), String> {
+    let len = fs::symlink_metadata(path).map_err(|e| e.to_string())?.len();
+    if len > MAX_META_BYTES {
+        return Err(format!("{len} bytes, more than any object's metadata"));
+    }
+    let bytes = read_nofollow(path).map_err(|e| e.to_string())?;
+    let (header, blocks) = decode_meta(&bytes).ok_or("damaged or torn header")?;
+    if header.site != site {
+        return Err(format!("belongs to site `{}`", header.site));
+    }
+    if !(4096..=(64 << 20)).contains(&header.block_size) || header.block_size % 4096 != 0 {
+        return Err(format!("bad block size {}", header.block_size));
+    }
+    if header.size > limits.max_object_size {
+        return Err(format!(
+            "size {} is above max_object_size {}",
+            header.size, limits.max_object_size
+        ));
+    }
+    let sane_path = header.path.starts_with('/')
+        && !header.path.contains('\0')
+        && !header.path.split('/').any(|c| c == "." || c == "..");
+    if !sane_path {
+        return Err("bad path".into());
+    }
+    Ok((header, blocks))
+}
+
 fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -383,6 +474,23 @@ fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Opens a log file for appending, created 0640: logs name paths, so they are not for every
+/// local user. An existing file that others may read is tightened to the same.
+pub fn open_private_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    if mode & 0o037 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o640))?;
+    }
+    Ok(file)
 }
 
 /// Creates a directory (and parents) with mode 0700, refusing to reuse a symlink.

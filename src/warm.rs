@@ -21,7 +21,15 @@ struct Summary {
 }
 
 pub fn run(paths: &[PathBuf]) -> ExitCode {
-    let files = collect_files(paths);
+    // Warming anything else would only read local files and claim a success.
+    for path in paths {
+        if crate::control::mount_of(path).is_none() {
+            eprintln!("ston-fs warm: {} is not on a ston-fs mount", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    let mut failures = Vec::new();
+    let files = collect_files(paths, &mut failures);
     let total: u64 = files.iter().map(|(_, len)| len).sum();
     let progress = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::new(total)
@@ -32,8 +40,9 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let summary = warm_files(&files, &progress);
+    let mut summary = warm_files(&files, &progress);
     progress.finish_and_clear();
+    summary.failures.splice(0..0, failures);
     println!(
         "warmed {} file(s), {} byte(s); {} failed",
         summary.files,
@@ -51,7 +60,8 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
 }
 
 /// Every regular file under the given paths (directories are walked through their listings).
-fn collect_files(paths: &[PathBuf]) -> Vec<(PathBuf, u64)> {
+/// Paths that cannot be read are added to `failures`.
+fn collect_files(paths: &[PathBuf], failures: &mut Vec<String>) -> Vec<(PathBuf, u64)> {
     let mut files = Vec::new();
     let mut pending: Vec<PathBuf> = paths.to_vec();
     while let Some(path) = pending.pop() {
@@ -62,7 +72,7 @@ fn collect_files(paths: &[PathBuf]) -> Vec<(PathBuf, u64)> {
                 }
             }
             Ok(meta) => files.push((path, meta.len())),
-            Err(e) => eprintln!("ston-fs warm: {}: {e}", path.display()),
+            Err(e) => failures.push(format!("{}: {e}", path.display())),
         }
     }
     files.sort();

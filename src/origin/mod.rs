@@ -1,0 +1,15 @@
+//! Origin layer: the HTTP client, the checks every answer must pass, and what answers mean.
+//!
+//! - [`client`]: requests to a site's origins, with one deadline, retries and hedging;
+//! - [`answer`]: what an answer says (version, size, freshness) and whether it can be trusted;
+//! - [`body`]: reading an answer's body under the low-speed rule;
+//! - [`tls`]: certificate pins for origins with self-signed certificates.
+
+mod answer;
+mod body;
+mod client;
+mod tls;
+
+pub use answer::{CacheControl, Probe, Version};
+pub use body::RangeBody;
+pub use client::{encode_path, OriginClient, Site};
