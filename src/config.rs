@@ -1079,6 +1079,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_key_is_documented_and_accepted() {
+        let readme = include_str!("../README.md");
+        for key in KEYS {
+            let row = format!("| `{}`", key.key);
+            let in_table = readme.contains(&row) || readme.contains(&format!(", `{}` |", key.key));
+            assert!(in_table, "README's config table lacks `{}`", key.key);
+            let err = Config::default().set(key.key, "");
+            assert!(
+                !matches!(err, Err(ConfigError::UnknownKey(_))),
+                "`{}` is documented but not accepted",
+                key.key
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_and_empty_keys_are_refused() {
+        let err = Config::default()
+            .apply_mount_options("ttl=5,ttl=10")
+            .unwrap_err();
+        assert!(err.to_string().contains("more than once"), "{err}");
+        assert!(Config::default().apply_mount_options("=5").is_err());
+        let mut config = Config::default();
+        config
+            .apply_mount_options("header=A: 1,header=B: 2,ro")
+            .unwrap();
+        assert_eq!(config.headers.len(), 2);
+        assert!(config.read_only);
+    }
+
+    #[test]
+    fn origin_urls_need_a_scheme_and_a_host() {
+        let err = Origin::parse("origin.example.com").unwrap_err();
+        assert!(
+            err.to_string().contains("http://origin.example.com/"),
+            "{err}"
+        );
+        assert!(Origin::parse("http:///nohost").is_err());
+    }
+
+    #[test]
+    fn pins_take_openssl_fingerprints() {
+        let hex = "AB:".repeat(31) + "AB";
+        assert_eq!(parse_pin(&format!("sha256:{hex}")).unwrap(), [0xAB; 32]);
+        assert_eq!(parse_pin(&"cd".repeat(32)).unwrap(), [0xCD; 32]);
+        assert!(parse_pin("sha256:abc").is_err());
+    }
+
+    #[test]
+    fn toml_type_errors_name_the_key() {
+        let table: toml::Table = "ttl = [1, 2]".parse().unwrap();
+        let err = Config::default().apply_table(&table).unwrap_err();
+        assert!(err.to_string().contains("`ttl`"), "{err}");
+        let table: toml::Table = "headers = \"X: y\"".parse().unwrap();
+        let err = Config::default().apply_table(&table).unwrap_err();
+        assert!(err.to_string().contains("headers"), "{err}");
+    }
+
+    #[test]
+    fn users_and_groups_by_name() {
+        assert_eq!(parse_user("uid", "root").unwrap(), 0);
+        assert_eq!(parse_group("gid", "root").unwrap(), 0);
+        assert_eq!(parse_user("uid", "33").unwrap(), 33);
+        assert!(parse_user("uid", "no-such-user-here").is_err());
+    }
+
+    #[test]
     fn sizes_take_binary_suffixes() {
         assert_eq!(parse_size("k", "10G").unwrap(), 10 << 30);
         assert_eq!(parse_size("k", "512k").unwrap(), 512 << 10);

@@ -38,9 +38,9 @@ impl Readiness {
                 let mut pipe: &File = pipe;
                 let _ = pipe.write_all(format!("warning: {warning}\n").as_bytes());
             }
-            Readiness::Foreground | Readiness::Callback(_) => {
-                eprintln!("ston-fs: warning: {warning}")
-            }
+            // In the foreground the log line itself goes to stderr (or the journal).
+            Readiness::Foreground => {}
+            Readiness::Callback(_) => eprintln!("ston-fs: warning: {warning}"),
         }
     }
 

@@ -659,6 +659,8 @@ impl Object {
     /// Writes a fetched block to the cache if the cap allows; returns its CRC when stored.
     /// A full or failing disk only costs the caching: the caller serves the bytes anyway.
     /// `claim` is the flight that owns the block; without one, the block must be absent.
+    /// A block whose flight already handed it to readers is not `fresh`: its first read
+    /// from the cache is a hit.
     pub fn store_block(
         self: &Arc<Self>,
         index: &CacheIndex,
@@ -702,10 +704,11 @@ impl Object {
         if state.detached {
             return None;
         }
+        let handed_out = claim.is_some_and(|flight| flight.is_finished());
         let cached = BlockState::Cached {
             crc,
             verified: true,
-            fresh: true,
+            fresh: !handed_out,
         };
         state.blocks.set(block, cached);
         state.unrecorded.push((block, crc));
