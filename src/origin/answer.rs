@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderName};
 
-use crate::error::{FsError, FsResult};
+use crate::base::{FsError, FsResult};
 
 /// The identity of one version of an object, as the origin described it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::error::{FsError, FsResult};
-use crate::health::Member;
-use crate::stats::Stats;
+use super::health::Member;
+use crate::base::stats::Stats;
+use crate::base::{FsError, FsResult};
 
 use super::client::map_reqwest_error;
 

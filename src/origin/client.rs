@@ -14,10 +14,10 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 
+use super::health::{backoff, Member, Pool};
+use crate::base::stats::Stats;
+use crate::base::{FsError, FsResult};
 use crate::config::{Config, HealthPolicy, Origin};
-use crate::error::{FsError, FsResult};
-use crate::health::{backoff, Member, Pool};
-use crate::stats::Stats;
 
 use super::answer::{
     check_encoding, partial_range, unsatisfiable_version, version_of, CacheControl, Probe, Version,

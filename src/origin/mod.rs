@@ -3,13 +3,20 @@
 //! - [`client`]: requests to a site's origins, with one deadline, retries and hedging;
 //! - [`answer`]: what an answer says (version, size, freshness) and whether it can be trusted;
 //! - [`body`]: reading an answer's body under the low-speed rule;
-//! - [`tls`]: certificate pins for origins with self-signed certificates.
+//! - [`tls`]: certificate pins for origins with self-signed certificates;
+//! - [`health`]: which of several equivalent origins are in rotation;
+//! - [`listing`]: directory listings parsed from index pages and manifests.
+//!
+//! Depends on `config` and `base` only.
 
 mod answer;
 mod body;
 mod client;
+pub mod health;
+pub mod listing;
 mod tls;
 
 pub use answer::{CacheControl, Probe, Version};
 pub use body::RangeBody;
 pub use client::{encode_path, OriginClient, Site};
+pub use health::{HealthState, Member, Pool};

@@ -2,19 +2,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::error::FsError;
-
-/// How a fetched block reaches the readers waiting for it.
-#[derive(Clone)]
-pub enum Delivered {
-    /// The block's bytes (when readers were already waiting, or it could not be cached).
-    Data(Bytes),
-    /// Nobody was waiting: the block went straight to the cache, to be read from there.
-    Stored,
-}
+use super::error::FsError;
 
 /// A result that many tasks wait for and one task produces.
 pub struct Flight<T: Clone> {

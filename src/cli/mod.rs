@@ -1,14 +1,20 @@
 //! Command line: parses arguments, builds the configuration, checks it, and starts the mount.
+//!
+//! The top layer: depends on `service`, `config`, `store` (to check the cache dir) and `base`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cache::Invalidation;
+mod demo;
+mod warm;
+
+use crate::base::Invalidation;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_FILE};
-use crate::daemon::{self, Readiness};
-use crate::{control, demo, mount, store, warm};
+use crate::service::daemon::{self, Readiness};
+use crate::service::{control, mount, mountinfo};
+use crate::store;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -281,7 +287,7 @@ fn preflight(config: &Config, mountpoint: &Path) -> Result<(), String> {
     let canonical = mountpoint
         .canonicalize()
         .map_err(|e| format!("mount point {}: {e}", mountpoint.display()))?;
-    if mount::is_mount_point(&canonical) {
+    if mountinfo::is_mount_point(&canonical) {
         return Err(format!(
             "mount point {} is already in use (something is mounted there)",
             canonical.display()
@@ -323,7 +329,7 @@ fn init_logging(verbose: u8, to_terminal: bool, to_syslog: bool) {
         // syslog stamps its own time.
         builder
             .without_time()
-            .with_writer(crate::syslog::Syslog::new())
+            .with_writer(crate::service::syslog::Syslog::new())
             .try_init()
     } else {
         builder.with_writer(std::io::stderr).try_init()

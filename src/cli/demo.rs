@@ -14,8 +14,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 
 use crate::config::Config;
-use crate::daemon::Readiness;
-use crate::mount;
+use crate::service::daemon::Readiness;
+use crate::service::{mount, mountinfo};
 
 const LARGE_FILE_SIZE: u64 = 256 << 20;
 const CHUNK: u64 = 256 << 10;
@@ -283,7 +283,7 @@ fn run_demo(mountpoint: &Path) -> Result<(), String> {
     std::fs::create_dir_all(mountpoint)
         .map_err(|e| format!("cannot create {}: {e}", mountpoint.display()))?;
     let mountpoint = mountpoint.canonicalize().map_err(|e| e.to_string())?;
-    if mount::is_mount_point(&mountpoint) {
+    if mountinfo::is_mount_point(&mountpoint) {
         return Err(format!(
             "{} is already in use (something is mounted there)",
             mountpoint.display()

@@ -328,6 +328,20 @@ impl Snapshot {
             self.open_hits,
             self.open_misses
         );
+        self.write_ops(&mut text);
+        self.write_origins(&mut text);
+        let _ = writeln!(
+            text,
+            "cache: {} of {} bytes ({:.1}%), {} objects",
+            self.cache_bytes,
+            self.cache_cap,
+            ratio(self.cache_bytes, self.cache_cap) * 100.0,
+            self.cache_objects
+        );
+        text
+    }
+
+    fn write_ops(&self, text: &mut String) {
         let _ = writeln!(
             text,
             "operations:            count      p50      p90      p99"
@@ -343,6 +357,9 @@ impl Snapshot {
                 micros(op.p99_us)
             );
         }
+    }
+
+    fn write_origins(&self, text: &mut String) {
         let classes = &self.origin_requests;
         let _ = writeln!(
             text,
@@ -366,106 +383,165 @@ impl Snapshot {
                 _ => text.push('\n'),
             }
         }
-        let _ = writeln!(
-            text,
-            "cache: {} of {} bytes ({:.1}%), {} objects",
-            self.cache_bytes,
-            self.cache_cap,
-            ratio(self.cache_bytes, self.cache_cap) * 100.0,
-            self.cache_objects
-        );
-        text
     }
 
     /// Prometheus text exposition, every figure under a `stonfs_` name.
     pub fn to_prometheus(&self) -> String {
         let mut text = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        for family in self.metric_families() {
             let _ = writeln!(
                 text,
-                "# HELP stonfs_{name} {help}\n# TYPE stonfs_{name} {kind}"
+                "# HELP stonfs_{name} {help}\n# TYPE stonfs_{name} {kind}",
+                name = family.name,
+                help = family.help,
+                kind = family.kind
             );
-            for (labels, value) in samples {
-                let _ = writeln!(text, "stonfs_{name}{labels} {value}");
-            }
-        };
-        let plain = |value: u64| vec![(String::new(), value as f64)];
-        let ops = self
-            .ops
-            .iter()
-            .map(|o| (format!("{{op=\"{}\"}}", o.op), o.count as f64))
-            .collect();
-        metric(
-            "operations_total",
-            "counter",
-            "File-system calls served.",
-            ops,
-        );
-        let mut quantiles = Vec::new();
-        for op in &self.ops {
-            for (q, value) in [("0.5", op.p50_us), ("0.9", op.p90_us), ("0.99", op.p99_us)] {
-                quantiles.push((
-                    format!("{{op=\"{}\",quantile=\"{q}\"}}", op.op),
-                    value as f64 / 1e6,
-                ));
+            for (labels, value) in family.samples {
+                let _ = writeln!(text, "stonfs_{}{labels} {value}", family.name);
             }
         }
-        metric(
-            "operation_latency_seconds",
-            "gauge",
-            "Latency quantiles (bucket upper bounds).",
-            quantiles,
-        );
-        metric(
-            "read_hits_total",
-            "counter",
-            "Reads answered from the cache alone.",
-            plain(self.read_hits),
-        );
-        metric(
-            "read_misses_total",
-            "counter",
-            "Reads that needed the origin.",
-            plain(self.read_misses),
-        );
-        metric(
-            "read_bytes_from_cache_total",
-            "counter",
-            "Bytes read from the cache.",
-            plain(self.bytes_from_cache),
-        );
-        metric(
-            "read_bytes_from_origin_total",
-            "counter",
-            "Bytes read that came from the origin.",
-            plain(self.bytes_from_origin),
-        );
-        metric(
-            "open_hits_total",
-            "counter",
-            "Opens answered without the origin (passthrough opens included).",
-            plain(self.open_hits),
-        );
-        metric(
-            "open_misses_total",
-            "counter",
-            "Opens that needed the origin.",
-            plain(self.open_misses),
-        );
-        metric(
-            "request_hit_ratio",
-            "gauge",
-            "Share of reads answered from the cache.",
-            vec![(String::new(), self.request_hit_ratio)],
-        );
-        metric(
-            "byte_hit_ratio",
-            "gauge",
-            "Share of read bytes served from the cache.",
-            vec![(String::new(), self.byte_hit_ratio)],
-        );
+        text
+    }
+
+    /// Every metric family, in the order they are exposed.
+    fn metric_families(&self) -> Vec<Family> {
+        let mut families = vec![
+            Family::labelled(
+                "operations_total",
+                "counter",
+                "File-system calls served.",
+                self.ops
+                    .iter()
+                    .map(|o| (format!("{{op=\"{}\"}}", o.op), o.count as f64))
+                    .collect(),
+            ),
+            Family::labelled(
+                "operation_latency_seconds",
+                "gauge",
+                "Latency quantiles (bucket upper bounds).",
+                self.latency_samples(),
+            ),
+        ];
+        let counters: [(&'static str, &'static str, u64); 13] = [
+            (
+                "read_hits_total",
+                "Reads answered from the cache alone.",
+                self.read_hits,
+            ),
+            (
+                "read_misses_total",
+                "Reads that needed the origin.",
+                self.read_misses,
+            ),
+            (
+                "read_bytes_from_cache_total",
+                "Bytes read from the cache.",
+                self.bytes_from_cache,
+            ),
+            (
+                "read_bytes_from_origin_total",
+                "Bytes read that came from the origin.",
+                self.bytes_from_origin,
+            ),
+            (
+                "open_hits_total",
+                "Opens answered without the origin (passthrough opens included).",
+                self.open_hits,
+            ),
+            (
+                "open_misses_total",
+                "Opens that needed the origin.",
+                self.open_misses,
+            ),
+            (
+                "origin_bytes_total",
+                "Body bytes received from origins.",
+                self.origin_bytes,
+            ),
+            (
+                "origin_timeouts_total",
+                "Origin requests that timed out.",
+                self.origin_timeouts,
+            ),
+            (
+                "origin_errors_total",
+                "Origin requests that failed to connect or broke.",
+                self.origin_errors,
+            ),
+            (
+                "origin_retries_total",
+                "Origin requests retried.",
+                self.origin_retries,
+            ),
+            (
+                "origin_hedges_total",
+                "Origin requests also sent to a second origin after the first stayed silent.",
+                self.origin_hedges,
+            ),
+            (
+                "cache_bytes",
+                "Bytes the cache uses on disk (charged).",
+                self.cache_bytes,
+            ),
+            ("cache_capacity_bytes", "max_cache_size.", self.cache_cap),
+        ];
+        for (name, help, value) in counters {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            families.push(Family::plain(name, kind, help, value as f64));
+        }
+        families.extend([
+            Family::plain(
+                "cache_objects",
+                "gauge",
+                "Objects in the cache index.",
+                self.cache_objects as f64,
+            ),
+            Family::plain(
+                "request_hit_ratio",
+                "gauge",
+                "Share of reads answered from the cache.",
+                self.request_hit_ratio,
+            ),
+            Family::plain(
+                "byte_hit_ratio",
+                "gauge",
+                "Share of read bytes served from the cache.",
+                self.byte_hit_ratio,
+            ),
+            Family::labelled(
+                "origin_requests_total",
+                "counter",
+                "Origin answers by status class.",
+                self.class_samples(),
+            ),
+            Family::labelled(
+                "origin_healthy",
+                "gauge",
+                "1 while the origin is in rotation and its last request succeeded.",
+                self.health_samples(),
+            ),
+        ]);
+        families
+    }
+
+    fn latency_samples(&self) -> Vec<(String, f64)> {
+        let mut samples = Vec::new();
+        for op in &self.ops {
+            for (q, value) in [("0.5", op.p50_us), ("0.9", op.p90_us), ("0.99", op.p99_us)] {
+                let labels = format!("{{op=\"{}\",quantile=\"{q}\"}}", op.op);
+                samples.push((labels, value as f64 / 1e6));
+            }
+        }
+        samples
+    }
+
+    fn class_samples(&self) -> Vec<(String, f64)> {
         let classes = &self.origin_requests;
-        let by_class = [
+        [
             ("1xx", classes.status_1xx),
             ("2xx", classes.status_2xx),
             ("3xx", classes.status_3xx),
@@ -474,78 +550,45 @@ impl Snapshot {
         ]
         .iter()
         .map(|(class, n)| (format!("{{class=\"{class}\"}}"), *n as f64))
-        .collect();
-        metric(
-            "origin_requests_total",
-            "counter",
-            "Origin answers by status class.",
-            by_class,
-        );
-        metric(
-            "origin_bytes_total",
-            "counter",
-            "Body bytes received from origins.",
-            plain(self.origin_bytes),
-        );
-        metric(
-            "origin_timeouts_total",
-            "counter",
-            "Origin requests that timed out.",
-            plain(self.origin_timeouts),
-        );
-        metric(
-            "origin_errors_total",
-            "counter",
-            "Origin requests that failed to connect or broke.",
-            plain(self.origin_errors),
-        );
-        metric(
-            "origin_retries_total",
-            "counter",
-            "Origin requests retried.",
-            plain(self.origin_retries),
-        );
-        metric(
-            "origin_hedges_total",
-            "counter",
-            "Origin requests also sent to a second origin after the first stayed silent.",
-            plain(self.origin_hedges),
-        );
-        let health = self
-            .origins
+        .collect()
+    }
+
+    fn health_samples(&self) -> Vec<(String, f64)> {
+        self.origins
             .iter()
             .map(|o| {
-                (
-                    format!("{{site=\"{}\",origin=\"{}\"}}", o.site, o.origin),
-                    if o.healthy { 1.0 } else { 0.0 },
-                )
+                let labels = format!("{{site=\"{}\",origin=\"{}\"}}", o.site, o.origin);
+                (labels, if o.healthy { 1.0 } else { 0.0 })
             })
-            .collect();
-        metric(
-            "origin_healthy",
-            "gauge",
-            "1 while the origin is in rotation and its last request succeeded.",
-            health,
-        );
-        metric(
-            "cache_bytes",
-            "gauge",
-            "Bytes the cache uses on disk (charged).",
-            plain(self.cache_bytes),
-        );
-        metric(
-            "cache_capacity_bytes",
-            "gauge",
-            "max_cache_size.",
-            plain(self.cache_cap),
-        );
-        metric(
-            "cache_objects",
-            "gauge",
-            "Objects in the cache index.",
-            plain(self.cache_objects),
-        );
-        text
+            .collect()
+    }
+}
+
+/// One Prometheus metric family: its name (after `stonfs_`), type, help and samples.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+impl Family {
+    fn plain(name: &'static str, kind: &'static str, help: &'static str, value: f64) -> Family {
+        Family::labelled(name, kind, help, vec![(String::new(), value)])
+    }
+
+    fn labelled(
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        samples: Vec<(String, f64)>,
+    ) -> Family {
+        Family {
+            name,
+            kind,
+            help,
+            samples,
+        }
     }
 }
 

@@ -6,20 +6,35 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::cache::Cache;
+use super::blocks::Delivered;
+use super::object::Object;
+use super::object::{Run, UnpinnedRun};
+use super::readahead::{Budget, BudgetHold};
+use super::writer::{self, PendingWrite, WriteBehind};
+use crate::base::flight::Flight;
+use crate::base::{FsError, FsResult, SiteId};
 use crate::config::Origin;
-use crate::error::{FsError, FsResult};
-use crate::health::backoff;
-use crate::object::{Delivered, Flight, Object, Run, UnpinnedRun};
-use crate::origin::RangeBody;
-use crate::readahead::{Budget, BudgetHold};
-use crate::writer::{self, PendingWrite};
+use crate::origin::health::backoff;
+use crate::origin::{OriginClient, RangeBody, Site};
 
 const ATTEMPTS: u32 = 2;
+
+/// What a fetch needs from the cache that runs it. The fetcher owns this interface, so it
+/// never names the cache itself.
+pub trait FetchHost: Send + Sync + 'static {
+    fn origin(&self) -> &OriginClient;
+    fn site(&self, id: SiteId) -> &Site;
+    /// The deadline of one file-system call that needs the origin.
+    fn request_timeout(&self) -> Duration;
+    fn readahead_budget(&self) -> Arc<Budget>;
+    fn write_behind(&self) -> &WriteBehind;
+    /// The origin has another version of `object`: it leaves the cache.
+    fn version_changed(&self, object: &Arc<Object>);
+}
 
 /// Owns a run's flights until each is handed on (to its readers and the writer): any flight
 /// still owned when the fetch ends is failed, so no reader can wait forever, and its block is
@@ -50,7 +65,7 @@ impl RunGuard {
         let hold = match &self.budget {
             Some(budget) if self.budget_blocks > 0 => {
                 self.budget_blocks -= 1;
-                Some(BudgetHold::adopt(budget, self.object.block_size))
+                Some(BudgetHold::adopt(budget, self.object.block_size()))
             }
             _ => None,
         };
@@ -84,7 +99,7 @@ impl Drop for RunGuard {
     fn drop(&mut self) {
         self.fail_open_flights(&FsError::Io("fetch cancelled".into()));
         if let Some(budget) = &self.budget {
-            budget.give_back(std::mem::take(&mut self.budget_blocks) * self.object.block_size);
+            budget.give_back(std::mem::take(&mut self.budget_blocks) * self.object.block_size());
         }
         if let Some(run) = self.unpinned.take() {
             self.object.end_unpinned_fetch(&run.gate);
@@ -112,7 +127,7 @@ impl BlockAssembler {
     fn push(&mut self, object: &Object, mut chunk: Bytes) -> Vec<(u64, Vec<Bytes>)> {
         let mut complete = Vec::new();
         while !chunk.is_empty() {
-            let block = self.position / object.block_size;
+            let block = self.position / object.block_size();
             let block_range = object.block_range(block);
             if block_range.is_empty() {
                 break; // past the end of the object
@@ -140,7 +155,7 @@ impl BlockAssembler {
 /// The run must make progress before its deadline (the reader's), which moves forward by
 /// `request_timeout` whenever a block arrives: a stalled origin fails the run within one
 /// deadline, over every attempt, while a long stream that keeps delivering is never cut short.
-pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
+pub async fn fetch_run<H: FetchHost>(cache: Arc<H>, object: Arc<Object>, run: Run) {
     let budget_blocks = if run.prefetch { run.owned() as u64 } else { 0 };
     let mut deadline = run
         .deadline
@@ -173,7 +188,7 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
         match &result {
             Ok(()) | Err(FsError::VersionChanged) => break,
             Err(e) if attempt + 1 < ATTEMPTS && Instant::now() < deadline => {
-                tracing::debug!(path = %object.path, "fetch interrupted ({e}); retrying the rest");
+                tracing::debug!(path = %object.path(), "fetch interrupted ({e}); retrying the rest");
                 tokio::time::sleep(backoff(attempt as usize + 1)).await;
             }
             Err(_) => break,
@@ -181,7 +196,7 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
     }
     if let Err(error) = result {
         let start = object.block_range(guard.first).start;
-        tracing::warn!(path = %object.path, start, end = run_end, "fetch failed: {error}");
+        tracing::warn!(path = %object.path(), start, end = run_end, "fetch failed: {error}");
         if matches!(error, FsError::VersionChanged) {
             cache.version_changed(&object);
         }
@@ -190,8 +205,8 @@ pub async fn fetch_run(cache: Arc<Cache>, object: Arc<Object>, run: Run) {
 }
 
 /// One request: streams the body into blocks, delivering and storing them.
-async fn transfer(
-    cache: &Arc<Cache>,
+async fn transfer<H: FetchHost>(
+    cache: &Arc<H>,
     guard: &mut RunGuard,
     range: Range<u64>,
     deadline: &mut Instant,
@@ -200,10 +215,10 @@ async fn transfer(
     let mut body = cache
         .origin()
         .fetch(
-            cache.site(object.site),
-            &object.path,
+            cache.site(object.site()),
+            object.path(),
             range.clone(),
-            &object.version,
+            object.version(),
             *deadline,
             &guard.broken,
         )
@@ -215,8 +230,8 @@ async fn transfer(
     result
 }
 
-async fn stream_body(
-    cache: &Arc<Cache>,
+async fn stream_body<H: FetchHost>(
+    cache: &Arc<H>,
     guard: &mut RunGuard,
     body: &mut RangeBody<'_>,
     range: Range<u64>,
@@ -239,8 +254,8 @@ async fn stream_body(
     Ok(())
 }
 
-async fn stream_blocks(
-    cache: &Arc<Cache>,
+async fn stream_blocks<H: FetchHost>(
+    cache: &Arc<H>,
     guard: &mut RunGuard,
     body: &mut RangeBody<'_>,
     assembler: &mut BlockAssembler,
@@ -259,7 +274,7 @@ async fn stream_blocks(
         // An origin that ignored Range sends everything; stop once the run is served and
         // the blocks passing by are already cached.
         if guard.is_complete() && guard.unpinned.is_none() && body.whole_object {
-            let next = assembler.position / guard.object.block_size;
+            let next = assembler.position / guard.object.block_size();
             if guard.object.has_cached_block(next) {
                 return Ok(());
             }
@@ -271,8 +286,8 @@ async fn stream_blocks(
 /// Hands a block to the readers waiting for it, then to the writer. Without waiters the block
 /// goes to the writer whole (its pieces, never copied into one buffer), and the writer
 /// finishes the flight.
-async fn deliver(
-    cache: &Arc<Cache>,
+async fn deliver<H: FetchHost>(
+    cache: &Arc<H>,
     guard: &mut RunGuard,
     block: u64,
     pieces: Vec<Bytes>,
@@ -285,8 +300,8 @@ async fn deliver(
     Ok(())
 }
 
-async fn hand_out(
-    cache: &Arc<Cache>,
+async fn hand_out<H: FetchHost>(
+    cache: &Arc<H>,
     object: &Arc<Object>,
     block: u64,
     mut pieces: Vec<Bytes>,
@@ -306,15 +321,15 @@ async fn hand_out(
         block,
         pieces,
         flight,
-        budget,
+        _budget: budget,
     };
-    writer::queue(cache, object, write).await;
+    writer::queue(cache.write_behind(), object, write).await;
 }
 
 /// A block of a version without validators: compared with everything the version handed out
 /// before; held back (owned) or skipped (not owned) until the answer passes `compare_end`.
-async fn deliver_unpinned(
-    cache: &Arc<Cache>,
+async fn deliver_unpinned<H: FetchHost>(
+    cache: &Arc<H>,
     guard: &mut RunGuard,
     block: u64,
     pieces: Vec<Bytes>,

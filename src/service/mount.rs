@@ -11,18 +11,20 @@ use std::sync::Arc;
 
 use fuser::{Session, SessionACL};
 
+use super::control;
+use super::daemon::Readiness;
+use super::mountinfo::{is_fuse_mount_point, mount_device};
 use crate::cache::Cache;
 use crate::config::{redact_url, Config};
-use crate::control;
-use crate::daemon::Readiness;
-use crate::fs::StonFs;
+use crate::fuse::passthrough::DevFuseBackings;
+use crate::fuse::{FuseAdapter, SessionCache, StonFs};
 
 /// Largest FUSE read the kernel may send (bytes); matches the raised bdi read-ahead.
 const MAX_READ: u32 = 1 << 20;
 
 /// A live mount, ready to serve.
 struct Mounted {
-    session: Session<StonFs>,
+    session: Session<FuseAdapter>,
     runtime: tokio::runtime::Runtime,
     cache: Arc<Cache>,
     cache_dir: PathBuf,
@@ -71,53 +73,57 @@ fn start(config: Config, mountpoint: &Path) -> Result<Mounted, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-    let threads = config.fuse_threads;
+    let (threads, read_only) = (config.fuse_threads, config.read_only);
     let cache_dir = config.cache_dir.clone();
-    let acl = if config.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
+    let acl = match config.allow_other {
+        true => SessionACL::All,
+        false => SessionACL::Owner,
     };
-    let source = mount_source(&config);
-    let options = kernel_options(&config);
-    let read_only = config.read_only;
+    let (source, options) = (mount_source(&config), kernel_options(&config));
     let cache = {
         let _guard = runtime.enter();
         Arc::new(Cache::open(config)?)
     };
     cache.start_background();
-    let cache_handle = cache.clone();
-    let control_socket = control::socket_path(&cache.config.cache_dir);
-    let filesystem = StonFs::new(cache.clone(), runtime.handle().clone());
-    let notifier_slot = filesystem.notifier_slot();
-    if let Some(path) = control_socket {
-        let _guard = runtime.enter();
-        control::serve(cache.clone(), path.clone());
-        let _ = filesystem.control_socket_slot().set(path);
-    }
-    if let Some(addr) = cache.config.metrics_addr {
-        let _guard = runtime.enter();
-        control::serve_metrics(cache.clone(), addr);
-    }
+    let fs = Arc::new(StonFs::new(cache.clone(), runtime.handle().clone()));
+    start_services(&runtime, &fs);
     let device = fuse_mount(mountpoint, &source, &options, read_only)?;
+    let backings = device
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the FUSE descriptor: {e}"))?;
+    fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
     let mut session_config = fuser::Config::default();
     session_config.n_threads = Some(threads);
     session_config.clone_fd = true;
-    let session = match Session::from_fd(filesystem, device, acl, session_config) {
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let session = match Session::from_fd(adapter, device, acl, session_config) {
         Ok(session) => session,
         Err(e) => {
             unmount(mountpoint);
             return Err(format!("FUSE handshake failed: {e}"));
         }
     };
-    let _ = notifier_slot.set(session.notifier());
+    fs.set_kernel_cache(Arc::new(SessionCache(session.notifier())));
     raise_read_ahead(mountpoint);
     Ok(Mounted {
         session,
         runtime,
-        cache: cache_handle,
+        cache,
         cache_dir,
     })
+}
+
+/// The control socket and the metrics endpoint, on the I/O runtime.
+fn start_services(runtime: &tokio::runtime::Runtime, fs: &Arc<StonFs>) {
+    let _guard = runtime.enter();
+    let cache = fs.cache();
+    if let Some(path) = control::socket_path(&cache.config().cache_dir) {
+        control::serve(cache.clone(), path.clone());
+        fs.set_control_socket(path);
+    }
+    if let Some(addr) = cache.config().metrics_addr {
+        super::metrics::serve(cache.clone(), addr);
+    }
 }
 
 /// The name shown as the mount's source: the origin, without anything secret.
@@ -214,25 +220,6 @@ pub fn detach_dead_mount(mountpoint: &Path) -> bool {
     unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) == 0 }
 }
 
-/// Whether a FUSE file system is mounted exactly at `path`.
-fn is_fuse_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.as_os_str().as_bytes();
-    info.lines().any(|line| {
-        let Some((before, after)) = line.split_once(" - ") else {
-            return false;
-        };
-        let at = before.split(' ').nth(4).map(unescape_mountinfo);
-        let fuse = after
-            .split(' ')
-            .next()
-            .is_some_and(|t| t.starts_with("fuse"));
-        fuse && at.is_some_and(|at| at.as_slice() == wanted)
-    })
-}
-
 /// Unmounts, detaching lazily if files are still open.
 pub fn unmount(mountpoint: &Path) {
     let Ok(target) = CString::new(mountpoint.as_os_str().as_bytes()) else {
@@ -259,23 +246,6 @@ fn raise_read_ahead(mountpoint: &Path) {
     }
 }
 
-/// The `major:minor` of what is mounted at `path`, from /proc/self/mountinfo.
-fn mount_device(path: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let wanted = path.as_os_str().as_bytes();
-    info.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            Some((
-                fields.get(2)?.to_string(),
-                unescape_mountinfo(fields.get(4)?),
-            ))
-        })
-        .filter(|(_, mounted_at)| mounted_at.as_slice() == wanted)
-        .map(|(device, _)| device)
-        .next_back()
-}
-
 /// SIGTERM or SIGINT unmounts; the session then ends and the process exits cleanly.
 fn unmount_on_signal(mountpoint: PathBuf) {
     let mut signals =
@@ -296,57 +266,5 @@ fn unmount_on_signal(mountpoint: PathBuf) {
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the signal thread: {e}");
-    }
-}
-
-/// Whether something is already mounted exactly at `path` (per /proc/self/mountinfo).
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.as_os_str().as_bytes();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|field| unescape_mountinfo(field).as_slice() == wanted)
-}
-
-/// A mount point field of mountinfo, decoded.
-pub fn unescape(field: &str) -> std::ffi::OsString {
-    use std::os::unix::ffi::OsStringExt;
-    std::ffi::OsString::from_vec(unescape_mountinfo(field))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|_| bytes[i] == b'\\');
-        match octal
-            .and_then(|o| std::str::from_utf8(o).ok())
-            .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            Some(byte) => {
-                out.push(byte);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unescape_mountinfo;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
-        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
     }
 }

@@ -1,13 +1,26 @@
 //! Errors of the file-system paths, and the one place where they become errno values.
 
-use fuser::Errno;
 use thiserror::Error;
 
 /// Why a file-system operation failed. Cloneable so one failed fetch can answer every waiter.
+/// The variant is the cause; [`FsError::errno`] is the only place that turns a cause into
+/// what the kernel sees.
 #[derive(Debug, Clone, Error)]
 pub enum FsError {
-    #[error("no such file at the origin")]
+    #[error("no such file")]
     NotFound,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("is a directory")]
+    IsDirectory,
+    #[error("the file system is read-only")]
+    ReadOnly,
+    #[error("no such open file")]
+    BadHandle,
+    #[error("no such extended attribute")]
+    NoAttribute,
+    #[error("the buffer is too small for the value")]
+    BufferTooSmall,
     #[error("origin unreachable: {0}")]
     Unreachable(String),
     #[error("origin timed out")]
@@ -33,9 +46,15 @@ pub enum FsError {
 
 impl FsError {
     /// The errno the kernel sees. Anything that leaves the bytes in doubt is EIO, never garbage.
-    pub fn errno(&self) -> Errno {
+    pub fn errno(&self) -> i32 {
         match self {
-            FsError::NotFound => Errno::ENOENT,
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDirectory => libc::ENOTDIR,
+            FsError::IsDirectory => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::NoAttribute => libc::ENODATA,
+            FsError::BufferTooSmall => libc::ERANGE,
             FsError::Timeout
             | FsError::TooSlow(_)
             | FsError::TooLarge(_)
@@ -45,7 +64,7 @@ impl FsError {
             | FsError::VersionChanged
             | FsError::Corrupt
             | FsError::Replan
-            | FsError::Io(_) => Errno::EIO,
+            | FsError::Io(_) => libc::EIO,
         }
     }
 }
@@ -57,3 +76,22 @@ impl From<std::io::Error> for FsError {
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubtful_bytes_are_always_eio() {
+        let doubtful = [
+            FsError::Timeout,
+            FsError::BadAnswer("x".into()),
+            FsError::VersionChanged,
+            FsError::Corrupt,
+            FsError::TooLarge("x".into()),
+        ];
+        assert!(doubtful.iter().all(|e| e.errno() == libc::EIO));
+        assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+        assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+    }
+}

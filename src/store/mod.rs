@@ -8,18 +8,22 @@
 //! crash, a block is either listed with a checksum that its bytes match, or not listed at all;
 //! torn records at the tail fail their own checksum and are ignored.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+mod files;
+mod journal;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+pub use files::{create_private_dir, open_private_log, read_exact_at, write_pieces_at};
+pub use journal::MetaHeader;
 
-const META_MAGIC: &[u8; 8] = b"STONFS01";
-const RECORD_LEN: usize = 16;
-const RECORD_BLOCK: u32 = 1;
-const RECORD_RENEWED: u32 = 2;
+use files::{read_nofollow, remove_if_exists, replace_file};
+use journal::{
+    decode_meta, encode_header, encode_record, RECORD_BLOCK, RECORD_LEN, RECORD_RENEWED,
+};
 
 /// Bytes charged against `max_cache_size` for an object's metadata, inode and directory
 /// entries, beyond its data blocks. Deliberately generous: the cap is a hard promise.
@@ -30,34 +34,6 @@ pub const BLOCK_OVERHEAD: u64 = 64;
 /// Rounds a byte count up to whole file-system blocks, as the disk allocates them.
 pub fn disk_bytes(len: u64) -> u64 {
     len.div_ceil(4096) * 4096
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ObjectKind {
-    File,
-    Directory,
-}
-
-/// The durable description of one object version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MetaHeader {
-    pub site: String,
-    pub path: String,
-    pub kind: ObjectKind,
-    pub size: u64,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    /// Seconds since the epoch when the origin last confirmed this version.
-    pub fetched_at: u64,
-    pub block_size: u64,
-    /// Seconds the version stays fresh after each confirmation.
-    #[serde(default = "default_ttl")]
-    pub ttl: u64,
-}
-
-fn default_ttl() -> u64 {
-    1800
 }
 
 /// An object read back from disk at startup.
@@ -111,6 +87,41 @@ impl ObjectLocation {
         }
     }
 
+    /// Frees the parts of the data file that no journal record covers (blocks written just
+    /// before a crash), so that what is on disk is what the cap counts.
+    fn drop_unrecorded(&self, blocks: &[(u64, u32)], block_size: u64, size: u64) {
+        let Ok(file) = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.data)
+        else {
+            return;
+        };
+        let recorded: u64 = blocks
+            .iter()
+            .map(|(b, _)| disk_bytes(block_size.min(size.saturating_sub(b * block_size))))
+            .sum();
+        let allocated = file.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        if allocated <= recorded {
+            return;
+        }
+        let mut next = 0;
+        for (block, _) in blocks
+            .iter()
+            .chain(std::iter::once(&(u64::MAX / block_size, 0)))
+        {
+            let start = next * block_size;
+            let end = (block * block_size).min(size);
+            if end > start {
+                if let Err(e) = files::punch_hole(&file, start, end - start) {
+                    tracing::warn!(file = %self.data.display(), "cannot free unjournaled blocks: {e}");
+                    return;
+                }
+            }
+            next = block + 1;
+        }
+    }
+
     fn remove_symlinked_data(&self) {
         tracing::warn!(file = %self.data.display(), "cache data file is not a plain file; removed");
         let _ = fs::remove_file(&self.data);
@@ -155,84 +166,6 @@ impl ObjectLocation {
         remove_if_exists(&self.meta)?;
         remove_if_exists(&self.data)
     }
-}
-
-/// Writes a whole file next to `path` (0600, never through a symlink) and renames it into
-/// place, so readers see the old content or the new one, never a mix.
-fn replace_file(path: &Path, content: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    remove_if_exists(&tmp)?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
-    file.write_all(content)?;
-    fs::rename(&tmp, path)
-}
-
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-fn encode_header(header: &MetaHeader) -> io::Result<Vec<u8>> {
-    let json = serde_json::to_vec(header).map_err(io::Error::other)?;
-    let mut bytes = Vec::with_capacity(json.len() + 16);
-    bytes.extend_from_slice(META_MAGIC);
-    bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
-    bytes.extend_from_slice(&json);
-    Ok(bytes)
-}
-
-fn encode_record(kind: u32, block: u32, value: u32) -> [u8; RECORD_LEN] {
-    let mut record = [0u8; RECORD_LEN];
-    record[0..4].copy_from_slice(&kind.to_le_bytes());
-    record[4..8].copy_from_slice(&block.to_le_bytes());
-    record[8..12].copy_from_slice(&value.to_le_bytes());
-    let check = crc32c::crc32c(&record[..12]);
-    record[12..16].copy_from_slice(&check.to_le_bytes());
-    record
-}
-
-fn word(bytes: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(word)
-}
-
-/// Parses a metadata file. Returns `None` for anything damaged: the object is then dropped.
-fn decode_meta(bytes: &[u8]) -> Option<(MetaHeader, Vec<(u64, u32)>)> {
-    if bytes.len() < 16 || &bytes[..8] != META_MAGIC {
-        return None;
-    }
-    let json_len = word(bytes, 8) as usize;
-    let json = bytes.get(16..16 + json_len)?;
-    if crc32c::crc32c(json) != word(bytes, 12) {
-        return None;
-    }
-    let mut header: MetaHeader = serde_json::from_slice(json).ok()?;
-    let mut blocks = std::collections::BTreeMap::new();
-    for record in bytes[16 + json_len..].chunks_exact(RECORD_LEN) {
-        if crc32c::crc32c(&record[..12]) != word(record, 12) {
-            break; // a torn tail: everything after it is unreliable
-        }
-        match word(record, 0) {
-            RECORD_BLOCK => {
-                blocks.insert(u64::from(word(record, 4)), word(record, 8));
-            }
-            // Records are in time order: the last confirmation (or expiry, 0) wins.
-            RECORD_RENEWED => header.fetched_at = u64::from(word(record, 8)),
-            _ => break,
-        }
-    }
-    let block_count = header.size.div_ceil(header.block_size.max(1));
-    blocks.retain(|block, _| *block < block_count);
-    Some((header, blocks.into_iter().collect()))
 }
 
 /// The cache folder of one site, locked against a second daemon using it at the same time.
@@ -373,7 +306,7 @@ impl SiteStore {
                 let path = entry.path();
                 match path.extension().and_then(|e| e.to_str()) {
                     Some("meta") => {
-                        if let Some(object) = load_object(&path, &self.name, limits) {
+                        if let Some(object) = self.load_object(&path, limits) {
                             objects.push(object);
                         }
                     }
@@ -391,6 +324,46 @@ impl SiteStore {
     }
 }
 
+impl SiteStore {
+    /// Loads one object's metadata, or drops its files with one log line if any check fails.
+    /// Blocks written but not journaled before a crash are punched out of the data file: they
+    /// are not served, and must not take space the cap does not count.
+    fn load_object(&self, meta_path: &Path, limits: &LoadLimits) -> Option<LoadedObject> {
+        let location = ObjectLocation {
+            data: meta_path.with_extension("data"),
+            meta: meta_path.to_path_buf(),
+        };
+        let checked = read_meta(meta_path, &self.name, limits).and_then(|parsed| {
+            let at_home = self.locate(&parsed.0.path, false).map(|(l, _)| l.meta);
+            match at_home {
+                Ok(home) if home == meta_path => Ok(parsed),
+                _ => Err("not where its path belongs (a copy or a stray file)".to_string()),
+            }
+        });
+        let (header, mut blocks) = match checked {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                tracing::warn!(file = %meta_path.display(), "dropping cache metadata: {reason}");
+                let _ = location.remove();
+                return None;
+            }
+        };
+        if !location.data_is_regular_file() {
+            blocks.clear();
+        }
+        location.drop_unrecorded(&blocks, header.block_size, header.size);
+        let last_used = fs::symlink_metadata(meta_path)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Some(LoadedObject {
+            header,
+            blocks,
+            location,
+            last_used,
+        })
+    }
+}
+
 fn dir_blocks(path: &Path) -> u64 {
     fs::symlink_metadata(path)
         .map(|m| m.blocks() * 512)
@@ -400,33 +373,6 @@ fn dir_blocks(path: &Path) -> u64 {
 /// Largest metadata file read back (a header and 16 bytes per cached block): anything
 /// bigger is not ours.
 const MAX_META_BYTES: u64 = 256 << 20;
-
-fn load_object(meta_path: &Path, site: &str, limits: &LoadLimits) -> Option<LoadedObject> {
-    let location = ObjectLocation {
-        data: meta_path.with_extension("data"),
-        meta: meta_path.to_path_buf(),
-    };
-    let (header, mut blocks) = match read_meta(meta_path, site, limits) {
-        Ok(parsed) => parsed,
-        Err(reason) => {
-            tracing::warn!(file = %meta_path.display(), "dropping cache metadata: {reason}");
-            let _ = location.remove();
-            return None;
-        }
-    };
-    if !location.data_is_regular_file() {
-        blocks.clear();
-    }
-    let last_used = fs::symlink_metadata(meta_path)
-        .and_then(|m| m.modified())
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    Some(LoadedObject {
-        header,
-        blocks,
-        location,
-        last_used,
-    })
-}
 
 /// What a metadata file must satisfy to be loaded.
 pub struct LoadLimits {
@@ -464,159 +410,4 @@ fn read_meta(
         return Err("bad path".into());
     }
     Ok((header, blocks))
-}
-
-fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-/// Opens a log file for appending, created 0640: logs name paths, so they are not for every
-/// local user. An existing file that others may read is tightened to the same.
-pub fn open_private_log(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
-    let mode = file.metadata()?.permissions().mode() & 0o7777;
-    if mode & 0o037 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o640))?;
-    }
-    Ok(file)
-}
-
-/// Creates a directory (and parents) with mode 0700, refusing to reuse a symlink.
-pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => Err(io::Error::other(format!(
-            "{} is a symlink; refusing to use it",
-            path.display()
-        ))),
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(io::Error::other(format!(
-            "{} is not a directory",
-            path.display()
-        ))),
-        Err(_) => DirBuilder::new().recursive(true).mode(0o700).create(path),
-    }
-}
-
-/// Reads `len` bytes at `offset`; a short read means the cache file lost data.
-/// Writes `pieces` back to back at `offset` with one `pwritev` (no copy into one buffer).
-pub fn write_pieces_at(file: &File, pieces: &[bytes::Bytes], offset: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::FileExt;
-    let total: usize = pieces.iter().map(|p| p.len()).sum();
-    let iovecs: Vec<libc::iovec> = pieces
-        .iter()
-        .map(|p| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
-    let at = i64::try_from(offset).map_err(io::Error::other)?;
-    let count = i32::try_from(iovecs.len()).map_err(io::Error::other)?;
-    // SAFETY: every iovec points into a live `Bytes` that outlives the call, with its length.
-    let written = unsafe { libc::pwritev(file.as_raw_fd(), iovecs.as_ptr(), count, at) };
-    if written < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let written = written as usize;
-    if written < total {
-        // A short write (rare): finish the rest the simple way.
-        let rest: Vec<u8> = pieces
-            .iter()
-            .flat_map(|p| p.iter().copied())
-            .skip(written)
-            .collect();
-        file.write_all_at(&rest, offset + written as u64)?;
-    }
-    Ok(())
-}
-
-/// The buffer is not zeroed first: on the hit path that memset costs as much as the read.
-pub fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    let mut buffer: Vec<u8> = Vec::with_capacity(len);
-    let mut filled = 0;
-    while filled < len {
-        let at = i64::try_from(offset + filled as u64).map_err(io::Error::other)?;
-        // SAFETY: the kernel writes at most `len - filled` bytes into the buffer's spare
-        // capacity, which is allocated and exclusively ours; nothing reads it before set_len.
-        let read = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buffer.as_mut_ptr().add(filled).cast(),
-                len - filled,
-                at,
-            )
-        };
-        match read {
-            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            n if n > 0 => filled += n as usize,
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    // SAFETY: the first `len` bytes were written by pread above.
-    unsafe { buffer.set_len(len) };
-    Ok(buffer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header() -> MetaHeader {
-        MetaHeader {
-            site: "s".into(),
-            path: "/a".into(),
-            kind: ObjectKind::File,
-            size: 10_000,
-            etag: Some("\"e\"".into()),
-            last_modified: None,
-            fetched_at: 100,
-            block_size: 4096,
-            ttl: 60,
-        }
-    }
-
-    #[test]
-    fn records_survive_and_torn_tails_are_ignored() {
-        let mut bytes = encode_header(&header()).unwrap();
-        bytes.extend_from_slice(&encode_record(RECORD_BLOCK, 0, 11));
-        bytes.extend_from_slice(&encode_record(RECORD_BLOCK, 2, 22));
-        bytes.extend_from_slice(&encode_record(RECORD_RENEWED, 0, 500));
-        bytes.extend_from_slice(&encode_record(RECORD_BLOCK, 1, 33)[..9]);
-        let (header, blocks) = decode_meta(&bytes).unwrap();
-        assert_eq!(blocks, vec![(0, 11), (2, 22)]);
-        assert_eq!(header.fetched_at, 500);
-    }
-
-    #[test]
-    fn damaged_headers_are_rejected() {
-        let mut bytes = encode_header(&header()).unwrap();
-        bytes[20] ^= 1;
-        assert!(decode_meta(&bytes).is_none());
-        assert!(decode_meta(b"garbage").is_none());
-    }
-
-    #[test]
-    fn blocks_beyond_the_size_are_dropped() {
-        let mut bytes = encode_header(&header()).unwrap();
-        bytes.extend_from_slice(&encode_record(RECORD_BLOCK, 3, 1));
-        assert!(decode_meta(&bytes).unwrap().1.is_empty());
-    }
 }

@@ -7,31 +7,38 @@
 //! - A block is `Fetching` while exactly one fetch owns it (single-flight); every reader of
 //!   the block waits on that fetch's [`Flight`].
 //! - Once detached (evicted or superseded), an object never writes to the cache again.
+//!
+//! Lock order: an object's `state` may be held while the index's `state` lock is taken
+//! (giving charge back), never the other way round; see [`super::index`].
 
+use std::any::Any;
 use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::blocks::{BlockState, BlockTable};
-use crate::error::{FsError, FsResult};
-pub use crate::flight::{Delivered, Flight};
-use crate::index::CacheIndex;
+use super::blocks::{BlockState, BlockTable, Delivered};
+use super::index::{CacheIndex, IndexEntry, ObjectKey};
+use super::writer::{BlockSink, WriteQueue};
+use crate::base::flight::Flight;
+use crate::base::{FsError, FsResult, ObjectKind, SiteId};
 use crate::origin::Version;
-use crate::store::{self, disk_bytes, ObjectKind, ObjectLocation, BLOCK_OVERHEAD};
-use crate::writer::WriteQueue;
+use crate::store::{self, disk_bytes, ObjectLocation, BLOCK_OVERHEAD};
+
+mod plan;
+#[cfg(test)]
+mod tests;
+
+pub use plan::{BlockSource, Run, UnpinnedRun};
 
 /// How long an object must go without new blocks before its journal is synced.
 const RECORD_QUIET: Duration = Duration::from_millis(250);
 /// Longest a stored block waits for its journal record while blocks keep arriving.
 const RECORD_MAX_DELAY: Duration = Duration::from_secs(10);
-
-/// Index of a site (origin or virtual host) in the mount's site table.
-pub type SiteId = usize;
 
 struct ObjectState {
     blocks: BlockTable,
@@ -40,9 +47,9 @@ struct ObjectState {
     detached: bool,
     data: Option<Arc<File>>,
     open_handles: usize,
-    /// The cache file registered with the kernel for passthrough, kept between opens so that
-    /// reopening a hot file costs no registration. Dropped when the object leaves the cache.
-    backing: Option<Arc<fuser::BackingId>>,
+    /// What the layer above keeps with the object while it is cached (a passthrough
+    /// registration of its cache file); dropped when the object leaves the cache.
+    kept: Option<Arc<dyn Any + Send + Sync>>,
     /// Stored blocks waiting for `fdatasync` and their journal record.
     unrecorded: Vec<(u64, u32)>,
     recorder_running: bool,
@@ -63,114 +70,56 @@ struct Unpinned {
     changed: bool,
 }
 
-/// Where a reader gets one block from.
-pub enum BlockSource {
-    Disk {
-        file: Arc<File>,
-        crc: u32,
-        verified: bool,
-        /// Fetched for this read (by read-ahead): the read is not a cache hit.
-        fresh: bool,
-    },
-    Flight(Arc<Flight<Delivered>>),
-    /// Another fetch of this unvalidated version is in flight: wait for it, then plan again.
-    Wait(Arc<Flight<()>>),
-    /// This version is gone at the origin and the block is not cached.
-    Gone,
-}
-
-/// Blocks that this reader must fetch (it owns their flights), for one range request.
-pub struct Run {
-    pub first: u64,
-    /// Flights from `first` on; `None` where a block in between is not this run's to fetch.
-    pub flights: Vec<Option<Arc<Flight<Delivered>>>>,
-    /// Read-ahead runs hold one block of the global read-ahead budget per flight.
-    pub prefetch: bool,
-    /// A fetch of a version without validators (see [`UnpinnedRun`]).
-    pub unpinned: Option<UnpinnedRun>,
-    /// When the reader that needs this run gives up; the run gives up then too, so that no
-    /// flight outlives every reader waiting for it. `None` for read-ahead.
-    pub deadline: Option<Instant>,
-}
-
-/// A fetch of a version without validators. It asks for the object from byte 0 to
-/// `request_end`, and checks every block below `compare_end` against what this version
-/// handed out before. Until the answer has passed `compare_end`, it hands nothing out and
-/// caches nothing, so a difference found late can never have been served next to new bytes.
-pub struct UnpinnedRun {
-    pub request_end: u64,
-    pub compare_end: u64,
-    /// Opened when the run ends; readers of the object wait for it.
-    pub gate: Arc<Flight<()>>,
-}
-
-impl Run {
-    fn new(first: u64) -> Run {
-        Run {
-            first,
-            flights: Vec::new(),
-            prefetch: false,
-            unpinned: None,
-            deadline: None,
-        }
-    }
-
-    /// Blocks this run owns.
-    pub fn owned(&self) -> usize {
-        self.flights.iter().flatten().count()
-    }
-}
-
-/// Longest run fetched with one range request; longer stretches become several requests in
-/// flight at once, which is what fills a fast origin link.
-const MAX_RUN_BYTES: u64 = 16 << 20;
-
-/// Appends a block to the last run if it is adjacent and the run has room, else starts a run.
-fn add_to_runs(runs: &mut Vec<Run>, block: u64, flight: Arc<Flight<Delivered>>, max_blocks: u64) {
-    match runs.last_mut() {
-        Some(run)
-            if run.first + run.flights.len() as u64 == block
-                && (run.flights.len() as u64) < max_blocks =>
-        {
-            run.flights.push(Some(flight))
-        }
-        _ => {
-            let mut run = Run::new(block);
-            run.flights.push(Some(flight));
-            runs.push(run);
-        }
-    }
-}
-
-pub struct Object {
+/// What identifies one object version: where it lives and what the origin said of it.
+pub struct Identity {
     pub site: SiteId,
     pub path: Arc<str>,
     pub kind: ObjectKind,
     pub version: Version,
     pub block_size: u64,
+}
+
+/// One object version as the cache holds it.
+///
+/// Owns: its block table, its in-flight fetches' flights, its write-behind queue, its cache
+/// files (through `location`) and the bytes it has charged against the cap.
+/// Must hold: `charged` is exactly what the index counts for it until it is detached; after
+/// that it is 0 and nothing is written for it again.
+pub struct Object {
+    site: SiteId,
+    path: Arc<str>,
+    kind: ObjectKind,
+    version: Version,
+    block_size: u64,
     /// How long this version stays fresh after the origin confirms it.
-    pub ttl: Duration,
+    ttl: Duration,
     /// Seconds since the epoch when the origin last confirmed this version.
     fetched_at: AtomicU64,
     location: Option<ObjectLocation>,
     state: Mutex<ObjectState>,
     /// Fetched blocks waiting for the cache file.
-    pub writes: WriteQueue,
+    writes: WriteQueue<Object>,
+    /// The index that charges this object's bytes (weak: the index holds the object).
+    index: Weak<CacheIndex<Object>>,
 }
 
 impl Object {
-    #[allow(clippy::too_many_arguments)]
+    /// A new version. Without a `location` it lives in memory only (no-store, or no room).
     pub fn new(
-        site: SiteId,
-        path: Arc<str>,
-        kind: ObjectKind,
-        version: Version,
-        block_size: u64,
-        ttl: Duration,
-        fetched_at: u64,
+        identity: Identity,
+        freshness: (Duration, u64),
         location: Option<ObjectLocation>,
         charged: u64,
+        index: Weak<CacheIndex<Object>>,
     ) -> Object {
+        let Identity {
+            site,
+            path,
+            kind,
+            version,
+            block_size,
+        } = identity;
+        let (ttl, fetched_at) = freshness;
         Object {
             site,
             path,
@@ -184,7 +133,7 @@ impl Object {
                 detached: location.is_none(),
                 data: None,
                 open_handles: 0,
-                backing: None,
+                kept: None,
                 unrecorded: Vec::new(),
                 recorder_running: false,
                 last_stored: None,
@@ -193,28 +142,54 @@ impl Object {
             location,
             version,
             writes: WriteQueue::default(),
+            index,
         }
     }
 
+    pub fn site(&self) -> SiteId {
+        self.site
+    }
+
+    pub fn path(&self) -> &Arc<str> {
+        &self.path
+    }
+
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    pub fn size(&self) -> u64 {
+        self.version.size
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
     /// Rebuilds an object from its metadata at startup; its blocks need verification.
-    pub fn restore(site: SiteId, loaded: store::LoadedObject, charged: u64) -> Object {
+    pub fn restore(
+        site: SiteId,
+        loaded: store::LoadedObject,
+        index: Weak<CacheIndex<Object>>,
+    ) -> Object {
         let header = loaded.header;
-        let version = Version {
-            size: header.size,
-            etag: header.etag,
-            last_modified: header.last_modified,
-        };
-        let object = Object::new(
+        let identity = Identity {
             site,
-            header.path.into(),
-            header.kind,
-            version,
-            header.block_size,
-            Duration::from_secs(header.ttl),
-            header.fetched_at,
-            Some(loaded.location),
-            charged,
-        );
+            path: header.path.into(),
+            kind: header.kind,
+            version: Version {
+                size: header.size,
+                etag: header.etag,
+                last_modified: header.last_modified,
+            },
+            block_size: header.block_size,
+        };
+        let freshness = (Duration::from_secs(header.ttl), header.fetched_at);
+        let object = Object::new(identity, freshness, Some(loaded.location), 0, index);
         {
             let mut state = object.state.lock();
             let count = object.block_count();
@@ -228,10 +203,6 @@ impl Object {
             }
         }
         object
-    }
-
-    fn max_run_blocks(&self) -> u64 {
-        (MAX_RUN_BYTES / self.block_size).max(1)
     }
 
     pub fn block_count(&self) -> u64 {
@@ -352,25 +323,28 @@ impl Object {
         }
     }
 
-    /// The cache file's passthrough registration, made with `register` the first time.
-    /// Returns whether it is new (the caller bounds how many objects keep one).
-    pub fn backing(
+    /// Something the layer above keeps with this object while it is cached, made from the
+    /// cache file by `make` the first time (a passthrough registration, which reopening a hot
+    /// file then does not pay again). It is dropped when the object leaves the cache, so an
+    /// evicted file gives up what pins it. Returns whether it was made now.
+    pub fn keep_with<T: Any + Send + Sync>(
         &self,
-        register: impl FnOnce(&File) -> std::io::Result<fuser::BackingId>,
-    ) -> std::io::Result<(Arc<fuser::BackingId>, bool)> {
+        make: impl FnOnce(&File) -> std::io::Result<Arc<T>>,
+    ) -> std::io::Result<(Arc<T>, bool)> {
         let mut state = self.state.lock();
-        if let Some(backing) = &state.backing {
-            return Ok((backing.clone(), false));
+        if let Some(kept) = state.kept.clone().and_then(|k| k.downcast::<T>().ok()) {
+            return Ok((kept, false));
         }
         let file = self.data_file(&mut state).map_err(std::io::Error::other)?;
-        let backing = Arc::new(register(&file)?);
-        state.backing = Some(backing.clone());
-        Ok((backing, true))
+        let kept = make(&file)?;
+        state.kept = Some(kept.clone());
+        Ok((kept, true))
     }
 
-    /// Gives up the kept passthrough registration (handles still open keep theirs).
-    pub fn drop_backing(&self) {
-        self.state.lock().backing = None;
+    /// Drops what [`Object::keep_with`] kept (users still holding it keep theirs).
+    pub fn drop_kept(&self) {
+        let kept = self.state.lock().kept.take();
+        drop(kept);
     }
 
     pub fn has_cached_block(&self, block: u64) -> bool {
@@ -429,164 +403,6 @@ impl Object {
         let len = (range.end - range.start) as usize;
         let data = store::read_exact_at(&file, len, range.start).map_err(FsError::from);
         Some(data.map(|data| (data, !fresh)))
-    }
-
-    /// Classifies the blocks of a read. Absent blocks become `Fetching` with flights owned by
-    /// the caller, grouped into runs of adjacent blocks for one range request each.
-    pub fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
-        let mut state = self.state.lock();
-        if !self.version.is_pinned() {
-            return self.plan_unpinned(&mut state, blocks);
-        }
-        let mut sources = Vec::with_capacity((blocks.end - blocks.start) as usize);
-        let mut runs: Vec<Run> = Vec::new();
-        for block in blocks {
-            if let Some(source) = self.existing_source(&mut state, block) {
-                sources.push(source);
-                continue;
-            }
-            let flight = Flight::new();
-            state
-                .blocks
-                .set(block, BlockState::Fetching(flight.clone()));
-            sources.push(BlockSource::Flight(flight.clone()));
-            add_to_runs(&mut runs, block, flight, self.max_run_blocks());
-        }
-        (sources, runs)
-    }
-
-    /// Where a block comes from if no new fetch is needed: disk or a flight.
-    /// `None` for an absent block (a cached block whose file is gone becomes absent).
-    fn existing_source(&self, state: &mut ObjectState, block: u64) -> Option<BlockSource> {
-        match state.blocks.get(block).cloned() {
-            Some(BlockState::Cached {
-                crc,
-                verified,
-                fresh,
-            }) => match self.data_file(state) {
-                Ok(file) => Some(BlockSource::Disk {
-                    file,
-                    crc,
-                    verified,
-                    fresh,
-                }),
-                Err(_) => {
-                    state.blocks.clear(block);
-                    None
-                }
-            },
-            Some(BlockState::Fetching(flight)) => Some(BlockSource::Flight(flight)),
-            None => None,
-        }
-    }
-
-    /// Plans a read of a version without validators: its missing blocks come from one answer
-    /// that starts at byte 0 and covers every block handed out before, so each is compared.
-    /// Only one such fetch runs at a time, and every reader waits for it to end.
-    fn plan_unpinned(
-        &self,
-        state: &mut ObjectState,
-        blocks: Range<u64>,
-    ) -> (Vec<BlockSource>, Vec<Run>) {
-        if state.unpinned.changed {
-            let gone = (blocks.start..blocks.end).map(|_| BlockSource::Gone);
-            return (gone.collect(), Vec::new());
-        }
-        if let Some(gate) = &state.unpinned.fetch {
-            let wait = (blocks.start..blocks.end).map(|_| BlockSource::Wait(gate.clone()));
-            return (wait.collect(), Vec::new());
-        }
-        let mut sources = Vec::new();
-        let mut run = Run::new(blocks.start);
-        for block in blocks.clone() {
-            if let Some(source) = self.existing_source(state, block) {
-                sources.push(source);
-                run.flights.push(None);
-            } else {
-                let flight = Flight::new();
-                state
-                    .blocks
-                    .set(block, BlockState::Fetching(flight.clone()));
-                sources.push(BlockSource::Flight(flight.clone()));
-                run.flights.push(Some(flight));
-            }
-        }
-        if run.owned() == 0 {
-            return (sources, Vec::new());
-        }
-        let seen_end = state.unpinned.seen.keys().next_back().map_or(0, |b| b + 1);
-        let compare_end = seen_end.max(state.blocks.cached_end());
-        let gate = Flight::new();
-        state.unpinned.fetch = Some(gate.clone());
-        run.unpinned = Some(UnpinnedRun {
-            request_end: (blocks.end.max(compare_end) * self.block_size).min(self.version.size),
-            compare_end,
-            gate,
-        });
-        (sources, vec![run])
-    }
-
-    /// The unpinned fetch that `gate` stands for has ended: the next one may start.
-    pub fn end_unpinned_fetch(&self, gate: &Arc<Flight<()>>) {
-        let mut state = self.state.lock();
-        if state
-            .unpinned
-            .fetch
-            .as_ref()
-            .is_some_and(|g| Arc::ptr_eq(g, gate))
-        {
-            state.unpinned.fetch = None;
-        }
-        drop(state);
-        gate.finish(Ok(()));
-    }
-
-    /// Whether a block of a version without validators agrees with what this version handed
-    /// out or cached before. Records it as seen when it does.
-    pub fn agrees_unpinned(&self, block: u64, bytes: &[u8]) -> bool {
-        let hash = xxhash_rust::xxh3::xxh3_64(bytes);
-        let mut state = self.state.lock();
-        let agrees = match (state.unpinned.seen.get(&block), state.blocks.get(block)) {
-            (Some(seen), _) => *seen == hash,
-            (None, Some(BlockState::Cached { crc, .. })) => crc32c::crc32c(bytes) == *crc,
-            (None, _) => true,
-        };
-        if agrees {
-            state.unpinned.seen.insert(block, hash);
-        } else {
-            state.unpinned.changed = true;
-        }
-        agrees
-    }
-
-    /// Claims absent blocks in `blocks` for a fetch the caller will run (no reader waits yet).
-    /// Versions without validators are never prefetched: their fetches must not overlap.
-    pub fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
-        let mut runs: Vec<Run> = Vec::new();
-        if !self.version.is_pinned() {
-            return runs;
-        }
-        let mut state = self.state.lock();
-        for block in blocks {
-            if state.blocks.get(block).is_some() {
-                continue;
-            }
-            let flight = Flight::new();
-            state
-                .blocks
-                .set(block, BlockState::Fetching(flight.clone()));
-            add_to_runs(&mut runs, block, flight, self.max_run_blocks());
-        }
-        runs
-    }
-
-    /// A fetch gave up on a block it owned: the next reader will try again.
-    pub fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
-        let mut state = self.state.lock();
-        let owned = matches!(state.blocks.get(block), Some(BlockState::Fetching(f)) if Arc::ptr_eq(f, flight));
-        if owned {
-            state.blocks.clear(block);
-        }
     }
 
     /// Reads part of a block if it is cached now (checking it as [`Object::read_from_disk`]).
@@ -663,52 +479,68 @@ impl Object {
     /// from the cache is a hit.
     pub fn store_block(
         self: &Arc<Self>,
-        index: &CacheIndex,
         block: u64,
         pieces: &[Bytes],
         claim: Option<&Arc<Flight<Delivered>>>,
     ) -> Option<u32> {
+        let index = self.index.upgrade()?;
         let charge = self.block_charge(block);
-        if !index.reserve(self, charge) {
-            return None;
-        }
-        let file = {
-            let mut state = self.state.lock();
-            let owned = match (state.blocks.get(block), claim) {
-                (Some(BlockState::Fetching(current)), Some(claim)) => Arc::ptr_eq(current, claim),
-                (None, None) => true,
-                _ => false,
-            };
-            match (state.detached || !owned, self.data_file(&mut state)) {
-                (false, Ok(file)) => {
-                    state.charged += charge;
-                    file
-                }
-                _ => {
-                    drop(state);
-                    index.release(charge);
-                    return None;
-                }
-            }
-        };
+        let file = self.reserve_block(&index, block, charge, claim)?;
         let crc = pieces
             .iter()
             .fold(0, |crc, piece| crc32c::crc32c_append(crc, piece));
         let offset = self.block_range(block).start;
         if let Err(e) = store::write_pieces_at(&file, pieces, offset) {
             tracing::warn!(path = %self.path, "cache write failed, serving from the origin: {e}");
-            self.uncharge(index, charge);
-            return None;
-        }
-        let mut state = self.state.lock();
-        if state.detached {
+            self.uncharge(&index, charge);
             return None;
         }
         let handed_out = claim.is_some_and(|flight| flight.is_finished());
+        self.mark_stored(block, crc, !handed_out).then_some(crc)
+    }
+
+    /// Charges a block against the cap and returns the file to write it to, if the cap
+    /// allows, the object is still cached, and the block is the caller's to store.
+    fn reserve_block(
+        &self,
+        index: &CacheIndex<Object>,
+        block: u64,
+        charge: u64,
+        claim: Option<&Arc<Flight<Delivered>>>,
+    ) -> Option<Arc<File>> {
+        if !index.reserve(self, charge) {
+            return None;
+        }
+        let mut state = self.state.lock();
+        let owned = match (state.blocks.get(block), claim) {
+            (Some(BlockState::Fetching(current)), Some(claim)) => Arc::ptr_eq(current, claim),
+            (None, None) => true,
+            _ => false,
+        };
+        match (state.detached || !owned, self.data_file(&mut state)) {
+            (false, Ok(file)) => {
+                state.charged += charge;
+                Some(file)
+            }
+            _ => {
+                drop(state);
+                index.release(charge);
+                None
+            }
+        }
+    }
+
+    /// Records a written block as cached, and starts the journal recorder if it is idle.
+    /// False if the object left the cache meanwhile.
+    fn mark_stored(self: &Arc<Self>, block: u64, crc: u32, fresh: bool) -> bool {
+        let mut state = self.state.lock();
+        if state.detached {
+            return false;
+        }
         let cached = BlockState::Cached {
             crc,
             verified: true,
-            fresh: !handed_out,
+            fresh,
         };
         state.blocks.set(block, cached);
         state.unrecorded.push((block, crc));
@@ -716,7 +548,7 @@ impl Object {
         if !std::mem::replace(&mut state.recorder_running, true) {
             tokio::spawn(self.clone().record_when_quiet());
         }
-        Some(crc)
+        true
     }
 
     /// Makes stored blocks durable (`fdatasync`), then records them in the journal: only then
@@ -767,7 +599,7 @@ impl Object {
         }
     }
 
-    fn uncharge(&self, index: &CacheIndex, charge: u64) {
+    fn uncharge(&self, index: &CacheIndex<Object>, charge: u64) {
         let mut state = self.state.lock();
         if !state.detached {
             state.charged = state.charged.saturating_sub(charge);
@@ -791,7 +623,7 @@ impl Object {
             state.data = self.data_file(&mut state).ok();
         }
         state.detached = true;
-        state.backing = None;
+        let kept = state.kept.take();
         if !keep || state.data.is_none() {
             state.data = None;
             state.blocks.clear_cached();
@@ -801,7 +633,11 @@ impl Object {
                 tracing::warn!(path = %self.path, "cannot remove cache files: {e}");
             }
         }
-        std::mem::take(&mut state.charged)
+        let charged = std::mem::take(&mut state.charged);
+        drop(state);
+        // Outside the lock: dropping a passthrough registration talks to the kernel.
+        drop(kept);
+        charged
     }
 
     /// Adds bytes (taken from the index already) to this object's charge.
@@ -812,5 +648,34 @@ impl Object {
         }
         state.charged += charge;
         true
+    }
+}
+
+impl IndexEntry for Object {
+    fn key(&self) -> ObjectKey {
+        (self.site, self.path.clone())
+    }
+
+    fn detach(&self, replaced: bool) -> u64 {
+        Object::detach(self, replaced)
+    }
+}
+
+impl BlockSink for Object {
+    fn store(
+        self: &Arc<Self>,
+        block: u64,
+        pieces: &[Bytes],
+        claim: Option<&Arc<Flight<Delivered>>>,
+    ) -> bool {
+        self.store_block(block, pieces, claim).is_some()
+    }
+
+    fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
+        Object::abandon(self, block, flight)
+    }
+
+    fn writes(&self) -> &WriteQueue<Self> {
+        &self.writes
     }
 }

@@ -23,7 +23,7 @@ struct Summary {
 pub fn run(paths: &[PathBuf]) -> ExitCode {
     // Warming anything else would only read local files and claim a success.
     for path in paths {
-        if crate::control::mount_of(path).is_none() {
+        if crate::service::control::mount_of(path).is_none() {
             eprintln!("ston-fs warm: {} is not on a ston-fs mount", path.display());
             return ExitCode::from(1);
         }

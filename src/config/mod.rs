@@ -3,89 +3,28 @@
 //! Every key goes through [`Config::set`], so the TOML file and `-o` accept exactly the same
 //! keys and values, and an unknown key is rejected in one place with its name.
 
+mod keys;
+mod origins;
+mod parse;
+mod ttl;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::cache::Invalidation;
-use url::Url;
+use crate::base::Invalidation;
+
+pub use keys::{keys_help, KeyDoc, KEYS};
+pub use origins::{cache_folder_name, parse_origin_list, redact_url, Origin, Vhost};
+pub use parse::{parse_duration, parse_size};
+pub use ttl::TtlRule;
+
+use parse::*;
+use ttl::{parse_ttl_rule, ttl_rule_from_table};
 
 /// Where the daemon looks for a config file when no ORIGIN is given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ston-fs/ston-fs.toml";
-
-/// One config key as `--help` and the README describe it: name, default, meaning.
-pub struct KeyDoc {
-    pub key: &'static str,
-    pub default: &'static str,
-    pub meaning: &'static str,
-}
-
-const fn doc(key: &'static str, default: &'static str, meaning: &'static str) -> KeyDoc {
-    KeyDoc {
-        key,
-        default,
-        meaning,
-    }
-}
-
-/// Every config key, in the README's order. A unit test keeps this, [`Config::set`] and the
-/// README's table in step.
-pub const KEYS: &[KeyDoc] = &[
-    doc("origin", "-", "origin URL, or a comma-separated list of equivalent origins (TOML: `origins = [...]`)"),
-    doc("cache_dir", "/var/cache/ston-fs", "cache location; one subfolder per origin"),
-    doc("block_size", "1M", "cache and fetch unit; a multiple of 4K from 4K to 64M"),
-    doc("max_cache_size", "10G", "hard cap on the cache directory's disk use"),
-    doc("max_object_size", "1T", "largest object size an origin may claim; larger objects answer EIO"),
-    doc("max_unsized_object", "64M", "largest answer without Content-Length read whole to learn its size"),
-    doc("ttl", "1800", "seconds an object is fresh before it is revalidated"),
-    doc("negative_ttl", "30", "seconds a 404/410 is remembered (by ston-fs and the kernel)"),
-    doc("listing_ttl", "60", "seconds a directory listing is used before it is fetched again"),
-    doc("connect_timeout", "3", "origin connect timeout; also when a request is hedged to a second origin"),
-    doc("receive_timeout", "10", "longest wait for any data from the origin"),
-    doc("request_timeout", "connect+receive", "one deadline for a file-system call that needs the origin, over all retries and origins"),
-    doc("low_speed_limit", "16K", "bytes/s below which an answer counts as failing (0: off)"),
-    doc("low_speed_time", "3", "seconds an answer may stay below low_speed_limit"),
-    doc("allow_other", "false", "let users other than the mounting one use the mount (Apache, nginx workers)"),
-    doc("default_permissions", "true", "the kernel checks mode bits (files 0444, directories 0555)"),
-    doc("uid", "0", "owner shown for every file and directory (a number or a user name)"),
-    doc("gid", "0", "group shown for every file and directory (a number or a group name)"),
-    doc("read_only", "false", "mount read-only (`-o ro`); `mount` shows ro and unlink() is refused"),
-    doc("ca_file", "-", "PEM file of extra CAs trusted for https origins, on top of the system roots"),
-    doc("tls_pin", "-", "sha256:FINGERPRINT of an origin certificate trusted as it is (self-signed too); may repeat"),
-    doc("headers", "-", "request header `Name: value` (TOML list; `-o header=...`); values are never logged"),
-    doc("header_file", "-", "file of request headers, one `Name: value` a line; must not be readable by others"),
-    doc("file_status", "200..206", "origin statuses that make a path a file (`-o file_status=200:206`)"),
-    doc("dir_status", "301, 302, 403", "origin statuses that make a path a directory"),
-    doc("fuse_threads", "8", "FUSE dispatch threads"),
-    doc("log_file", "-", "where a daemonized ston-fs writes its log (otherwise syslog/the journal)"),
-    doc("ignore_cache_control", "false", "ignore the origin's Cache-Control"),
-    doc("ttl_rule", "-", "per-path TTL: `-o ttl_rule=/live/*:5` or TOML [[ttl_rule]]"),
-    doc("origin_fail_threshold", "3", "consecutive failures that take an origin out of rotation"),
-    doc("origin_probe_interval", "10", "seconds between background probes of excluded origins"),
-    doc("origin_recover_threshold", "5", "consecutive good probes that readmit an origin"),
-    doc("readahead_budget", "128M", "memory all open files together may hold in prefetched blocks"),
-    doc("readahead_max", "32M", "largest read-ahead window of one sequentially read file (0: off)"),
-    doc("passthrough", "true", "let the kernel read wholly cached files straight from the cache file"),
-    doc("direct_io_min_size", "32M", "files at least this big and not wholly cached use direct I/O (0: never)"),
-    doc("unlink", "purge", "what unlink() of a cached file does: purge, expire or hardpurge"),
-    doc("manifest", "-", "origin path of a manifest used for directory listings"),
-    doc("dot_dir", "false", "answer any path component without a dot as a directory at once"),
-    doc("access_log", "-", "file with one line per file-system call (created 0640)"),
-    doc("metrics_addr", "-", "loopback address serving Prometheus text at /metrics"),
-];
-
-/// The key table as `--help` prints it.
-pub fn keys_help() -> String {
-    let mut text = String::from("Config keys (TOML file and -o key=value take the same keys):\n");
-    for key in KEYS {
-        text.push_str(&format!(
-            "  {:<26} {} [default: {}]\n",
-            key.key, key.meaning, key.default
-        ));
-    }
-    text
-}
 
 /// A configuration or command-line mistake, reported to the user before anything is mounted.
 #[derive(Debug, Error)]
@@ -109,213 +48,6 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// One virtual host: the first path component of the mount selects it.
-#[derive(Debug, Clone)]
-pub struct Vhost {
-    /// Canonical host name, sent as the `Host` header.
-    pub name: String,
-    /// Other names that reach the same host; one leading `*.` wildcard is allowed.
-    pub aliases: Vec<String>,
-    /// Equivalent origins; requests spread over the healthy ones.
-    pub origins: Vec<Origin>,
-}
-
-impl Vhost {
-    /// Whether a path component names this host (its name or one of its aliases).
-    pub fn answers_to(&self, component: &str) -> bool {
-        let component = component.to_ascii_lowercase();
-        component == self.name.to_ascii_lowercase()
-            || self.aliases.iter().any(|alias| {
-                let alias = alias.to_ascii_lowercase();
-                match alias.strip_prefix("*.") {
-                    Some(suffix) => component
-                        .strip_suffix(suffix)
-                        .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-                    None => alias == component,
-                }
-            })
-    }
-}
-
-/// An origin server address: scheme, authority and an optional path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// `scheme://host[:port]`, with no trailing slash and no credentials.
-    pub base: String,
-    /// Path prefix prepended to every request, without a trailing slash (`""` for none).
-    pub prefix: String,
-}
-
-impl Origin {
-    pub fn parse(text: &str) -> Result<Origin, ConfigError> {
-        let fail = |reason: &str| ConfigError::BadOrigin {
-            url: redact_url(text),
-            reason: reason.to_string(),
-        };
-        let trimmed = text.trim();
-        let url = Url::parse(trimmed).map_err(|e| match e {
-            url::ParseError::RelativeUrlWithoutBase => fail(&format!(
-                "it needs a scheme, e.g. http://{}/",
-                trimmed.trim_matches('/')
-            )),
-            other => fail(&other.to_string()),
-        })?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(fail("only http:// and https:// origins are supported"));
-        }
-        // The url crate reads `http:///host` as `http://host/`; a typo should not pass.
-        let after_scheme = trimmed.split_once("://").map(|(_, rest)| rest);
-        if after_scheme.is_none_or(|rest| rest.starts_with('/')) {
-            return Err(fail("no host after the scheme (expected http://HOST/...)"));
-        }
-        let host = url.host_str().ok_or_else(|| fail("no host"))?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(fail(
-                "credentials in the URL are not supported; use `headers = [\"Authorization: ...\"]`",
-            ));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(fail("an origin URL cannot carry a query or a fragment"));
-        }
-        let authority = match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
-        };
-        Ok(Origin {
-            base: format!("{}://{}", url.scheme(), authority),
-            prefix: url.path().trim_end_matches('/').to_string(),
-        })
-    }
-}
-
-/// A file-system-safe, stable name for a site's cache subfolder: readable, and unique to the
-/// set of origins and the host, whatever order the origins are listed in.
-pub fn cache_folder_name(origins: &[Origin], host: &str) -> String {
-    let prefix = origins.first().map(|o| o.prefix.as_str()).unwrap_or("");
-    let readable: String = format!("{host}{prefix}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(48)
-        .collect();
-    let mut identity: Vec<String> = origins
-        .iter()
-        .map(|o| format!("{}|{}", o.base, o.prefix))
-        .collect();
-    identity.sort();
-    identity.push(host.to_string());
-    format!(
-        "{readable}-{:016x}",
-        xxhash_rust::xxh3::xxh3_64(identity.join("\n").as_bytes())
-    )
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}{}/", self.base, self.prefix)
-    }
-}
-
-/// Drops anything that could be a credential from a URL before it is shown to anyone.
-pub fn redact_url(text: &str) -> String {
-    match Url::parse(text.trim()) {
-        Ok(mut url) => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        Err(_) => text.chars().take(200).collect(),
-    }
-}
-
-/// A TTL for paths matching a glob (`*` matches anything, `/` included; `?` one character).
-#[derive(Debug, Clone)]
-pub struct TtlRule {
-    pub pattern: String,
-    pub ttl: Duration,
-}
-
-impl TtlRule {
-    pub fn matches(&self, path: &str) -> bool {
-        glob_match(self.pattern.as_bytes(), path.as_bytes())
-    }
-}
-
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    // Iterative matcher with one backtrack point per `*`: linear enough for paths.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((star_p, star_t)) => {
-                    p = star_p + 1;
-                    t = star_t + 1;
-                    star = Some((star_p, star_t + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-/// `-o ttl_rule=/live/*:5` form.
-fn parse_ttl_rule(value: &str) -> Result<TtlRule, ConfigError> {
-    let (pattern, ttl) = value
-        .rsplit_once(':')
-        .ok_or_else(|| bad("ttl_rule", "must look like `PATTERN:SECONDS`"))?;
-    new_ttl_rule(pattern, parse_duration("ttl_rule", ttl)?)
-}
-
-fn ttl_rule_from_table(table: &toml::Table) -> Result<TtlRule, ConfigError> {
-    let mut pattern = None;
-    let mut ttl = None;
-    for (key, value) in table {
-        match key.as_str() {
-            "pattern" => pattern = Some(toml_scalar("ttl_rule.pattern", value)?),
-            "ttl" => {
-                let seconds = toml_scalar("ttl_rule.ttl", value)?;
-                ttl = Some(parse_duration("ttl_rule.ttl", &seconds)?)
-            }
-            other => return Err(ConfigError::UnknownKey(format!("ttl_rule.{other}"))),
-        }
-    }
-    match (pattern, ttl) {
-        (Some(pattern), Some(ttl)) => new_ttl_rule(&pattern, ttl),
-        _ => Err(bad(
-            "ttl_rule",
-            "each [[ttl_rule]] needs `pattern` and `ttl`",
-        )),
-    }
-}
-
-fn new_ttl_rule(pattern: &str, ttl: Duration) -> Result<TtlRule, ConfigError> {
-    if !pattern.starts_with('/') && !pattern.starts_with('*') {
-        return Err(bad(
-            "ttl_rule",
-            format!("pattern `{pattern}` must start with `/` or `*`"),
-        ));
-    }
-    Ok(TtlRule {
-        pattern: pattern.to_string(),
-        ttl,
-    })
-}
-
 /// When an origin is taken out of rotation and when it comes back.
 #[derive(Debug, Clone)]
 pub struct HealthPolicy {
@@ -334,22 +66,6 @@ impl Default for HealthPolicy {
             probe_interval: Duration::from_secs(10),
         }
     }
-}
-
-/// Parses one origin or a list separated by commas, semicolons or white space.
-pub fn parse_origin_list(value: &str) -> Result<Vec<Origin>, ConfigError> {
-    let origins = value
-        .split([',', ';', ' ', '\t', '\n'])
-        .filter(|s| !s.trim().is_empty())
-        .map(Origin::parse)
-        .collect::<Result<Vec<_>, _>>()?;
-    if origins.is_empty() {
-        return Err(ConfigError::BadOrigin {
-            url: value.to_string(),
-            reason: "no origin URL given".into(),
-        });
-    }
-    Ok(origins)
 }
 
 /// An extra request header; its value is a secret and never printed.
@@ -667,19 +383,13 @@ impl Config {
         for (key, value) in table {
             match (key.as_str(), value) {
                 ("ttl_rule", toml::Value::Array(items)) => {
-                    for item in items {
-                        let table = item
-                            .as_table()
-                            .ok_or_else(|| bad("ttl_rule", "each [[ttl_rule]] must be a table"))?;
-                        self.ttl_rules.push(ttl_rule_from_table(table)?);
+                    for item in tables_of(key, items)? {
+                        self.ttl_rules.push(ttl_rule_from_table(item)?);
                     }
                 }
                 ("vhost", toml::Value::Array(items)) => {
-                    for item in items {
-                        let table = item
-                            .as_table()
-                            .ok_or_else(|| bad("vhost", "each [[vhost]] must be a table"))?;
-                        self.vhosts.push(parse_vhost(table)?);
+                    for item in tables_of(key, items)? {
+                        self.vhosts.push(parse_vhost(item)?);
                     }
                 }
                 ("origins" | "origin", value @ toml::Value::Array(_)) => {
@@ -691,26 +401,27 @@ impl Config {
                     }
                 }
                 ("headers", other) => {
-                    return Err(bad(
-                        key,
-                        format!(
-                            "expected a list like [\"Name: value\"], found {}",
-                            other.type_str()
-                        ),
-                    ))
+                    let found = other.type_str();
+                    let reason = format!("expected a list like [\"Name: value\"], found {found}");
+                    return Err(bad(key, reason));
                 }
                 (_, toml::Value::Array(items)) if key.ends_with("_status") => {
-                    self.set(key, "")?; // validates the key and clears the default list
-                    let codes = items
-                        .iter()
-                        .map(|item| toml_scalar(key, item))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    self.set(key, &codes.join(":"))?;
+                    self.set_status_list(key, items)?
                 }
                 _ => self.set(key, &toml_scalar(key, value)?)?,
             }
         }
         Ok(())
+    }
+
+    /// `dir_status = [301, 403]`: replaces the default list.
+    fn set_status_list(&mut self, key: &str, items: &[toml::Value]) -> Result<(), ConfigError> {
+        self.set(key, "")?; // validates the key and clears the default list
+        let codes = items
+            .iter()
+            .map(|item| toml_scalar(key, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.set(key, &codes.join(":"))
     }
 
     /// Checks the settings as a whole once every source has been applied.
@@ -794,6 +505,17 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
     })
 }
 
+/// The tables of a TOML array of tables (`[[vhost]]`, `[[ttl_rule]]`).
+fn tables_of<'a>(key: &str, items: &'a [toml::Value]) -> Result<Vec<&'a toml::Table>, ConfigError> {
+    items
+        .iter()
+        .map(|item| {
+            let reason = format!("each [[{key}]] must be a table");
+            item.as_table().ok_or_else(|| bad(key, reason))
+        })
+        .collect()
+}
+
 /// An origin value in TOML: a string (one URL or a list) or an array of URLs.
 fn parse_origin_value(key: &str, value: &toml::Value) -> Result<Vec<Origin>, ConfigError> {
     match value {
@@ -808,279 +530,13 @@ fn parse_origin_value(key: &str, value: &toml::Value) -> Result<Vec<Origin>, Con
     }
 }
 
-fn toml_scalar(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
-    match value {
-        toml::Value::String(s) => Ok(s.clone()),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        other => Err(bad(
-            key,
-            format!(
-                "expected a string, number or boolean, found {}",
-                other.type_str()
-            ),
-        )),
-    }
-}
-
-fn nonempty<'a>(key: &str, value: &'a str) -> Result<&'a str, ConfigError> {
-    if value.is_empty() {
-        Err(bad(key, "must not be empty"))
-    } else {
-        Ok(value)
-    }
-}
-
-fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| bad(key, format!("`{value}` is not a whole number")))
-}
-
-fn parse_count(key: &str, value: &str) -> Result<u32, ConfigError> {
-    match parse_number::<u32>(key, value)? {
-        0 => Err(bad(key, "must be at least 1")),
-        n => Ok(n),
-    }
-}
-
-fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
-    match value.to_ascii_lowercase().as_str() {
-        "" | "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(bad(key, format!("`{value}` is not true or false"))),
-    }
-}
-
-/// Parses a byte count with an optional K/M/G/T suffix (binary multiples).
-pub fn parse_size(key: &str, value: &str) -> Result<u64, ConfigError> {
-    let text = value.trim().to_ascii_uppercase();
-    let text = text
-        .strip_suffix("IB")
-        .or_else(|| text.strip_suffix('B'))
-        .unwrap_or(&text);
-    let (digits, shift) = match text.chars().last() {
-        Some('K') => (&text[..text.len() - 1], 10),
-        Some('M') => (&text[..text.len() - 1], 20),
-        Some('G') => (&text[..text.len() - 1], 30),
-        Some('T') => (&text[..text.len() - 1], 40),
-        _ => (text, 0),
-    };
-    let number: u64 = digits
-        .trim()
-        .parse()
-        .map_err(|_| bad(key, format!("`{value}` is not a size (like 512K, 10G)")))?;
-    number
-        .checked_mul(1u64 << shift)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| bad(key, format!("`{value}` is out of range")))
-}
-
-/// Like [`parse_size`], but `0` is allowed (it turns a feature off).
-fn parse_size_or_zero(key: &str, value: &str) -> Result<u64, ConfigError> {
-    if value.trim() == "0" {
-        Ok(0)
-    } else {
-        parse_size(key, value)
-    }
-}
-
-fn parse_block_size(key: &str, value: &str) -> Result<u64, ConfigError> {
-    let size = parse_size(key, value)?;
-    if !(4096..=(64 << 20)).contains(&size) || size % 4096 != 0 {
-        return Err(bad(key, "must be a multiple of 4K between 4K and 64M"));
-    }
-    Ok(size)
-}
-
-/// Parses seconds (`30`, `1.5`, `30s`) or milliseconds (`500ms`).
-pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    let text = value.trim();
-    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
-        (ms, 0.001)
-    } else {
-        (text.strip_suffix('s').unwrap_or(text), 1.0)
-    };
-    let seconds: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| bad(key, format!("`{value}` is not a duration in seconds")))?;
-    let seconds = seconds * scale;
-    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
-        return Err(bad(key, format!("`{value}` is out of range")));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-fn parse_timeout(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    let duration = parse_duration(key, value)?;
-    if duration < Duration::from_millis(10) {
-        return Err(bad(key, "must be at least 10ms"));
-    }
-    Ok(duration)
-}
-
-fn parse_status_list(key: &str, value: &str) -> Result<Vec<u16>, ConfigError> {
-    value
-        .split([':', ' ', ';'])
-        .filter(|s| !s.is_empty())
-        .map(|s| match s.parse::<u16>() {
-            Ok(code) if (100..=599).contains(&code) => Ok(code),
-            _ => Err(bad(key, format!("`{s}` is not an HTTP status code"))),
-        })
-        .collect()
-}
-
-fn parse_metrics_addr(key: &str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    let addr: std::net::SocketAddr = value.parse().map_err(|_| {
-        bad(
-            key,
-            format!("`{value}` is not an address like 127.0.0.1:9400"),
-        )
-    })?;
-    if !addr.ip().is_loopback() {
-        return Err(bad(key, "must be a loopback address (127.0.0.1 or ::1)"));
-    }
-    Ok(addr)
-}
-
-/// `sha256:AB:CD:...` or plain hex, as `openssl x509 -noout -fingerprint -sha256` prints it.
-fn parse_pin(value: &str) -> Result<[u8; 32], ConfigError> {
-    let text = value.trim();
-    let lower = text.to_ascii_lowercase();
-    let hex: String = lower
-        .strip_prefix("sha256:")
-        .or_else(|| lower.strip_prefix("sha256 fingerprint="))
-        .unwrap_or(&lower)
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
-    let invalid = || {
-        bad(
-            "tls_pin",
-            "must be a certificate's SHA-256 fingerprint: sha256: and 64 hex digits",
-        )
-    };
-    if hex.len() != 64 {
-        return Err(invalid());
-    }
-    let mut pin = [0u8; 32];
-    for (i, byte) in pin.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
-    }
-    Ok(pin)
-}
-
-/// Request headers from a file, one `Name: value` a line, so that secrets stay out of `ps`
-/// and fstab. The file must not be readable by other users.
-fn read_header_file(value: &str) -> Result<Vec<ExtraHeader>, ConfigError> {
-    use std::os::unix::fs::MetadataExt;
-    let path = Path::new(nonempty("header_file", value)?);
-    let fail = |reason: String| bad("header_file", format!("{}: {reason}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(fail(format!(
-            "mode {:o} lets other users read it; chmod 600 it",
-            meta.mode() & 0o777
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(parse_header)
-        .collect()
-}
-
-/// A user id, or a user name looked up in the system's user database.
-fn parse_user(key: &str, value: &str) -> Result<u32, ConfigError> {
-    if let Ok(id) = value.parse() {
-        return Ok(id);
-    }
-    lookup_id(value, false).ok_or_else(|| bad(key, format!("no user named `{value}`")))
-}
-
-/// A group id, or a group name.
-fn parse_group(key: &str, value: &str) -> Result<u32, ConfigError> {
-    if let Ok(id) = value.parse() {
-        return Ok(id);
-    }
-    lookup_id(value, true).ok_or_else(|| bad(key, format!("no group named `{value}`")))
-}
-
-/// The id of a user (or group) name, through libc's reentrant lookups.
-fn lookup_id(name: &str, group: bool) -> Option<u32> {
-    let c_name = std::ffi::CString::new(name).ok()?;
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    if group {
-        // SAFETY: zeroed plain-old-data output struct, filled by getgrnam_r.
-        let mut entry: libc::group = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call; the buffer's length is passed.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                c_name.as_ptr(),
-                &mut entry,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut found,
-            )
-        };
-        (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
-    } else {
-        // SAFETY: zeroed plain-old-data output struct, filled by getpwnam_r.
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call; the buffer's length is passed.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                c_name.as_ptr(),
-                &mut entry,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut found,
-            )
-        };
-        (rc == 0 && !found.is_null()).then_some(entry.pw_uid)
-    }
-}
-
-fn parse_header(value: &str) -> Result<ExtraHeader, ConfigError> {
-    let (name, header_value) = value
-        .split_once(':')
-        .ok_or_else(|| bad("headers", "must look like `Name: value`"))?;
-    let name = name.trim();
-    let valid_name = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid_name {
-        return Err(bad("headers", format!("`{name}` is not a header name")));
-    }
-    let header_value = header_value.trim();
-    if header_value
-        .bytes()
-        .any(|b| b == b'\r' || b == b'\n' || b == 0)
-    {
-        return Err(bad(
-            "headers",
-            format!("the value of `{name}` has a line break"),
-        ));
-    }
-    Ok(ExtraHeader {
-        name: name.to_string(),
-        value: header_value.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_key_is_documented_and_accepted() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         for key in KEYS {
             let row = format!("| `{}`", key.key);
             let in_table = readme.contains(&row) || readme.contains(&format!(", `{}` |", key.key));

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::cache::{Cache, Invalidation};
-use crate::stats::Snapshot;
-
-/// Extended attribute of the mount root that holds the control socket's path.
-pub const SOCKET_XATTR: &str = "user.stonfs.control";
+use super::mountinfo::ston_fs_mount_of;
+use crate::base::stats::Snapshot;
+use crate::base::Invalidation;
+use crate::cache::Cache;
+use crate::fuse::SOCKET_XATTR;
 /// Longest request line the daemon reads.
 const MAX_REQUEST: usize = 1 << 20;
 
@@ -112,44 +112,6 @@ pub fn serve(cache: Arc<Cache>, path: PathBuf) {
                 if let Err(e) = answer(&cache, stream).await {
                     tracing::debug!("control connection: {e}");
                 }
-            });
-        }
-    });
-}
-
-/// Serves `GET /metrics` in Prometheus text format on `addr` (a loopback address).
-pub fn serve_metrics(cache: Arc<Cache>, addr: std::net::SocketAddr) {
-    tokio::spawn(async move {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(%addr, "no metrics endpoint: {e}");
-                return;
-            }
-        };
-        while let Ok((stream, _)) = listener.accept().await {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
-                        let found = request.uri().path() == "/metrics";
-                        let body = if found {
-                            cache.snapshot().to_prometheus()
-                        } else {
-                            String::new()
-                        };
-                        async move {
-                            hyper::Response::builder()
-                                .status(if found { 200 } else { 404 })
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
             });
         }
     });
@@ -258,17 +220,7 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// The ston-fs mount that contains `path`: the longest matching mount point.
 pub fn mount_of(path: &Path) -> Option<PathBuf> {
-    let path = absolute(path);
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split(' ').next()?;
-            let mountpoint = before.split(' ').nth(4)?;
-            (fstype == "fuse.ston-fs").then(|| PathBuf::from(crate::mount::unescape(mountpoint)))
-        })
-        .filter(|mountpoint| path.starts_with(mountpoint))
-        .max_by_key(|mountpoint| mountpoint.as_os_str().len())
+    ston_fs_mount_of(&absolute(path))
 }
 
 fn read_socket_xattr(mountpoint: &Path) -> Result<PathBuf, String> {

@@ -1,0 +1,63 @@
+//! `purge`, `expire` and `hardpurge`: of one path, or of what lies below a directory.
+
+use super::index::ObjectKey;
+use super::Cache;
+use crate::base::{Invalidation, SiteId};
+
+/// What an invalidation touched.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InvalidationReport {
+    pub objects: u64,
+    /// Cached data bytes of those objects.
+    pub bytes: u64,
+}
+
+impl Cache {
+    /// Applies an invalidation to one path, or to what lies below a directory when the path
+    /// ends in `/*` (the directory's own record stays). Listings of the directories it
+    /// covers expire too, and so do remembered not-found answers below them.
+    pub fn invalidate(&self, site: SiteId, path: &str, action: Invalidation) -> InvalidationReport {
+        let (dir, below) = match path.strip_suffix("/*") {
+            Some(dir) => (dir.to_string(), format!("{dir}/")),
+            None => (path.to_string(), format!("{path}/")),
+        };
+        let subtree = path.ends_with("/*");
+        // `DIR/*` covers what lies below DIR; a plain path covers itself only, so purging a
+        // directory keeps its cached children.
+        let covers = |p: &str| match subtree {
+            true => p.starts_with(&below),
+            false => p == path,
+        };
+        let mut report = InvalidationReport::default();
+        for object in self.index.matching(site, covers) {
+            report.objects += 1;
+            report.bytes += object.cached_bytes();
+            match action {
+                Invalidation::Expire => object.expire(),
+                Invalidation::Purge | Invalidation::Hardpurge => self.index.retire(&object),
+            }
+        }
+        {
+            let mut negative = self.negative.lock();
+            let gone: Vec<ObjectKey> = negative
+                .iter()
+                .map(|(key, _)| key)
+                .filter(|(s, p)| *s == site && covers(p))
+                .cloned()
+                .collect();
+            for key in gone {
+                negative.pop(&key);
+            }
+        }
+        let listed = |d: &str| d == dir || (subtree && d.starts_with(&below));
+        self.expire_listings(site, listed);
+        tracing::info!(
+            path,
+            ?action,
+            objects = report.objects,
+            bytes = report.bytes,
+            "invalidated"
+        );
+        report
+    }
+}

@@ -1,0 +1,261 @@
+//! Names to inodes: lookups, attributes, directory listings and `unlink` (an invalidation).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Answer, Attr, DirEntry, EntryKind, StonFs};
+use crate::base::stats::Op;
+use crate::base::{now_secs, FsError, FsResult, ObjectKind, SiteId};
+use crate::cache::{ListedEntry, Object};
+use crate::fuse::inodes::{Node, ROOT_INO};
+
+/// A lookup's answer: an inode and how long the kernel may keep it. Inode 0 is a negative
+/// entry: the kernel remembers the name does not exist for `ttl`.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+/// File names that can never be sent to the origin as a path component.
+fn component(name: &OsStr) -> Option<&str> {
+    let name = name.to_str()?;
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']);
+    plain.then_some(name)
+}
+
+impl StonFs {
+    /// Looks `name` up in directory `parent`: from memory (a fresh object, a fresh negative
+    /// answer, the parent's listing, `dot_dir`) or else with a probe of the origin.
+    pub fn lookup(self: &Arc<Self>, parent: u64, name: &OsStr) -> Answer<Entry> {
+        let (Some(parent_node), Some(name)) = (self.inodes.get(parent), component(name)) else {
+            return Answer::Now(Err(FsError::NotFound));
+        };
+        let Some(site) = parent_node.site else {
+            return Answer::Now(self.lookup_vhost(name));
+        };
+        if !parent_node.is_directory() {
+            return Answer::Now(Err(FsError::NotDirectory));
+        }
+        let started = Instant::now();
+        let path: Arc<str> = format!("{}/{}", parent_node.path, name).into();
+        if let Some(answer) = self.cache.lookup_fresh(site, &path) {
+            self.record(Op::Lookup, &path, 0, started, true);
+            return Answer::Now(self.entry(parent, name, site, path, answer));
+        }
+        if let Some(listed) = self.known_without_origin(site, &parent_node.path, name) {
+            self.record(Op::Lookup, &path, 0, started, true);
+            return Answer::Now(Ok(self.listed_entry(parent, name, site, path, listed)));
+        }
+        let fs = self.clone();
+        let name = name.to_string();
+        Answer::later(async move {
+            let deadline = started + fs.cache.request_timeout();
+            let answer = fs.cache.resolve(site, path.clone(), deadline).await;
+            fs.record(Op::Lookup, &path, 0, started, false);
+            fs.entry(parent, &name, site, path, answer)
+        })
+    }
+
+    /// The entry for a resolved name. Not-found becomes a negative entry the kernel caches.
+    fn entry(
+        &self,
+        parent: u64,
+        name: &str,
+        site: SiteId,
+        path: Arc<str>,
+        answer: FsResult<Arc<Object>>,
+    ) -> FsResult<Entry> {
+        let found = match answer {
+            Ok(object) => object,
+            Err(FsError::NotFound) => {
+                let node = Node::new(site, path, None);
+                return Ok(Entry {
+                    attr: self.attr(0, &node),
+                    ttl: self.cache.config().negative_ttl,
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        let node = Node::new(site, path, Some(found));
+        let (ino, stale) = self.inodes.attach(parent, name, node.clone());
+        if stale {
+            self.invalidate_pages(ino);
+        }
+        Ok(Entry {
+            attr: self.attr(ino, &node),
+            ttl: self.attr_ttl(&node),
+        })
+    }
+
+    /// At the virtual-host root, a name is a host (or one of its aliases).
+    fn lookup_vhost(&self, name: &str) -> FsResult<Entry> {
+        let site = self.cache.vhost_named(name).ok_or(FsError::NotFound)?;
+        let node = Node::new(site, Arc::from(""), None);
+        let (ino, _) = self.inodes.attach(ROOT_INO, name, node.clone());
+        Ok(Entry {
+            attr: self.attr(ino, &node),
+            ttl: self.cache.config().ttl,
+        })
+    }
+
+    /// An entry answered from the parent's listing (or `dot_dir`), without the origin.
+    fn listed_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        site: SiteId,
+        path: Arc<str>,
+        listed: ListedEntry,
+    ) -> Entry {
+        let node = Node {
+            listed: Some(listed),
+            ..Node::new(site, path, None)
+        };
+        let (ino, _) = self.inodes.attach(parent, name, node.clone());
+        Entry {
+            attr: self.attr(ino, &node),
+            ttl: self.cache.config().ttl,
+        }
+    }
+
+    /// What can be said of `name` without asking the origin: `dot_dir`, or a fresh listing
+    /// of the parent that gives a directory, or a file with exact size and time.
+    fn known_without_origin(
+        &self,
+        site: SiteId,
+        parent_path: &str,
+        name: &str,
+    ) -> Option<ListedEntry> {
+        if self.cache.config().dot_dir && !name.contains('.') {
+            return Some(ListedEntry {
+                name: name.to_string(),
+                is_dir: true,
+                size: None,
+                mtime: None,
+            });
+        }
+        self.cache
+            .listed_entry(site, parent_path, name)
+            .filter(|e| e.is_dir || (e.size.is_some() && e.mtime.is_some()))
+    }
+
+    /// The attributes of an inode, revalidated at the origin when its TTL has run out.
+    pub fn getattr(self: &Arc<Self>, ino: u64) -> Answer<(Attr, Duration)> {
+        let Some(node) = self.inodes.get(ino) else {
+            return Answer::Now(Err(FsError::NotFound));
+        };
+        let started = Instant::now();
+        if !needs_origin(&node) {
+            self.record(Op::Attr, &node.path, 0, started, true);
+            return Answer::Now(Ok((self.attr(ino, &node), self.attr_ttl(&node))));
+        }
+        let fs = self.clone();
+        Answer::later(async move {
+            let deadline = started + fs.cache.request_timeout();
+            let answer = fs.fresh_object(ino, &node, deadline).await;
+            fs.record(Op::Attr, &node.path, 0, started, false);
+            let node = Node {
+                object: Some(answer?),
+                ..node
+            };
+            Ok((fs.attr(ino, &node), fs.attr_ttl(&node)))
+        })
+    }
+
+    /// The node's object, revalidated when its TTL has run out.
+    pub(super) async fn fresh_object(
+        &self,
+        ino: u64,
+        node: &Node,
+        deadline: Instant,
+    ) -> FsResult<Arc<Object>> {
+        let Some(site) = node.site.filter(|_| !node.path.is_empty()) else {
+            return Err(FsError::NotFound);
+        };
+        if let Some(object) = &node.object {
+            if object.is_fresh(now_secs()) && !object.is_detached() {
+                return Ok(object.clone());
+            }
+        }
+        let object = self
+            .cache
+            .resolve(site, node.path.clone(), deadline)
+            .await?;
+        // A name first known from a listing may turn out another size: the kernel must drop
+        // the listed attributes, or it would cut reads short at the listed size.
+        let listed_differs = node.listed.as_ref().is_some_and(|e| {
+            e.size != Some(object.size()) || e.is_dir != (object.kind() == ObjectKind::Directory)
+        });
+        if self.inodes.update_object(ino, &object) || listed_differs {
+            self.invalidate_pages(ino);
+        }
+        Ok(object)
+    }
+
+    pub fn opendir(&self, ino: u64) -> FsResult<()> {
+        match self.inodes.get(ino) {
+            Some(node) if node.is_directory() => Ok(()),
+            Some(_) => Err(FsError::NotDirectory),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// A directory's entries: `.`, `..`, then the origin's listing (or, at the virtual-host
+    /// root, the hosts). Inode numbers come with the kernel's lookups of the names.
+    pub fn readdir(self: &Arc<Self>, ino: u64) -> Answer<Vec<DirEntry>> {
+        let Some(node) = self.inodes.get(ino) else {
+            return Answer::Now(Err(FsError::NotFound));
+        };
+        let mut entries = vec![
+            dir_entry(ino, EntryKind::Directory, "."),
+            dir_entry(ROOT_INO, EntryKind::Directory, ".."),
+        ];
+        let Some(site) = node.site else {
+            let hosts = self.cache.sites().iter().map(|s| s.name());
+            entries.extend(hosts.map(|host| dir_entry(u64::MAX, EntryKind::Directory, host)));
+            return Answer::Now(Ok(entries));
+        };
+        let fs = self.clone();
+        Answer::later(async move {
+            for listed in fs.cache.listing(site, &node.path).await.iter() {
+                let kind = match listed.is_dir {
+                    true => EntryKind::Directory,
+                    false => EntryKind::File,
+                };
+                entries.push(dir_entry(u64::MAX, kind, &listed.name));
+            }
+            Ok(entries)
+        })
+    }
+
+    /// Unlinking a cached file invalidates it (the configured `unlink` action); the origin
+    /// still has the file, so it stays visible and the next read fetches or revalidates.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let parent_node = self.inodes.get(parent).ok_or(FsError::NotFound)?;
+        let name = component(name).ok_or(FsError::NotFound)?;
+        let site = parent_node.site.ok_or(FsError::ReadOnly)?;
+        let path = format!("{}/{}", parent_node.path, name);
+        let action = self.cache.config().unlink;
+        self.cache.invalidate(site, &path, action);
+        Ok(())
+    }
+}
+
+fn dir_entry(ino: u64, kind: EntryKind, name: &str) -> DirEntry {
+    DirEntry {
+        ino,
+        kind,
+        name: name.to_string(),
+    }
+}
+
+/// Whether answering for this node needs the cache's resolver (and maybe the origin):
+/// its TTL ran out, or its object left the cache.
+pub(super) fn needs_origin(node: &Node) -> bool {
+    node.object
+        .as_ref()
+        .is_some_and(|o| o.is_detached() || !o.is_fresh(now_secs()))
+        && !node.path.is_empty()
+}

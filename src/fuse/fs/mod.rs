@@ -1,0 +1,218 @@
+//! The file system under the FUSE adapter: every kernel request as a method that returns a
+//! value (an entry, attributes, an open handle, bytes) or an [`FsError`].
+//!
+//! A request answers [`Answer::Now`] when memory and the cache suffice, on the FUSE thread;
+//! anything that needs the origin is an [`Answer::Later`] future that the adapter runs on the
+//! I/O runtime, so a slow origin never holds a FUSE thread. Nothing here names fuser: the
+//! adapter owns that, and this logic runs in tests without a kernel.
+//!
+//! Lock order: `handles` and `kept` are leaf locks; the inode table's lock is taken without
+//! either held, and may call into an object (its `state` lock) while held.
+
+mod attr;
+mod lookup;
+mod open;
+mod read;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Instant, SystemTime};
+
+use parking_lot::Mutex;
+
+use super::inodes::{InodeTable, ROOT_INO};
+use super::passthrough::Backings;
+use crate::base::stats::Op;
+use crate::base::{FsError, FsResult};
+use crate::cache::{Cache, Object};
+
+pub use attr::{Attr, EntryKind};
+pub use lookup::Entry;
+pub use open::{OpenIo, Opened};
+
+use read::OpenFile;
+
+/// Extended attribute of the mount root that holds the control socket's path.
+pub const SOCKET_XATTR: &str = "user.stonfs.control";
+
+/// An answer now, or the work that will produce it.
+pub enum Answer<T> {
+    Now(FsResult<T>),
+    Later(Pin<Box<dyn Future<Output = FsResult<T>> + Send>>),
+}
+
+impl<T> Answer<T> {
+    fn later(future: impl Future<Output = FsResult<T>> + Send + 'static) -> Answer<T> {
+        Answer::Later(Box::pin(future))
+    }
+}
+
+/// Drops what the kernel cached of an inode; implemented by the adapter over its session.
+pub trait KernelCache: Send + Sync {
+    fn invalidate_inode(&self, ino: u64);
+}
+
+/// What the kernel granted at INIT, which decides how files are opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelFeatures {
+    /// FUSE passthrough (kernel ≥ 6.9, and the privilege to register backing files).
+    pub passthrough: bool,
+    /// Programs may mmap files opened for direct I/O (kernel ≥ 6.6).
+    pub direct_io_mmap: bool,
+}
+
+/// One directory entry of a listing.
+pub struct DirEntry {
+    /// `u64::MAX` when the kernel is to learn the number from a lookup.
+    pub ino: u64,
+    pub kind: EntryKind,
+    pub name: String,
+}
+
+/// What `statfs` reports: the cache's cap and use, in 4 KiB blocks.
+pub struct FsStat {
+    pub blocks: u64,
+    pub free: u64,
+    pub files: u64,
+}
+
+/// An extended attribute's answer: its size when asked for the size, else its bytes.
+pub enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+/// The file system of one mount, above the cache.
+///
+/// Owns: the inode table, the open handles, and the objects that keep a passthrough
+/// registration between opens (at most `open::KEPT_BACKINGS`).
+/// Must hold: every handle's object is the version its open resolved; an inode's handles
+/// are all cached or all passthrough.
+pub struct StonFs {
+    cache: Arc<Cache>,
+    inodes: InodeTable,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_handle: AtomicU64,
+    runtime: tokio::runtime::Handle,
+    mounted_at: SystemTime,
+    passthrough: AtomicBool,
+    direct_io: AtomicBool,
+    /// Objects that keep a passthrough registration between opens, oldest first.
+    kept: Mutex<VecDeque<Weak<Object>>>,
+    backings: OnceLock<Arc<dyn Backings>>,
+    kernel: OnceLock<Arc<dyn KernelCache>>,
+    control_socket: OnceLock<PathBuf>,
+}
+
+impl StonFs {
+    pub fn new(cache: Arc<Cache>, runtime: tokio::runtime::Handle) -> StonFs {
+        let root_site = (!cache.config().origins.is_empty()).then_some(0);
+        StonFs {
+            inodes: InodeTable::new(root_site),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            runtime,
+            mounted_at: SystemTime::now(),
+            passthrough: AtomicBool::new(false),
+            direct_io: AtomicBool::new(false),
+            kept: Mutex::new(VecDeque::new()),
+            backings: OnceLock::new(),
+            kernel: OnceLock::new(),
+            control_socket: OnceLock::new(),
+            cache,
+        }
+    }
+
+    /// What the kernel granted: passthrough and direct I/O are used only where both the
+    /// configuration and the kernel allow them.
+    pub fn set_kernel_features(&self, features: KernelFeatures) {
+        let config = self.cache.config();
+        let passthrough = config.passthrough && features.passthrough;
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        let direct_io = config.direct_io_min_size > 0 && features.direct_io_mmap;
+        self.direct_io.store(direct_io, Ordering::Relaxed);
+    }
+
+    /// Where passthrough registrations are made (set once the connection exists).
+    pub fn set_backings(&self, backings: Arc<dyn Backings>) {
+        let _ = self.backings.set(backings);
+    }
+
+    /// How the kernel's caches are invalidated (set once the session exists).
+    pub fn set_kernel_cache(&self, kernel: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(kernel);
+    }
+
+    /// The control socket's path, published on the mount root as [`SOCKET_XATTR`].
+    pub fn set_control_socket(&self, path: PathBuf) {
+        let _ = self.control_socket.set(path);
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.forget(ino, count);
+    }
+
+    /// The cache's cap and use, as a file system's size and free space.
+    pub fn statfs(&self) -> FsStat {
+        let (used, cap, objects) = self.cache.usage();
+        FsStat {
+            blocks: cap / 4096,
+            free: cap.saturating_sub(used) / 4096,
+            files: objects,
+        }
+    }
+
+    /// `access(2)`: everything that exists may be read, nothing written.
+    pub fn access(&self, ino: u64, wants_write: bool) -> FsResult<()> {
+        if wants_write {
+            return Err(FsError::ReadOnly);
+        }
+        self.inodes.get(ino).map(|_| ()).ok_or(FsError::NotFound)
+    }
+
+    /// The mount root carries the control socket's path, for `ston-fs purge` to find.
+    pub fn getxattr(&self, ino: u64, name: &std::ffi::OsStr, size: u32) -> FsResult<Xattr> {
+        let socket = self.control_socket.get().filter(|_| ino == ROOT_INO);
+        let socket = socket
+            .filter(|_| name == SOCKET_XATTR)
+            .ok_or(FsError::NoAttribute)?;
+        let value = socket.as_os_str().as_encoded_bytes();
+        match size {
+            0 => Ok(Xattr::Size(value.len() as u32)),
+            n if (n as usize) < value.len() => Err(FsError::BufferTooSmall),
+            _ => Ok(Xattr::Data(value.to_vec())),
+        }
+    }
+
+    /// No file has extended attributes of its own.
+    pub fn listxattr(&self, size: u32) -> Xattr {
+        match size {
+            0 => Xattr::Size(0),
+            _ => Xattr::Data(Vec::new()),
+        }
+    }
+
+    /// Drops what the kernel cached of `ino` (a new version), from a thread of its own: the
+    /// kernel may hold locks while it waits for this very daemon.
+    fn invalidate_pages(&self, ino: u64) {
+        let Some(kernel) = self.kernel.get().cloned() else {
+            return;
+        };
+        self.runtime
+            .spawn_blocking(move || kernel.invalidate_inode(ino));
+    }
+
+    fn record(&self, op: Op, path: &str, bytes: u64, started: Instant, hit: bool) {
+        self.cache
+            .stats()
+            .record_op(op, path, bytes, started.elapsed(), hit);
+    }
+}

@@ -1,0 +1,572 @@
+//! Inode table: maps kernel inode numbers to namespace paths and the object last seen there.
+//!
+//! Inodes live while the kernel holds lookups on them (`forget` drops them), so memory follows
+//! the kernel's dentry cache, not the number of files ever read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use super::passthrough::Backing;
+use crate::base::{ObjectKind, SiteId};
+use crate::cache::{ListedEntry, Object};
+
+pub const ROOT_INO: u64 = 1;
+
+/// What the file system needs to know about one inode.
+#[derive(Clone)]
+pub struct Node {
+    /// `None` only for the mount root in virtual-host mode, which lists the hosts.
+    pub site: Option<SiteId>,
+    /// Path within the site: `""` for the site root, `/a/b` below it.
+    pub path: Arc<str>,
+    /// The object version last resolved at this path (`None` for site roots, and for names
+    /// known only from a listing until they are opened).
+    pub object: Option<Arc<Object>>,
+    /// What the parent's listing said of this name, when that answered the lookup.
+    pub listed: Option<ListedEntry>,
+}
+
+impl Node {
+    /// A node of `site` at `path`, with the object last resolved there if any.
+    pub fn new(site: SiteId, path: Arc<str>, object: Option<Arc<Object>>) -> Node {
+        Node {
+            site: Some(site),
+            path,
+            object,
+            listed: None,
+        }
+    }
+
+    pub fn is_directory(&self) -> bool {
+        match (&self.object, &self.listed) {
+            (Some(object), _) => object.kind() == ObjectKind::Directory,
+            (None, Some(entry)) => entry.is_dir,
+            (None, None) => true,
+        }
+    }
+}
+
+struct Entry {
+    node: Node,
+    parent: u64,
+    name: Arc<str>,
+    lookups: u64,
+    /// The version whose pages the kernel may keep across opens (`FOPEN_KEEP_CACHE`).
+    page_cache_version: Weak<Object>,
+    opens: Opens,
+}
+
+impl Entry {
+    /// Whether `next` describes another version of this entry's file.
+    fn is_replaced_by(&self, next: &Node) -> bool {
+        match (&self.node.object, &next.object) {
+            (Some(old), Some(new)) => {
+                old.kind() == ObjectKind::File
+                    && new.kind() == ObjectKind::File
+                    && old.version() != new.version()
+            }
+            _ => false,
+        }
+    }
+
+    /// Pages of some version were handed out with `FOPEN_KEEP_CACHE`, and `next` is another
+    /// version. Forgets that version, so one change invalidates once.
+    fn take_stale_pages(&mut self, next: Option<&Arc<Object>>) -> bool {
+        let never_opened = self.page_cache_version.ptr_eq(&Weak::new());
+        let same =
+            next.is_some_and(|n| std::ptr::eq(self.page_cache_version.as_ptr(), Arc::as_ptr(n)));
+        if never_opened || same {
+            return false;
+        }
+        self.page_cache_version = Weak::new();
+        true
+    }
+}
+
+/// Open handles of one inode. The kernel refuses cached and passthrough opens of one inode
+/// at the same time, so the first open decides until every handle is closed.
+#[derive(Default)]
+struct Opens {
+    cached: usize,
+    passthrough: usize,
+    backing: Option<Arc<Backing>>,
+}
+
+/// How one open of a file is served.
+pub enum OpenMode {
+    /// Reads come to the daemon (and the kernel page cache).
+    Cached,
+    /// Reads go straight to the cache file; the id stays registered while any such open lasts.
+    Passthrough(Arc<Backing>),
+}
+
+struct Table {
+    entries: HashMap<u64, Entry>,
+    children: HashMap<(u64, Arc<str>), u64>,
+    next_ino: u64,
+}
+
+/// Inode numbers the kernel holds, with the path and object version each stands for, and
+/// the open handles of each.
+///
+/// Owns: one entry per inode the kernel has looked up and not forgotten.
+/// Must hold: an inode number is never reused for another path or version while the kernel
+/// holds it (a new version gets a new number); one inode never has cached and passthrough
+/// opens at once.
+pub struct InodeTable {
+    table: Mutex<Table>,
+}
+
+impl InodeTable {
+    pub fn new(root_site: Option<SiteId>) -> InodeTable {
+        let mut entries = HashMap::new();
+        entries.insert(
+            ROOT_INO,
+            Entry {
+                node: Node {
+                    site: root_site,
+                    path: Arc::from(""),
+                    object: None,
+                    listed: None,
+                },
+                parent: ROOT_INO,
+                name: Arc::from(""),
+                lookups: 1,
+                page_cache_version: Weak::new(),
+                opens: Opens::default(),
+            },
+        );
+        InodeTable {
+            table: Mutex::new(Table {
+                entries,
+                children: HashMap::new(),
+                next_ino: ROOT_INO + 1,
+            }),
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Node> {
+        self.table.lock().entries.get(&ino).map(|e| e.node.clone())
+    }
+
+    /// Records a successful lookup of `name` under `parent`; returns the child's inode number.
+    /// Also says whether the kernel may hold pages of an older version (to invalidate).
+    pub fn attach(&self, parent: u64, name: &str, node: Node) -> (u64, bool) {
+        let mut table = self.table.lock();
+        let key = (parent, Arc::<str>::from(name));
+        if let Some(&ino) = table.children.get(&key) {
+            if let Some(entry) = table.entries.get_mut(&ino) {
+                if !entry.is_replaced_by(&node) {
+                    entry.lookups += 1;
+                    let stale = entry.take_stale_pages(node.object.as_ref());
+                    entry.node = node;
+                    return (ino, stale);
+                }
+                // A new version gets a new inode: files still open on the old one keep
+                // their own page cache, so they can never read the new version's pages.
+                // The old entry lives on until the kernel forgets it.
+            }
+        }
+        let ino = table.next_ino;
+        table.next_ino += 1;
+        table.children.insert(key.clone(), ino);
+        table.entries.insert(
+            ino,
+            Entry {
+                node,
+                parent,
+                name: key.1,
+                lookups: 1,
+                page_cache_version: Weak::new(),
+                opens: Opens::default(),
+            },
+        );
+        (ino, false)
+    }
+
+    /// Replaces the object seen at an inode (after a revalidation).
+    /// Returns whether the kernel may hold pages of an older version (to invalidate).
+    pub fn update_object(&self, ino: u64, object: &Arc<Object>) -> bool {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return false;
+        };
+        let stale = entry.take_stale_pages(Some(object));
+        entry.node.object = Some(object.clone());
+        stale
+    }
+
+    /// Whether the kernel's cached pages for `ino` belong to `object`; records that they will.
+    pub fn keep_page_cache(&self, ino: u64, object: &Arc<Object>) -> bool {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return false;
+        };
+        let same = std::ptr::eq(entry.page_cache_version.as_ptr(), Arc::as_ptr(object));
+        entry.page_cache_version = Arc::downgrade(object);
+        same
+    }
+
+    /// Chooses how a new open is served. `open_backing` registers the cache file with the
+    /// kernel; it is only called when passthrough is `wanted` and no cached open is active.
+    pub fn begin_open(
+        &self,
+        ino: u64,
+        wanted: bool,
+        open_backing: impl FnOnce() -> std::io::Result<Arc<Backing>>,
+    ) -> OpenMode {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return OpenMode::Cached;
+        };
+        let opens = &mut entry.opens;
+        if let Some(backing) = opens.backing.as_ref().filter(|_| opens.passthrough > 0) {
+            opens.passthrough += 1;
+            return OpenMode::Passthrough(backing.clone());
+        }
+        if wanted && opens.cached == 0 {
+            match open_backing() {
+                Ok(backing) => {
+                    opens.backing = Some(backing.clone());
+                    opens.passthrough = 1;
+                    return OpenMode::Passthrough(backing);
+                }
+                Err(e) => tracing::debug!(ino, "passthrough refused, serving cached: {e}"),
+            }
+        }
+        opens.cached += 1;
+        OpenMode::Cached
+    }
+
+    /// Records a release; the last passthrough release unregisters the cache file.
+    pub fn end_open(&self, ino: u64, passthrough: bool) {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return;
+        };
+        let opens = &mut entry.opens;
+        if passthrough {
+            opens.passthrough = opens.passthrough.saturating_sub(1);
+            if opens.passthrough == 0 {
+                opens.backing = None;
+            }
+        } else {
+            opens.cached = opens.cached.saturating_sub(1);
+        }
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return;
+        };
+        entry.lookups = entry.lookups.saturating_sub(count);
+        if entry.lookups == 0 {
+            if let Some(entry) = table.entries.remove(&ino) {
+                let key = (entry.parent, entry.name);
+                if table.children.get(&key) == Some(&ino) {
+                    table.children.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::fs::File;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::SystemTime;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuse::passthrough::Backings;
+    use crate::store::{LoadedObject, MetaHeader, ObjectLocation};
+
+    /// Registrations without a kernel: ids handed out and the ones still open.
+    #[derive(Default)]
+    struct FakeBackings {
+        next: AtomicU32,
+        open: parking_lot::Mutex<HashSet<u32>>,
+    }
+
+    impl Backings for FakeBackings {
+        fn open(&self, _: &File) -> std::io::Result<u32> {
+            let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+            self.open.lock().insert(id);
+            Ok(id)
+        }
+        fn close(&self, id: u32) {
+            assert!(self.open.lock().remove(&id), "backing {id} closed twice");
+        }
+    }
+
+    struct Kernel {
+        fake: Arc<FakeBackings>,
+        owner: Arc<dyn Backings>,
+        file: File,
+    }
+
+    impl Kernel {
+        fn new() -> Kernel {
+            let fake = Arc::new(FakeBackings::default());
+            Kernel {
+                owner: fake.clone(),
+                fake,
+                file: tempfile::tempfile().expect("temp file"),
+            }
+        }
+
+        fn register(&self) -> std::io::Result<Arc<Backing>> {
+            Backing::register(&self.owner, &self.file)
+        }
+
+        fn live(&self) -> usize {
+            self.fake.open.lock().len()
+        }
+    }
+
+    /// An object version of `/f` (never touches its files).
+    fn version(etag: &str) -> Arc<Object> {
+        let header = MetaHeader {
+            site: "s".into(),
+            path: "/f".into(),
+            kind: ObjectKind::File,
+            size: 10,
+            etag: Some(etag.into()),
+            last_modified: None,
+            fetched_at: 0,
+            block_size: 4096,
+            ttl: 60,
+        };
+        let loaded = LoadedObject {
+            header,
+            blocks: Vec::new(),
+            location: ObjectLocation {
+                data: "/nonexistent/ston-fs-test.data".into(),
+                meta: "/nonexistent/ston-fs-test.meta".into(),
+            },
+            last_used: SystemTime::UNIX_EPOCH,
+        };
+        Arc::new(Object::restore(0, loaded, Weak::new()))
+    }
+
+    fn node(object: Option<Arc<Object>>) -> Node {
+        Node::new(0, Arc::from("/f"), object)
+    }
+
+    #[test]
+    fn lookups_add_up_and_the_last_forget_removes_the_inode() {
+        let table = InodeTable::new(Some(0));
+        let (ino, stale) = table.attach(ROOT_INO, "f", node(None));
+        assert!(!stale);
+        assert_eq!(table.attach(ROOT_INO, "f", node(None)).0, ino);
+        assert_eq!(table.attach(ROOT_INO, "f", node(None)).0, ino);
+        table.forget(ino, 2);
+        assert!(table.get(ino).is_some(), "one lookup is still held");
+        table.forget(ino, 1);
+        assert!(table.get(ino).is_none());
+        table.forget(ino, 1);
+        let (again, _) = table.attach(ROOT_INO, "f", node(None));
+        assert!(again > ino, "numbers are never reused");
+        assert_ne!(
+            table.attach(again, "f", node(None)).0,
+            again,
+            "another parent, another inode"
+        );
+    }
+
+    #[test]
+    fn the_root_is_never_forgotten() {
+        let table = InodeTable::new(None);
+        table.forget(ROOT_INO, 1_000);
+        let root = table.get(ROOT_INO).expect("root");
+        assert!(root.site.is_none() && root.path.is_empty() && root.is_directory());
+    }
+
+    #[test]
+    fn a_new_version_gets_a_new_inode_and_the_old_one_lives_until_forgotten() {
+        let table = InodeTable::new(Some(0));
+        let (v1, v2) = (version("\"1\""), version("\"2\""));
+        let (old, _) = table.attach(ROOT_INO, "f", node(Some(v1.clone())));
+        let (new, _) = table.attach(ROOT_INO, "f", node(Some(v2.clone())));
+        assert_ne!(old, new);
+        let kept = table.get(old).and_then(|n| n.object).expect("old inode");
+        assert!(
+            Arc::ptr_eq(&kept, &v1),
+            "open files of the old inode keep their version"
+        );
+        table.forget(old, 1);
+        assert!(table.get(old).is_none());
+        // Forgetting the old inode leaves the name pointing at the new one.
+        assert_eq!(table.attach(ROOT_INO, "f", node(Some(v2.clone()))).0, new);
+        table.forget(new, 1);
+        assert!(table.get(new).is_some(), "the second lookup still holds it");
+    }
+
+    #[test]
+    fn pages_of_another_object_are_invalidated_once() {
+        let table = InodeTable::new(Some(0));
+        let first = version("\"1\"");
+        let (ino, _) = table.attach(ROOT_INO, "f", node(Some(first.clone())));
+        assert!(!table.keep_page_cache(ino, &first), "no pages yet");
+        assert!(
+            table.keep_page_cache(ino, &first),
+            "the same object keeps its pages"
+        );
+        // Same version, but another object (reloaded): the same inode, pages dropped once.
+        let reloaded = version("\"1\"");
+        let (same, stale) = table.attach(ROOT_INO, "f", node(Some(reloaded.clone())));
+        assert_eq!((same, stale), (ino, true));
+        assert!(!table.attach(ROOT_INO, "f", node(Some(reloaded.clone()))).1);
+        assert!(!table.keep_page_cache(ino, &reloaded));
+        assert!(
+            !table.update_object(ino, &reloaded),
+            "the pages belong to it"
+        );
+        assert!(table.update_object(ino, &first));
+        assert!(!table.update_object(ino, &first));
+        assert!(
+            !table.update_object(9_999, &first),
+            "unknown inodes have no pages"
+        );
+        assert!(!table.keep_page_cache(9_999, &first));
+    }
+
+    #[test]
+    fn cached_and_passthrough_opens_never_mix() {
+        let kernel = Kernel::new();
+        let table = InodeTable::new(Some(0));
+        let (ino, _) = table.attach(ROOT_INO, "f", node(None));
+        let OpenMode::Passthrough(a) = table.begin_open(ino, true, || kernel.register()) else {
+            panic!("passthrough wanted and possible");
+        };
+        // A second open joins the registration, even when it did not ask for passthrough.
+        let OpenMode::Passthrough(b) = table.begin_open(ino, false, || panic!("no new one")) else {
+            panic!("the inode is in passthrough");
+        };
+        assert_eq!(a.id(), b.id());
+        assert_eq!(kernel.live(), 1);
+        table.end_open(ino, true);
+        drop(a);
+        assert_eq!(kernel.live(), 1, "one passthrough open is left");
+        table.end_open(ino, true);
+        drop(b);
+        assert_eq!(kernel.live(), 0, "the last release unregisters");
+        assert!(matches!(
+            table.begin_open(ino, false, || panic!("not wanted")),
+            OpenMode::Cached
+        ));
+        assert!(
+            matches!(
+                table.begin_open(ino, true, || panic!("a cached open is active")),
+                OpenMode::Cached
+            ),
+            "passthrough waits for cached opens to close"
+        );
+        table.end_open(ino, false);
+        table.end_open(ino, false);
+        assert!(matches!(
+            table.begin_open(ino, true, || kernel.register()),
+            OpenMode::Passthrough(_)
+        ));
+    }
+
+    #[test]
+    fn a_refused_registration_serves_the_open_cached() {
+        let table = InodeTable::new(Some(0));
+        let (ino, _) = table.attach(ROOT_INO, "f", node(None));
+        let refused = || Err(std::io::Error::other("no passthrough here"));
+        assert!(matches!(
+            table.begin_open(ino, true, refused),
+            OpenMode::Cached
+        ));
+        assert!(matches!(
+            table.begin_open(ino, true, || panic!("cached open active")),
+            OpenMode::Cached
+        ));
+        assert!(matches!(
+            table.begin_open(9_999, true, || panic!("unknown")),
+            OpenMode::Cached
+        ));
+        table.end_open(9_999, true);
+        table.forget(9_999, 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum OpenOp {
+        Begin { wanted: bool, refuse: bool },
+        End(usize),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Random opens and releases of one inode: it never has cached and passthrough opens
+        /// at once, passthrough opens share one registration, and the registration lives
+        /// exactly while a passthrough open does.
+        #[test]
+        fn open_modes_follow_the_model(
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    3 => (any::<bool>(), proptest::bool::weighted(0.2))
+                        .prop_map(|(wanted, refuse)| OpenOp::Begin { wanted, refuse }),
+                    2 => any::<usize>().prop_map(OpenOp::End),
+                ],
+                1..60,
+            )
+        ) {
+            let kernel = Kernel::new();
+            let table = InodeTable::new(Some(0));
+            let (ino, _) = table.attach(ROOT_INO, "f", node(None));
+            // Handles still open: `Some(backing)` for passthrough ones.
+            let mut handles: Vec<Option<Arc<Backing>>> = Vec::new();
+            for op in ops {
+                let passthrough = handles.iter().filter(|h| h.is_some()).count();
+                let cached = handles.len() - passthrough;
+                match op {
+                    OpenOp::Begin { wanted, refuse } => {
+                        let mut asked = false;
+                        let mode = table.begin_open(ino, wanted, || {
+                            asked = true;
+                            match refuse {
+                                true => Err(std::io::Error::other("refused")),
+                                false => kernel.register(),
+                            }
+                        });
+                        prop_assert_eq!(asked, passthrough == 0 && wanted && cached == 0);
+                        let want_passthrough = passthrough > 0 || (asked && !refuse);
+                        match mode {
+                            OpenMode::Passthrough(backing) => {
+                                prop_assert!(want_passthrough);
+                                if let Some(Some(other)) = handles.iter().find(|h| h.is_some()) {
+                                    prop_assert_eq!(other.id(), backing.id());
+                                }
+                                handles.push(Some(backing));
+                            }
+                            OpenMode::Cached => {
+                                prop_assert!(!want_passthrough);
+                                handles.push(None);
+                            }
+                        }
+                    }
+                    OpenOp::End(i) if !handles.is_empty() => {
+                        let handle = handles.swap_remove(i % handles.len());
+                        table.end_open(ino, handle.is_some());
+                    }
+                    OpenOp::End(_) => {}
+                }
+                let passthrough = handles.iter().filter(|h| h.is_some()).count();
+                prop_assert!(passthrough == 0 || passthrough == handles.len(), "modes mixed");
+                prop_assert_eq!(kernel.live(), usize::from(passthrough > 0));
+            }
+        }
+    }
+}
