@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/bench.sh — end-to-end benchmark of ston-fs, beside its peers.
 #
-#   sudo bash benches/bench.sh                 # full run (1 GiB file, 5 runs), about an hour
+#   sudo bash benches/bench.sh                 # full run (1 GiB file, 5 runs), 40-60 min
 #   sudo BENCH_QUICK=1 bash benches/bench.sh   # smaller sizes, for iteration
 #
 # Root is needed: FUSE mounts, /proc/sys/vm/drop_caches and apt-get.
@@ -19,7 +19,8 @@
 #   baselines   curl of the big file; a fresh local copy of it (written now,
 #               timed: "filling a local file"), read with the page cache
 #               dropped, then hot; 4 KiB random reads of it; fio on it (warm,
-#               hot); the small files' local copies, dropped then hot
+#               hot); the small files' local copies, dropped then hot; then a
+#               5 s pause, so the fresh state is not right after a drop_caches
 #   fresh       each system: fresh mount, empty cache, cold sequential read
 #   heavy       curl and each system: a big local file read hot, a short fio,
 #               drop_caches, then the same cold read ("after a memory-heavy
@@ -100,6 +101,7 @@ STEP_TIMEOUT=300      # one python loop / one fio run (+ its runtime)
 MOUNT_TIMEOUT=30
 QUIET_TIMEOUT=20      # longest wait for the origin to have no request in flight
 INSTALL_TIMEOUT=900
+SETTLE_S=5            # pause between the baselines' last drop_caches and the fresh state
 
 BIG_SIZE=$((BIG_MIB * 1024 * 1024))
 MID_SIZE=$((MID_MIB * 1024 * 1024))
@@ -114,6 +116,7 @@ HELPERS="$BENCH_DIR/helpers.py"
 TMP=""
 NGINX_PID=""
 WATCHDOG_PID=""
+STEP_PID=""           # the step running now (see attempt)
 STEP_FAILED=0
 TRY_RC=0
 AVAIL=()              # systems that passed their probe mount
@@ -480,9 +483,12 @@ sys_mount() {
     for i in $(seq 1 $((MOUNT_TIMEOUT * 10))); do
         if is_mounted_at "$mnt"; then
             awk '/^VmRSS/ {print $2}' "/proc/$pid/status" >"$TMP/state/rss_at_mount.$sys" 2>/dev/null || true
+            local type
+            type=$(awk -v m="$mnt" '$2 == m { print $3 }' /proc/mounts)
+            [[ $type == "fuse.$sys" ]] || log "warning: mount type of $sys is $type, expected fuse.$sys"
             return 0
         fi
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! pid_running "$pid"; then
             wait "$pid" 2>/dev/null || true
             log "$sys exited before the mount appeared; log tail:"
             tail -n 15 "$logf" >&2
@@ -515,12 +521,12 @@ sys_umount() {
     pid=$(pid_of "$sys")
     if [[ -n $pid ]]; then
         # Unmounting ends the daemon's session loop; give it time to exit cleanly.
-        for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
+        for i in $(seq 1 100); do pid_running "$pid" || break; sleep 0.1; done
+        if pid_running "$pid"; then
             log "$sys $pid still running 10 s after unmount; sending TERM"
             [[ $sys == ston-fs ]] && check "ston-fs exits by itself after unmount" FAIL "pid $pid needed a signal"
             kill -TERM "$pid" 2>/dev/null || true
-            for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            for i in $(seq 1 30); do pid_running "$pid" || break; sleep 0.1; done
             kill -KILL "$pid" 2>/dev/null || true
         elif [[ $sys == ston-fs ]]; then
             check "ston-fs exits by itself after unmount" ok
@@ -530,10 +536,20 @@ sys_umount() {
     fi
 }
 
+# A daemon killed from outside stays a zombie until its (new) parent reaps
+# it, and kill -0 still succeeds on a zombie: look at its state instead.
+pid_running() {
+    local st
+    st=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
+    [[ -n $st && $st != Z ]]
+}
+
+# Mounted, daemon running, and the mount answers.
 sys_alive() {
-    local pid
-    pid=$(pid_of "$1")
-    is_mounted_at "$(mnt_of "$1")" && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+    local pid mnt
+    pid=$(pid_of "$1"); mnt=$(mnt_of "$1")
+    [[ -n $pid ]] && pid_running "$pid" && is_mounted_at "$mnt" &&
+        timeout 10 stat -c %s "$mnt/big.bin" >/dev/null 2>&1
 }
 
 sys_version() {
@@ -607,8 +623,14 @@ attempt() {
     local key=$1 sys=$2 run=$3 rc
     shift 3
     set +e
-    (set -e; "$@")
+    # In the background and waited for: a TERM or INT (or the watchdog) then
+    # runs the trap at once instead of after the step, and cleanup stops the
+    # step's processes (STEP_PID and its children).
+    (set -e; "$@") &
+    STEP_PID=$!
+    wait "$STEP_PID"
     rc=$?
+    STEP_PID=""
     set -e
     TRY_RC=$rc
     if ((rc != 0)); then
@@ -650,11 +672,18 @@ baselines() {
     timeout -k 5 "$STEP_TIMEOUT" cp -r "$TMP/www/small" "$TMP/local/small"
     sync
     drop_caches
-    read -r _ lo _ <<<"$(small_pass "$TMP/local/small" "$N_SMALL")"
+    out=$(small_pass "$TMP/local/small" "$N_SMALL")
+    read -r _ lo _ <<<"$out"
     sample small_cold baseline "$r" "$lo"
     sample small_warm baseline "$r" "$lo"
-    read -r _ lo _ <<<"$(small_pass "$TMP/local/small" "$N_SMALL")"
+    out=$(small_pass "$TMP/local/small" "$N_SMALL")
+    read -r _ lo _ <<<"$out"
     sample small_hot baseline "$r" "$lo"
+    # The fresh state starts SETTLE_S after the last drop_caches, so that the
+    # first system's fresh cold read does not inherit memory freed a moment
+    # ago (that is what the memory-heavy state measures).
+    prime_origin; sync
+    sleep "$SETTLE_S"
     log "baselines run $r: curl $cu MB/s, fill $fl MB/s, local warm/hot $(grep -P "^(warm|hot)\tbaseline\t$r\t" "$TMP/samples.tsv" | cut -f4 | tr '\n' ' ')MB/s"
 }
 
@@ -688,7 +717,7 @@ heavy_curl() {
 # one sequential read of the cold big file, then unmount. KEY: cold_fresh or
 # cold_heavy.
 cold_read() {
-    local sys=$1 r=$2 key=$3 mnt v mark inflight reqs bytes bad
+    local sys=$1 r=$2 key=$3 mnt v mark inflight reqs bytes bad out
     mnt=$(mnt_of "$sys")
     prime_origin; sync
     mark=$(log_mark)
@@ -696,7 +725,8 @@ cold_read() {
     v=$(timed_read "$mnt/big.bin")
     sample "$key" "$sys" "$r" "$v"
     inflight=$(origin_quiet)
-    read -r reqs bytes bad <<<"$(log_stats "$mark")"
+    out=$(log_stats "$mark")
+    read -r reqs bytes bad <<<"$out"
     verify "$sys" "$mnt/big.bin" big "$key read"
     if [[ $key == cold_fresh ]]; then
         sample cold_traffic "$sys" "$r" "$bytes"
@@ -721,7 +751,8 @@ seq_random() {
         "$([[ $bad == 0 ]] && echo ok || echo FAIL)" "$bad of $N_RANDOM reads differ"
     sample rand_ms "$sys" "$r" "$ms"
     inflight=$(origin_quiet)
-    read -r reqs bytes _ <<<"$(log_stats "$mark" '^/big\.bin$')"
+    out=$(log_stats "$mark" '^/big\.bin$')
+    read -r reqs bytes _ <<<"$out"
     sample rand_traffic "$sys" "$r" "$(mib "$bytes")"
     sample rand_traffic baseline "$r" "$BIG_MIB"
     sample rand_traffic.requests "$sys" "$r" "$reqs"
@@ -733,7 +764,7 @@ seq_random() {
 # warm (page cache dropped first) or hot. Origin requests of warm and hot
 # passes are added up for figure 15.
 seq_read() {
-    local sys=$1 r=$2 key=$3 mnt v mark reqs bytes
+    local sys=$1 r=$2 key=$3 mnt v mark reqs bytes out
     mnt=$(mnt_of "$sys")
     [[ $key == warm ]] && drop_caches
     mark=$(log_mark)
@@ -741,7 +772,8 @@ seq_read() {
     sample "$key" "$sys" "$r" "$v"
     verify "$sys" "$mnt/big.bin" big "$key read"
     origin_quiet >/dev/null
-    read -r reqs bytes _ <<<"$(log_stats "$mark")"
+    out=$(log_stats "$mark")
+    read -r reqs bytes _ <<<"$out"
     if [[ $key == after_random ]]; then
         sample after_random.origin_MiB "$sys" "$r" "$(mib "$bytes")"
     else
@@ -751,17 +783,20 @@ seq_read() {
 }
 
 seq_small_cold() {
-    local sys=$1 r=$2 mnt ndone rate bad mark reqs allreqs bytes
+    local sys=$1 r=$2 mnt ndone rate bad mark reqs allreqs bytes out
     mnt=$(mnt_of "$sys")
     prime_origin
     mark=$(log_mark)
-    read -r ndone rate bad <<<"$(small_pass "$mnt/small" "$N_SMALL")"
+    out=$(small_pass "$mnt/small" "$N_SMALL")
+    read -r ndone rate bad <<<"$out"
     echo "$ndone" >"$TMP/state/small_done.$sys"
     check "small files via $sys == origin files" "$([[ $bad == 0 ]] && echo ok || echo FAIL)" "$bad of $ndone differ"
     sample small_cold "$sys" "$r" "$rate"
     origin_quiet >/dev/null
-    read -r reqs bytes _ <<<"$(log_stats "$mark" '^/small/s[0-9]+\.bin$')"
-    read -r allreqs _ _ <<<"$(log_stats "$mark")"
+    out=$(log_stats "$mark" '^/small/s[0-9]+\.bin$')
+    read -r reqs bytes _ <<<"$out"
+    out=$(log_stats "$mark")
+    read -r allreqs _ _ <<<"$out"
     sample small_cold_reqs "$sys" "$r" "$(awk -v a="$reqs" -v n="$ndone" 'BEGIN { printf "%.4f", a / n }')"
     sample small_cold_reqs.other_requests "$sys" "$r" "$((allreqs - reqs))"
     ((ndone == N_SMALL)) || note small_cold "$sys" \
@@ -771,23 +806,26 @@ seq_small_cold() {
 
 # KEY small_hot (page cache kept) or small_warm (dropped first).
 seq_small_again() {
-    local sys=$1 r=$2 key=$3 mnt n ndone rate bad mark reqs
+    local sys=$1 r=$2 key=$3 mnt n ndone rate bad mark reqs out
     mnt=$(mnt_of "$sys")
     n=$(cat "$TMP/state/small_done.$sys")
+    ((n > 0)) || { log "$key of $sys skipped: the cold pass read no file"; return 1; }
     [[ $key == small_warm ]] && drop_caches
     mark=$(log_mark)
-    read -r ndone rate bad <<<"$(small_pass "$mnt/small" "$n")"
+    out=$(small_pass "$mnt/small" "$n")
+    read -r ndone rate bad <<<"$out"
     check "small files via $sys == origin files" "$([[ $bad == 0 ]] && echo ok || echo FAIL)" "$bad of $ndone differ ($key)"
     sample "$key" "$sys" "$r" "$rate"
     origin_quiet >/dev/null
-    read -r reqs _ _ <<<"$(log_stats "$mark")"
+    out=$(log_stats "$mark")
+    read -r reqs _ _ <<<"$out"
     echo "$reqs" >>"$TMP/state/warm_reqs.$sys.$r"
     ((ndone == n)) || note "$key" "$sys" "run $r: stopped at the ${SMALL_BUDGET}s budget after $ndone of $n files"
     log "$key run $r: $sys $rate files/s; origin requests $reqs"
 }
 
 seq_fio() {
-    local sys=$1 r=$2 mnt v mark reqs
+    local sys=$1 r=$2 mnt v mark reqs out
     mnt=$(mnt_of "$sys")
     drop_caches
     mark=$(log_mark)
@@ -797,7 +835,8 @@ seq_fio() {
     v=$(fio_iops "$mnt/big.bin")
     sample fio_hot "$sys" "$r" "$v"
     origin_quiet >/dev/null
-    read -r reqs _ _ <<<"$(log_stats "$mark")"
+    out=$(log_stats "$mark")
+    read -r reqs _ _ <<<"$out"
     echo "$reqs" >>"$TMP/state/warm_reqs.$sys.$r"
     log "fio run $r: $sys warm $(grep -P "^fio_warm\t$sys\t$r\t" "$TMP/samples.tsv" | cut -f4) hot $v IOPS; origin requests $reqs"
 }
@@ -837,7 +876,7 @@ SEQ_KEYS="rand_traffic after_random warm hot small_cold small_hot small_warm fio
 # that fails is recorded; if it took the mount with it, the system is
 # remounted (cache kept) for the next step, or the rest is skipped.
 sequence() {
-    local sys=$1 r=$2 step key fn restarts=0 mark reqs bytes total
+    local sys=$1 r=$2 step key fn rest restarts=0
     local steps=(
         "rand_traffic seq_random"
         "after_random seq_read after_random"
@@ -850,11 +889,7 @@ sequence() {
         "concurrent seq_concurrent"
         "rss_end seq_rss"
     )
-    wipe_cache "$sys"
-    prime_origin; sync
-    rm -f "$TMP/state/warm_reqs.$sys.$r" "$TMP/marks/concurrent.$sys"
-    echo "$N_SMALL" >"$TMP/state/small_done.$sys"
-    attempt mount "$sys" "$r" sys_mount "$sys"
+    attempt mount "$sys" "$r" seq_start "$sys" "$r"
     if ((TRY_RC != 0)); then
         for key in $SEQ_KEYS; do sample "$key" "$sys" "$r" "error: mount failed"; done
         sys_umount "$sys"
@@ -876,11 +911,27 @@ sequence() {
     done
     ((restarts == 0)) || note rss_end "$sys" "run $r: remounted $restarts time(s) after a failed step"
     sys_umount "$sys"
+    attempt concurrent "$sys" "$r" seq_end "$sys" "$r"
+}
+
+seq_start() {
+    local sys=$1 r=$2
+    wipe_cache "$sys"
+    prime_origin; sync
+    rm -f "$TMP/state/warm_reqs.$sys.$r" "$TMP/marks/concurrent.$sys"
+    echo "$N_SMALL" >"$TMP/state/small_done.$sys"
+    sys_mount "$sys"
+}
+
+# After the unmount: figures 16 and 15.
+seq_end() {
+    local sys=$1 r=$2 out reqs bytes total
     # Figure 16, counted once the daemon is gone, so that requests still open
     # when the readers finished (nginx logs a request when it ends) count too.
     if [[ -s $TMP/marks/concurrent.$sys ]]; then
         origin_quiet >/dev/null
-        read -r reqs bytes _ <<<"$(log_stats "$(cat "$TMP/marks/concurrent.$sys")" '^/mid\.bin$')"
+        out=$(log_stats "$(cat "$TMP/marks/concurrent.$sys")" '^/mid\.bin$')
+        read -r reqs bytes _ <<<"$out"
         sample concurrent "$sys" "$r" "$bytes"
         sample concurrent baseline "$r" "$MID_SIZE"
         sample concurrent.requests "$sys" "$r" "$reqs"
@@ -912,6 +963,7 @@ one_run() {
     local r=$1 order s who
     read -r -a order <<<"$(rotated "$r" "${AVAIL[@]}")"
     log "===== run $r/$REPS: ${order[*]}"
+    meta "order_run_$r" "${order[*]}"
     for s in "${order[@]}"; do sys_umount "$s"; wipe_cache "$s"; done
     attempt baselines baseline "$r" baselines "$r"
     ((TRY_RC == 0)) || STEP_FAILED=1
@@ -955,7 +1007,13 @@ cleanup() {
     set +e
     ((rc == 0)) || log "stopping (exit $rc): unmounting, stopping daemons and nginx, removing temp files"
     [[ -n $WATCHDOG_PID ]] && kill "$WATCHDOG_PID" 2>/dev/null
-    # Background readers of ours (figure 16), if interrupted mid-step.
+    # The step that was running: its children first (timeout passes the
+    # signal on to what it runs; figure 16's readers), then the step itself.
+    if [[ -n $STEP_PID ]]; then
+        pkill -TERM -P "$STEP_PID" 2>/dev/null
+        kill -TERM "$STEP_PID" 2>/dev/null
+        sleep 0.5
+    fi
     local j s
     for j in $(jobs -p); do
         [[ $j == "$NGINX_PID" || $j == "$WATCHDOG_PID" ]] && continue

@@ -171,7 +171,8 @@ def figure_defs(meta):
     return [
         dict(key="cold_fresh", id="1", workload=f"cold sequential read, {big_h}, fresh state",
              unit="MB/s", better="higher", baseline="curl (same state)",
-             detail="fresh mount, empty cache, dd bs=1M; nothing heavy ran just before",
+             detail="fresh mount, empty cache, dd bs=1M; nothing heavy ran just before, the last "
+                    "drop_caches was at least 5 s earlier",
              targets=[("ratio", ">=", 0.9, "≥ 0.9× curl"), ("peer", ">=", 1.2, "≥ 1.2× best peer")]),
         dict(key="cold_fill", id="1b", values_from="cold_fresh",
              workload="cold read (fresh state) against filling a local file",
@@ -474,7 +475,7 @@ def cmd_render(args):
         r_base = fmt_ratio(f["systems"].get(SUBJECT, {}).get("ratio"), precise)
         bp = f["best_peer"]
         r_peer = "—" if bp is None or bp["ratio"] is None else f"{fmt_ratio(bp['ratio'])} vs {bp['name']}"
-        unit = "MiB" if f["unit"] == "B" else f["unit"]
+        unit = ("MiB" if f["unit"] == "B" else f["unit"]) + (" ↑" if f["better"] == "higher" else " ↓")
         tg = "; ".join(t["text"] for t in f["targets"]) or "context"
         mt = "; ".join({True: "yes", False: "NO", None: "—"}[t["met"]] for t in f["targets"]) or "—"
         table.append([f["id"], f["workload"], unit, base] + [cell(f, s) for s in order] +
@@ -545,6 +546,9 @@ def cmd_render(args):
                 f"memory-heavy workload: {meta.get('heavy_desc', '?')}; "
                 f"{meta.get('reps', '?')} runs, each starting with a different system\n")
         f.write(f"- origin: nginx {meta.get('nginx_version', '?')} on 127.0.0.1 (sendfile on)\n")
+        orders = [f"run {k[len('order_run_'):]}: {v}" for k, v in meta.items() if k.startswith("order_run_")]
+        if orders:
+            f.write(f"- order of the systems: {'; '.join(orders)}\n")
         f.write(f"- command: `{meta.get('command', 'sudo bash benches/bench.sh')}`\n\n")
         f.write("Systems (each mounts the same nginx with its own fresh cache dir):\n\n")
         f.write("\n".join(f"- {x}" for x in sys_lines) + "\n\n")
@@ -553,10 +557,12 @@ def cmd_render(args):
                 "the same run, then the median and range of those are shown. "
                 "Targets apply to ston-fs; \"≥\" targets are checked on the median ratio, "
                 "\"≤\" and \"=\" (origin traffic) on every run. MB/s = 10^6 bytes/s. "
-                "\"fresh state\": nothing heavy ran just before; \"after a memory-heavy "
+                "\"fresh state\": nothing heavy ran just before (the last drop_caches was at least 5 s "
+                "earlier); \"after a memory-heavy "
                 "workload\": a big local file was read hot, fio ran, then the page cache was "
                 "dropped. \"warm\" = data in the system's cache dir, page cache dropped; "
-                "\"hot\" = page cache kept.\n\n")
+                "\"hot\" = page cache kept. ↑: higher is better; ↓: lower is better (then a "
+                "ratio below 1 is the better side).\n\n")
         f.write("\n".join(main_lines) + "\n")
         f.write("\nRatios against the same-run baseline, every system (median, min–max):\n\n")
         f.write("\n".join(ratio_lines) + "\n")

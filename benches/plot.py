@@ -74,12 +74,15 @@ def panel(ax, figs, systems, title, better):
                         elinewidth=0.8, capsize=2)
             ymax, ymin = max(ymax, hi), min(ymin, lo)
             if s == "ston-fs":
-                ax.annotate(f"{r['median']:.2g}" if r["median"] < 0.1 else f"{r['median']:.2f}",
-                            (x, hi), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=6)
+                top = hi
                 for y, style in target_levels(f):
                     ax.plot([x - width / 2, x + width / 2], [y, y], color="black", linewidth=2,
                             linestyle=style, zorder=4)
                     ymax, ymin = max(ymax, y), min(ymin, y)
+                    top = max(top, y)
+                # Above the whisker and every target tick, so nothing hides the text.
+                ax.annotate(f"{r['median']:.2g}" if r["median"] < 0.1 else f"{r['median']:.2f}",
+                            (x, top), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=6)
     ax.set_yscale("log")
     ax.set_ylim(max(FLOOR, ymin / 2), ymax * 3)
     ax.axhline(1.0, color="#888888", linewidth=0.8, linestyle=":")
