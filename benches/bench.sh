@@ -468,7 +468,7 @@ sys_mount() {
     mkdir -p "$mnt" "$cache"
     case $sys in
         ston-fs)
-            cmd=("$BIN" -f --cache-dir "$cache" -o "$MOUNT_OPTS" "$ORIGIN" "$mnt") ;;
+            cmd=("$BIN" -f --cache-dir "$cache" -o "$MOUNT_OPTS${STON_FS_MORE_OPTS:-}" "$ORIGIN" "$mnt") ;;
         httpdirfs)
             cmd=(httpdirfs -f --cache --cache-location "$cache" "${HTTPDIRFS_OPTS[@]}" "$ORIGIN" "$mnt") ;;
         rclone)
@@ -679,6 +679,7 @@ baselines() {
     out=$(small_pass "$TMP/local/small" "$N_SMALL")
     read -r _ lo _ <<<"$out"
     sample small_hot baseline "$r" "$lo"
+    sample small_hot_zmo baseline "$r" "$lo"
     # The fresh state starts SETTLE_S after the last drop_caches, so that the
     # first system's fresh cold read does not inherit memory freed a moment
     # ago (that is what the memory-heavy state measures).
@@ -824,6 +825,32 @@ seq_small_again() {
     log "$key run $r: $sys $rate files/s; origin requests $reqs"
 }
 
+# Figure 11z, ston-fs only: the hot small files again, remounted (cache kept) with
+# zero_message_opens=true, where a hot open sends nothing to the daemon. Then back
+# to the default options for the rest of the sequence.
+seq_small_zmo() {
+    local sys=$1 r=$2 mnt n ndone rate bad mark reqs out
+    [[ $sys == ston-fs ]] || return 0
+    n=$(cat "$TMP/state/small_done.$sys")
+    ((n > 0)) || { log "small_hot_zmo skipped: the cold pass read no file"; return 1; }
+    mnt=$(mnt_of "$sys")
+    sys_umount "$sys"
+    STON_FS_MORE_OPTS=",zero_message_opens=true" sys_mount "$sys" || return 1
+    mark=$(log_mark)
+    small_pass "$mnt/small" "$n" >/dev/null
+    out=$(small_pass "$mnt/small" "$n")
+    read -r ndone rate bad <<<"$out"
+    check "small files via $sys == origin files" "$([[ $bad == 0 ]] && echo ok || echo FAIL)" "$bad of $ndone differ (zero_message_opens)"
+    sample small_hot_zmo "$sys" "$r" "$rate"
+    origin_quiet >/dev/null
+    out=$(log_stats "$mark")
+    read -r reqs _ _ <<<"$out"
+    echo "$reqs" >>"$TMP/state/warm_reqs.$sys.$r"
+    log "small_hot_zmo run $r: $sys $rate files/s; origin requests $reqs"
+    sys_umount "$sys"
+    sys_mount "$sys"
+}
+
 seq_fio() {
     local sys=$1 r=$2 mnt v mark reqs out
     mnt=$(mnt_of "$sys")
@@ -870,7 +897,7 @@ seq_rss() {
     log "rss run $r: $sys VmRSS $((rss / 1024)) MiB, VmHWM $((hwm / 1024)) MiB (at mount $((base / 1024)) MiB)"
 }
 
-SEQ_KEYS="rand_traffic after_random warm hot small_cold small_hot small_warm fio_warm concurrent rss_end"
+SEQ_KEYS="rand_traffic after_random warm hot small_cold small_hot small_warm small_hot_zmo fio_warm concurrent rss_end"
 
 # Figures 4-17 for one system: one fresh mount, the steps in order. A step
 # that fails is recorded; if it took the mount with it, the system is
@@ -885,6 +912,7 @@ sequence() {
         "small_cold seq_small_cold"
         "small_hot seq_small_again small_hot"
         "small_warm seq_small_again small_warm"
+        "small_hot_zmo seq_small_zmo"
         "fio_warm seq_fio"
         "concurrent seq_concurrent"
         "rss_end seq_rss"

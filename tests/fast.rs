@@ -230,3 +230,60 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
     );
     mount.unmount();
 }
+
+/// With `zero_message_opens`, a file the kernel still holds is opened and read again with no
+/// message to the daemon at all, and every byte is still exact, also when the pages are gone
+/// and reads reach the daemon per inode.
+#[test]
+fn zero_message_opens_serve_hot_files_without_any_message() {
+    let origin = Origin::start();
+    let files: Vec<(String, bytes::Bytes)> = (0..20)
+        .map(|i| {
+            (
+                format!("/small/f{i}.bin"),
+                pattern(700 + i, 4096 + 13 * i as usize),
+            )
+        })
+        .collect();
+    for (path, data) in &files {
+        origin.put(path, data.clone());
+    }
+    let big = pattern(720, 3 * MIB + 17);
+    origin.put("/big.bin", big.clone());
+    let mount = Mount::builder(origin.url())
+        .opt("zero_message_opens=true,ttl=3600")
+        .mount();
+    for (path, data) in &files {
+        assert_file_matches(&mount.path(path.trim_start_matches('/')), data, 64 * 1024);
+    }
+    assert_file_matches(&mount.path("big.bin"), &big, MIB);
+    let before = stats_json(mount.mountpoint());
+    for _ in 0..5 {
+        for (path, data) in &files {
+            assert_file_matches(&mount.path(path.trim_start_matches('/')), data, 64 * 1024);
+        }
+    }
+    let after = stats_json(mount.mountpoint());
+    for op in ["open", "read", "lookup", "getattr"] {
+        assert_eq!(
+            op_count(&after, op),
+            op_count(&before, op),
+            "hot re-opens sent `{op}` messages:\n{after:#}"
+        );
+    }
+    assert!(
+        op_count(&after, "open") <= 1,
+        "only the first open may reach the daemon (its ENOSYS turns opens off):\n{after:#}"
+    );
+    // Pages dropped: reads come to the daemon per inode and are still exact.
+    let file = File::open(mount.path("big.bin")).unwrap();
+    drop_page_cache(&mount.path("big.bin"));
+    assert_random_preads(&file, &big, 77, 40, 300_000, "reads per inode");
+    drop(file);
+    let log = mount.log();
+    assert!(
+        !log.contains("open: passthrough"),
+        "no open, so no passthrough:\n{log}"
+    );
+    mount.unmount();
+}

@@ -21,6 +21,9 @@ pub enum FsError {
     NoAttribute,
     #[error("the buffer is too small for the value")]
     BufferTooSmall,
+    /// Tells the kernel a request is not needed at all (opens, with `zero_message_opens`).
+    #[error("not needed")]
+    NotNeeded,
     #[error("origin unreachable: {0}")]
     Unreachable(String),
     #[error("origin timed out")]
@@ -55,6 +58,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NoAttribute => libc::ENODATA,
             FsError::BufferTooSmall => libc::ERANGE,
+            FsError::NotNeeded => libc::ENOSYS,
             FsError::Timeout
             | FsError::TooSlow(_)
             | FsError::TooLarge(_)

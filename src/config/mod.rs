@@ -129,6 +129,9 @@ pub struct Config {
     pub passthrough: bool,
     /// Files at least this big that are not wholly cached are opened for direct I/O; 0: never.
     pub direct_io_min_size: u64,
+    /// Opens and closes cost no message to the daemon (the kernel keeps the page cache and
+    /// serves hot files alone); passthrough is off, and an open file follows its inode.
+    pub zero_message_opens: bool,
     /// Largest object size an origin may claim; above it the object answers EIO.
     pub max_object_size: u64,
     /// Largest body read to learn the size of an answer that has no Content-Length.
@@ -190,6 +193,7 @@ impl Default for Config {
             readahead_max: 32 << 20,
             passthrough: true,
             direct_io_min_size: 32 << 20,
+            zero_message_opens: false,
             max_object_size: 1 << 40,
             max_unsized_object: 64 << 20,
             request_timeout: None,
@@ -262,6 +266,7 @@ impl Config {
             "readahead_budget" => self.readahead_budget = parse_size_or_zero(key, value)?,
             "readahead_max" => self.readahead_max = parse_size_or_zero(key, value)?,
             "passthrough" => self.passthrough = parse_bool(key, value)?,
+            "zero_message_opens" => self.zero_message_opens = parse_bool(key, value)?,
             "direct_io_min_size" => self.direct_io_min_size = parse_size_or_zero(key, value)?,
             "unlink" => self.unlink = value.parse().map_err(|e: String| bad(key, e))?,
             "dot_dir" => self.dot_dir = parse_bool(key, value)?,

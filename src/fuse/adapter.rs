@@ -219,7 +219,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -227,7 +227,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let answer = self.fs.read(fh.0, offset, size);
+        let answer = self.fs.read(ino.0, fh.0, offset, size);
         self.answer(answer, move |result| match result {
             Ok(data) => reply.data(&data),
             Err(error) => reply.error(errno(&error)),
@@ -256,7 +256,12 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok(); // nothing is ever written, so there is nothing to flush
+        // Nothing is ever written, so there is nothing to flush; with zero-message opens,
+        // ENOSYS tells the kernel not to send FLUSH on close at all.
+        match self.fs.zero_message_opens() {
+            true => reply.error(errno(&FsError::NotNeeded)),
+            false => reply.ok(),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

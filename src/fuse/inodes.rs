@@ -257,23 +257,26 @@ impl InodeTable {
         }
     }
 
-    pub fn forget(&self, ino: u64, count: u64) {
+    /// The kernel dropped `count` lookups of `ino`; returns whether the inode is gone.
+    pub fn forget(&self, ino: u64, count: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
-            return;
+            return false;
         };
         entry.lookups = entry.lookups.saturating_sub(count);
-        if entry.lookups == 0 {
-            if let Some(entry) = table.entries.remove(&ino) {
-                let key = (entry.parent, entry.name);
-                if table.children.get(&key) == Some(&ino) {
-                    table.children.remove(&key);
-                }
+        if entry.lookups > 0 {
+            return false;
+        }
+        if let Some(entry) = table.entries.remove(&ino) {
+            let key = (entry.parent, entry.name);
+            if table.children.get(&key) == Some(&ino) {
+                table.children.remove(&key);
             }
         }
+        true
     }
 }
 

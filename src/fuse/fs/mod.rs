@@ -96,6 +96,9 @@ pub struct StonFs {
     cache: Arc<Cache>,
     inodes: InodeTable,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// With `zero_message_opens`: the kernel opens files without telling the daemon, so
+    /// reads arrive with handle 0 and are served per inode, from this handle.
+    implicit: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_handle: AtomicU64,
     runtime: tokio::runtime::Handle,
     mounted_at: SystemTime,
@@ -114,6 +117,7 @@ impl StonFs {
         StonFs {
             inodes: InodeTable::new(root_site),
             handles: Mutex::new(HashMap::new()),
+            implicit: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             runtime,
             mounted_at: SystemTime::now(),
@@ -157,7 +161,17 @@ impl StonFs {
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
-        self.inodes.forget(ino, count);
+        if self.inodes.forget(ino, count) {
+            if let Some(file) = self.implicit.lock().remove(&ino) {
+                file.object.close_handle();
+            }
+        }
+    }
+
+    /// Whether opens and closes send no message (the kernel keeps each file's page cache
+    /// and serves hot files alone).
+    pub fn zero_message_opens(&self) -> bool {
+        self.cache.config().zero_message_opens
     }
 
     /// The cache's cap and use, as a file system's size and free space.

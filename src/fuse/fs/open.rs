@@ -52,6 +52,12 @@ impl StonFs {
             return Answer::Now(Err(FsError::IsDirectory));
         }
         let started = Instant::now();
+        if self.zero_message_opens() {
+            // The kernel then opens every file without a message, keeping its page cache;
+            // reads come per inode (see `read`).
+            self.record(Op::Open, &node.path, 0, started, true);
+            return Answer::Now(Err(FsError::NotNeeded));
+        }
         if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {
             let opened = self.finish_open(ino, object);
             let hit = opened.as_ref().is_ok_and(|(_, from_cache)| *from_cache);

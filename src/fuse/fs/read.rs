@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::lookup::needs_origin;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::FsError;
@@ -45,11 +46,67 @@ impl OpenFile {
 }
 
 impl StonFs {
-    /// Reads `size` bytes at `offset` of an open handle.
-    pub fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Answer<Bytes> {
+    /// Reads `size` bytes at `offset` of an open handle (handle 0: of inode `ino`, opened
+    /// without a message).
+    pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Answer<Bytes> {
+        if fh == 0 && self.zero_message_opens() {
+            return self.read_inode(ino, offset, size);
+        }
         let Some(file) = self.handles.lock().get(&fh).cloned() else {
             return Answer::Now(Err(FsError::BadHandle));
         };
+        self.read_open_file(file, offset, size)
+    }
+
+    /// A read of a file the kernel opened without telling the daemon: served from the
+    /// inode's current version, resolved first if the inode has none yet.
+    fn read_inode(self: &Arc<Self>, ino: u64, offset: u64, size: u32) -> Answer<Bytes> {
+        let Some(node) = self.inodes.get(ino) else {
+            return Answer::Now(Err(FsError::NotFound));
+        };
+        if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {
+            return self.read_open_file(self.implicit_handle(ino, object), offset, size);
+        }
+        let fs = self.clone();
+        Answer::later(async move {
+            let deadline = Instant::now() + fs.cache.request_timeout();
+            let object = fs.fresh_object(ino, &node, deadline).await?;
+            match fs.read_open_file(fs.implicit_handle(ino, object), offset, size) {
+                Answer::Now(result) => result,
+                Answer::Later(read) => read.await,
+            }
+        })
+    }
+
+    /// The per-inode handle of `zero_message_opens`, following the inode's current version.
+    fn implicit_handle(&self, ino: u64, object: Arc<Object>) -> Arc<OpenFile> {
+        let mut implicit = self.implicit.lock();
+        if let Some(file) = implicit
+            .get(&ino)
+            .filter(|f| Arc::ptr_eq(&f.object, &object))
+        {
+            return file.clone();
+        }
+        object.open_handle();
+        let file = Arc::new(OpenFile {
+            object,
+            ino,
+            passthrough: false,
+            readahead: Mutex::new(ReadAhead::default()),
+            failed_read: Mutex::new(None),
+        });
+        if let Some(old) = implicit.insert(ino, file.clone()) {
+            old.object.close_handle();
+        }
+        file
+    }
+
+    fn read_open_file(
+        self: &Arc<Self>,
+        file: Arc<OpenFile>,
+        offset: u64,
+        size: u32,
+    ) -> Answer<Bytes> {
         let started = Instant::now();
         let range = offset..offset.saturating_add(u64::from(size));
         if file.is_retry_of_failure(&range) {
