@@ -6,8 +6,9 @@
 //! - [`service`]: mounting, daemonizing, the control socket, metrics, logging;
 //! - [`fuse`]: the FUSE adapter and the file-system logic under it (inodes, handles);
 //! - [`cache`]: resolving paths, reading blocks, the index, fetches, write-behind;
-//! - [`origin`] (HTTP client, answer checks, health, listings) and [`store`] (block files,
-//!   journal): side by side, neither knows the other;
+//! - [`origin`] (HTTP client, answer checks, health, listings), [`store`] (block files,
+//!   journal) and [`media`] (MP4 faststart and trim views, pure computation): side by side,
+//!   none knows another;
 //! - [`config`]: the validated configuration;
 //! - [`base`]: errors and their errno, single-flight results, statistics, shared vocabulary.
 //!
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod fuse;
+pub mod media;
 pub mod origin;
 pub mod service;
 pub mod store;

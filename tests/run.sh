@@ -10,6 +10,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # Apache's binary and modules only; the apache2 package would also start a system Apache.
 command -v apache2 >/dev/null 2>&1 || [ -x /usr/sbin/apache2 ] || missing+=(apache2-bin)
 command -v umount >/dev/null 2>&1 || missing+=(mount)
+# ffmpeg and ffprobe make the test media and check what the mount presents.
+{ command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test dependencies: ${missing[*]}"

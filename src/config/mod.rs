@@ -4,6 +4,7 @@
 //! keys and values, and an unknown key is rejected in one place with its name.
 
 mod keys;
+mod media;
 mod origins;
 mod parse;
 mod ttl;
@@ -16,10 +17,15 @@ use thiserror::Error;
 use crate::base::Invalidation;
 
 pub use keys::{keys_help, KeyDoc, KEYS};
+pub use media::{FaststartRule, MediaConfig};
 pub use origins::{cache_folder_name, parse_origin_list, redact_url, Origin, Vhost};
 pub use parse::{parse_duration, parse_size};
 pub use ttl::TtlRule;
 
+use media::{
+    faststart_rule_from_table, parse_extensions, parse_faststart_rule, parse_max_moov,
+    parse_param_name,
+};
 use parse::*;
 use ttl::{parse_ttl_rule, ttl_rule_from_table};
 
@@ -149,6 +155,8 @@ pub struct Config {
     pub listing_ttl: Duration,
     /// Mounted read-only (`-o ro`): `mount` shows `ro`, and even `unlink()` is refused.
     pub read_only: bool,
+    /// MP4 files: faststart presentation and trimmed clips.
+    pub media: MediaConfig,
 }
 
 impl Config {
@@ -202,12 +210,20 @@ impl Default for Config {
             tls_pins: Vec::new(),
             listing_ttl: Duration::from_secs(60),
             read_only: false,
+            media: MediaConfig::default(),
         }
     }
 }
 
 /// Keys that add to a list each time they are given, so they may repeat.
-const LIST_KEYS: &[&str] = &["header", "headers", "header_file", "ttl_rule", "tls_pin"];
+const LIST_KEYS: &[&str] = &[
+    "header",
+    "headers",
+    "header_file",
+    "ttl_rule",
+    "tls_pin",
+    "mp4_faststart_rule",
+];
 
 /// Mount words that fstab, mount(8) and systemd pass along; they need no action from us.
 const IGNORED_MOUNT_WORDS: &[&str] = &[
@@ -223,7 +239,8 @@ impl Config {
             || self.set_cache_key(key, value)?
             || self.set_timing_key(key, value)?
             || self.set_mount_key(key, value)?
-            || self.set_service_key(key, value)?;
+            || self.set_service_key(key, value)?
+            || self.set_media_key(key, value)?;
         if handled {
             Ok(())
         } else {
@@ -323,6 +340,22 @@ impl Config {
         Ok(true)
     }
 
+    /// How MP4 files are presented: faststart and trimmed clips.
+    fn set_media_key(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
+        let media = &mut self.media;
+        match key {
+            "mp4_faststart" => media.faststart = parse_bool(key, value)?,
+            "mp4_faststart_rule" => media.faststart_rules.push(parse_faststart_rule(value)?),
+            "mp4_trim" => media.trim = parse_bool(key, value)?,
+            "mp4_start_param" => media.start_param = parse_param_name(key, value)?,
+            "mp4_end_param" => media.end_param = parse_param_name(key, value)?,
+            "mp4_max_moov" => media.max_moov = parse_max_moov(key, value)?,
+            "mp4_extensions" => media.extensions = parse_extensions(key, value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Applies a comma-separated fstab-style option string (`-o a=b,c`). A key given twice
     /// is a mistake (which one was meant?), except the keys that add to a list.
     pub fn apply_mount_options(&mut self, options: &str) -> Result<(), ConfigError> {
@@ -392,6 +425,19 @@ impl Config {
                         self.ttl_rules.push(ttl_rule_from_table(item)?);
                     }
                 }
+                ("mp4_faststart_rule", toml::Value::Array(items)) => {
+                    for item in tables_of(key, items)? {
+                        let rule = faststart_rule_from_table(item)?;
+                        self.media.faststart_rules.push(rule);
+                    }
+                }
+                ("mp4_extensions", toml::Value::Array(items)) => {
+                    let words = items
+                        .iter()
+                        .map(|item| toml_scalar(key, item))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.set(key, &words.join(":"))?
+                }
                 ("vhost", toml::Value::Array(items)) => {
                     for item in tables_of(key, items)? {
                         self.vhosts.push(parse_vhost(item)?);
@@ -456,6 +502,9 @@ impl Config {
         if let Some(status) = overlap {
             return Err(bad("dir_status", format!("{status} is also a file_status")));
         }
+        if self.media.start_param == self.media.end_param {
+            return Err(bad("mp4_end_param", "must differ from mp4_start_param"));
+        }
         Ok(())
     }
 }
@@ -481,9 +530,14 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
     let mut name = None;
     let mut aliases = Vec::new();
     let mut origins = Vec::new();
+    let mut mp4_faststart = None;
     for (key, value) in table {
         match key.as_str() {
             "name" => name = Some(toml_scalar("vhost.name", value)?),
+            "mp4_faststart" => {
+                let text = toml_scalar("vhost.mp4_faststart", value)?;
+                mp4_faststart = Some(parse_bool("vhost.mp4_faststart", &text)?);
+            }
             "origin" | "origins" => origins.extend(parse_origin_value("vhost.origin", value)?),
             "aliases" => {
                 let items = value
@@ -507,6 +561,7 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
         name,
         aliases,
         origins,
+        mp4_faststart,
     })
 }
 
@@ -689,6 +744,7 @@ mod tests {
             name: "example.com".into(),
             aliases: vec!["*.example.com".into(), "www.other.org".into()],
             origins: vec![Origin::parse("http://127.0.0.1/").unwrap()],
+            mp4_faststart: None,
         };
         assert!(vhost.answers_to("example.com"));
         assert!(vhost.answers_to("img.example.com"));
@@ -706,9 +762,14 @@ mod tests {
             ttl = 60
             dir_status = [301, 403]
             headers = ["Authorization: Bearer x"]
+            mp4_extensions = ["mp4", ".M4A"]
+            [[mp4_faststart_rule]]
+            pattern = "/raw/*"
+            faststart = false
             [[vhost]]
             name = "a.com"
             origin = "http://127.0.0.1:2/"
+            mp4_faststart = false
         "#
         .parse()
         .unwrap();
@@ -716,6 +777,9 @@ mod tests {
         assert_eq!(config.block_size, 64 << 10);
         assert_eq!(config.dir_status, vec![301, 403]);
         assert_eq!(config.vhosts.len(), 1);
+        assert_eq!(config.vhosts[0].mp4_faststart, Some(false));
+        assert_eq!(config.media.extensions, ["mp4", "m4a"]);
+        assert!(!config.media.faststart_for(None, "/raw/a.mp4"));
         assert!(config.validate().is_err(), "origin and vhosts together");
         let table: toml::Table = "cache_size = 5".parse().unwrap();
         let err = Config::default().apply_table(&table).unwrap_err();

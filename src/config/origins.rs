@@ -13,6 +13,8 @@ pub struct Vhost {
     pub aliases: Vec<String>,
     /// Equivalent origins; requests spread over the healthy ones.
     pub origins: Vec<Origin>,
+    /// This host's own `mp4_faststart` (path rules still come first).
+    pub mp4_faststart: Option<bool>,
 }
 
 impl Vhost {

@@ -18,7 +18,7 @@ impl TtlRule {
     }
 }
 
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(super) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     // Iterative matcher with one backtrack point per `*`: linear enough for paths.
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

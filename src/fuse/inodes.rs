@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use super::passthrough::Backing;
 use crate::base::{ObjectKind, SiteId};
-use crate::cache::{ListedEntry, Object};
+use crate::cache::{ListedEntry, MediaRequest, MediaView, Object};
 
 pub const ROOT_INO: u64 = 1;
 
@@ -26,6 +26,10 @@ pub struct Node {
     pub object: Option<Arc<Object>>,
     /// What the parent's listing said of this name, when that answered the lookup.
     pub listed: Option<ListedEntry>,
+    /// What the name asks of a media file (`None`: an ordinary name).
+    pub media: Option<MediaRequest>,
+    /// How `object` is presented when not byte for byte: a rewritten header, or a clip.
+    pub view: Option<MediaView>,
 }
 
 impl Node {
@@ -36,6 +40,8 @@ impl Node {
             path,
             object,
             listed: None,
+            media: None,
+            view: None,
         }
     }
 
@@ -130,6 +136,8 @@ impl InodeTable {
                     path: Arc::from(""),
                     object: None,
                     listed: None,
+                    media: None,
+                    view: None,
                 },
                 parent: ROOT_INO,
                 name: Arc::from(""),
@@ -186,15 +194,16 @@ impl InodeTable {
         (ino, false)
     }
 
-    /// Replaces the object seen at an inode (after a revalidation).
+    /// Replaces the object seen at an inode (after a revalidation), and how it is presented.
     /// Returns whether the kernel may hold pages of an older version (to invalidate).
-    pub fn update_object(&self, ino: u64, object: &Arc<Object>) -> bool {
+    pub fn update_object(&self, ino: u64, object: &Arc<Object>, view: Option<MediaView>) -> bool {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
             return false;
         };
         let stale = entry.take_stale_pages(Some(object));
         entry.node.object = Some(object.clone());
+        entry.node.view = view;
         stale
     }
 
@@ -431,13 +440,13 @@ mod tests {
         assert!(!table.attach(ROOT_INO, "f", node(Some(reloaded.clone()))).1);
         assert!(!table.keep_page_cache(ino, &reloaded));
         assert!(
-            !table.update_object(ino, &reloaded),
+            !table.update_object(ino, &reloaded, None),
             "the pages belong to it"
         );
-        assert!(table.update_object(ino, &first));
-        assert!(!table.update_object(ino, &first));
+        assert!(table.update_object(ino, &first, None));
+        assert!(!table.update_object(ino, &first, None));
         assert!(
-            !table.update_object(9_999, &first),
+            !table.update_object(9_999, &first, None),
             "unknown inodes have no pages"
         );
         assert!(!table.keep_page_cache(9_999, &first));

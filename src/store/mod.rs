@@ -2,6 +2,8 @@
 //!
 //! Layout: `<cache_dir>/<site folder>/<xx>/<hash>.data` holds byte N of the object at offset N;
 //! `<hash>.meta` is a checksummed JSON header followed by fixed-size checksummed records.
+//! `<hash>.view`, when present, is what the cache layer keeps of how the object is presented
+//! (an MP4's rewritten header); it lives and dies with the other two.
 //!
 //! Invariant (crash safety): a "block present" record is appended only after the block's data
 //! has been made durable with `fdatasync`, and each record carries the block's CRC32C. After a
@@ -128,10 +130,12 @@ impl ObjectLocation {
     }
 
     /// Replaces the metadata with a fresh header (no records): the start of a new version.
-    /// Any older data file is removed first, so stale bytes can never meet the new header.
+    /// Any older data and view file is removed first, so stale bytes can never meet the new
+    /// header.
     pub fn create(&self, header: &MetaHeader) -> io::Result<u64> {
         remove_if_exists(&self.meta)?;
         remove_if_exists(&self.data)?;
+        remove_if_exists(&self.view_path())?;
         let bytes = encode_header(header)?;
         replace_file(&self.meta, &bytes)?;
         Ok(bytes.len() as u64)
@@ -164,7 +168,73 @@ impl ObjectLocation {
 
     pub fn remove(&self) -> io::Result<()> {
         remove_if_exists(&self.meta)?;
+        remove_if_exists(&self.view_path())?;
         remove_if_exists(&self.data)
+    }
+
+    /// Where the object's view record lives: next to its metadata.
+    pub fn view_path(&self) -> PathBuf {
+        self.meta.with_extension("view")
+    }
+
+    fn staged_view_path(&self) -> PathBuf {
+        self.meta.with_extension("vtmp")
+    }
+
+    /// Writes a view record beside its final place; [`ObjectLocation::commit_view`] puts it
+    /// there. Split in two so the caller can put it in place under its own lock, and a
+    /// version that left the cache meanwhile never gets one.
+    pub fn stage_view(&self, record: &[u8]) -> io::Result<()> {
+        let staged = self.staged_view_path();
+        remove_if_exists(&staged)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&staged)?;
+        file.write_all(record)
+    }
+
+    /// Puts the staged view record in place.
+    pub fn commit_view(&self) -> io::Result<()> {
+        fs::rename(self.staged_view_path(), self.view_path())
+    }
+
+    /// Drops a staged view record that will not be committed.
+    pub fn discard_staged_view(&self) {
+        let _ = remove_if_exists(&self.staged_view_path());
+    }
+
+    /// The view record, if there is one of at most `max_len` bytes (a bigger one is not ours
+    /// and is removed).
+    pub fn load_view(&self, max_len: u64) -> io::Result<Option<Vec<u8>>> {
+        let path = self.view_path();
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+            Ok(meta) if !meta.file_type().is_file() || meta.len() > max_len => {
+                remove_if_exists(&path)?;
+                return Ok(None);
+            }
+            Ok(_) => {}
+        }
+        match read_nofollow(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    pub fn remove_view(&self) -> io::Result<()> {
+        remove_if_exists(&self.view_path())
+    }
+
+    /// Bytes the view record takes on disk (0 without one).
+    pub fn view_disk_bytes(&self) -> u64 {
+        fs::symlink_metadata(self.view_path())
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map_or(0, |m| m.blocks() * 512)
     }
 }
 
@@ -310,10 +380,10 @@ impl SiteStore {
                             objects.push(object);
                         }
                     }
-                    Some("data") if !path.with_extension("meta").exists() => {
+                    Some("data" | "view") if !path.with_extension("meta").exists() => {
                         let _ = fs::remove_file(&path);
                     }
-                    Some("tmp") => {
+                    Some("tmp" | "vtmp") => {
                         let _ = fs::remove_file(&path);
                     }
                     _ => {}

@@ -31,6 +31,11 @@ pub struct Apache {
 
 impl Apache {
     pub fn start(docroot: &Path) -> Apache {
+        Apache::start_with(docroot, "")
+    }
+
+    /// Like [`Apache::start`], with `extra` appended to the configuration.
+    pub fn start_with(docroot: &Path, extra: &str) -> Apache {
         let apache2 = which("apache2")
             .expect("apache2 is not installed: run the suite with `bash tests/run.sh`");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -66,7 +71,7 @@ impl Apache {
              DocumentRoot \"{root}\"\n\
              <Directory />\n  AllowOverride None\n  Require all denied\n</Directory>\n\
              <Directory \"{root}\">\n  Options Indexes\n  AllowOverride None\n  Require all granted\n</Directory>\n\
-             DirectoryIndex index.html\n"
+             DirectoryIndex index.html\n{extra}"
         );
         let conf = dir.path().join("apache2.conf");
         fs::write(&conf, config).expect("write apache2.conf");

@@ -32,6 +32,7 @@ use crate::store::{self, disk_bytes, ObjectLocation, BLOCK_OVERHEAD};
 mod plan;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use plan::{BlockSource, Run, UnpinnedRun};
 
@@ -56,6 +57,8 @@ struct ObjectState {
     last_stored: Option<Instant>,
     /// Versions without validators only (see [`Object::plan`]).
     unpinned: Unpinned,
+    /// Bytes of `charged` that the view record takes (see `view`).
+    view_charged: u64,
 }
 
 /// What keeps a version without validators from being served as a splice of two versions.
@@ -138,6 +141,7 @@ impl Object {
                 recorder_running: false,
                 last_stored: None,
                 unpinned: Unpinned::default(),
+                view_charged: 0,
             }),
             location,
             version,
@@ -189,9 +193,11 @@ impl Object {
             block_size: header.block_size,
         };
         let freshness = (Duration::from_secs(header.ttl), header.fetched_at);
+        let view_bytes = loaded.location.view_disk_bytes();
         let object = Object::new(identity, freshness, Some(loaded.location), 0, index);
         {
             let mut state = object.state.lock();
+            state.view_charged = view_bytes;
             let count = object.block_count();
             for (block, crc) in loaded.blocks.into_iter().filter(|(b, _)| *b < count) {
                 let cached = BlockState::Cached {
@@ -270,14 +276,15 @@ impl Object {
             .sum()
     }
 
-    /// Bytes charged against the cap for the blocks cached now (at restore).
+    /// Bytes charged against the cap for the blocks and view record on disk now (at restore).
     pub fn cached_charge(&self) -> u64 {
         let state = self.state.lock();
-        state
+        let blocks: u64 = state
             .blocks
             .cached()
             .map(|(block, _, _)| self.block_charge(block))
-            .sum()
+            .sum();
+        blocks + state.view_charged
     }
 
     fn persistent_location(&self) -> Option<&ObjectLocation> {

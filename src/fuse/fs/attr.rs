@@ -58,7 +58,11 @@ impl StonFs {
     fn kind_size_time(&self, node: &Node) -> (EntryKind, u64, SystemTime) {
         if let Some(object) = &node.object {
             return match object.kind() {
-                ObjectKind::File => (EntryKind::File, object.size(), object.mtime()),
+                ObjectKind::File => {
+                    // A media name presented through a view has the view's exact size.
+                    let size = node.view.as_ref().map_or(object.size(), |v| v.size());
+                    (EntryKind::File, size, object.mtime())
+                }
                 ObjectKind::Directory => {
                     let fetched = UNIX_EPOCH + Duration::from_secs(object.fetched_at());
                     (EntryKind::Directory, 0, fetched)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{Answer, Attr, DirEntry, EntryKind, StonFs};
 use crate::base::stats::Op;
 use crate::base::{now_secs, FsError, FsResult, ObjectKind, SiteId};
-use crate::cache::{ListedEntry, Object};
+use crate::cache::{ListedEntry, MediaRequest, NameKind, Object};
 use crate::fuse::inodes::{Node, ROOT_INO};
 
 /// A lookup's answer: an inode and how long the kernel may keep it. Inode 0 is a negative
@@ -40,6 +40,26 @@ impl StonFs {
         }
         let started = Instant::now();
         let path: Arc<str> = format!("{}/{}", parent_node.path, name).into();
+        match self.cache.media_name(site, &parent_node.path, name) {
+            NameKind::Plain => {}
+            NameKind::Invalid(reason) => {
+                tracing::debug!(%path, "no such clip: {reason}");
+                return Answer::Now(self.node_entry(
+                    parent,
+                    name,
+                    site,
+                    path,
+                    Err(FsError::NotFound),
+                ));
+            }
+            NameKind::Media {
+                name: original,
+                request,
+            } => {
+                let path: Arc<str> = format!("{}/{}", parent_node.path, original).into();
+                return self.lookup_media((parent, name), site, path, request, started);
+            }
+        }
         if let Some(answer) = self.cache.lookup_fresh(site, &path) {
             self.record(Op::Lookup, &path, 0, started, true);
             return Answer::Now(self.entry(parent, name, site, path, answer));
@@ -58,6 +78,30 @@ impl StonFs {
         })
     }
 
+    /// Looks up a media name: the original at `path`, then how it is presented for
+    /// `request`. From memory when both are known, else from the cache and the origin.
+    fn lookup_media(
+        self: &Arc<Self>,
+        (parent, name): (u64, &str),
+        site: SiteId,
+        path: Arc<str>,
+        request: MediaRequest,
+        started: Instant,
+    ) -> Answer<Entry> {
+        if let Some(node) = self.media_node_now(site, &path, &request) {
+            self.record(Op::Lookup, &path, 0, started, true);
+            return Answer::Now(self.node_entry(parent, name, site, path, node));
+        }
+        let fs = self.clone();
+        let name = name.to_string();
+        Answer::later(async move {
+            let deadline = started + fs.cache.request_timeout();
+            let node = fs.media_node(site, &path, &request, deadline).await;
+            fs.record(Op::Lookup, &path, 0, started, false);
+            fs.node_entry(parent, &name, site, path, node)
+        })
+    }
+
     /// The entry for a resolved name. Not-found becomes a negative entry the kernel caches.
     fn entry(
         &self,
@@ -67,8 +111,21 @@ impl StonFs {
         path: Arc<str>,
         answer: FsResult<Arc<Object>>,
     ) -> FsResult<Entry> {
-        let found = match answer {
-            Ok(object) => object,
+        let node = answer.map(|object| Node::new(site, path.clone(), Some(object)));
+        self.node_entry(parent, name, site, path, node)
+    }
+
+    /// The entry for a name whose node is known (or not found: a negative entry).
+    fn node_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        site: SiteId,
+        path: Arc<str>,
+        answer: FsResult<Node>,
+    ) -> FsResult<Entry> {
+        let node = match answer {
+            Ok(node) => node,
             Err(FsError::NotFound) => {
                 let node = Node::new(site, path, None);
                 return Ok(Entry {
@@ -78,7 +135,6 @@ impl StonFs {
             }
             Err(error) => return Err(error),
         };
-        let node = Node::new(site, path, Some(found));
         let (ino, stale) = self.inodes.attach(parent, name, node.clone());
         if stale {
             self.invalidate_pages(ino);
@@ -154,44 +210,47 @@ impl StonFs {
         let fs = self.clone();
         Answer::later(async move {
             let deadline = started + fs.cache.request_timeout();
-            let answer = fs.fresh_object(ino, &node, deadline).await;
+            let answer = fs.fresh_node(ino, &node, deadline).await;
             fs.record(Op::Attr, &node.path, 0, started, false);
-            let node = Node {
-                object: Some(answer?),
-                ..node
-            };
+            let node = answer?;
             Ok((fs.attr(ino, &node), fs.attr_ttl(&node)))
         })
     }
 
-    /// The node's object, revalidated when its TTL has run out.
-    pub(super) async fn fresh_object(
+    /// The node with its object revalidated when its TTL has run out, and, for a media
+    /// name, presented as that version is.
+    pub(super) async fn fresh_node(
         &self,
         ino: u64,
         node: &Node,
         deadline: Instant,
-    ) -> FsResult<Arc<Object>> {
+    ) -> FsResult<Node> {
         let Some(site) = node.site.filter(|_| !node.path.is_empty()) else {
             return Err(FsError::NotFound);
         };
         if let Some(object) = &node.object {
             if object.is_fresh(now_secs()) && !object.is_detached() {
-                return Ok(object.clone());
+                return Ok(node.clone());
             }
         }
         let object = self
             .cache
             .resolve(site, node.path.clone(), deadline)
             .await?;
+        let view = self.view_of(node, &object, deadline).await?;
         // A name first known from a listing may turn out another size: the kernel must drop
         // the listed attributes, or it would cut reads short at the listed size.
         let listed_differs = node.listed.as_ref().is_some_and(|e| {
             e.size != Some(object.size()) || e.is_dir != (object.kind() == ObjectKind::Directory)
         });
-        if self.inodes.update_object(ino, &object) || listed_differs {
+        if self.inodes.update_object(ino, &object, view.clone()) || listed_differs {
             self.invalidate_pages(ino);
         }
-        Ok(object)
+        Ok(Node {
+            object: Some(object),
+            view,
+            ..node.clone()
+        })
     }
 
     pub fn opendir(&self, ino: u64) -> FsResult<()> {
@@ -220,6 +279,10 @@ impl StonFs {
         let fs = self.clone();
         Answer::later(async move {
             for listed in fs.cache.listing(site, &node.path).await.iter() {
+                // Clips exist only by name: a listing never shows one.
+                if fs.cache.is_trim_name(&listed.name) {
+                    continue;
+                }
                 let kind = match listed.is_dir {
                     true => EntryKind::Directory,
                     false => EntryKind::File,

@@ -11,6 +11,7 @@
 
 mod attr;
 mod lookup;
+mod media;
 mod open;
 mod read;
 

@@ -12,7 +12,7 @@ use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult, ObjectKind};
-use crate::cache::{Object, ReadAhead};
+use crate::cache::{MediaView, Object, ReadAhead};
 use crate::fuse::inodes::OpenMode;
 use crate::fuse::passthrough::Backing;
 
@@ -59,7 +59,7 @@ impl StonFs {
             return Answer::Now(Err(FsError::NotNeeded));
         }
         if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {
-            let opened = self.finish_open(ino, object);
+            let opened = self.finish_open(ino, object, node.view.clone());
             let hit = opened.as_ref().is_ok_and(|(_, from_cache)| *from_cache);
             self.record(Op::Open, &node.path, 0, started, hit);
             return Answer::Now(opened.map(|(opened, _)| opened));
@@ -67,25 +67,40 @@ impl StonFs {
         let fs = self.clone();
         Answer::later(async move {
             let deadline = started + fs.cache.request_timeout();
-            let answer = fs.fresh_object(ino, &node, deadline).await;
+            let answer = fs.fresh_node(ino, &node, deadline).await;
             fs.record(Op::Open, &node.path, 0, started, false);
-            fs.finish_open(ino, answer?).map(|(opened, _)| opened)
+            let node = answer?;
+            let object = node.object.ok_or(FsError::NotFound)?;
+            fs.finish_open(ino, object, node.view)
+                .map(|(opened, _)| opened)
         })
     }
 
-    /// Opens a resolved object. Also says whether the open was served by the cache alone: a
-    /// passthrough open consumes the file's blocks without the daemon seeing a read, so it is
-    /// a miss if any of them had just come from the origin (fetched by the lookup, say).
-    fn finish_open(&self, ino: u64, object: Arc<Object>) -> FsResult<(Opened, bool)> {
+    /// Opens a resolved object, presented through `view` when it has one. Also says whether
+    /// the open was served by the cache alone: a passthrough open consumes the file's blocks
+    /// without the daemon seeing a read, so it is a miss if any of them had just come from
+    /// the origin (fetched by the lookup, say).
+    fn finish_open(
+        &self,
+        ino: u64,
+        object: Arc<Object>,
+        view: Option<MediaView>,
+    ) -> FsResult<(Opened, bool)> {
         if object.kind() != ObjectKind::File {
             return Err(FsError::IsDirectory);
         }
         // Opening counts as use: it keeps the object at the recent end of the LRU.
         self.cache.touch(&object);
-        let wanted = self.passthrough_wanted(&object);
+        // A view's bytes are not the cache file's: the kernel must never read that instead.
+        let wanted = view.is_none() && self.passthrough_wanted(&object);
         let mode = self
             .inodes
             .begin_open(ino, wanted, || self.register(&object));
+        if view.is_some() && matches!(mode, OpenMode::Passthrough(_)) {
+            // Another version of this name is open in passthrough, presented unchanged.
+            self.inodes.end_open(ino, true);
+            return Err(FsError::VersionChanged);
+        }
         object.open_handle();
         let mut from_cache = true;
         let io = match &mode {
@@ -113,6 +128,7 @@ impl StonFs {
         let file = OpenFile {
             passthrough: matches!(mode, OpenMode::Passthrough(_)),
             object,
+            view,
             ino,
             readahead: Mutex::new(ReadAhead::default()),
             failed_read: Mutex::new(None),

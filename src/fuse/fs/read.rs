@@ -1,5 +1,6 @@
 //! Reads: from verified cached blocks on the FUSE thread, else through the cache from the
-//! origin, with read-ahead for sequential readers.
+//! origin, with read-ahead for sequential readers. A media file presented through a view
+//! (a rewritten header, a clip) is read through it.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use super::lookup::needs_origin;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::FsError;
-use crate::cache::{Object, ReadAhead};
+use crate::cache::{MediaView, Object, ReadAhead};
 
 /// How soon after a failed read the kernel's retry of it arrives, at most.
 const KERNEL_RETRY_WINDOW: Duration = Duration::from_secs(1);
@@ -20,6 +21,8 @@ const KERNEL_RETRY_WINDOW: Duration = Duration::from_secs(1);
 /// One open file: the version it opened, how it is served, and its read-ahead state.
 pub(super) struct OpenFile {
     pub(super) object: Arc<Object>,
+    /// How the file is presented when not byte for byte as the object.
+    pub(super) view: Option<MediaView>,
     pub(super) ino: u64,
     pub(super) passthrough: bool,
     pub(super) readahead: Mutex<ReadAhead>,
@@ -114,14 +117,27 @@ impl StonFs {
         }
         self.read_ahead(&file, &range);
         let object = file.object.clone();
-        if let Some(Ok((data, hit))) = object.read_cached(range.clone()) {
+        let cached = match &file.view {
+            None => object
+                .read_cached(range.clone())
+                .map(|read| read.map(|(data, hit)| (Bytes::from(data), hit))),
+            Some(view) => self.cache.read_view_cached(&object, view, range.clone()),
+        };
+        if let Some(Ok((data, hit))) = cached {
             self.record(Op::Read, object.path(), data.len() as u64, started, hit);
-            return Answer::Now(Ok(Bytes::from(data)));
+            return Answer::Now(Ok(data));
         }
         let fs = self.clone();
         Answer::later(async move {
             let deadline = started + fs.cache.request_timeout();
-            match fs.cache.read(&object, range.clone(), deadline).await {
+            let read = match &file.view {
+                None => fs.cache.read(&object, range.clone(), deadline).await,
+                Some(view) => {
+                    let read = fs.cache.read_view(&object, view, range.clone(), deadline);
+                    read.await
+                }
+            };
+            match read {
                 Ok((data, hit)) => {
                     fs.record(Op::Read, object.path(), data.len() as u64, started, hit);
                     Ok(data)
@@ -137,18 +153,25 @@ impl StonFs {
     }
 
     /// Feeds the read to the file's sequential detector and prefetches what it asks for.
+    /// A view's reads count where their bytes lie in the original, and never prefetch past
+    /// what the view shows; reads of its rewritten header are not counted.
     fn read_ahead(&self, file: &OpenFile, range: &Range<u64>) {
         let object = &file.object;
         let max_window = self.cache.config().readahead_max / object.block_size();
         if max_window == 0 {
             return;
         }
-        let ahead = file.readahead.lock().on_read(
-            range,
-            object.block_size(),
-            max_window,
-            object.block_count(),
-        );
+        let (range, block_count) = match &file.view {
+            None => (range.clone(), object.block_count()),
+            Some(view) => match view.source_span(range.clone()) {
+                Some(span) => (span, view.source_extent().div_ceil(object.block_size())),
+                None => return,
+            },
+        };
+        let ahead =
+            file.readahead
+                .lock()
+                .on_read(&range, object.block_size(), max_window, block_count);
         if !ahead.is_empty() {
             self.cache.prefetch(object, ahead);
         }

@@ -1,0 +1,180 @@
+//! MP4 files as they are presented: moov-at-end files with their header in front, and clips
+//! of an interval by name (`NAME.mp4?start=S&end=E`), as views over the cached original.
+//!
+//! - `name`: what a file name asks for;
+//! - `build`: finding the layout with cache reads, then [`crate::media`]'s rewrite or cut;
+//! - `record`: the rewritten header kept with the object's files, so it survives restarts;
+//! - `views`: presentations kept in memory, within a byte budget;
+//! - `read`: presented bytes, from memory and the original's cached blocks.
+//!
+//! A presentation belongs to one object version: a new version is a new `Object`, which has
+//! no record on disk and matches no kept view. Lock order: `MediaState.flights` and the
+//! views' lock are leaf locks.
+
+mod build;
+mod name;
+mod read;
+mod record;
+mod views;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::{Cache, Object, WAIT_GRACE};
+use crate::base::flight::Flight;
+use crate::base::{FsError, FsResult, ObjectKind, SiteId};
+use crate::media::{Piece, Presented};
+
+pub use name::{MediaRequest, NameKind, TrimSpan};
+
+use views::Views;
+
+/// Presentations built at once: each holds a whole moov and its rewrite in memory.
+const BUILDS_AT_ONCE: usize = 2;
+
+/// A presented file: its exact size, and where each of its bytes comes from.
+#[derive(Clone)]
+pub struct MediaView(Arc<Presented>);
+
+impl MediaView {
+    /// The exact size of the presented file.
+    pub fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    /// One past the last byte of the original that the view reads.
+    pub fn source_extent(&self) -> u64 {
+        self.0.source_extent()
+    }
+
+    /// The original's bytes behind `range` of the presented file, when they are one
+    /// stretch of it (for read-ahead); `None` when the range touches the rewritten header.
+    pub fn source_span(&self, range: Range<u64>) -> Option<Range<u64>> {
+        match self.0.map(range).as_slice() {
+            [Piece::Source(source)] => Some(source.clone()),
+            _ => None,
+        }
+    }
+
+    fn presented(&self) -> &Presented {
+        &self.0
+    }
+}
+
+/// How a media file is served.
+#[derive(Clone)]
+pub enum Presentation {
+    /// Byte for byte as the origin has it.
+    Unchanged,
+    /// Through a view: a rewritten header, or a clip.
+    View(MediaView),
+}
+
+impl Presentation {
+    pub fn view(&self) -> Option<&MediaView> {
+        match self {
+            Presentation::Unchanged => None,
+            Presentation::View(view) => Some(view),
+        }
+    }
+}
+
+/// One build in flight: for one version (its address; the builder holds it) and request.
+type BuildKey = (usize, MediaRequest);
+
+/// The cache's media state: kept presentations, builds in flight and their bound.
+pub(super) struct MediaState {
+    views: Views,
+    flights: Mutex<HashMap<BuildKey, Arc<Flight<Presentation>>>>,
+    builds: Semaphore,
+}
+
+impl MediaState {
+    pub(super) fn new() -> MediaState {
+        MediaState {
+            views: Views::new(),
+            flights: Mutex::new(HashMap::new()),
+            builds: Semaphore::new(BUILDS_AT_ONCE),
+        }
+    }
+}
+
+impl Cache {
+    /// How a directory entry name of `site` under `parent` (a site path) is served.
+    pub fn media_name(&self, site: SiteId, parent: &str, name: &str) -> NameKind {
+        let media = &self.config().media;
+        let vhost = self.config().vhosts.get(site).and_then(|v| v.mp4_faststart);
+        name::classify(media, name, |base| {
+            media.faststart_for(vhost, &format!("{parent}/{base}"))
+        })
+    }
+
+    /// Whether a listed name is a clip name, which listings never show.
+    pub fn is_trim_name(&self, name: &str) -> bool {
+        name::is_trim_name(&self.config().media, name)
+    }
+
+    /// The presentation of `object` for `request` when memory alone can tell: a directory
+    /// is no media file (a clip of it does not exist), else a kept presentation.
+    pub fn presentation_now(
+        &self,
+        object: &Arc<Object>,
+        request: &MediaRequest,
+    ) -> Option<FsResult<Presentation>> {
+        if object.kind() != ObjectKind::File {
+            return Some(match request {
+                MediaRequest::Faststart => Ok(Presentation::Unchanged),
+                MediaRequest::Trim(_) => Err(FsError::NotFound),
+            });
+        }
+        self.media.views.get(object, request).map(Ok)
+    }
+
+    /// How `object` is presented for `request`, built at most once for any number of
+    /// concurrent callers. Whole files cost, the first time, the reads that find the moov
+    /// (the first block and the moov's range); clips also read the moov.
+    pub async fn present(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        request: &MediaRequest,
+        deadline: Instant,
+    ) -> FsResult<Presentation> {
+        if let Some(known) = self.presentation_now(object, request) {
+            return known;
+        }
+        let key = (Arc::as_ptr(object) as usize, request.clone());
+        let (flight, leader) = {
+            let mut flights = self.media.flights.lock();
+            match flights.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Flight::new();
+                    flights.insert(key.clone(), flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if leader {
+            // A task of its own: a caller that goes away must not strand the others.
+            let (cache, object, request) = (self.clone(), object.clone(), request.clone());
+            let flight = flight.clone();
+            tokio::spawn(async move {
+                let built = cache.build_presentation(&object, &request, deadline).await;
+                if let Ok(presentation) = &built {
+                    cache.media.views.insert(&object, &request, presentation);
+                }
+                cache.media.flights.lock().remove(&key);
+                flight.finish(built);
+            });
+        }
+        match tokio::time::timeout_at((deadline + WAIT_GRACE).into(), flight.wait()).await {
+            Ok(result) => result,
+            Err(_) => Err(FsError::Timeout),
+        }
+    }
+}

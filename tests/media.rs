@@ -1,0 +1,661 @@
+//! MP4 files through real mounts: moov-at-end files presented with their header first (and
+//! played by ffmpeg exactly like the originals), files served unchanged, clips by name
+//! (`NAME.mp4?start=S&end=E`) checked frame by frame against the original, what they cost
+//! at the origin, restarts and new versions, mutated files that must never crash, hang or
+//! bloat the daemon, and Apache serving a clip from the mount. Test media are made with
+//! ffmpeg at test time; what each presented file must be is computed from the original's
+//! bytes with the crate's MP4 library.
+
+mod common;
+#[path = "media/support.rs"]
+mod media_support;
+#[allow(dead_code)]
+#[path = "service/support.rs"]
+mod support;
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::mount::{run_cli, Mount};
+use common::nginx::{Autoindex, Nginx};
+use common::origin::Origin;
+use common::{assert_bytes_eq, assert_file_matches, errno, no_kernel_readahead, pread_full, Rng};
+use media_support::{
+    assert_moov_first, decodes_from, duration, expected_clip, expected_whole, ffprobe_complaints,
+    framemd5, key_frame_at_or_before, start_time, top_level_boxes, video_frames, Sample,
+    GOP_SECONDS,
+};
+use support::{curl, Apache};
+
+const KIB: u64 = 1024;
+/// Longest one file-system call of the fuzz test may take before it counts as a hang.
+const CALL_BOUND: Duration = Duration::from_secs(30);
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// The presented header's length: everything up to the first mdat's payload.
+fn header_len(presented: &[u8]) -> usize {
+    let mut at = 0usize;
+    for kind in top_level_boxes(presented) {
+        let size = u32::from_be_bytes(presented[at..at + 4].try_into().unwrap()) as usize;
+        if kind == "mdat" {
+            return at + 8;
+        }
+        at += size;
+    }
+    panic!("no mdat in the presented file");
+}
+
+/// Runs `work` on a thread of its own and fails the test if it takes longer than
+/// `CALL_BOUND`: a hung daemon must fail the test, not hang it.
+fn bounded<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+        .recv_timeout(CALL_BOUND)
+        .unwrap_or_else(|_| panic!("{what} took longer than {CALL_BOUND:?}: the daemon hangs"))
+}
+
+/// A scratch dir other users may traverse (Apache's www-data, nginx's workers).
+fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+// ===========================================================================
+// Header in front
+// ===========================================================================
+
+#[test]
+fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() {
+    let originals = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let samples = [
+        (Sample::Plain, "plain.mp4"),
+        (Sample::BFrames, "bframes.mp4"),
+        (Sample::Audio, "audio.m4a"),
+    ];
+    for (sample, name) in samples {
+        origin.put(&format!("/{name}"), sample.bytes().to_vec());
+    }
+    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    for (sample, name) in samples {
+        let (want, is_view) = expected_whole(sample.bytes());
+        assert!(is_view, "{name} has its moov at the end");
+        let path = mount.path(name);
+
+        // Cold: the lookup, the open and the whole header cost at most 3 origin requests
+        // (the probe's first block and the moov's range).
+        let size = fs::metadata(&path).expect("stat").len();
+        assert_eq!(
+            size,
+            want.len() as u64,
+            "{name}: stat gives the presented size"
+        );
+        let file = File::open(&path).expect("open");
+        no_kernel_readahead(&file);
+        let header = pread_full(&file, 0, header_len(&want)).expect("header");
+        assert_bytes_eq(&header, &want[..header.len()], name);
+        let requests = origin.request_count_for(&format!("/{name}"));
+        assert!(
+            requests <= 3,
+            "{name}: {requests} origin requests before the first media byte\n{}",
+            origin.describe_requests()
+        );
+        drop(file);
+        eprintln!("{name}: {requests} origin requests before the first media byte");
+
+        assert_file_matches(&path, &want, 256 * KIB as usize);
+        assert_moov_first(&fs::read(&path).unwrap(), name);
+        let original = sample.write_to(originals.path(), name);
+        assert_eq!(
+            framemd5(&path),
+            framemd5(&original),
+            "{name}: ffmpeg decodes the presented file like the original"
+        );
+        assert_eq!(ffprobe_complaints(text(&path)), "", "{name}: ffprobe warns");
+    }
+    mount.unmount();
+}
+
+#[test]
+fn faststart_fragmented_and_broken_files_are_served_byte_for_byte() {
+    let origin = Origin::start();
+    let broken = b"not a movie at all, whatever its name says\n".repeat(500);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("/front.mp4", Sample::Front.bytes().to_vec()),
+        ("/frag.mp4", Sample::Fragmented.bytes().to_vec()),
+        ("/broken.mp4", broken),
+        ("/raw/plain.mp4", Sample::Plain.bytes().to_vec()),
+        ("/plain.bin", Sample::Plain.bytes().to_vec()),
+    ];
+    for (path, data) in &files {
+        origin.put(path, data.clone());
+    }
+    let mount = Mount::builder(origin.url())
+        .opt("block_size=64K,mp4_faststart_rule=/raw/*:off")
+        .mount();
+    for round in 0..2 {
+        for (path, data) in &files {
+            let on_mount = mount.path(path);
+            assert_eq!(
+                fs::metadata(&on_mount).unwrap().len(),
+                data.len() as u64,
+                "{path}"
+            );
+            assert_file_matches(&on_mount, data, 64 * KIB as usize);
+            if round == 1 {
+                common::drop_page_cache(&on_mount);
+            }
+        }
+    }
+    let log = mount.unmount();
+    let unchanged = |path: &str| {
+        log.lines()
+            .filter(|l| l.contains(path) && l.contains("served unchanged"))
+            .count()
+    };
+    assert_eq!(
+        unchanged("/broken.mp4"),
+        1,
+        "one log line for a file that does not parse:\n{log}"
+    );
+    for path in ["/front.mp4", "/frag.mp4", "/raw/plain.mp4"] {
+        assert_eq!(unchanged(path), 0, "{path} is no error:\n{log}");
+    }
+}
+
+#[test]
+fn the_rewritten_header_survives_a_restart_without_an_origin_request() {
+    let origin = Origin::start();
+    origin.put("/plain.mp4", Sample::Plain.bytes().to_vec());
+    let (want, _) = expected_whole(Sample::Plain.bytes());
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::builder(origin.url())
+        .opt("block_size=64K")
+        .cache_dir(cache.path())
+        .mount();
+    assert_file_matches(&mount.path("plain.mp4"), &want, 128 * KIB as usize);
+    mount.unmount();
+    let records = common::mount::find_files_with_ext(cache.path(), "view");
+    assert_eq!(
+        records.len(),
+        1,
+        "the rewritten header is kept with the object"
+    );
+
+    origin.reset();
+    let mount = Mount::builder(origin.url())
+        .opt("block_size=64K")
+        .cache_dir(cache.path())
+        .mount();
+    let path = mount.path("plain.mp4");
+    assert_eq!(fs::metadata(&path).unwrap().len(), want.len() as u64);
+    assert_file_matches(&path, &want, 128 * KIB as usize);
+    assert_eq!(
+        origin.request_count(),
+        0,
+        "a restart serves the cached view\n{}",
+        origin.describe_requests()
+    );
+    mount.unmount();
+}
+
+#[test]
+fn a_new_version_at_the_origin_is_presented_afresh() {
+    let origin = Origin::start();
+    origin.put("/v.mp4", Sample::Plain.bytes().to_vec());
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::builder(origin.url())
+        .opt("block_size=64K,ttl=1")
+        .cache_dir(cache.path())
+        .mount();
+    let path = mount.path("v.mp4");
+    let (first, _) = expected_whole(Sample::Plain.bytes());
+    assert_file_matches(&path, &first, 128 * KIB as usize);
+    origin.replace("/v.mp4", Sample::BFrames.bytes().to_vec());
+    std::thread::sleep(Duration::from_millis(1200));
+    let (second, _) = expected_whole(Sample::BFrames.bytes());
+    assert_eq!(fs::metadata(&path).unwrap().len(), second.len() as u64);
+    assert_file_matches(&path, &second, 128 * KIB as usize);
+    let clip = mount.path("v.mp4?start=2&end=5");
+    let (want, _) = expected_clip(Sample::BFrames.bytes(), Some(2.0), Some(5.0)).unwrap();
+    assert_file_matches(&clip, &want, 128 * KIB as usize);
+    mount.unmount();
+    let records = common::mount::find_files_with_ext(cache.path(), "view");
+    assert_eq!(
+        records.len(),
+        1,
+        "the old version's record went with its blocks"
+    );
+}
+
+// ===========================================================================
+// Clips by name
+// ===========================================================================
+
+/// Checks a mounted clip of `[2, 5)` s against the original with ffprobe and ffmpeg.
+fn check_video_clip(clip: &Path, original: &Path, name: &str) {
+    let c = text(clip);
+    assert_eq!(ffprobe_complaints(c), "", "{name}: ffprobe warns");
+    let d = duration(c);
+    assert!(
+        (d - 3.0).abs() <= GOP_SECONDS,
+        "{name}: duration {d} s, want 3 s within a GOP"
+    );
+
+    let key = key_frame_at_or_before(text(original), 2.0);
+    let all = video_frames(original);
+    let cut = video_frames(clip);
+    let first = &cut.first().expect("the clip has video frames").1;
+    let at = all
+        .iter()
+        .position(|(_, hash)| hash == first)
+        .unwrap_or_else(|| panic!("{name}: the clip's first frame is no frame of the original"));
+    assert!(
+        (all[at].0 - key).abs() < 0.001,
+        "{name}: the clip starts at {} s, not at the key frame at {key} s",
+        all[at].0
+    );
+    let hashes = |frames: &[(f64, String)]| frames.iter().map(|f| f.1.clone()).collect::<Vec<_>>();
+    let expected = &all[at..(at + cut.len()).min(all.len())];
+    assert_eq!(
+        hashes(&cut),
+        hashes(expected),
+        "{name}: the clip's frames are the original's from {key} s on"
+    );
+    let last = expected.last().map_or(0.0, |f| f.0);
+    assert!(
+        (last - 5.0).abs() <= 0.1,
+        "{name}: the clip ends at {last} s, not near 5 s"
+    );
+
+    let video = start_time(c, "v:0");
+    let audio = start_time(c, "a:0");
+    assert!(
+        !audio.is_empty() && audio == video,
+        "{name}: audio starts at {audio}, video at {video}"
+    );
+    let seek = decodes_from(c, "1");
+    assert!(seek.ok, "{name}: ffmpeg -ss 1 fails:\n{}", seek.stderr);
+}
+
+#[test]
+fn a_clip_by_name_plays_the_interval_and_costs_only_its_share_of_the_file() {
+    let originals = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let samples = [
+        (Sample::BFrames, "bframes.mp4"),
+        (Sample::Plain, "plain.mp4"),
+    ];
+    for (sample, name) in samples {
+        origin.put(&format!("/{name}"), sample.bytes().to_vec());
+    }
+    let block = 16 * KIB;
+    let mount = Mount::builder(origin.url()).opt("block_size=16K").mount();
+    for (sample, name) in samples {
+        let file = sample.bytes();
+        let (want, data) = expected_clip(file, Some(2.0), Some(5.0)).expect("a clip");
+        let clip = mount.path(&format!("{name}?start=2&end=5"));
+        // Cold: the clip is the first thing read of this file.
+        assert_eq!(
+            fs::metadata(&clip).unwrap().len(),
+            want.len() as u64,
+            "{name}"
+        );
+        assert_file_matches(&clip, &want, 128 * KIB as usize);
+        let fetched = origin.bytes_sent_for(&format!("/{name}"));
+        let moov = match media_support::layout(file).moov() {
+            Some((_, moov)) => moov.end - moov.start,
+            None => unreachable!("{name} has a moov"),
+        };
+        // The scan's first 64 KiB, the tail with the moov, and the media range, each
+        // rounded out to whole blocks.
+        let share = data.end - data.start;
+        let budget = 64 * KIB + (moov + block) + share + 2 * block;
+        assert!(
+            fetched >= share && fetched <= budget && fetched < file.len() as u64 * 3 / 4,
+            "{name}: the origin sent {fetched} bytes for a clip of {share} media bytes and a \
+             {moov}-byte moov (budget {budget}, whole file {})\n{}",
+            file.len(),
+            origin.describe_requests()
+        );
+        eprintln!(
+            "{name}: the clip's {share} media bytes and {moov}-byte moov cost {fetched} origin \
+             bytes of {}",
+            file.len()
+        );
+        check_video_clip(&clip, &sample.write_to(originals.path(), name), name);
+    }
+    // Either bound may be left out.
+    let (tail, _) = expected_clip(Sample::Plain.bytes(), Some(7.5), None).unwrap();
+    assert_file_matches(
+        &mount.path("plain.mp4?start=7.5"),
+        &tail,
+        128 * KIB as usize,
+    );
+    let (head, _) = expected_clip(Sample::Plain.bytes(), None, Some(1.5)).unwrap();
+    assert_file_matches(&mount.path("plain.mp4?end=1.5"), &head, 128 * KIB as usize);
+    // The origin was only ever asked for the files themselves.
+    for request in origin.requests() {
+        assert!(
+            request.query.is_none() && !request.path.contains('?'),
+            "a clip name reached the origin: {}",
+            request.target
+        );
+    }
+    mount.unmount();
+}
+
+#[test]
+fn audio_clips_and_clips_that_cannot_exist() {
+    let origin = Origin::start();
+    origin.put("/audio.m4a", Sample::Audio.bytes().to_vec());
+    origin.put("/bframes.mp4", Sample::BFrames.bytes().to_vec());
+    origin.put("/frag.mp4", Sample::Fragmented.bytes().to_vec());
+    origin.put("/text.mp4", b"plain text\n".repeat(300));
+    let mount = Mount::builder(origin.url())
+        .opt("block_size=64K,mp4_start_param=from,mp4_end_param=to")
+        .mount();
+    let clip = mount.path("audio.m4a?from=2&to=5");
+    let (want, _) = expected_clip(Sample::Audio.bytes(), Some(2.0), Some(5.0)).unwrap();
+    assert_file_matches(&clip, &want, 64 * KIB as usize);
+    let d = duration(text(&clip));
+    assert!(
+        (d - 3.0).abs() <= 0.05,
+        "audio clip lasts {d} s, want 3 s within an AAC frame"
+    );
+    assert!(decodes_from(text(&clip), "1").ok);
+
+    for name in [
+        "bframes.mp4?from=100",
+        "bframes.mp4?from=3&to=3",
+        "bframes.mp4?from=4&to=3",
+        "bframes.mp4?start=1",
+        "bframes.mp4?from=x",
+        "frag.mp4?from=1",
+        "text.mp4?from=1",
+        "missing.mp4?from=1",
+    ] {
+        let got = fs::metadata(mount.path(name));
+        assert_eq!(errno(&got), Some(libc::ENOENT), "{name}: {got:?}");
+    }
+    // The whole files are still there.
+    assert_eq!(
+        fs::metadata(mount.path("text.mp4")).unwrap().len(),
+        "plain text\n".len() as u64 * 300
+    );
+    let log = mount.unmount();
+    let said = |path: &str, why: &str| log.lines().any(|l| l.contains(path) && l.contains(why));
+    assert!(
+        said("/text.mp4", "not an MP4"),
+        "the log says why text.mp4 has no clip:\n{log}"
+    );
+    assert!(
+        said("/frag.mp4", "fragmented"),
+        "the log says why frag.mp4 has no clip:\n{log}"
+    );
+    assert!(
+        said("/bframes.mp4", "past the end"),
+        "the log says why:\n{log}"
+    );
+}
+
+// ===========================================================================
+// Hostile files
+// ===========================================================================
+
+/// (box start, payload start, box end) of every box reachable through the containers.
+fn box_spans(file: &[u8]) -> Vec<(usize, usize, usize)> {
+    fn walk(body: &[u8], base: usize, out: &mut Vec<(usize, usize, usize)>) {
+        let mut at = 0;
+        while at + 8 <= body.len() {
+            let size32 = u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+            let (header, size) = match size32 {
+                1 if at + 16 <= body.len() => (
+                    16,
+                    u64::from_be_bytes(body[at + 8..at + 16].try_into().unwrap()) as usize,
+                ),
+                0 => (8, body.len() - at),
+                n => (8, n),
+            };
+            if size < header || at + size > body.len() {
+                return;
+            }
+            out.push((base + at, base + at + header, base + at + size));
+            let kind = &body[at + 4..at + 8];
+            let containers: [&[u8]; 7] = [
+                b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf",
+            ];
+            if containers.contains(&kind) {
+                walk(&body[at + header..at + size], base + at + header, out);
+            }
+            at += size;
+        }
+    }
+    let mut out = Vec::new();
+    walk(file, 0, &mut out);
+    out
+}
+
+fn put_u32(file: &mut [u8], at: usize, value: u32) {
+    if at + 4 <= file.len() {
+        file[at..at + 4].copy_from_slice(&value.to_be_bytes());
+    }
+}
+
+fn get_u32(file: &[u8], at: usize) -> u32 {
+    file.get(at..at + 4)
+        .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()))
+}
+
+/// A value a parser is likely to trip over, near the current one or at an edge.
+fn interesting(rng: &mut Rng, current: u32, file_len: usize) -> u32 {
+    let choices = [
+        0,
+        1,
+        7,
+        8,
+        current.wrapping_sub(1),
+        current.wrapping_add(1),
+        current.wrapping_mul(2),
+        u32::MAX,
+        0x8000_0000,
+        file_len as u32,
+        rng.next_u64() as u32,
+    ];
+    choices[rng.below(choices.len() as u64) as usize]
+}
+
+/// One to three changes to box sizes, table counts, table entries (offsets among them),
+/// single bits, or the file's length.
+fn mutate(rng: &mut Rng, original: &[u8], spans: &[(usize, usize, usize)]) -> Vec<u8> {
+    let mut f = original.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let (start, payload, end) = spans[rng.below(spans.len() as u64) as usize];
+        let pick = |rng: &mut Rng, n: usize| rng.below(n.max(1) as u64) as usize;
+        let at = match rng.below(5) {
+            0 => start,                                        // the box size
+            1 => payload + 4 * pick(rng, 3),                   // a count after version and flags
+            2 => payload + 4 * pick(rng, (end - payload) / 4), // any entry: offsets, sizes
+            3 if !f.is_empty() => {
+                let at = pick(rng, f.len());
+                f[at] ^= 1 << rng.below(8);
+                continue;
+            }
+            _ => {
+                f.truncate(pick(rng, f.len()));
+                continue;
+            }
+        };
+        let current = get_u32(&f, at);
+        let value = interesting(rng, current, original.len());
+        put_u32(&mut f, at, value);
+    }
+    f
+}
+
+/// The daemon's peak resident memory, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
+    const MUTANTS: usize = 48;
+    let original = Sample::Small.bytes();
+    let spans = box_spans(original);
+    let mut rng = Rng::new(0x5eed_f00d);
+    let origin = Origin::start();
+    let mutants: Vec<Vec<u8>> = (0..MUTANTS)
+        .map(|_| mutate(&mut rng, original, &spans))
+        .collect();
+    for (i, m) in mutants.iter().enumerate() {
+        origin.put(&format!("/fuzz/{i}.mp4"), m.clone());
+    }
+    let mut mount = Mount::builder(origin.url()).opt("block_size=16K").mount();
+    let pid = mount.pid().expect("daemon pid");
+    let (mut views, mut clips) = (0, 0);
+    for (i, m) in mutants.iter().enumerate() {
+        // What the file must read as: the library's view, or the bytes unchanged; EIO is
+        // the only other answer allowed.
+        let (want, is_view) = expected_whole(m);
+        views += usize::from(is_view);
+        let path = mount.path(&format!("fuzz/{i}.mp4"));
+        let got = bounded(&format!("reading mutant {i}"), move || fs::read(path));
+        match got {
+            Ok(bytes) => assert_bytes_eq(&bytes, &want, &format!("mutant {i}")),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "mutant {i}: {e}"),
+        }
+        let clip = mount.path(&format!("fuzz/{i}.mp4?start=0.5&end=1.5"));
+        let want = expected_clip(m, Some(0.5), Some(1.5)).map(|(bytes, _)| bytes);
+        clips += usize::from(want.is_some());
+        let got = bounded(&format!("reading a clip of mutant {i}"), move || {
+            fs::read(clip)
+        });
+        match (got, want) {
+            (Ok(bytes), Some(want)) => assert_bytes_eq(&bytes, &want, &format!("clip {i}")),
+            (Err(e), None) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "clip {i}"),
+            (Err(e), Some(_)) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "clip {i}: {e}"),
+            (Ok(_), None) => panic!("clip {i} exists, but the library makes none"),
+        }
+    }
+    eprintln!("{MUTANTS} mutants: {views} presented through a view, {clips} with a clip");
+    assert!(mount.is_running(), "the daemon died:\n{}", mount.log());
+    let peak = peak_rss_kib(pid);
+    assert!(peak < 256 * 1024, "the daemon's peak RSS is {peak} KiB");
+    let log = mount.unmount();
+    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+}
+
+// ===========================================================================
+// Apache, listings
+// ===========================================================================
+
+/// Apache with mod_rewrite: a player's `NAME.mp4?start=S&end=E` URL is served from the
+/// clip file of that name (the last `?` of the rewrite ends the file name).
+fn rewrite_config(docroot: &Path) -> String {
+    let root = docroot.display();
+    format!(
+        "LoadModule rewrite_module /usr/lib/apache2/modules/mod_rewrite.so\n\
+         RewriteEngine On\n\
+         RewriteCond %{{QUERY_STRING}} ^((start|end)=[0-9.]+(&(start|end)=[0-9.]+)?)$\n\
+         RewriteRule ^/(.+\\.mp4)$ {root}/$1?%1? [QSL,L]\n"
+    )
+}
+
+#[test]
+fn apache_serves_a_clip_from_the_mount_and_listings_never_show_clip_names() {
+    let root = open_tempdir();
+    let bytes = Sample::BFrames.bytes();
+    fs::write(root.path().join("movie.mp4"), bytes).unwrap();
+    fs::write(
+        root.path().join("movie.mp4?start=1&end=2"),
+        b"an origin file with a clip's name",
+    )
+    .unwrap();
+    fs::write(root.path().join("notes.txt"), b"notes").unwrap();
+    for entry in fs::read_dir(root.path()).unwrap() {
+        fs::set_permissions(entry.unwrap().path(), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let nginx = Nginx::start(root.path(), Autoindex::Html);
+    let mount = Mount::builder(nginx.url())
+        .opt("allow_other,block_size=64K")
+        .mount();
+    fs::set_permissions(mount.tmp_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut listed: Vec<String> = fs::read_dir(mount.mountpoint())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["movie.mp4", "notes.txt"],
+        "listings never show clip names"
+    );
+
+    let mut apache = Apache::start_with(mount.mountpoint(), &rewrite_config(mount.mountpoint()));
+    let (want, _) = expected_clip(bytes, Some(2.0), Some(5.0)).unwrap();
+    for url in [
+        apache.url("/movie.mp4%3Fstart=2&end=5"),
+        apache.url("/movie.mp4?start=2&end=5"),
+    ] {
+        let got = curl(&url, &[]);
+        assert_eq!(got.code, 200, "GET {url}\n{}", apache.logs());
+        assert_bytes_eq(&got.body, &want, &url);
+    }
+    let (whole, _) = expected_whole(bytes);
+    let got = curl(&apache.url("/movie.mp4"), &[]);
+    assert_eq!(got.code, 200, "{}", apache.logs());
+    assert_bytes_eq(&got.body, &whole, "the whole file through Apache");
+    let url = apache.url("/movie.mp4?start=2&end=5");
+    assert_eq!(ffprobe_complaints(&url), "", "ffprobe of {url}");
+    let d = duration(&url);
+    assert!((d - 3.0).abs() <= GOP_SECONDS, "{url}: duration {d} s");
+    assert!(decodes_from(&url, "1").ok, "ffmpeg plays {url}");
+    assert!(apache.stop().is_some(), "apache2 did not stop");
+
+    for request in nginx.requests() {
+        assert!(
+            request.uri == "/" || request.uri == "/movie.mp4",
+            "the origin was asked for {}\n{}",
+            request.uri,
+            nginx.describe()
+        );
+    }
+    mount.unmount();
+}
+
+/// The ston-fs command line is part of the surface: `--help` lists the media keys.
+#[test]
+fn help_lists_the_media_keys() {
+    let out = run_cli(["--help"], Duration::from_secs(20));
+    for key in [
+        "mp4_faststart",
+        "mp4_trim",
+        "mp4_max_moov",
+        "mp4_start_param",
+        "mp4_extensions",
+    ] {
+        assert!(
+            out.stdout.contains(key),
+            "--help lacks {key}:\n{}",
+            out.describe()
+        );
+    }
+}
