@@ -14,6 +14,7 @@ use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::FsError;
 use crate::cache::{MediaView, Object, ReadAhead};
+use crate::fuse::inodes::Node;
 
 /// How soon after a failed read the kernel's retry of it arrives, at most.
 const KERNEL_RETRY_WINDOW: Duration = Duration::from_secs(1);
@@ -67,32 +68,39 @@ impl StonFs {
         let Some(node) = self.inodes.get(ino) else {
             return Answer::Now(Err(FsError::NotFound));
         };
-        if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {
-            return self.read_open_file(self.implicit_handle(ino, object), offset, size);
+        if let Some(file) = self
+            .implicit_handle(ino, &node)
+            .filter(|_| !needs_origin(&node))
+        {
+            return self.read_open_file(file, offset, size);
         }
         let fs = self.clone();
         Answer::later(async move {
             let deadline = Instant::now() + fs.cache.request_timeout();
-            let object = fs.fresh_object(ino, &node, deadline).await?;
-            match fs.read_open_file(fs.implicit_handle(ino, object), offset, size) {
+            let fresh = fs.fresh_node(ino, &node, deadline).await?;
+            let file = fs.implicit_handle(ino, &fresh).ok_or(FsError::NotFound)?;
+            match fs.read_open_file(file, offset, size) {
                 Answer::Now(result) => result,
                 Answer::Later(read) => read.await,
             }
         })
     }
 
-    /// The per-inode handle of `zero_message_opens`, following the inode's current version.
-    fn implicit_handle(&self, ino: u64, object: Arc<Object>) -> Arc<OpenFile> {
+    /// The per-inode handle of `zero_message_opens`, following the inode's current version
+    /// (and its view); `None` while the inode has no resolved object.
+    fn implicit_handle(&self, ino: u64, node: &Node) -> Option<Arc<OpenFile>> {
+        let object = node.object.clone()?;
         let mut implicit = self.implicit.lock();
         if let Some(file) = implicit
             .get(&ino)
             .filter(|f| Arc::ptr_eq(&f.object, &object))
         {
-            return file.clone();
+            return Some(file.clone());
         }
         object.open_handle();
         let file = Arc::new(OpenFile {
             object,
+            view: node.view.clone(),
             ino,
             passthrough: false,
             readahead: Mutex::new(ReadAhead::default()),
@@ -101,7 +109,7 @@ impl StonFs {
         if let Some(old) = implicit.insert(ino, file.clone()) {
             old.object.close_handle();
         }
-        file
+        Some(file)
     }
 
     fn read_open_file(
