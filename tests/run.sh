@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+# tests/tiers.rs runs nginx parents with proxy_cache and the slice module (in nginx-light).
+if command -v nginx >/dev/null 2>&1 && ! nginx -V 2>&1 | grep -q -- --with-http_slice_module; then
+    missing+=(nginx-light)
+fi
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # Apache's binary and modules only; the apache2 package would also start a system Apache.
 command -v apache2 >/dev/null 2>&1 || [ -x /usr/sbin/apache2 ] || missing+=(apache2-bin)

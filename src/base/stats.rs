@@ -149,10 +149,14 @@ pub struct OriginClasses {
     pub status_5xx: u64,
 }
 
+/// One origin of one site: its health and what it was sent.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct OriginHealth {
     pub site: String,
     pub origin: String,
+    /// `active`, or `standby` (used only while every active origin is excluded).
+    #[serde(default)]
+    pub role: String,
     /// In rotation and not failing.
     pub healthy: bool,
     /// unknown (never asked), healthy, failing or excluded.
@@ -160,7 +164,19 @@ pub struct OriginHealth {
     /// Why its last failed request failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Requests sent to it, health probes included.
+    #[serde(default)]
+    pub requests: u64,
+    /// Body bytes received from it.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Requests to it that failed: no answer in time, 5xx, broken or lying answers.
+    #[serde(default)]
+    pub failures: u64,
 }
+
+/// The states an origin can be in, as the `stonfs_origin_state` samples name them.
+const ORIGIN_STATES: [&str; 4] = ["unknown", "healthy", "failing", "excluded"];
 
 fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
@@ -375,7 +391,17 @@ impl Snapshot {
             self.origin_hedges
         );
         for origin in &self.origins {
-            let _ = write!(text, "  {} {} {}", origin.site, origin.origin, origin.state);
+            let _ = write!(
+                text,
+                "  {} {} {} {}: {} requests, {} bytes, {} failures",
+                origin.site,
+                origin.origin,
+                origin.role,
+                origin.state,
+                origin.requests,
+                origin.bytes,
+                origin.failures
+            );
             match &origin.last_error {
                 Some(error) if !origin.healthy => {
                     let _ = writeln!(text, " (last error: {error})");
@@ -522,7 +548,31 @@ impl Snapshot {
                 "origin_healthy",
                 "gauge",
                 "1 while the origin is in rotation and its last request succeeded.",
-                self.health_samples(),
+                self.per_origin(|o| if o.healthy { 1.0 } else { 0.0 }),
+            ),
+            Family::labelled(
+                "origin_state",
+                "gauge",
+                "1 for the state the origin is in: unknown, healthy, failing or excluded.",
+                self.state_samples(),
+            ),
+            Family::labelled(
+                "origin_sent_requests_total",
+                "counter",
+                "Requests sent to the origin, health probes included.",
+                self.per_origin(|o| o.requests as f64),
+            ),
+            Family::labelled(
+                "origin_received_bytes_total",
+                "counter",
+                "Body bytes received from the origin.",
+                self.per_origin(|o| o.bytes as f64),
+            ),
+            Family::labelled(
+                "origin_failures_total",
+                "counter",
+                "Requests to the origin that failed (no answer in time, 5xx, broken answers).",
+                self.per_origin(|o| o.failures as f64),
             ),
         ]);
         families
@@ -553,15 +603,41 @@ impl Snapshot {
         .collect()
     }
 
-    fn health_samples(&self) -> Vec<(String, f64)> {
+    /// One sample per origin, labelled with its site, URL and role.
+    fn per_origin(&self, value: impl Fn(&OriginHealth) -> f64) -> Vec<(String, f64)> {
         self.origins
             .iter()
-            .map(|o| {
-                let labels = format!("{{site=\"{}\",origin=\"{}\"}}", o.site, o.origin);
-                (labels, if o.healthy { 1.0 } else { 0.0 })
-            })
+            .map(|o| (origin_labels(o, ""), value(o)))
             .collect()
     }
+
+    fn state_samples(&self) -> Vec<(String, f64)> {
+        let mut samples = Vec::new();
+        for origin in &self.origins {
+            for state in ORIGIN_STATES {
+                let labels = origin_labels(origin, &format!(",state=\"{state}\""));
+                samples.push((labels, if origin.state == state { 1.0 } else { 0.0 }));
+            }
+        }
+        samples
+    }
+}
+
+/// `{site="...",origin="...",role="..."}` plus `extra`. Label values are escaped as the
+/// text format asks, though a site name or a redacted URL should hold nothing to escape.
+fn origin_labels(origin: &OriginHealth, extra: &str) -> String {
+    let escape = |value: &str| {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    format!(
+        "{{site=\"{}\",origin=\"{}\",role=\"{}\"{extra}}}",
+        escape(&origin.site),
+        escape(&origin.origin),
+        escape(&origin.role)
+    )
 }
 
 /// One Prometheus metric family: its name (after `stonfs_`), type, help and samples.
@@ -627,5 +703,50 @@ mod tests {
         histogram.record(Duration::from_secs(1));
         assert_eq!(histogram.quantile(0.5), 16);
         assert!(histogram.quantile(0.999) >= 1_000_000);
+    }
+
+    #[test]
+    fn every_origin_gets_its_own_label_set() {
+        let mut snapshot = Snapshot::default();
+        for (origin, role, state, requests) in [
+            ("http://p1:80/", "active", "healthy", 7),
+            ("http://p2:80/", "active", "excluded", 3),
+            ("http://o:80/", "standby", "unknown", 0),
+        ] {
+            snapshot.origins.push(OriginHealth {
+                site: "s".into(),
+                origin: origin.into(),
+                role: role.into(),
+                healthy: state == "healthy",
+                state: state.into(),
+                requests,
+                bytes: requests * 100,
+                failures: u64::from(state == "excluded") * 3,
+                last_error: None,
+            });
+        }
+        let text = snapshot.to_prometheus();
+        let p2 = "site=\"s\",origin=\"http://p2:80/\",role=\"active\"";
+        for line in [
+            format!("stonfs_origin_sent_requests_total{{{p2}}} 3"),
+            format!("stonfs_origin_received_bytes_total{{{p2}}} 300"),
+            format!("stonfs_origin_failures_total{{{p2}}} 3"),
+            format!("stonfs_origin_state{{{p2},state=\"excluded\"}} 1"),
+            format!("stonfs_origin_state{{{p2},state=\"healthy\"}} 0"),
+            format!("stonfs_origin_healthy{{{p2}}} 0"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        let standby = "stonfs_origin_sent_requests_total{site=\"s\",origin=\"http://o:80/\",role=\"standby\"} 0";
+        assert!(text.contains(standby), "{text}");
+        let summary = snapshot.to_text();
+        assert!(
+            summary.contains("http://p1:80/ active healthy: 7 requests, 700 bytes, 0 failures"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("http://o:80/ standby unknown"),
+            "{summary}"
+        );
     }
 }

@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use crate::base::flight::Flight;
 use crate::base::stats::{OriginHealth, Snapshot, Stats};
 use crate::base::SiteId;
-use crate::config::{cache_folder_name, Config, Origin};
+use crate::config::{cache_folder_name, Balance, Config, Origin};
 use crate::origin::{HealthState, OriginClient, Pool, Site};
 use crate::store::{self, SiteStore, OBJECT_OVERHEAD};
 
@@ -65,6 +65,13 @@ const NEGATIVE_ENTRIES: usize = 65_536;
 /// megabyte, and glibc would otherwise keep the freed space resident after a burst.
 const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Where one site's requests go: active origins, standbys, and how requests spread.
+struct Routing {
+    origins: Vec<Origin>,
+    standby: Vec<Origin>,
+    balance: Balance,
+}
+
 /// One namespace root: an origin (or virtual host) and its cache folder.
 pub struct SiteEntry {
     site: Site,
@@ -80,14 +87,15 @@ impl SiteEntry {
 
     fn open(
         config: &Config,
-        origins: Vec<Origin>,
+        routing: Routing,
         name: String,
         host: Option<String>,
     ) -> Result<SiteEntry, String> {
-        let folder = cache_folder_name(&origins, &name);
+        // Standbys serve the same content, so adding one keeps the cache folder.
+        let folder = cache_folder_name(&routing.origins, &name);
         Ok(SiteEntry {
             site: Site {
-                pool: Pool::new(origins),
+                pool: Pool::new(routing.origins, routing.standby, routing.balance),
                 host,
             },
             name,
@@ -102,17 +110,26 @@ fn open_sites(config: &Config) -> Result<Vec<SiteEntry>, String> {
     let mut sites = Vec::new();
     if let Some(first) = config.origins.first() {
         let authority = first.base.split("://").nth(1).unwrap_or_default();
-        let origins = config.origins.clone();
+        let routing = Routing {
+            origins: config.origins.clone(),
+            standby: config.standby.clone(),
+            balance: config.balance,
+        };
         sites.push(SiteEntry::open(
             config,
-            origins,
+            routing,
             authority.to_string(),
             None,
         )?);
     }
     for vhost in &config.vhosts {
         let (name, host) = (vhost.name.clone(), Some(vhost.name.clone()));
-        sites.push(SiteEntry::open(config, vhost.origins.clone(), name, host)?);
+        let routing = Routing {
+            origins: vhost.origins.clone(),
+            standby: vhost.standby.clone(),
+            balance: vhost.balance.unwrap_or(config.balance),
+        };
+        sites.push(SiteEntry::open(config, routing, name, host)?);
     }
     Ok(sites)
 }
@@ -227,12 +244,17 @@ impl Cache {
         for entry in &self.sites {
             for member in &entry.site.pool.members {
                 let state = member.state();
+                let (requests, bytes, failures) = member.traffic().totals();
                 snapshot.origins.push(OriginHealth {
                     site: entry.name.clone(),
                     origin: member.origin.to_string(),
+                    role: member.role.name().to_string(),
                     healthy: state == HealthState::Healthy,
                     state: state.name().to_string(),
                     last_error: member.last_error(),
+                    requests,
+                    bytes,
+                    failures,
                 });
             }
         }
@@ -251,7 +273,8 @@ impl Cache {
         Some((site, format!("/{inside}").trim_end_matches('/').to_string()))
     }
 
-    /// Starts the background work of a live mount: probing excluded origins, and handing
+    /// Starts the background work of a live mount: probing excluded origins and idle
+    /// standbys, and handing
     /// memory freed after bursts of traffic back to the system.
     pub fn start_background(self: &Arc<Self>) {
         self.runtime.spawn(async {
@@ -269,7 +292,7 @@ impl Cache {
             loop {
                 ticks.tick().await;
                 for entry in &cache.sites {
-                    for member in entry.site.pool.excluded() {
+                    for member in entry.site.pool.probe_targets() {
                         let deadline = Instant::now() + cache.request_timeout();
                         cache
                             .origin

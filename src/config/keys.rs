@@ -19,6 +19,9 @@ const fn doc(key: &'static str, default: &'static str, meaning: &'static str) ->
 /// README's table in step.
 pub const KEYS: &[KeyDoc] = &[
     doc("origin", "-", "origin URL, or a comma-separated list of equivalent origins (TOML: `origins = [...]`)"),
+    doc("standby", "-", "origins used only while every origin is excluded (a list like `origin`)"),
+    doc("balance", "round_robin", "how requests spread over the origins: round_robin, or hash (one origin per path)"),
+    doc("via", "-", "edge name sent as `Via: 1.1 NAME (ston-fs)` with every origin request"),
     doc("cache_dir", "/var/cache/ston-fs", "cache location; one subfolder per origin"),
     doc("block_size", "1M", "cache and fetch unit; a multiple of 4K from 4K to 64M"),
     doc("max_cache_size", "10G", "hard cap on the cache directory's disk use"),

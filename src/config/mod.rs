@@ -18,7 +18,7 @@ use crate::base::Invalidation;
 
 pub use keys::{keys_help, KeyDoc, KEYS};
 pub use media::{FaststartRule, MediaConfig};
-pub use origins::{cache_folder_name, parse_origin_list, redact_url, Origin, Vhost};
+pub use origins::{cache_folder_name, parse_origin_list, redact_url, Balance, Origin, Vhost};
 pub use parse::{parse_duration, parse_size};
 pub use ttl::TtlRule;
 
@@ -93,6 +93,12 @@ pub struct Config {
     /// Single-origin mode (the mount root is the origin's root): equivalent origins that
     /// requests spread over. Empty in virtual-host mode.
     pub origins: Vec<Origin>,
+    /// Single-origin mode: origins tried only while every one of `origins` is excluded.
+    pub standby: Vec<Origin>,
+    /// How requests spread over the origins (a vhost may choose its own).
+    pub balance: Balance,
+    /// This edge's name, sent as `Via: 1.1 NAME (ston-fs)` with every origin request.
+    pub via: Option<String>,
     /// Virtual-host mode: the mount root lists these hosts.
     pub vhosts: Vec<Vhost>,
     pub cache_dir: PathBuf,
@@ -171,6 +177,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             origins: Vec::new(),
+            standby: Vec::new(),
+            balance: Balance::RoundRobin,
+            via: None,
             vhosts: Vec::new(),
             cache_dir: PathBuf::from("/var/cache/ston-fs"),
             block_size: 1 << 20,
@@ -252,6 +261,9 @@ impl Config {
     fn set_origin_key(&mut self, key: &str, value: &str) -> Result<bool, ConfigError> {
         match key {
             "origin" | "origins" => self.origins = parse_origin_list(value)?,
+            "standby" => self.standby = parse_origin_list(value)?,
+            "balance" => self.balance = value.parse().map_err(|e: String| bad(key, e))?,
+            "via" => self.via = Some(parse_via(key, value)?),
             "manifest" => {
                 self.manifest = Some(format!(
                     "/{}",
@@ -446,6 +458,9 @@ impl Config {
                 ("origins" | "origin", value @ toml::Value::Array(_)) => {
                     self.origins = parse_origin_value(key, value)?
                 }
+                ("standby", value @ toml::Value::Array(_)) => {
+                    self.standby = parse_origin_value(key, value)?
+                }
                 ("headers", toml::Value::Array(items)) => {
                     for item in items {
                         self.set(key, &toml_scalar(key, item)?)?;
@@ -486,6 +501,7 @@ impl Config {
             )),
             _ => Ok(()),
         }?;
+        self.validate_standby()?;
         if self.max_cache_size < 4 * self.block_size {
             return Err(bad(
                 "max_cache_size",
@@ -504,6 +520,28 @@ impl Config {
         }
         if self.media.start_param == self.media.end_param {
             return Err(bad("mp4_end_param", "must differ from mp4_start_param"));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// A standby belongs to the origins it stands in for: the global one to the global
+    /// origins, a vhost's to that vhost. An origin cannot be both active and standby.
+    fn validate_standby(&self) -> Result<(), ConfigError> {
+        if !self.standby.is_empty() && self.origins.is_empty() {
+            return Err(bad(
+                "standby",
+                "with [[vhost]] tables, give `standby` inside each [[vhost]]",
+            ));
+        }
+        let lists = std::iter::once((&self.origins, &self.standby))
+            .chain(self.vhosts.iter().map(|v| (&v.origins, &v.standby)));
+        for (actives, standby) in lists {
+            if let Some(both) = standby.iter().find(|s| actives.contains(s)) {
+                let reason = format!("{both} is listed both as an origin and as a standby");
+                return Err(bad("standby", reason));
+            }
         }
         Ok(())
     }
@@ -531,6 +569,8 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
     let mut aliases = Vec::new();
     let mut origins = Vec::new();
     let mut mp4_faststart = None;
+    let mut standby = Vec::new();
+    let mut balance = None;
     for (key, value) in table {
         match key.as_str() {
             "name" => name = Some(toml_scalar("vhost.name", value)?),
@@ -539,6 +579,12 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
                 mp4_faststart = Some(parse_bool("vhost.mp4_faststart", &text)?);
             }
             "origin" | "origins" => origins.extend(parse_origin_value("vhost.origin", value)?),
+            "standby" => standby.extend(parse_origin_value("vhost.standby", value)?),
+            "balance" => {
+                let text = toml_scalar("vhost.balance", value)?;
+                let parsed = text.parse::<Balance>();
+                balance = Some(parsed.map_err(|e| bad("vhost.balance", e))?);
+            }
             "aliases" => {
                 let items = value
                     .as_array()
@@ -562,6 +608,8 @@ fn parse_vhost(table: &toml::Table) -> Result<Vhost, ConfigError> {
         aliases,
         origins,
         mp4_faststart,
+        standby,
+        balance,
     })
 }
 
@@ -745,6 +793,8 @@ mod tests {
             aliases: vec!["*.example.com".into(), "www.other.org".into()],
             origins: vec![Origin::parse("http://127.0.0.1/").unwrap()],
             mp4_faststart: None,
+            standby: Vec::new(),
+            balance: None,
         };
         assert!(vhost.answers_to("example.com"));
         assert!(vhost.answers_to("img.example.com"));
@@ -784,5 +834,69 @@ mod tests {
         let table: toml::Table = "cache_size = 5".parse().unwrap();
         let err = Config::default().apply_table(&table).unwrap_err();
         assert!(err.to_string().contains("cache_size"));
+    }
+
+    #[test]
+    fn balance_standby_and_via_are_set_globally_and_per_vhost() {
+        let mut config = Config::default();
+        config.set("origin", "http://a/,http://b/").unwrap();
+        config
+            .apply_mount_options("standby=http://c/,balance=hash,via=edge-1.example:8080")
+            .unwrap();
+        assert_eq!(config.balance, Balance::Hash);
+        assert_eq!(config.standby.len(), 1);
+        assert_eq!(config.via.as_deref(), Some("edge-1.example:8080"));
+        config.validate().unwrap();
+        assert!(config.set("balance", "random").is_err());
+        for bad_name in ["", "two words", "a,b", "x\r\nInjected: 1", "(x)", "é"] {
+            assert!(
+                config.set("via", bad_name).is_err(),
+                "via={bad_name:?} accepted"
+            );
+        }
+
+        let table: toml::Table = r#"
+            balance = "hash"
+            [[vhost]]
+            name = "a.com"
+            origins = ["http://p1/", "http://p2/"]
+            standby = ["http://origin/"]
+            balance = "round_robin"
+            [[vhost]]
+            name = "b.com"
+            origin = "http://p1/"
+        "#
+        .parse()
+        .unwrap();
+        let mut config = Config::default();
+        config.apply_table(&table).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.vhosts[0].standby.len(), 1);
+        assert_eq!(config.vhosts[0].balance, Some(Balance::RoundRobin));
+        assert_eq!(
+            config.vhosts[1].balance, None,
+            "b.com takes the global balance"
+        );
+    }
+
+    #[test]
+    fn standbys_belong_to_their_origins() {
+        let mut config = Config::default();
+        config.set("origin", "http://a/,http://b/").unwrap();
+        config.set("standby", "http://b/").unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("both"), "{err}");
+        let table: toml::Table = r#"
+            standby = ["http://origin/"]
+            [[vhost]]
+            name = "a.com"
+            origin = "http://p1/"
+        "#
+        .parse()
+        .unwrap();
+        let mut config = Config::default();
+        config.apply_table(&table).unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("inside each [[vhost]]"), "{err}");
     }
 }

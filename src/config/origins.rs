@@ -1,8 +1,32 @@
-//! Origin addresses and virtual hosts: parsing, display without secrets, cache folder names.
+//! Origin addresses, virtual hosts and how requests spread over origins: parsing, display
+//! without secrets, cache folder names.
 
 use url::Url;
 
 use super::ConfigError;
+
+/// How requests spread over a site's equivalent origins (`balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Each request goes to the next origin in rotation.
+    #[default]
+    RoundRobin,
+    /// Rendezvous hashing of the request path: every request for one object goes to the same
+    /// origin, on every edge that lists the same origins. Made for a tier of parent caches.
+    Hash,
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Balance, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "round_robin" => Ok(Balance::RoundRobin),
+            "hash" => Ok(Balance::Hash),
+            other => Err(format!("`{other}` is neither round_robin nor hash")),
+        }
+    }
+}
 
 /// One virtual host: the first path component of the mount selects it.
 #[derive(Debug, Clone)]
@@ -15,6 +39,10 @@ pub struct Vhost {
     pub origins: Vec<Origin>,
     /// This host's own `mp4_faststart` (path rules still come first).
     pub mp4_faststart: Option<bool>,
+    /// Origins tried only while every one of `origins` is excluded.
+    pub standby: Vec<Origin>,
+    /// How requests spread over the origins; `None`: the global `balance`.
+    pub balance: Option<Balance>,
 }
 
 impl Vhost {

@@ -259,6 +259,24 @@ pub(super) fn parse_header(value: &str) -> Result<ExtraHeader, ConfigError> {
     })
 }
 
+/// Longest edge name `via` takes.
+const MAX_VIA_NAME: usize = 128;
+
+/// An edge name for `Via: 1.1 NAME (ston-fs)`: RFC 9110's `received-by`, a token or a
+/// `host[:port]` (IPv6 in brackets). Nothing that could end the header or the entry
+/// (white space, commas, parentheses, line breaks) gets through.
+pub(super) fn parse_via(key: &str, value: &str) -> Result<String, ConfigError> {
+    let name = nonempty(key, value.trim())?;
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:[]".contains(&b);
+    if name.len() > MAX_VIA_NAME || !name.bytes().all(allowed) {
+        return Err(bad(
+            key,
+            format!("`{name}` is not an edge name (letters, digits, `.-_:` and the like, at most {MAX_VIA_NAME})"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
 pub(super) fn toml_scalar(key: &str, value: &toml::Value) -> Result<String, ConfigError> {
     match value {
         toml::Value::String(s) => Ok(s.clone()),

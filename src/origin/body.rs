@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::health::Member;
+use super::health::{Member, Traffic};
 use crate::base::stats::Stats;
 use crate::base::{FsError, FsResult};
 
@@ -29,16 +29,24 @@ pub struct BodyReader {
     window_start: Instant,
     window_bytes: u64,
     stats: Arc<Stats>,
+    /// The counters of the origin that sends this body.
+    traffic: Arc<Traffic>,
 }
 
 impl BodyReader {
-    pub fn new(response: reqwest::Response, rule: SpeedRule, stats: Arc<Stats>) -> BodyReader {
+    pub fn new(
+        response: reqwest::Response,
+        rule: SpeedRule,
+        stats: Arc<Stats>,
+        traffic: Arc<Traffic>,
+    ) -> BodyReader {
         BodyReader {
             response,
             rule,
             window_start: Instant::now(),
             window_bytes: 0,
             stats,
+            traffic,
         }
     }
 
@@ -60,6 +68,7 @@ impl BodyReader {
                 Ok(Ok(chunk)) => {
                     let len = chunk.as_ref().map_or(0, |c| c.len() as u64);
                     self.stats.record_origin_bytes(len);
+                    self.traffic.record_bytes(len);
                     self.window_bytes += len;
                     self.roll_window()?;
                     return Ok(chunk);

@@ -14,7 +14,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 
-use super::health::{backoff, Member, Pool};
+use super::health::{backoff, route_key, Member, Pool, Traffic};
 use crate::base::stats::Stats;
 use crate::base::{FsError, FsResult};
 use crate::config::{Config, HealthPolicy, Origin};
@@ -35,8 +35,8 @@ const PATH_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Largest directory listing or manifest read (bytes).
 const MAX_LISTING: usize = 16 << 20;
 
-/// Where requests for one part of the namespace go: equivalent origins, and the Host they
-/// are asked for.
+/// Where requests for one part of the namespace go: equivalent origins (and standbys), and
+/// the Host they are asked for.
 #[derive(Debug)]
 pub struct Site {
     pub pool: Pool,
@@ -125,7 +125,9 @@ impl OriginClient {
         avoid: &[Origin],
         decorate: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> FsResult<(reqwest::Response, &'s Member)> {
-        let mut order = site.pool.attempt_order();
+        let mut order = site
+            .pool
+            .attempt_order(route_key(site.host.as_deref(), path));
         // Origins whose answer just broke go last: a retry should ask someone else.
         order.sort_by_key(|member| avoid.contains(&member.origin));
         if order.is_empty() {
@@ -198,6 +200,7 @@ impl OriginClient {
         decorate: &impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> (usize, FsResult<reqwest::Response>) {
         let request = decorate(self.request(site, &member.origin, path));
+        member.traffic().record_request();
         let answer = match tokio::time::timeout_at(deadline.into(), request.send()).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(map_reqwest_error(e)),
@@ -262,7 +265,7 @@ impl OriginClient {
             return Ok(None);
         }
         check_encoding(&response)?;
-        let mut reader = BodyReader::new(response, self.speed, self.stats.clone());
+        let mut reader = self.body_reader(response, member);
         let mut body = Vec::new();
         while let Some(chunk) = reader.chunk().await? {
             if body.len() + chunk.len() > MAX_LISTING {
@@ -306,6 +309,7 @@ impl OriginClient {
         let request = self
             .request(site, &member.origin, "/")
             .header(header::RANGE, "bytes=0-0");
+        member.traffic().record_request();
         let good = match tokio::time::timeout_at(deadline.into(), request.send()).await {
             Ok(Ok(response)) => !response.status().is_server_error(),
             Ok(Err(e)) => {
@@ -348,7 +352,7 @@ impl OriginClient {
         let mut broken = Vec::new();
         loop {
             let (response, member) = self.send(site, path, deadline, &broken, &decorate).await?;
-            let read = self.read_probe(response, path, block_size, known);
+            let read = self.read_probe(response, member.traffic(), path, block_size, known);
             let result = match tokio::time::timeout_at(deadline.into(), read).await {
                 Ok(result) => result,
                 Err(_) => Err(FsError::Timeout),
@@ -375,6 +379,7 @@ impl OriginClient {
     async fn read_probe(
         &self,
         response: reqwest::Response,
+        traffic: &Arc<Traffic>,
         path: &str,
         block_size: u64,
         known: Option<&Version>,
@@ -390,7 +395,7 @@ impl OriginClient {
             }),
             code if self.file_status.contains(&code) && status.is_success() => {
                 check_encoding(&response)?;
-                self.read_head(response, block_size).await
+                self.read_head(response, traffic, block_size).await
             }
             code if self.dir_status.contains(&code) => Ok(Probe::Directory),
             404 | 410 => Ok(Probe::NotFound),
@@ -399,11 +404,16 @@ impl OriginClient {
     }
 
     /// Reads a file answer's first block; an answer with no length is read whole to learn it.
-    async fn read_head(&self, response: reqwest::Response, block_size: u64) -> FsResult<Probe> {
+    async fn read_head(
+        &self,
+        response: reqwest::Response,
+        traffic: &Arc<Traffic>,
+        block_size: u64,
+    ) -> FsResult<Probe> {
         let mut version = version_of(&response);
         let cache_control = CacheControl::of(&response);
         let partial = response.status() == StatusCode::PARTIAL_CONTENT;
-        let mut reader = BodyReader::new(response, self.speed, self.stats.clone());
+        let mut reader = BodyReader::new(response, self.speed, self.stats.clone(), traffic.clone());
         let head = if partial {
             let range = partial_range(reader.response())?;
             let total = range
@@ -491,13 +501,19 @@ impl OriginClient {
         }
         let (body_start, body_end, whole_object) = checked?;
         Ok(RangeBody {
-            reader: BodyReader::new(response, self.speed, self.stats.clone()),
+            reader: self.body_reader(response, member),
             member,
             policy: &self.policy,
             body_start,
             body_end,
             whole_object,
         })
+    }
+
+    /// A reader of an answer's body that counts its bytes for the mount and for `member`.
+    fn body_reader(&self, response: reqwest::Response, member: &Member) -> BodyReader {
+        let traffic = member.traffic().clone();
+        BodyReader::new(response, self.speed, self.stats.clone(), traffic)
     }
 
     /// Where a range answer's body lies, if it is an answer about `version` at all.
@@ -591,6 +607,12 @@ fn with_tls(
 
 fn extra_headers(config: &Config) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
+    if let Some(name) = &config.via {
+        // The name was checked by the config; this check is the HTTP library's own.
+        let value = HeaderValue::from_str(&format!("1.1 {name} (ston-fs)"))
+            .map_err(|_| format!("`{name}` cannot name this edge in a Via header"))?;
+        headers.append(header::VIA, value);
+    }
     for extra in &config.headers {
         let name = HeaderName::from_bytes(extra.name.as_bytes())
             .map_err(|_| format!("bad header name `{}`", extra.name))?;

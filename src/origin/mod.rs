@@ -4,7 +4,7 @@
 //! - [`answer`]: what an answer says (version, size, freshness) and whether it can be trusted;
 //! - [`body`]: reading an answer's body under the low-speed rule;
 //! - [`tls`]: certificate pins for origins with self-signed certificates;
-//! - [`health`]: which of several equivalent origins are in rotation;
+//! - [`health`]: which origins are in rotation, standbys, and the order a request tries them;
 //! - [`listing`]: directory listings parsed from index pages and manifests.
 //!
 //! Depends on `config` and `base` only.
@@ -19,4 +19,4 @@ mod tls;
 pub use answer::{CacheControl, Probe, Version};
 pub use body::RangeBody;
 pub use client::{encode_path, OriginClient, Site};
-pub use health::{HealthState, Member, Pool};
+pub use health::{HealthState, Member, Pool, Role};

@@ -4,12 +4,14 @@
 //!   fault knobs, plus the `pattern` content generator.
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
 //! - `nginx`: a private nginx that logs every request, and process helpers for servers.
+//! - `tier`: parent caches (private nginx with proxy_cache and slices) for a cache tier.
 //! - this module: small read/compare helpers and a seeded RNG.
 #![allow(dead_code)]
 
 pub mod mount;
 pub mod nginx;
 pub mod origin;
+pub mod tier;
 
 use std::fs::File;
 use std::io::Read;
