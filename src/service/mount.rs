@@ -23,9 +23,9 @@ use super::upgrade::{Reexec, Upgrade};
 use crate::cache::Cache;
 use crate::config::{redact_url, Config};
 use crate::fuse::init::{accepted_features, InitRequest};
-use crate::fuse::journal::{sealed_memfd, Journal};
+use crate::fuse::journal::{sealed_memfd, Dropped, Journal};
 use crate::fuse::passthrough::DevFuseBackings;
-use crate::fuse::{FuseSession, SessionOptions, StonFs};
+use crate::fuse::{FuseSession, SessionOptions, StonFs, TakeoverReport};
 
 /// Largest FUSE read the kernel may send (bytes); matches the raised bdi read-ahead.
 const MAX_READ: u32 = 1 << 20;
@@ -154,15 +154,7 @@ fn start(config: Config, mountpoint: &Path, lifetime: Lifetime) -> Result<Mounte
         }
     };
     fs.set_kernel_cache(connection.session.kernel_cache());
-    let (journal, plan, incarnation) = match connection.restart {
-        Ok((journal, incarnation)) => {
-            let state_fd = journal.as_fd().as_raw_fd();
-            let plan = Reexec::new(launch_dir, connection.session.device_fd(), state_fd);
-            (Some(journal), Ok(plan), incarnation)
-        }
-        Err(why) => (None, Err(why), 1),
-    };
-    let upgrade = Arc::new(Upgrade::new(cache.clone(), plan, incarnation));
+    let (journal, upgrade) = upgrade_service(&connection, &cache, launch_dir);
     start_services(&runtime, &fs, upgrade.clone());
     Ok(Mounted {
         session: connection.session,
@@ -173,6 +165,26 @@ fn start(config: Config, mountpoint: &Path, lifetime: Lifetime) -> Result<Mounte
         taken_over: connection.taken_over,
         upgrade,
     })
+}
+
+/// `ston-fs restart` and SIGUSR2: an exec in place where the mount can be handed over.
+fn upgrade_service(
+    connection: &Connection,
+    cache: &Arc<Cache>,
+    launch_dir: PathBuf,
+) -> (Option<Arc<Journal>>, Arc<Upgrade>) {
+    let (journal, plan, incarnation) = match &connection.restart {
+        Ok((journal, incarnation)) => {
+            let state_fd = journal.as_fd().as_raw_fd();
+            let plan = Reexec::new(launch_dir, connection.session.device_fd(), state_fd);
+            (Some(journal.clone()), Ok(plan), *incarnation)
+        }
+        Err(why) => (None, Err(why.clone()), 1),
+    };
+    (
+        journal,
+        Arc::new(Upgrade::new(cache.clone(), plan, incarnation)),
+    )
 }
 
 /// How the kernel mount is made.
@@ -249,26 +261,14 @@ fn restartable_mount(
     fs: &Arc<StonFs>,
     runtime: &tokio::runtime::Handle,
     kernel: &KernelMount,
-    mut options: SessionOptions,
+    options: SessionOptions,
     holder: &Holder,
 ) -> Result<Connection, String> {
-    let device = fuse_mount(kernel)?;
-    let init = handover::read_init(&device).map_err(|e| handshake_failed(kernel, e))?;
-    let offered = InitRequest::parse(&init).ok_or_else(|| {
-        unmount(&kernel.mountpoint);
-        "the kernel's first FUSE message is not INIT".to_string()
-    })?;
-    let resend = offered.can_resend();
-    // A request read on a cloned descriptor dies with it: one shared descriptor is what the
-    // holder can keep alive.
-    options.clone_fd = !resend;
-    let (session, reply) =
-        handover::relay_handshake(fs.clone(), runtime.clone(), device, &init, options)
-            .map_err(|e| handshake_failed(kernel, e))?;
-    handover::write_all(session.device_fd(), &reply).map_err(|e| handshake_failed(kernel, e))?;
+    let (session, init, reply) = relayed_mount(fs, runtime, kernel, options)?;
     let backings = session
         .duplicate_device()
         .map_err(|e| format!("cannot duplicate the FUSE descriptor: {e}"))?;
+    let resend = InitRequest::parse(&init).is_some_and(|offered| offered.can_resend());
     if !resend {
         fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
         raise_read_ahead(&kernel.mountpoint);
@@ -290,37 +290,61 @@ fn restartable_mount(
     fs.set_journal(journal.clone());
     fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
     raise_read_ahead(&kernel.mountpoint);
-    let device = session.duplicate_device().map_err(|e| e.to_string())?;
-    let store_both = || -> std::io::Result<bool> {
-        Ok(fdstore::store(FUSE_FD_NAME, device.as_fd())?
-            && fdstore::store(STATE_FD_NAME, journal.as_fd())?)
-    };
-    let stored = store_both();
-    match stored {
-        Ok(true) => {
+    let restart = match hand_to_holder(&session, &journal) {
+        Ok(()) => {
             tracing::info!(
                 "restart protection on: the mount outlives this process ({} holds its descriptors)",
                 holder.describe()
             );
             warn_about_request_timeout();
-            Ok(Connection {
-                session,
-                restart: Ok((journal, 1)),
-                taken_over: false,
-            })
+            Ok((journal, 1))
         }
-        outcome => {
-            let why = match outcome {
-                Err(e) => format!("the descriptor store refused the mount's descriptors: {e}"),
-                _ => "nobody listens on NOTIFY_SOCKET".to_string(),
-            };
+        Err(why) => {
             log_no_restart(&why);
-            Ok(Connection {
-                session,
-                restart: Err(why),
-                taken_over: false,
-            })
+            Err(why)
         }
+    };
+    Ok(Connection {
+        session,
+        restart,
+        taken_over: false,
+    })
+}
+
+/// Mounts, reads the kernel's INIT and relays it to fuser, and sends fuser's reply. The
+/// threads share one descriptor where the kernel can resend (the mount is then
+/// restartable): a request read on a cloned descriptor dies with the clone.
+fn relayed_mount(
+    fs: &Arc<StonFs>,
+    runtime: &tokio::runtime::Handle,
+    kernel: &KernelMount,
+    mut options: SessionOptions,
+) -> Result<(FuseSession, Vec<u8>, Vec<u8>), String> {
+    let device = fuse_mount(kernel)?;
+    let init = handover::read_init(&device).map_err(|e| handshake_failed(kernel, e))?;
+    let offered = InitRequest::parse(&init).ok_or_else(|| {
+        unmount(&kernel.mountpoint);
+        "the kernel's first FUSE message is not INIT".to_string()
+    })?;
+    options.clone_fd = !offered.can_resend();
+    let (session, reply) =
+        handover::relay_handshake(fs.clone(), runtime.clone(), device, &init, options)
+            .map_err(|e| handshake_failed(kernel, e))?;
+    handover::write_all(session.device_fd(), &reply).map_err(|e| handshake_failed(kernel, e))?;
+    Ok((session, init, reply))
+}
+
+/// Gives the holder the mount's descriptor and journal; why not, when it cannot.
+fn hand_to_holder(session: &FuseSession, journal: &Journal) -> Result<(), String> {
+    let device = session.duplicate_device().map_err(|e| e.to_string())?;
+    let stored = fdstore::store(FUSE_FD_NAME, device.as_fd())
+        .and_then(|first| Ok(first && fdstore::store(STATE_FD_NAME, journal.as_fd())?));
+    match stored {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("nobody listens on NOTIFY_SOCKET".to_string()),
+        Err(e) => Err(format!(
+            "the descriptor store refused the mount's descriptors: {e}"
+        )),
     }
 }
 
@@ -370,11 +394,22 @@ fn take_over(
     fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
     let report = fs.take_over(restored.carried);
     if let Err(e) = session.request_resend() {
-        tracing::error!("FUSE_NOTIFY_RESEND failed ({e}): requests the previous process had read may never be answered");
+        tracing::error!(
+            "FUSE_NOTIFY_RESEND failed ({e}): requests the previous process had read may \
+             never be answered"
+        );
     }
-    let dropped = restored.dropped;
+    log_takeover(&report, restored.dropped, restored.incarnation, started);
+    Ok(Connection {
+        session,
+        restart: Ok((journal, restored.incarnation)),
+        taken_over: true,
+    })
+}
+
+fn log_takeover(report: &TakeoverReport, dropped: Dropped, incarnation: u64, started: Instant) {
     tracing::info!(
-        incarnation = restored.incarnation,
+        incarnation,
         inodes = report.inodes,
         open_files = report.handles,
         passthrough_kept = report.backings_kept,
@@ -385,11 +420,6 @@ fn take_over(
         "took the live mount over in {} ms",
         started.elapsed().as_millis()
     );
-    Ok(Connection {
-        session,
-        restart: Ok((journal, restored.incarnation)),
-        taken_over: true,
-    })
 }
 
 /// The kernel aborts a connection whose requests wait longer than its request timeout

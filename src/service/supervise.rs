@@ -292,6 +292,12 @@ impl Supervisor {
             self.report_failure(&why);
             return Some(1);
         }
+        self.schedule_restart(pid, &how, lived)
+    }
+
+    /// After a crash: a new worker soon (at once, unless workers keep dying before they are
+    /// ready), or the end after too many restarts in a row. `Some(code)`: exit.
+    fn schedule_restart(&mut self, pid: libc::pid_t, how: &str, lived: Duration) -> Option<i32> {
         let now = Instant::now();
         while self
             .restarts
@@ -302,7 +308,8 @@ impl Supervisor {
         }
         if self.restarts.len() >= MAX_RESTARTS {
             let why = format!(
-                "the mount process {how}; {MAX_RESTARTS} restarts within {}s: giving up (the mount ends)",
+                "the mount process {how}; {MAX_RESTARTS} restarts within {}s: giving up \
+                 (the mount ends)",
                 RESTART_WINDOW.as_secs()
             );
             tracing::error!(pid, "supervisor: {why}");
@@ -418,26 +425,7 @@ impl Launch {
         for arg in &plan.args {
             args.push(cstring(arg.as_bytes())?);
         }
-        let ours = [
-            "NOTIFY_SOCKET",
-            "LISTEN_PID",
-            "LISTEN_FDS",
-            "LISTEN_FDNAMES",
-            "FDSTORE",
-            SUPERVISOR_ENV,
-            READY_FD_ENV,
-            HANDOVER_ENV,
-        ];
-        let mut env = Vec::new();
-        for (key, value) in std::env::vars_os() {
-            if ours.iter().any(|k| key.as_bytes() == k.as_bytes()) {
-                continue;
-            }
-            let mut entry = key.as_bytes().to_vec();
-            entry.push(b'=');
-            entry.extend_from_slice(value.as_bytes());
-            env.push(cstring(&entry)?);
-        }
+        let mut env = inherited_env()?;
         let mut fds: Vec<RawFd> = supervisor
             .store
             .iter()
@@ -512,6 +500,33 @@ impl Launch {
             libc::_exit(127);
         }
     }
+}
+
+/// This process's environment without the variables the supervisor sets for its worker.
+fn inherited_env() -> std::io::Result<Vec<CString>> {
+    let ours = [
+        "NOTIFY_SOCKET",
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "FDSTORE",
+        SUPERVISOR_ENV,
+        READY_FD_ENV,
+        HANDOVER_ENV,
+    ];
+    let mut env = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        if ours.iter().any(|k| key.as_bytes() == k.as_bytes()) {
+            continue;
+        }
+        let mut entry = key.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        let entry = CString::new(entry)
+            .map_err(|_| std::io::Error::other("NUL byte in the environment"))?;
+        env.push(entry);
+    }
+    Ok(env)
 }
 
 /// Writes `value` in decimal, NUL-terminated, into `out` (without allocating).

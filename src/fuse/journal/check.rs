@@ -62,26 +62,27 @@ pub struct Dropped {
     pub inconsistent: usize,
 }
 
-/// The verdict on a journal's records: what to carry over, and which slots to free.
+/// The verdict on a journal's records: what to carry over, where each carried record lives,
+/// and which slots to free.
 pub struct Verdict {
     pub carried: Carried,
-    /// Where each carried record lives.
-    pub kept: Vec<(SlotPos, Record)>,
+    pub inode_slots: Vec<(u64, SlotPos)>,
+    pub handle_slots: Vec<(u64, SlotPos)>,
+    pub backing_slots: Vec<(u32, SlotPos)>,
     pub freed: Vec<SlotPos>,
     pub dropped: Dropped,
 }
 
-/// Decides which of `records` (each with its slot and count) to trust.
-pub fn check(records: Vec<(SlotPos, Record, u64)>, next_ino: u64, next_fh: u64) -> Verdict {
-    let mut verdict = Verdict {
-        carried: Carried::default(),
-        kept: Vec::new(),
-        freed: Vec::new(),
-        dropped: Dropped::default(),
-    };
-    let mut inodes = Vec::new();
-    let mut handles = Vec::new();
-    let mut backings = Vec::new();
+/// The records of a journal, by kind.
+#[derive(Default)]
+struct Sorted {
+    inodes: Vec<(SlotPos, InodeState)>,
+    handles: Vec<(SlotPos, HandleState)>,
+    backings: Vec<(SlotPos, u32)>,
+}
+
+fn sort(records: Vec<(SlotPos, Record, u64)>) -> Sorted {
+    let mut sorted = Sorted::default();
     for (pos, record, count) in records {
         match record {
             Record::Inode {
@@ -89,60 +90,73 @@ pub fn check(records: Vec<(SlotPos, Record, u64)>, next_ino: u64, next_fh: u64) 
                 parent,
                 kind,
                 name,
-            } => inodes.push((
-                pos,
-                InodeState {
+            } => {
+                let lookups = count;
+                let inode = InodeState {
                     ino,
                     parent,
                     kind,
                     name,
-                    lookups: count,
-                },
-            )),
+                    lookups,
+                };
+                sorted.inodes.push((pos, inode));
+            }
             Record::Handle {
                 fh,
                 ino,
                 version,
                 pinned,
                 backing,
-            } => handles.push((
-                pos,
-                HandleState {
+            } => {
+                let handle = HandleState {
                     fh,
                     ino,
                     version,
                     pinned,
                     backing,
-                },
-            )),
-            Record::Backing { id } => backings.push((pos, id)),
+                };
+                sorted.handles.push((pos, handle));
+            }
+            Record::Backing { id } => sorted.backings.push((pos, id)),
         }
     }
-    let backings = unique_by(backings, |(_, id)| u64::from(*id), &mut verdict);
-    let backing_ids: HashSet<u32> = backings
-        .iter()
-        .map(|(_, id)| *id)
-        .filter(|id| *id != 0)
-        .collect();
+    sorted
+}
+
+/// Decides which of `records` (each with its slot and count) to trust, given the header's
+/// counters.
+pub fn check(records: Vec<(SlotPos, Record, u64)>, next_ino: u64, next_fh: u64) -> Verdict {
+    let mut verdict = Verdict {
+        carried: Carried::default(),
+        inode_slots: Vec::new(),
+        handle_slots: Vec::new(),
+        backing_slots: Vec::new(),
+        freed: Vec::new(),
+        dropped: Dropped::default(),
+    };
+    let sorted = sort(records);
+
+    let backings = unique_by(sorted.backings, |(_, id)| u64::from(*id), &mut verdict);
     for (pos, id) in backings {
         match id {
             0 => reject(&mut verdict, pos),
             id => {
-                verdict.kept.push((pos, Record::Backing { id }));
+                verdict.backing_slots.push((id, pos));
                 verdict.carried.backings.push(id);
             }
         }
     }
+    let backing_ids: HashSet<u32> = verdict.carried.backings.iter().copied().collect();
 
-    let inodes = unique_by(inodes, |(_, i)| i.ino, &mut verdict);
+    let inodes = unique_by(sorted.inodes, |(_, i)| i.ino, &mut verdict);
     let (inodes, orphans) = rooted(inodes, next_ino);
     for pos in orphans {
         reject(&mut verdict, pos);
     }
-    let files: HashMap<u64, NodeKind> = inodes.iter().map(|(_, i)| (i.ino, i.kind)).collect();
+    let kinds: HashMap<u64, NodeKind> = inodes.iter().map(|(_, i)| (i.ino, i.kind)).collect();
 
-    let handles = unique_by(handles, |(_, h)| h.fh, &mut verdict);
-    let (handles, refused) = consistent_handles(handles, &files, &backing_ids, next_fh);
+    let handles = unique_by(sorted.handles, |(_, h)| h.fh, &mut verdict);
+    let (handles, refused) = consistent_handles(handles, &kinds, &backing_ids, next_fh);
     for pos in refused {
         reject(&mut verdict, pos);
     }
@@ -157,28 +171,11 @@ pub fn check(records: Vec<(SlotPos, Record, u64)>, next_ino: u64, next_fh: u64) 
         .map(|(_, h)| h.fh + 1)
         .fold(next_fh.max(1), u64::max);
     for (pos, inode) in inodes {
-        verdict.kept.push((
-            pos,
-            Record::Inode {
-                ino: inode.ino,
-                parent: inode.parent,
-                kind: inode.kind,
-                name: inode.name.clone(),
-            },
-        ));
+        verdict.inode_slots.push((inode.ino, pos));
         verdict.carried.inodes.push(inode);
     }
     for (pos, handle) in handles {
-        verdict.kept.push((
-            pos,
-            Record::Handle {
-                fh: handle.fh,
-                ino: handle.ino,
-                version: handle.version,
-                pinned: handle.pinned,
-                backing: handle.backing,
-            },
-        ));
+        verdict.handle_slots.push((handle.fh, pos));
         verdict.carried.handles.push(handle);
     }
     verdict

@@ -195,37 +195,8 @@ impl Journal {
         let chunk_count = ((size - HEADER_LEN) / CHUNK_LEN).min(max_chunks);
         let region = map(&file, 0, HEADER_LEN + chunk_count * CHUNK_LEN)?;
         let header = layout::read_header(&region[..HEADER_LEN]).ok_or(JournalError::BadHeader)?;
-        let mut chunks = Vec::with_capacity(chunk_count);
-        let mut records = Vec::new();
-        let mut damaged = Vec::new();
-        let mut damaged_in_bad_chunks = 0;
-        for chunk in 0..chunk_count {
-            let offset = HEADER_LEN + chunk * CHUNK_LEN;
-            let bytes = &region[offset..offset + CHUNK_LEN];
-            let slot_size = layout::chunk_slot_size(bytes);
-            chunks.push(ChunkMap {
-                region: 0,
-                offset,
-                slot_size,
-            });
-            let Some(slot_size) = slot_size else {
-                // Nothing in a chunk without a sound header is trusted.
-                damaged_in_bad_chunks += count_marked(bytes);
-                continue;
-            };
-            for index in 0..layout::slots_per_chunk(slot_size) {
-                let at = CHUNK_HEADER_LEN + index * slot_size;
-                let pos = SlotPos {
-                    chunk: chunk as u32,
-                    index: index as u32,
-                };
-                match layout::read_slot(&bytes[at..at + slot_size]) {
-                    SlotContent::Free => {}
-                    SlotContent::Live(record, count) => records.push((pos, record, count)),
-                    SlotContent::Damaged => damaged.push(pos),
-                }
-            }
-        }
+        let scan = scan_chunks(&region, chunk_count);
+        let (chunks, records, damaged) = (scan.chunks, scan.records, scan.damaged);
         let verdict = check::check(records, header.next_ino, header.next_fh);
         let incarnation = header.incarnation.saturating_add(1);
         let mut inner = Inner {
@@ -241,13 +212,9 @@ impl Journal {
         for pos in damaged.iter().chain(&verdict.freed) {
             layout::clear_slot(inner.slot(*pos));
         }
-        for (pos, record) in &verdict.kept {
-            match record {
-                Record::Inode { ino, .. } => inner.inodes.insert(*ino, *pos),
-                Record::Handle { fh, .. } => inner.handles.insert(*fh, *pos),
-                Record::Backing { id } => inner.backings.insert(*id, *pos).map(|_| *pos),
-            };
-        }
+        inner.inodes.extend(verdict.inode_slots.iter().copied());
+        inner.handles.extend(verdict.handle_slots.iter().copied());
+        inner.backings.extend(verdict.backing_slots.iter().copied());
         inner.reformat_damaged_chunks();
         inner.collect_free_slots();
         let carried = verdict.carried;
@@ -260,7 +227,7 @@ impl Journal {
             init_reply: header.init_reply,
             incarnation,
             dropped: Dropped {
-                damaged: damaged.len() + damaged_in_bad_chunks,
+                damaged: damaged.len() + scan.damaged_in_bad_chunks,
                 inconsistent: verdict.dropped.inconsistent,
             },
         };
@@ -378,6 +345,53 @@ impl AsFd for Journal {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
+}
+
+/// What the chunks of a journal hold, as read back.
+struct Scan {
+    chunks: Vec<ChunkMap>,
+    records: Vec<(SlotPos, Record, u64)>,
+    /// Slots whose write was cut short or that were damaged since.
+    damaged: Vec<SlotPos>,
+    /// Marked slots in chunks whose header is damaged (none of them is trusted).
+    damaged_in_bad_chunks: usize,
+}
+
+/// Reads every slot of the first `chunk_count` chunks of a mapped journal.
+fn scan_chunks(region: &[u8], chunk_count: usize) -> Scan {
+    let mut scan = Scan {
+        chunks: Vec::with_capacity(chunk_count),
+        records: Vec::new(),
+        damaged: Vec::new(),
+        damaged_in_bad_chunks: 0,
+    };
+    for chunk in 0..chunk_count {
+        let offset = HEADER_LEN + chunk * CHUNK_LEN;
+        let bytes = &region[offset..offset + CHUNK_LEN];
+        let slot_size = layout::chunk_slot_size(bytes);
+        scan.chunks.push(ChunkMap {
+            region: 0,
+            offset,
+            slot_size,
+        });
+        let Some(slot_size) = slot_size else {
+            scan.damaged_in_bad_chunks += count_marked(bytes);
+            continue;
+        };
+        for index in 0..layout::slots_per_chunk(slot_size) {
+            let at = CHUNK_HEADER_LEN + index * slot_size;
+            let pos = SlotPos {
+                chunk: chunk as u32,
+                index: index as u32,
+            };
+            match layout::read_slot(&bytes[at..at + slot_size]) {
+                SlotContent::Free => {}
+                SlotContent::Live(record, count) => scan.records.push((pos, record, count)),
+                SlotContent::Damaged => scan.damaged.push(pos),
+            }
+        }
+    }
+    scan
 }
 
 /// Slots of a damaged chunk that still carry a marker (reported as dropped).
