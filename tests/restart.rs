@@ -183,10 +183,11 @@ impl Drop for Supervised {
         }
         force_unmount_all(&self.mountpoint);
         // The supervisor goes first, so that it cannot start another worker.
+        let serving = workers(&pids);
         let supervisors: Vec<i32> = pids
             .iter()
             .copied()
-            .filter(|p| !workers(&[*p]).contains(p))
+            .filter(|p| !serving.contains(p))
             .collect();
         for pid in supervisors.iter().chain(pids.iter()) {
             if !wait_gone(*pid, Duration::from_secs(5)) {

@@ -338,6 +338,12 @@ impl Supervisor {
             return None;
         }
         self.restart_at = None;
+        if !self.store.iter().any(|(name, _)| name == FUSE_FD_NAME) {
+            // Unmounted (or aborted) while no process served it: nothing to take over, and
+            // mounting again would undo the unmount.
+            tracing::info!("supervisor: the mount is gone; stopping");
+            return Some(0);
+        }
         self.restarts.push_back(Instant::now());
         if let Err(e) = self.spawn() {
             let why = format!("cannot start the mount process again: {e}");
