@@ -323,15 +323,25 @@ impl Daemon {
         }
     }
 
+    /// The process that serves the mount: the supervisor's worker (`--worker`).
     fn pid(&self) -> u32 {
+        let workers: Vec<u32> = self
+            .pids
+            .iter()
+            .copied()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--worker"))
+            })
+            .collect();
         assert_eq!(
-            self.pids.len(),
-            1,
-            "one daemon serves {}: {:?}",
+            (self.pids.len(), workers.len()),
+            (2, 1),
+            "one supervisor and one worker serve {}: {:?}",
             self.mountpoint.display(),
             self.pids
         );
-        self.pids[0]
+        workers[0]
     }
 
     /// Clean unmount; asserts the daemon exits.

@@ -9,7 +9,6 @@
 mod common;
 #[path = "media/support.rs"]
 mod media_support;
-#[allow(dead_code)]
 #[path = "service/support.rs"]
 mod support;
 

@@ -459,18 +459,24 @@ fn install_sh_installs_the_binary_the_helpers_and_the_units() {
         "the helper returned before the mount was live: {live:?}"
     );
     let pids = ston_fs_pids_with_arg(&dir);
-    assert_eq!(pids.len(), 1, "one daemon serves the mount: {pids:?}");
-    let exe = fs::read_link(format!("/proc/{}/exe", pids[0])).unwrap();
+    let workers = support::workers(&pids);
+    assert_eq!(
+        (pids.len(), workers.len()),
+        (2, 1),
+        "one supervisor and one worker serve the mount: {pids:?}"
+    );
+    let exe = fs::read_link(format!("/proc/{}/exe", workers[0])).unwrap();
     assert_eq!(exe, installed, "the helper runs the installed binary");
     assert_file_matches(&dir.join("clip.bin"), &data, 64 * KIB);
     assert!(Command::new("umount").arg(&dir).status().unwrap().success());
     assert!(!is_mounted(&dir));
-    assert!(
-        wait_gone(pids[0], STEP_TIMEOUT),
-        "daemon {} still running after umount\n{}",
-        pids[0],
-        fs::read_to_string(&log).unwrap_or_default()
-    );
+    for pid in pids {
+        assert!(
+            wait_gone(pid, STEP_TIMEOUT),
+            "ston-fs {pid} still running after umount\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
 }
 
 /// `mount` and `umount` of one daemonized ston-fs, checked from the outside.
@@ -505,9 +511,15 @@ fn mount8_round_trip(
         "allow_other did not reach the kernel: {entry:?}"
     );
     let pids = ston_fs_pids_with_arg(dir);
-    assert_eq!(pids.len(), 1, "one daemon for {}: {pids:?}", dir.display());
+    let workers = support::workers(&pids);
     assert_eq!(
-        fs::read_link(format!("/proc/{}/exe", pids[0])).unwrap(),
+        (pids.len(), workers.len()),
+        (2, 1),
+        "one supervisor and one worker for {}: {pids:?}",
+        dir.display()
+    );
+    assert_eq!(
+        fs::read_link(format!("/proc/{}/exe", workers[0])).unwrap(),
         installed,
         "the /sbin helper runs the installed binary"
     );
@@ -517,12 +529,13 @@ fn mount8_round_trip(
     let out = support::run_command(Command::new("umount").arg(dir), STEP_TIMEOUT);
     assert!(out.success(), "umount failed:\n{}", out.describe());
     assert!(!is_mounted(dir), "still mounted after umount");
-    assert!(
-        wait_gone(pids[0], STEP_TIMEOUT),
-        "ston-fs (pid {}) still running after umount\n{}",
-        pids[0],
-        log_text()
-    );
+    for pid in pids {
+        assert!(
+            wait_gone(pid, STEP_TIMEOUT),
+            "ston-fs (pid {pid}) still running after umount\n{}",
+            log_text()
+        );
+    }
     let text = log_text();
     assert!(text.contains("unmounted"), "log:\n{text}");
     assert!(!text.contains("ERROR"), "log:\n{text}");
@@ -639,14 +652,28 @@ fn notify_round_trip(socket: UnixDatagram, notify_socket: &str) {
         &[("NOTIFY_SOCKET", os(notify_socket))],
         &tmp.path().join("daemon.log"),
     );
+    // Before READY=1, the mount's descriptor and restart journal go to the store, one
+    // message each (a name covers every descriptor of its message).
     let mut buf = [0u8; 512];
-    let n = socket
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no READY=1 on {notify_socket}: {e}\n{}", daemon.log()));
+    let mut before_ready = Vec::new();
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no READY=1 on {notify_socket}: {e}\n{}", daemon.log()));
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text == "READY=1" {
+            break;
+        }
+        before_ready.push(text);
+        assert!(
+            before_ready.len() <= 2,
+            "unexpected notifications: {before_ready:?}"
+        );
+    }
     assert_eq!(
-        String::from_utf8_lossy(&buf[..n]),
-        "READY=1",
-        "first notification"
+        before_ready,
+        ["FDSTORE=1\nFDNAME=fuse", "FDSTORE=1\nFDNAME=state"],
+        "notifications before READY=1"
     );
     // Ready means live: the mount is there and serves the right bytes right now.
     let live = mounts_at(&mp);

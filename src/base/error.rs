@@ -15,8 +15,10 @@ pub enum FsError {
     IsDirectory,
     #[error("the file system is read-only")]
     ReadOnly,
-    #[error("no such open file")]
-    BadHandle,
+    /// The kernel named an inode or open file this process does not know: one from before a
+    /// restart that could not be carried over. ESTALE makes the kernel look a path up again.
+    #[error("stale inode or file handle (from before a restart)")]
+    Stale,
     #[error("no such extended attribute")]
     NoAttribute,
     #[error("the buffer is too small for the value")]
@@ -55,7 +57,7 @@ impl FsError {
             FsError::NotDirectory => libc::ENOTDIR,
             FsError::IsDirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
-            FsError::BadHandle => libc::EBADF,
+            FsError::Stale => libc::ESTALE,
             FsError::NoAttribute => libc::ENODATA,
             FsError::BufferTooSmall => libc::ERANGE,
             FsError::NotNeeded => libc::ENOSYS,

@@ -341,6 +341,12 @@ impl Cache {
         (index.used(), index.cap(), index.object_count() as u64)
     }
 
+    /// The object the cache holds at a path, fresh or not (a process that takes over a mount
+    /// checks it against the version a file was open on).
+    pub fn cached_object(&self, site: SiteId, path: &Arc<str>) -> Option<Arc<Object>> {
+        self.index.get(&(site, path.clone()))
+    }
+
     /// Marks an object as just used (it moves to the recent end of the LRU).
     pub fn touch(&self, object: &Object) {
         let _ = self.index.get(&(object.site(), object.path().clone()));

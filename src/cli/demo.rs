@@ -314,6 +314,7 @@ fn run_demo(mountpoint: &Path) -> Result<(), String> {
         config,
         &mountpoint,
         Readiness::Callback(Box::new(instructions)),
+        mount::Lifetime::ThisProcess,
     );
     let _ = std::fs::remove_dir_all(&cache_dir);
     served

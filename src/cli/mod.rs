@@ -13,7 +13,10 @@ mod warm;
 use crate::base::Invalidation;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_FILE};
 use crate::service::daemon::{self, Readiness};
-use crate::service::{control, mount, mountinfo};
+use crate::service::handover::Inherited;
+use crate::service::mount::Lifetime;
+use crate::service::upgrade::installed_exe;
+use crate::service::{control, mount, mountinfo, supervise};
 use crate::store;
 
 const EXAMPLES: &str = "\
@@ -23,6 +26,7 @@ Examples:
   ston-fs --config /etc/ston-fs/ston-fs.toml /mnt/origin
   ston-fs demo /tmp/ston-demo        (a built-in sample origin; needs no network)
   ston-fs purge /mnt/origin/videos/intro.mp4 '/mnt/origin/img/*'
+  ston-fs restart /mnt/origin        (swap in the installed binary; the mount stays)
 
 Unmount with: umount MOUNTPOINT (umount -l if files are still open). Every config key
 can be given with -o key=value; `ston-fs --help` lists them all.";
@@ -37,7 +41,7 @@ fn long_help() -> String {
     name = "ston-fs",
     version,
     about = "Mount an HTTP(S) origin as a read-only, locally cached disk.",
-    override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT\n       ston-fs purge|expire|hardpurge PATH...\n       ston-fs stats MOUNTPOINT [--json]\n       ston-fs warm PATH...",
+    override_usage = "ston-fs [OPTIONS] ORIGIN MOUNTPOINT\n       ston-fs [OPTIONS] --config FILE MOUNTPOINT\n       ston-fs demo MOUNTPOINT\n       ston-fs purge|expire|hardpurge PATH...\n       ston-fs stats MOUNTPOINT [--json]\n       ston-fs warm PATH...\n       ston-fs restart MOUNTPOINT",
     after_help = EXAMPLES,
     after_long_help = long_help(),
     args_conflicts_with_subcommands = true
@@ -71,6 +75,10 @@ struct Cli {
     /// More log detail (-v debug, -vv trace); STON_FS_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Internal: the process the supervisor starts to serve the mount
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +116,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replace the daemon of a live mount with the installed binary (an upgrade), in place:
+    /// the mount stays, and programs reading from it only pause
+    Restart {
+        /// The mount point (or any path on the mount)
+        mountpoint: PathBuf,
+    },
     /// Serve a built-in sample origin and mount it: no configuration, no network needed
     Demo {
         /// Where to mount the demo (created if missing)
@@ -127,11 +141,17 @@ pub fn main() -> ExitCode {
         Some(Command::Hardpurge { paths }) => invalidate(Invalidation::Hardpurge, paths),
         Some(Command::Stats { mountpoint, json }) => show_stats(mountpoint, *json),
         Some(Command::Warm { paths }) => warm::run(paths),
+        Some(Command::Restart { mountpoint }) => restart(mountpoint),
         None => run_mount(&cli),
     }
 }
 
 fn run_mount(cli: &Cli) -> ExitCode {
+    // A process started to take a live mount over (by the supervisor, by systemd after a
+    // crash, or by itself after an in-place upgrade) is handed its descriptors: claim them
+    // first, while this process is still single-threaded.
+    let inherited = Inherited::take();
+    let supervisor_pipe = Readiness::from_supervisor();
     if cli.positional.is_empty() {
         // A bare `ston-fs`: show a newcomer how it is used rather than one terse error.
         let usage = <Cli as clap::CommandFactory>::command().render_usage();
@@ -146,25 +166,58 @@ fn run_mount(cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = preflight(&config, &mountpoint) {
-        eprintln!("ston-fs: {e}");
-        return ExitCode::from(1);
+    let launch_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let mountpoint = std::path::absolute(&mountpoint).unwrap_or(mountpoint);
+    // A live mount handed over waits for this very process: looking at it would hang.
+    if !inherited.is_takeover() {
+        if let Err(e) = preflight(&config, &mountpoint) {
+            eprintln!("ston-fs: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let lifetime = Lifetime::Restartable {
+        inherited,
+        launch_dir: launch_dir.clone(),
+    };
+    if cli.worker {
+        // The supervisor's child: a daemon already, logging where the daemon logs.
+        init_logging(cli.verbose, false, config.log_file.is_none());
+        let _ = std::env::set_current_dir("/");
+        let readiness = supervisor_pipe.unwrap_or(Readiness::Foreground);
+        return finish(mount::serve(config, &mountpoint, readiness, lifetime));
     }
     // A daemon without a log file logs to syslog (the journal), never to nowhere.
     let to_syslog = !cli.foreground && config.log_file.is_none();
     init_logging(cli.verbose, cli.foreground, to_syslog);
-    let readiness = if cli.foreground {
-        Readiness::Foreground
-    } else {
-        match daemon::daemonize(config.log_file.as_deref()) {
-            Ok(readiness) => readiness,
-            Err(e) => {
-                eprintln!("ston-fs: {e}");
-                return ExitCode::from(1);
-            }
+    if cli.foreground {
+        return finish(mount::serve(
+            config,
+            &mountpoint,
+            Readiness::Foreground,
+            lifetime,
+        ));
+    }
+    let readiness = match daemon::daemonize(config.log_file.as_deref()) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            eprintln!("ston-fs: {e}");
+            return ExitCode::from(1);
         }
     };
-    match mount::serve(config, &mountpoint, readiness) {
+    // The daemon supervises: it keeps the mount's descriptors while workers come and go.
+    let mut args: Vec<std::ffi::OsString> = vec!["--worker".into()];
+    args.extend(std::env::args_os().skip(1));
+    let plan = supervise::Plan {
+        exe: installed_exe(),
+        args,
+        launch_dir,
+        mountpoint,
+    };
+    ExitCode::from(supervise::run(plan, readiness).clamp(0, 255) as u8)
+}
+
+fn finish(served: Result<(), String>) -> ExitCode {
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -172,6 +225,58 @@ fn run_mount(cli: &Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `ston-fs restart MOUNTPOINT`: asks the daemon to exec the installed binary in place, and
+/// waits (bounded) until the new image serves the mount.
+fn restart(mountpoint: &Path) -> ExitCode {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let paths = [mountpoint.to_path_buf()];
+    let before = match control::request(control::Op::Restart, &paths) {
+        Ok(response) if response.ok => response.daemon.unwrap_or_default(),
+        Ok(response) => {
+            let why = response.error.unwrap_or_else(|| "request failed".into());
+            eprintln!("ston-fs: {why}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("ston-fs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // The socket is gone for a moment while the new image starts: ask again.
+        let Ok(now) = control::request(control::Op::Status, &paths) else {
+            continue;
+        };
+        let Some(now) = now.daemon else { continue };
+        if now.incarnation > before.incarnation {
+            println!(
+                "restarted {}: pid {} now runs {} (ston-fs {}, incarnation {})",
+                mountpoint.display(),
+                now.pid,
+                now.exe,
+                now.version,
+                now.incarnation
+            );
+            return ExitCode::SUCCESS;
+        }
+        if let Some(why) = now
+            .upgrade_error
+            .filter(|e| before.upgrade_error.as_ref() != Some(e))
+        {
+            eprintln!("ston-fs: {why}; the running binary keeps serving");
+            return ExitCode::from(1);
+        }
+    }
+    eprintln!(
+        "ston-fs: the daemon of {} did not come back within {}s",
+        mountpoint.display(),
+        WAIT.as_secs()
+    );
+    ExitCode::from(1)
 }
 
 fn invalidate(action: Invalidation, paths: &[PathBuf]) -> ExitCode {

@@ -1,13 +1,15 @@
 //! Inode table: maps kernel inode numbers to namespace paths and the object last seen there.
 //!
 //! Inodes live while the kernel holds lookups on them (`forget` drops them), so memory follows
-//! the kernel's dentry cache, not the number of files ever read.
+//! the kernel's dentry cache, not the number of files ever read. With a restart journal, every
+//! number and lookup count is written to it before the reply that hands it to the kernel.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
+use super::journal::{Journal, NodeKind};
 use super::passthrough::Backing;
 use crate::base::{ObjectKind, SiteId};
 use crate::cache::{ListedEntry, MediaRequest, MediaView, Object};
@@ -45,6 +47,31 @@ impl Node {
         }
     }
 
+    /// A file carried over a restart whose object the cache no longer holds: nothing is
+    /// known of it until the origin is asked again (see [`Node::awaits_origin`]).
+    pub fn carried_file(site: SiteId, path: Arc<str>, name: &str) -> Node {
+        let listed = ListedEntry {
+            name: name.to_string(),
+            is_dir: false,
+            size: None,
+            mtime: None,
+        };
+        Node {
+            listed: Some(listed),
+            ..Node::new(site, path, None)
+        }
+    }
+
+    /// Whether this is a [`Node::carried_file`] not resolved yet. Lookups only ever make
+    /// listed files with a size, so nothing else looks like this.
+    pub fn awaits_origin(&self) -> bool {
+        self.object.is_none()
+            && self
+                .listed
+                .as_ref()
+                .is_some_and(|e| !e.is_dir && e.size.is_none())
+    }
+
     pub fn is_directory(&self) -> bool {
         match (&self.object, &self.listed) {
             (Some(object), _) => object.kind() == ObjectKind::Directory,
@@ -52,6 +79,22 @@ impl Node {
             (None, None) => true,
         }
     }
+
+    fn journal_kind(&self) -> NodeKind {
+        match self.is_directory() {
+            true => NodeKind::Directory,
+            false => NodeKind::File,
+        }
+    }
+}
+
+/// An inode carried over a restart, as the file system rebuilt it from the journal.
+pub struct CarriedInode {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: Arc<str>,
+    pub lookups: u64,
+    pub node: Node,
 }
 
 struct Entry {
@@ -123,6 +166,7 @@ struct Table {
 /// opens at once.
 pub struct InodeTable {
     table: Mutex<Table>,
+    journal: OnceLock<Arc<Journal>>,
 }
 
 impl InodeTable {
@@ -152,6 +196,61 @@ impl InodeTable {
                 children: HashMap::new(),
                 next_ino: ROOT_INO + 1,
             }),
+            journal: OnceLock::new(),
+        }
+    }
+
+    /// Writes every inode number and lookup count to `journal` from now on.
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Puts back the inodes a previous process handed to the kernel, parents first, and
+    /// continues numbering at `next_ino`. Of two inodes of one name, the newer (higher)
+    /// number is the name's current one, as it was before.
+    pub fn restore(&self, carried: Vec<CarriedInode>, next_ino: u64) {
+        let mut table = self.table.lock();
+        for inode in carried {
+            let key = (inode.parent, inode.name.clone());
+            let newer = table
+                .children
+                .get(&key)
+                .is_none_or(|&other| other < inode.ino);
+            if newer {
+                table.children.insert(key, inode.ino);
+            }
+            table.entries.insert(
+                inode.ino,
+                Entry {
+                    node: inode.node,
+                    parent: inode.parent,
+                    name: inode.name,
+                    lookups: inode.lookups,
+                    // Unknown: the first open drops whatever pages the kernel holds.
+                    page_cache_version: Weak::new(),
+                    opens: Opens::default(),
+                },
+            );
+        }
+        table.next_ino = table.next_ino.max(next_ino);
+    }
+
+    /// Puts back the open handles of an inode carried over a restart: `cached` handles read
+    /// through the daemon, or `passthrough` handles that share one registration.
+    pub fn restore_opens(
+        &self,
+        ino: u64,
+        cached: usize,
+        passthrough: Option<(usize, Arc<Backing>)>,
+    ) {
+        let mut table = self.table.lock();
+        let Some(entry) = table.entries.get_mut(&ino) else {
+            return;
+        };
+        entry.opens.cached = cached;
+        if let Some((count, backing)) = passthrough {
+            entry.opens.passthrough = count;
+            entry.opens.backing = Some(backing);
         }
     }
 
@@ -168,6 +267,9 @@ impl InodeTable {
             if let Some(entry) = table.entries.get_mut(&ino) {
                 if !entry.is_replaced_by(&node) {
                     entry.lookups += 1;
+                    if let Some(journal) = self.journal.get() {
+                        journal.set_lookups(ino, entry.lookups);
+                    }
                     let stale = entry.take_stale_pages(node.object.as_ref());
                     entry.node = node;
                     return (ino, stale);
@@ -179,6 +281,10 @@ impl InodeTable {
         }
         let ino = table.next_ino;
         table.next_ino += 1;
+        if let Some(journal) = self.journal.get() {
+            journal.reserve_inodes(table.next_ino);
+            journal.record_inode(ino, parent, node.journal_kind(), name, 1);
+        }
         table.children.insert(key.clone(), ino);
         table.entries.insert(
             ino,
@@ -276,6 +382,9 @@ impl InodeTable {
             return false;
         };
         entry.lookups = entry.lookups.saturating_sub(count);
+        if let Some(journal) = self.journal.get() {
+            journal.set_lookups(ino, entry.lookups);
+        }
         if entry.lookups > 0 {
             return false;
         }
@@ -510,6 +619,77 @@ mod tests {
         ));
         table.end_open(9_999, true);
         table.forget(9_999, 1);
+    }
+
+    /// With a journal, what the table hands the kernel is recorded before it is handed out:
+    /// a new table built from the journal has the same numbers, names and counts, and keeps
+    /// numbering after them.
+    #[test]
+    fn the_journal_carries_numbers_names_and_counts_to_a_new_table() {
+        let file = crate::fuse::journal::sealed_memfd("inodes-test").unwrap();
+        let journal = Arc::new(Journal::create(file, b"init", b"reply").unwrap());
+        let table = InodeTable::new(Some(0));
+        table.set_journal(journal.clone());
+        let dir = Node {
+            listed: Some(ListedEntry {
+                name: "d".into(),
+                is_dir: true,
+                size: None,
+                mtime: None,
+            }),
+            ..Node::new(0, Arc::from("/d"), None)
+        };
+        let (d, _) = table.attach(ROOT_INO, "d", dir);
+        let (f, _) = table.attach(d, "f", node(Some(version("\"1\""))));
+        let (g, _) = table.attach(d, "g", node(None));
+        table.attach(d, "f", node(Some(version("\"1\""))));
+        table.forget(g, 1);
+        let (newer, _) = table.attach(d, "f", node(Some(version("\"2\""))));
+        assert_ne!(newer, f);
+
+        let file = std::fs::File::from(journal.descriptor().unwrap());
+        let (_, restored) = Journal::open(file).unwrap();
+        let carried = restored.carried;
+        let mut got: Vec<(u64, u64, String, u64)> = carried
+            .inodes
+            .iter()
+            .map(|i| (i.ino, i.parent, i.name.clone(), i.lookups))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (d, ROOT_INO, "d".to_string(), 1),
+                (f, d, "f".to_string(), 2),
+                (newer, d, "f".to_string(), 1),
+            ],
+            "the forgotten inode is gone; both versions of f are there"
+        );
+        assert!(carried.next_ino > newer);
+
+        let again = InodeTable::new(Some(0));
+        let placed = carried
+            .inodes
+            .iter()
+            .map(|i| CarriedInode {
+                ino: i.ino,
+                parent: i.parent,
+                name: Arc::from(i.name.as_str()),
+                lookups: i.lookups,
+                node: node(None),
+            })
+            .collect();
+        again.restore(placed, carried.next_ino);
+        assert!(again.get(f).is_some() && again.get(newer).is_some());
+        assert_eq!(
+            again.attach(d, "f", node(None)).0,
+            newer,
+            "the name leads to the newer inode, as before the restart"
+        );
+        let (fresh, _) = again.attach(d, "h", node(None));
+        assert!(fresh >= carried.next_ino, "numbers are never reused");
+        again.forget(f, 2);
+        assert!(again.get(f).is_none(), "restored counts are the kernel's");
     }
 
     #[derive(Debug, Clone)]

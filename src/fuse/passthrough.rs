@@ -3,10 +3,16 @@
 //! The logic above works with raw backing ids through the small [`Backings`] trait, so it
 //! needs no fuser type and can run without a kernel. A [`Backing`] closes its id when the
 //! last holder drops it: the inode's open handles, and the object it is kept with.
+//!
+//! Backing ids belong to the connection, not to the process: after a restart, the new process
+//! takes over the ids that open files still use ([`Backing::adopt`]), because the kernel
+//! refuses a second backing file for an inode that is open in passthrough.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+
+use super::journal::Journal;
 
 /// Registers files with the FUSE connection for passthrough, and closes registrations.
 pub trait Backings: Send + Sync {
@@ -31,8 +37,42 @@ impl Backing {
         }))
     }
 
+    /// Takes over an id registered on this connection by a previous process.
+    pub fn adopt(owner: &Arc<dyn Backings>, id: u32) -> Arc<Backing> {
+        Arc::new(Backing {
+            id,
+            owner: owner.clone(),
+        })
+    }
+
     pub fn id(&self) -> u32 {
         self.id
+    }
+}
+
+/// Registrations that are also written to the restart journal, so that a new process knows
+/// every id the connection holds: the ones open files use, and the ones to close.
+pub struct JournaledBackings {
+    inner: Arc<dyn Backings>,
+    journal: Arc<Journal>,
+}
+
+impl JournaledBackings {
+    pub fn new(inner: Arc<dyn Backings>, journal: Arc<Journal>) -> JournaledBackings {
+        JournaledBackings { inner, journal }
+    }
+}
+
+impl Backings for JournaledBackings {
+    fn open(&self, file: &File) -> std::io::Result<u32> {
+        let id = self.inner.open(file)?;
+        self.journal.record_backing(id);
+        Ok(id)
+    }
+
+    fn close(&self, id: u32) {
+        self.inner.close(id);
+        self.journal.forget_backing(id);
     }
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::mountinfo::ston_fs_mount_of;
+use super::upgrade::{DaemonStatus, Upgrade};
 use crate::base::stats::Snapshot;
 use crate::base::Invalidation;
 use crate::cache::Cache;
@@ -28,6 +29,10 @@ pub enum Op {
     Expire,
     Hardpurge,
     Stats,
+    /// Who serves the mount: pid, binary, incarnation.
+    Status,
+    /// Exec the installed binary in place, keeping the mount (`ston-fs restart`).
+    Restart,
 }
 
 impl From<Invalidation> for Op {
@@ -59,6 +64,8 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<Snapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonStatus>,
 }
 
 /// Where a daemon with this cache dir listens; `None` if the path is too long for a socket.
@@ -93,7 +100,7 @@ pub fn remove_stale_sockets(cache_dir: &Path) {
 }
 
 /// Serves control requests until the runtime stops. Runs on the mount's I/O runtime.
-pub fn serve(cache: Arc<Cache>, path: PathBuf) {
+pub fn serve(cache: Arc<Cache>, path: PathBuf, upgrade: Arc<Upgrade>) {
     if let Some(dir) = path.parent() {
         remove_stale_sockets(dir);
     }
@@ -108,8 +115,9 @@ pub fn serve(cache: Arc<Cache>, path: PathBuf) {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let cache = cache.clone();
+            let upgrade = upgrade.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(&cache, stream).await {
+                if let Err(e) = answer(&cache, &upgrade, stream).await {
                     tracing::debug!("control connection: {e}");
                 }
             });
@@ -117,13 +125,18 @@ pub fn serve(cache: Arc<Cache>, path: PathBuf) {
     });
 }
 
-async fn answer(cache: &Cache, stream: tokio::net::UnixStream) -> std::io::Result<()> {
+async fn answer(
+    cache: &Cache,
+    upgrade: &Arc<Upgrade>,
+    stream: tokio::net::UnixStream,
+) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(reader).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => execute(cache, &request),
+    let request = serde_json::from_str::<Request>(&line);
+    let response = match &request {
+        Ok(request) => execute(cache, upgrade, request),
         Err(e) => Response {
             error: Some(format!("bad request: {e}")),
             ..Response::default()
@@ -131,17 +144,40 @@ async fn answer(cache: &Cache, stream: tokio::net::UnixStream) -> std::io::Resul
     };
     let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
     text.push('\n');
-    writer.write_all(text.as_bytes()).await
+    writer.write_all(text.as_bytes()).await?;
+    writer.shutdown().await?;
+    let restart = matches!(
+        request,
+        Ok(Request {
+            op: Op::Restart,
+            ..
+        })
+    ) && response.ok;
+    if restart {
+        // The answer is out; the exec replaces this process (or fails and is reported).
+        let upgrade = upgrade.clone();
+        tokio::task::spawn_blocking(move || upgrade.run());
+    }
+    Ok(())
 }
 
-fn execute(cache: &Cache, request: &Request) -> Response {
+fn execute(cache: &Cache, upgrade: &Upgrade, request: &Request) -> Response {
     let mut response = Response {
         ok: true,
+        daemon: Some(upgrade.status()),
         ..Response::default()
     };
     let action = match request.op {
         Op::Stats => {
             response.stats = Some(cache.snapshot());
+            return response;
+        }
+        Op::Status => return response,
+        Op::Restart => {
+            if let Err(why) = upgrade.check() {
+                response.ok = false;
+                response.error = Some(why);
+            }
             return response;
         }
         Op::Purge => Invalidation::Purge,

@@ -1,11 +1,17 @@
 //! Daemonizing and readiness: the parent process returns only once the mount is live (exit 0)
-//! or has failed (non-zero, with the reason), and systemd hears `READY=1` from `--foreground`.
+//! or has failed (non-zero, with the reason), and systemd (or the ston-fs supervisor) hears
+//! `READY=1`.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+
+use super::fdstore;
+
+/// Environment variable that hands the launcher's readiness pipe to the supervisor's first
+/// worker (the descriptor number).
+pub const READY_FD_ENV: &str = "STON_FS_READY_FD";
 
 /// Whom to tell that the mount is live.
 pub enum Readiness {
@@ -18,10 +24,21 @@ pub enum Readiness {
 }
 
 impl Readiness {
+    /// The readiness pipe the supervisor handed to its first worker, if this is one.
+    /// Must run at startup, before any other thread exists.
+    pub fn from_supervisor() -> Option<Readiness> {
+        let fd = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+        std::env::remove_var(READY_FD_ENV);
+        let pipe = fdstore::adopt_fd(fd)?;
+        Some(Readiness::Parent(File::from(pipe)))
+    }
+
     pub fn ready(self) {
         match self {
             Readiness::Parent(mut pipe) => {
                 let _ = pipe.write_all(b"ready\n");
+                // A supervised worker also tells its supervisor.
+                notify_systemd("READY=1");
             }
             Readiness::Foreground => notify_systemd("READY=1"),
             Readiness::Callback(callback) => {
@@ -51,30 +68,16 @@ impl Readiness {
     }
 }
 
-/// Sends a state line to systemd if it asked for one.
+/// Sends a state line to systemd (or the supervisor) if one listens.
 pub fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(socket) = UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
-    } else {
-        socket.send_to(state.as_bytes(), Path::new(&path))
-    };
-    if let Err(e) = sent {
+    if let Err(e) = fdstore::notify(state, &[]) {
         tracing::warn!("cannot notify systemd: {e}");
     }
 }
 
 /// Forks into the background. Returns in the child, with the pipe to report readiness on;
 /// the parent waits for that report and exits with it. Must run before any thread starts.
-pub fn daemonize(log_file: Option<&Path>) -> Result<Readiness, String> {
+pub fn daemonize(log_file: Option<&Path>) -> Result<File, String> {
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -91,7 +94,7 @@ pub fn daemonize(log_file: Option<&Path>) -> Result<Readiness, String> {
         0 => {
             drop(reader);
             detach_from_terminal(log_file)?;
-            Ok(Readiness::Parent(writer))
+            Ok(writer)
         }
         _ => {
             drop(writer);

@@ -2,7 +2,11 @@
 //!
 //! - [`mount`]: the FUSE mount, its session threads, readiness and clean unmount;
 //! - [`daemon`]: forking into the background, telling the parent or systemd when it is live;
-//! - [`control`]: the control socket behind `purge`, `expire`, `hardpurge` and `stats`;
+//! - [`supervise`]: the supervisor that keeps a mount alive across its worker's deaths;
+//! - [`fdstore`]: systemd's notification and file-descriptor-store protocol;
+//! - [`handover`]: taking a live mount over from a previous process;
+//! - [`upgrade`]: exec of the installed binary in place (`ston-fs restart`);
+//! - [`control`]: the control socket behind `purge`, `expire`, `hardpurge`, `stats`, `restart`;
 //! - [`metrics`]: the Prometheus endpoint; [`syslog`]: logging without a log file;
 //! - [`mountinfo`]: the kernel's table of mounts.
 //!
@@ -10,7 +14,11 @@
 
 pub mod control;
 pub mod daemon;
+pub mod fdstore;
+pub mod handover;
 pub mod metrics;
 pub mod mount;
 pub mod mountinfo;
+pub mod supervise;
 pub mod syslog;
+pub mod upgrade;

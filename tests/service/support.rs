@@ -1,6 +1,8 @@
 //! Helpers for `tests/service.rs`: a private Apache, a foreground ston-fs daemon the test controls itself (signals, `NOTIFY_SOCKET`),
 //! daemons started by mount(8), the /sbin helpers the installer writes (restored afterwards),
 //! and small command runners. Every process started here is stopped by its own guard, by pid.
+//! Shared by `tests/service.rs` and `tests/restart.rs`; each uses a part.
+#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -30,12 +32,23 @@ pub struct Apache {
 }
 
 impl Apache {
+    /// One process (`apache2 -X`): requests are served one after another.
     pub fn start(docroot: &Path) -> Apache {
-        Apache::start_with(docroot, "")
+        Apache::launch(docroot, None, "")
     }
 
     /// Like [`Apache::start`], with `extra` appended to the configuration.
     pub fn start_with(docroot: &Path, extra: &str) -> Apache {
+        Apache::launch(docroot, None, extra)
+    }
+
+    /// A forking Apache (prefork, `-DFOREGROUND`) with `workers` children, for requests
+    /// served at the same time.
+    pub fn start_with_workers(docroot: &Path, workers: usize) -> Apache {
+        Apache::launch(docroot, Some(workers), "")
+    }
+
+    fn launch(docroot: &Path, workers: Option<usize>, extra: &str) -> Apache {
         let apache2 = which("apache2")
             .expect("apache2 is not installed: run the suite with `bash tests/run.sh`");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -73,6 +86,15 @@ impl Apache {
              <Directory \"{root}\">\n  Options Indexes\n  AllowOverride None\n  Require all granted\n</Directory>\n\
              DirectoryIndex index.html\n{extra}"
         );
+        let config = match workers {
+            None => config,
+            Some(n) => format!(
+                "{config}StartServers {n}\nMinSpareServers {n}\nMaxSpareServers {n}\n\
+                 ServerLimit {}\nMaxRequestWorkers {}\n",
+                2 * n,
+                2 * n
+            ),
+        };
         let conf = dir.path().join("apache2.conf");
         fs::write(&conf, config).expect("write apache2.conf");
         let syntax = run_command(
@@ -85,8 +107,19 @@ impl Apache {
             syntax.describe()
         );
         let stderr = dir.path().join("stderr.log");
-        let mut child = Command::new(&apache2)
-            .arg("-X")
+        let mode = match workers {
+            None => "-X",
+            Some(_) => "-DFOREGROUND",
+        };
+        let mut command = Command::new(&apache2);
+        if workers.is_some() {
+            // A forking Apache stops its children by signalling its whole process group:
+            // that must not be the test's.
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        let mut child = command
+            .arg(mode)
             .arg("-f")
             .arg(&conf)
             .stdin(Stdio::null())
@@ -390,6 +423,18 @@ pub fn ston_fs_pids_with_arg(arg: &Path) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// The daemons among `pids` that serve the mount: a daemonized mount runs a supervisor,
+/// and the worker it starts has `--worker` on its command line.
+pub fn workers(pids: &[i32]) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--worker"))
+        })
+        .collect()
 }
 
 /// Running (exists and is not a zombie).

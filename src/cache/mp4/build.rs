@@ -68,7 +68,7 @@ impl Cache {
                     off_thread(move || media::faststart(&boxes, moov, &moov_bytes, size, &limits))
                         .await?;
                 match built {
-                    Ok(presented) => Presentation::View(MediaView(Arc::new(presented))),
+                    Ok(presented) => Presentation::View(MediaView::new(presented)),
                     Err(e) => {
                         tracing::warn!(%path, "MP4 header stays at the end, served unchanged: {e}");
                         Presentation::Unchanged
@@ -151,7 +151,7 @@ impl Cache {
         })
         .await?;
         match built {
-            Ok(presented) => Ok(Presentation::View(MediaView(Arc::new(presented)))),
+            Ok(presented) => Ok(Presentation::View(MediaView::new(presented))),
             Err(e) if e.is_empty_interval() => {
                 tracing::info!(%path, "no clip: {e}");
                 Err(FsError::NotFound)

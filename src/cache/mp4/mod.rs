@@ -19,10 +19,11 @@ mod views;
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::{Cache, Object, WAIT_GRACE};
@@ -39,30 +40,55 @@ const BUILDS_AT_ONCE: usize = 2;
 
 /// A presented file: its exact size, and where each of its bytes comes from.
 #[derive(Clone)]
-pub struct MediaView(Arc<Presented>);
+pub struct MediaView(Arc<ViewParts>);
+
+struct ViewParts {
+    presented: Presented,
+    /// A digest of every presented byte's origin, made on first use (see [`MediaView::identity`]).
+    identity: OnceLock<[u8; 16]>,
+}
 
 impl MediaView {
+    fn new(presented: Presented) -> MediaView {
+        MediaView(Arc::new(ViewParts {
+            presented,
+            identity: OnceLock::new(),
+        }))
+    }
+
+    /// What tells two presentations apart: equal identities present equal bytes over equal
+    /// originals. A process that takes a mount over checks an open clip or rewritten header
+    /// by it, since a new binary might rewrite the same version differently.
+    pub fn identity(&self) -> [u8; 16] {
+        *self.0.identity.get_or_init(|| {
+            let digest = Sha256::digest(self.0.presented.encode());
+            let mut identity = [0u8; 16];
+            identity.copy_from_slice(&digest[..16]);
+            identity
+        })
+    }
+
     /// The exact size of the presented file.
     pub fn size(&self) -> u64 {
-        self.0.size()
+        self.presented().size()
     }
 
     /// One past the last byte of the original that the view reads.
     pub fn source_extent(&self) -> u64 {
-        self.0.source_extent()
+        self.presented().source_extent()
     }
 
     /// The original's bytes behind `range` of the presented file, when they are one
     /// stretch of it (for read-ahead); `None` when the range touches the rewritten header.
     pub fn source_span(&self, range: Range<u64>) -> Option<Range<u64>> {
-        match self.0.map(range).as_slice() {
+        match self.presented().map(range).as_slice() {
             [Piece::Source(source)] => Some(source.clone()),
             _ => None,
         }
     }
 
     fn presented(&self) -> &Presented {
-        &self.0
+        &self.0.presented
     }
 }
 

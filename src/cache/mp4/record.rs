@@ -1,8 +1,6 @@
 //! The on-disk record of how a whole media file is presented: unchanged, or a rewritten
 //! view. It names the version it was made for, and is read back as hostile input.
 
-use std::sync::Arc;
-
 use super::{MediaView, Presentation};
 use crate::media::{Limits, Presented};
 use crate::origin::Version;
@@ -61,7 +59,7 @@ pub(super) fn decode(
             if presented.source_extent() > version.size {
                 return Err("maps past the end of the object".into());
             }
-            Ok(Presentation::View(MediaView(Arc::new(presented))))
+            Ok(Presentation::View(MediaView::new(presented)))
         }
         _ => Err("bad kind".into()),
     }
@@ -91,7 +89,7 @@ mod tests {
             Segment::Synthetic(Bytes::from_static(b"moov")),
         ])
         .unwrap();
-        Presentation::View(MediaView(Arc::new(presented)))
+        Presentation::View(MediaView::new(presented))
     }
 
     fn size_of(p: &Presentation) -> Option<u64> {

@@ -151,7 +151,7 @@ mod tests {
             Segment::Source { offset: 0, len: 10 },
         ])
         .unwrap();
-        Presentation::View(MediaView(Arc::new(presented)))
+        Presentation::View(MediaView::new(presented))
     }
 
     fn size(p: Option<Presentation>) -> Option<u64> {

@@ -100,6 +100,9 @@ pub struct Object {
     fetched_at: AtomicU64,
     location: Option<ObjectLocation>,
     state: Mutex<ObjectState>,
+    /// Held through one round of [`Object::record_now`], so that a round that returns has
+    /// recorded every block stored before it began, even when another round was running.
+    recording: Mutex<()>,
     /// Fetched blocks waiting for the cache file.
     writes: WriteQueue<Object>,
     /// The index that charges this object's bytes (weak: the index holds the object).
@@ -145,6 +148,7 @@ impl Object {
             }),
             location,
             version,
+            recording: Mutex::new(()),
             writes: WriteQueue::default(),
             index,
         }
@@ -585,8 +589,11 @@ impl Object {
         }
     }
 
-    /// Syncs and records every stored block now (the recorder's round; also at unmount).
+    /// Syncs and records every stored block now (the recorder's round; also at unmount, and
+    /// before the kernel reads the cache file directly: a process that loads the cache frees
+    /// the blocks it finds unrecorded).
     pub fn record_now(&self) {
+        let _round = self.recording.lock();
         let (batch, file) = {
             let mut state = self.state.lock();
             if state.unrecorded.is_empty() || state.detached {

@@ -29,7 +29,10 @@ impl StonFs {
     /// Looks `name` up in directory `parent`: from memory (a fresh object, a fresh negative
     /// answer, the parent's listing, `dot_dir`) or else with a probe of the origin.
     pub fn lookup(self: &Arc<Self>, parent: u64, name: &OsStr) -> Answer<Entry> {
-        let (Some(parent_node), Some(name)) = (self.inodes.get(parent), component(name)) else {
+        let Some(parent_node) = self.inodes.get(parent) else {
+            return Answer::Now(Err(FsError::Stale));
+        };
+        let Some(name) = component(name) else {
             return Answer::Now(Err(FsError::NotFound));
         };
         let Some(site) = parent_node.site else {
@@ -200,7 +203,7 @@ impl StonFs {
     /// The attributes of an inode, revalidated at the origin when its TTL has run out.
     pub fn getattr(self: &Arc<Self>, ino: u64) -> Answer<(Attr, Duration)> {
         let Some(node) = self.inodes.get(ino) else {
-            return Answer::Now(Err(FsError::NotFound));
+            return Answer::Now(Err(FsError::Stale));
         };
         let started = Instant::now();
         if !needs_origin(&node) {
@@ -257,7 +260,7 @@ impl StonFs {
         match self.inodes.get(ino) {
             Some(node) if node.is_directory() => Ok(()),
             Some(_) => Err(FsError::NotDirectory),
-            None => Err(FsError::NotFound),
+            None => Err(FsError::Stale),
         }
     }
 
@@ -265,7 +268,7 @@ impl StonFs {
     /// root, the hosts). Inode numbers come with the kernel's lookups of the names.
     pub fn readdir(self: &Arc<Self>, ino: u64) -> Answer<Vec<DirEntry>> {
         let Some(node) = self.inodes.get(ino) else {
-            return Answer::Now(Err(FsError::NotFound));
+            return Answer::Now(Err(FsError::Stale));
         };
         let mut entries = vec![
             dir_entry(ino, EntryKind::Directory, "."),
@@ -296,7 +299,7 @@ impl StonFs {
     /// Unlinking a cached file invalidates it (the configured `unlink` action); the origin
     /// still has the file, so it stays visible and the next read fetches or revalidates.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        let parent_node = self.inodes.get(parent).ok_or(FsError::NotFound)?;
+        let parent_node = self.inodes.get(parent).ok_or(FsError::Stale)?;
         let name = component(name).ok_or(FsError::NotFound)?;
         let site = parent_node.site.ok_or(FsError::ReadOnly)?;
         let path = format!("{}/{}", parent_node.path, name);
@@ -315,10 +318,12 @@ fn dir_entry(ino: u64, kind: EntryKind, name: &str) -> DirEntry {
 }
 
 /// Whether answering for this node needs the cache's resolver (and maybe the origin):
-/// its TTL ran out, or its object left the cache.
+/// its TTL ran out, or its object left the cache, or it is a file carried over a restart
+/// that the cache no longer held.
 pub(super) fn needs_origin(node: &Node) -> bool {
-    node.object
+    let stale = node
+        .object
         .as_ref()
-        .is_some_and(|o| o.is_detached() || !o.is_fresh(now_secs()))
-        && !node.path.is_empty()
+        .is_some_and(|o| o.is_detached() || !o.is_fresh(now_secs()));
+    (stale || node.awaits_origin()) && !node.path.is_empty()
 }

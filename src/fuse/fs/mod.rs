@@ -6,14 +6,16 @@
 //! I/O runtime, so a slow origin never holds a FUSE thread. Nothing here names fuser: the
 //! adapter owns that, and this logic runs in tests without a kernel.
 //!
-//! Lock order: `handles` and `kept` are leaf locks; the inode table's lock is taken without
-//! either held, and may call into an object (its `state` lock) while held.
+//! Lock order: `handles` (then `adopted`) and `kept` are leaf locks; the inode table's lock
+//! is taken without either held, and may call into an object (its `state` lock) or the
+//! restart journal while held.
 
 mod attr;
 mod lookup;
 mod media;
 mod open;
 mod read;
+mod restore;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -26,7 +28,8 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 
 use super::inodes::{InodeTable, ROOT_INO};
-use super::passthrough::Backings;
+use super::journal::Journal;
+use super::passthrough::{Backings, JournaledBackings};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult};
 use crate::cache::{Cache, Object};
@@ -34,8 +37,10 @@ use crate::cache::{Cache, Object};
 pub use attr::{Attr, EntryKind};
 pub use lookup::Entry;
 pub use open::{OpenIo, Opened};
+pub use restore::TakeoverReport;
 
 use read::OpenFile;
+use restore::AdoptedHandle;
 
 /// Extended attribute of the mount root that holds the control socket's path.
 pub const SOCKET_XATTR: &str = "user.stonfs.control";
@@ -100,6 +105,8 @@ pub struct StonFs {
     /// With `zero_message_opens`: the kernel opens files without telling the daemon, so
     /// reads arrive with handle 0 and are served per inode, from this handle.
     implicit: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Handles carried over a restart that have not read yet (see `restore`).
+    adopted: Mutex<HashMap<u64, AdoptedHandle>>,
     next_handle: AtomicU64,
     runtime: tokio::runtime::Handle,
     mounted_at: SystemTime,
@@ -110,6 +117,8 @@ pub struct StonFs {
     backings: OnceLock<Arc<dyn Backings>>,
     kernel: OnceLock<Arc<dyn KernelCache>>,
     control_socket: OnceLock<PathBuf>,
+    /// Where inodes and handles are recorded for a process that takes over the mount.
+    journal: OnceLock<Arc<Journal>>,
 }
 
 impl StonFs {
@@ -119,6 +128,7 @@ impl StonFs {
             inodes: InodeTable::new(root_site),
             handles: Mutex::new(HashMap::new()),
             implicit: Mutex::new(HashMap::new()),
+            adopted: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             runtime,
             mounted_at: SystemTime::now(),
@@ -128,6 +138,7 @@ impl StonFs {
             backings: OnceLock::new(),
             kernel: OnceLock::new(),
             control_socket: OnceLock::new(),
+            journal: OnceLock::new(),
             cache,
         }
     }
@@ -142,8 +153,13 @@ impl StonFs {
         self.direct_io.store(direct_io, Ordering::Relaxed);
     }
 
-    /// Where passthrough registrations are made (set once the connection exists).
+    /// Where passthrough registrations are made (set once the connection exists). With a
+    /// restart journal, every registration is recorded there too.
     pub fn set_backings(&self, backings: Arc<dyn Backings>) {
+        let backings: Arc<dyn Backings> = match self.journal.get() {
+            Some(journal) => Arc::new(JournaledBackings::new(backings, journal.clone())),
+            None => backings,
+        };
         let _ = self.backings.set(backings);
     }
 
@@ -190,7 +206,7 @@ impl StonFs {
         if wants_write {
             return Err(FsError::ReadOnly);
         }
-        self.inodes.get(ino).map(|_| ()).ok_or(FsError::NotFound)
+        self.inodes.get(ino).map(|_| ()).ok_or(FsError::Stale)
     }
 
     /// The mount root carries the control socket's path, for `ston-fs purge` to find.

@@ -46,7 +46,7 @@ impl StonFs {
             return Answer::Now(Err(FsError::ReadOnly));
         }
         let Some(node) = self.inodes.get(ino) else {
-            return Answer::Now(Err(FsError::NotFound));
+            return Answer::Now(Err(FsError::Stale));
         };
         if node.is_directory() {
             return Answer::Now(Err(FsError::IsDirectory));
@@ -93,6 +93,11 @@ impl StonFs {
         self.cache.touch(&object);
         // A view's bytes are not the cache file's: the kernel must never read that instead.
         let wanted = view.is_none() && self.passthrough_wanted(&object);
+        if wanted && self.journal.get().is_some() {
+            // A process that takes the mount over frees the blocks it finds unrecorded when
+            // it loads the cache: the kernel, reading this file directly, would read holes.
+            object.record_now();
+        }
         let mode = self
             .inodes
             .begin_open(ino, wanted, || self.register(&object));
@@ -125,6 +130,11 @@ impl StonFs {
             OpenIo::Cached { .. } => tracing::debug!(ino, %path, "open: page cache"),
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let backing_id = match io {
+            OpenIo::Passthrough { backing_id } => backing_id,
+            OpenIo::Cached { .. } => 0,
+        };
+        self.journal_handle(fh, ino, &object, view.as_ref(), backing_id);
         let file = OpenFile {
             passthrough: matches!(mode, OpenMode::Passthrough(_)),
             object,
@@ -185,9 +195,16 @@ impl StonFs {
 
     /// The kernel closed a handle.
     pub fn release(&self, fh: u64) {
-        if let Some(file) = self.handles.lock().remove(&fh) {
-            file.object.close_handle();
-            self.inodes.end_open(file.ino, file.passthrough);
+        self.forget_journaled_handle(fh);
+        let file = self.handles.lock().remove(&fh);
+        match file {
+            Some(file) => {
+                file.object.close_handle();
+                self.inodes.end_open(file.ino, file.passthrough);
+            }
+            None => {
+                self.release_adopted(fh);
+            }
         }
     }
 }

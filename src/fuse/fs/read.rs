@@ -53,11 +53,14 @@ impl StonFs {
     /// Reads `size` bytes at `offset` of an open handle (handle 0: of inode `ino`, opened
     /// without a message).
     pub fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Answer<Bytes> {
-        if fh == 0 && self.zero_message_opens() {
+        // Handle 0 is never handed out: the kernel sends it for files it opened without a
+        // message, which it keeps doing after a restart even if the new configuration
+        // would not have asked for that.
+        if fh == 0 {
             return self.read_inode(ino, offset, size);
         }
         let Some(file) = self.handles.lock().get(&fh).cloned() else {
-            return Answer::Now(Err(FsError::BadHandle));
+            return self.read_adopted(fh, offset, size);
         };
         self.read_open_file(file, offset, size)
     }

@@ -1,0 +1,414 @@
+//! Taking over a mount from a previous process: the inodes and open handles the kernel still
+//! holds come back from the restart journal, and a handle serves no byte until the cache
+//! proves it still has the exact version the handle opened.
+//!
+//! A handle whose version is gone (the origin changed while no process served the mount, or
+//! the version had no validators to prove it by) answers EIO; an inode or handle the journal
+//! did not carry answers ESTALE. Neither ever reads another file's bytes.
+//!
+//! Lock order: `handles` before `adopted`; both are leaf locks otherwise.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use super::read::OpenFile;
+use super::{Answer, StonFs};
+use crate::base::{FsError, FsResult, ObjectKind, SiteId};
+use crate::cache::{MediaView, NameKind, Object, ReadAhead};
+use crate::fuse::inodes::{CarriedInode, Node, ROOT_INO};
+use crate::fuse::journal::{Carried, HandleState, Journal, NodeKind};
+use crate::fuse::passthrough::Backing;
+
+/// A handle carried over a restart, until its first read proves its version.
+#[derive(Debug, Clone)]
+pub(super) struct AdoptedHandle {
+    ino: u64,
+    version: [u8; 16],
+    pinned: bool,
+    passthrough: bool,
+    /// Its version is known to be gone: every read is EIO.
+    gone: bool,
+}
+
+/// What a takeover carried over, for the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TakeoverReport {
+    pub inodes: usize,
+    pub handles: usize,
+    pub backings_kept: usize,
+    pub backings_closed: usize,
+    /// Inodes the journal carried that this configuration cannot place (a virtual host gone).
+    pub unplaced: usize,
+}
+
+impl StonFs {
+    /// Writes every inode, handle and passthrough registration to `journal` from now on.
+    /// Set before [`StonFs::set_backings`], which then records registrations too.
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        self.inodes.set_journal(journal.clone());
+        let _ = self.journal.set(journal);
+    }
+
+    /// Puts back what a previous process handed to the kernel. Call once, after
+    /// [`StonFs::set_journal`] and [`StonFs::set_backings`], before serving.
+    pub fn take_over(&self, carried: Carried) -> TakeoverReport {
+        let mut report = TakeoverReport::default();
+        let placed = self.place_inodes(&carried, &mut report);
+        self.inodes.restore(placed, carried.next_ino);
+        self.restore_handles(&carried.handles, &mut report);
+        self.close_unused_backings(&carried, &mut report);
+        let next = self.next_handle.load(std::sync::atomic::Ordering::Relaxed);
+        self.next_handle.store(
+            next.max(carried.next_fh),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        report
+    }
+
+    /// Rebuilds each carried inode's path from its parent's, and finds what the cache holds
+    /// there now.
+    fn place_inodes(&self, carried: &Carried, report: &mut TakeoverReport) -> Vec<CarriedInode> {
+        let root_site = self.inodes.get(ROOT_INO).and_then(|n| n.site);
+        let mut places: HashMap<u64, (Option<SiteId>, Arc<str>)> = HashMap::new();
+        places.insert(ROOT_INO, (root_site, Arc::from("")));
+        let mut placed = Vec::with_capacity(carried.inodes.len());
+        for inode in &carried.inodes {
+            let Some((parent_site, parent_path)) = places.get(&inode.parent).cloned() else {
+                report.unplaced += 1;
+                self.forget_carried_inode(inode.ino);
+                continue;
+            };
+            let node = match parent_site {
+                // At the virtual-host root, names are hosts.
+                None => match self.cache.vhost_named(&inode.name) {
+                    Some(site) => Node::new(site, Arc::from(""), None),
+                    None => {
+                        report.unplaced += 1;
+                        self.forget_carried_inode(inode.ino);
+                        continue;
+                    }
+                },
+                Some(site) => {
+                    match self.carried_node(site, &parent_path, &inode.name, inode.kind) {
+                        Some(node) => node,
+                        None => {
+                            report.unplaced += 1;
+                            self.forget_carried_inode(inode.ino);
+                            continue;
+                        }
+                    }
+                }
+            };
+            places.insert(inode.ino, (node.site, node.path.clone()));
+            placed.push(CarriedInode {
+                ino: inode.ino,
+                parent: inode.parent,
+                name: Arc::from(inode.name.as_str()),
+                lookups: inode.lookups,
+                node,
+            });
+        }
+        report.inodes = placed.len();
+        placed
+    }
+
+    /// The node of a carried inode: the object the cache holds at its path (fresh or not;
+    /// a stale one is revalidated on use, as always), else what the kind says. A media name
+    /// (an MP4 presented header first, a clip) keeps its request, and its view when memory
+    /// or the cache's record has it; else it is presented again on use. `None`: a name this
+    /// configuration does not serve.
+    fn carried_node(
+        &self,
+        site: SiteId,
+        parent_path: &str,
+        name: &str,
+        kind: NodeKind,
+    ) -> Option<Node> {
+        let (original, media) = match self.cache.media_name(site, parent_path, name) {
+            NameKind::Plain => (name.to_string(), None),
+            NameKind::Media { name, request } => (name, Some(request)),
+            NameKind::Invalid(_) => return None,
+        };
+        let path: Arc<str> = format!("{parent_path}/{original}").into();
+        let object = self.cache.cached_object(site, &path);
+        let node = match (&object, kind) {
+            (Some(_), _) | (None, NodeKind::Directory) => Node::new(site, path, object.clone()),
+            (None, NodeKind::File) => Node::carried_file(site, path, name),
+        };
+        let Some(request) = media else {
+            return Some(node);
+        };
+        let presented = object
+            .as_ref()
+            .and_then(|object| self.cache.presentation_now(object, &request));
+        Some(match presented {
+            Some(Ok(presentation)) => Node {
+                view: presentation.view().cloned(),
+                media: Some(request),
+                ..node
+            },
+            // Presented again at the next use, from the object the origin confirms.
+            _ => Node {
+                media: Some(request),
+                ..Node::carried_file(site, node.path, name)
+            },
+        })
+    }
+
+    fn forget_carried_inode(&self, ino: u64) {
+        if let Some(journal) = self.journal.get() {
+            journal.set_lookups(ino, 0);
+        }
+    }
+
+    /// Every carried handle waits for its first read; each inode gets back its open counts,
+    /// and its passthrough registration, which new opens must share.
+    fn restore_handles(&self, handles: &[HandleState], report: &mut TakeoverReport) {
+        let mut per_inode: HashMap<u64, (usize, usize, u32)> = HashMap::new();
+        let mut adopted = self.adopted.lock();
+        for handle in handles {
+            if self.inodes.get(handle.ino).is_none() {
+                if let Some(journal) = self.journal.get() {
+                    journal.forget_handle(handle.fh);
+                }
+                continue;
+            }
+            let counts = per_inode.entry(handle.ino).or_default();
+            match handle.backing {
+                0 => counts.0 += 1,
+                id => {
+                    counts.1 += 1;
+                    counts.2 = id;
+                }
+            }
+            adopted.insert(
+                handle.fh,
+                AdoptedHandle {
+                    ino: handle.ino,
+                    version: handle.version,
+                    pinned: handle.pinned,
+                    passthrough: handle.backing != 0,
+                    gone: false,
+                },
+            );
+        }
+        report.handles = adopted.len();
+        drop(adopted);
+        for (ino, (cached, passthrough, id)) in per_inode {
+            let backing = match (passthrough, self.backings.get()) {
+                (0, _) | (_, None) => None,
+                (count, Some(owner)) => Some((count, Backing::adopt(owner, id))),
+            };
+            self.inodes.restore_opens(ino, cached, backing);
+        }
+    }
+
+    /// Registrations no carried handle uses (kept for reopening, or from a damaged record)
+    /// are closed: nothing in this process refers to them.
+    fn close_unused_backings(&self, carried: &Carried, report: &mut TakeoverReport) {
+        let used: std::collections::HashSet<u32> =
+            carried.handles.iter().map(|h| h.backing).collect();
+        let Some(owner) = self.backings.get() else {
+            return;
+        };
+        for id in &carried.backings {
+            if used.contains(id) {
+                report.backings_kept += 1;
+            } else {
+                owner.close(*id);
+                report.backings_closed += 1;
+            }
+        }
+    }
+
+    /// A read of a handle that is not open in this process: one carried over a restart
+    /// serves once its version is proven; anything else is ESTALE.
+    pub(super) fn read_adopted(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Answer<Bytes> {
+        let Some(adopted) = self.adopted.lock().get(&fh).cloned() else {
+            return Answer::Now(Err(FsError::Stale));
+        };
+        match self.prove_from_cache(fh, &adopted) {
+            Some(Ok(())) => return self.read(adopted.ino, fh, offset, size),
+            Some(Err(error)) => return Answer::Now(Err(error)),
+            None => {}
+        }
+        let fs = self.clone();
+        Answer::later(async move {
+            fs.prove_at_origin(fh, &adopted).await?;
+            match fs.read(adopted.ino, fh, offset, size) {
+                Answer::Now(result) => result,
+                Answer::Later(future) => future.await,
+            }
+        })
+    }
+
+    /// Proves the handle's version from the cache alone: `None` when the origin must say.
+    fn prove_from_cache(&self, fh: u64, adopted: &AdoptedHandle) -> Option<FsResult<()>> {
+        if adopted.gone {
+            return Some(Err(FsError::VersionChanged));
+        }
+        let Some(node) = self.inodes.get(adopted.ino) else {
+            return Some(Err(FsError::Stale));
+        };
+        let Some(site) = node.site else {
+            return Some(Err(FsError::Stale));
+        };
+        if !adopted.pinned {
+            // Without validators, no answer can prove the version is the one that was open.
+            self.version_gone(fh, &node.path, "it has no validators to prove it unchanged");
+            return Some(Err(FsError::VersionChanged));
+        }
+        let object = self.cache.cached_object(site, &node.path)?;
+        let view = match &node.media {
+            None => None,
+            Some(request) => match self.cache.presentation_now(&object, request)? {
+                Ok(presentation) => presentation.view().cloned(),
+                Err(error) => return Some(Err(error)),
+            },
+        };
+        if self.version_id(&object, view.as_ref()) != adopted.version {
+            return None;
+        }
+        self.install_adopted(fh, object, view);
+        Some(Ok(()))
+    }
+
+    /// Asks the origin for the handle's path; the version must be the one that was open.
+    async fn prove_at_origin(&self, fh: u64, adopted: &AdoptedHandle) -> FsResult<()> {
+        let node = self.inodes.get(adopted.ino).ok_or(FsError::Stale)?;
+        let site = node.site.ok_or(FsError::Stale)?;
+        let deadline = Instant::now() + self.cache.request_timeout();
+        let object = match self.cache.resolve(site, node.path.clone(), deadline).await {
+            Ok(object) => object,
+            Err(FsError::NotFound) => {
+                self.version_gone(fh, &node.path, "the origin no longer has it");
+                return Err(FsError::VersionChanged);
+            }
+            Err(error) => return Err(error),
+        };
+        let view = match &node.media {
+            None => None,
+            Some(request) => {
+                let presentation = self.cache.present(&object, request, deadline).await?;
+                presentation.view().cloned()
+            }
+        };
+        if self.version_id(&object, view.as_ref()) != adopted.version {
+            self.version_gone(fh, &node.path, "the origin has another version now");
+            return Err(FsError::VersionChanged);
+        }
+        self.install_adopted(fh, object, view);
+        Ok(())
+    }
+
+    fn version_gone(&self, fh: u64, path: &str, why: &str) {
+        if let Some(adopted) = self.adopted.lock().get_mut(&fh) {
+            if !adopted.gone {
+                adopted.gone = true;
+                tracing::warn!(
+                    fh,
+                    path,
+                    "a file open before the restart cannot be read on: {why}; its reads answer EIO"
+                );
+            }
+        }
+    }
+
+    /// The handle is proven: from now on it is an ordinary open file.
+    fn install_adopted(&self, fh: u64, object: Arc<Object>, view: Option<MediaView>) {
+        let mut handles = self.handles.lock();
+        if handles.contains_key(&fh) {
+            return;
+        }
+        let Some(adopted) = self.adopted.lock().remove(&fh) else {
+            return; // released meanwhile
+        };
+        object.open_handle();
+        let file = OpenFile {
+            object,
+            view,
+            ino: adopted.ino,
+            passthrough: adopted.passthrough,
+            readahead: Mutex::new(ReadAhead::default()),
+            failed_read: Mutex::new(None),
+        };
+        handles.insert(fh, Arc::new(file));
+    }
+
+    /// Releases a carried handle that never read. Returns whether `fh` was one.
+    pub(super) fn release_adopted(&self, fh: u64) -> bool {
+        let Some(adopted) = self.adopted.lock().remove(&fh) else {
+            return false;
+        };
+        self.inodes.end_open(adopted.ino, adopted.passthrough);
+        true
+    }
+
+    /// Records a handle about to be handed to the kernel (and reserves its number).
+    pub(super) fn journal_handle(
+        &self,
+        fh: u64,
+        ino: u64,
+        object: &Object,
+        view: Option<&MediaView>,
+        backing: u32,
+    ) {
+        let Some(journal) = self.journal.get() else {
+            return;
+        };
+        journal.reserve_handles(fh + 1);
+        journal.record_handle(&HandleState {
+            fh,
+            ino,
+            version: self.version_id(object, view),
+            pinned: object.version().is_pinned(),
+            backing,
+        });
+    }
+
+    pub(super) fn forget_journaled_handle(&self, fh: u64) {
+        if let Some(journal) = self.journal.get() {
+            journal.forget_handle(fh);
+        }
+    }
+
+    /// What identifies an object version across processes: its site, path, kind, size and
+    /// validators, and, for a file read through a view, the view's identity.
+    fn version_id(&self, object: &Object, view: Option<&MediaView>) -> [u8; 16] {
+        let site = self
+            .cache
+            .sites()
+            .get(object.site())
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
+        let version = object.version();
+        let mut hash = Sha256::new();
+        for part in [
+            site.as_bytes(),
+            object.path().as_bytes(),
+            version.etag.as_deref().unwrap_or("").as_bytes(),
+            version.last_modified.as_deref().unwrap_or("").as_bytes(),
+        ] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        hash.update(version.size.to_le_bytes());
+        hash.update([u8::from(object.kind() == ObjectKind::File)]);
+        hash.update([
+            u8::from(version.etag.is_some()),
+            u8::from(version.last_modified.is_some()),
+        ]);
+        if let Some(view) = view {
+            hash.update(view.identity());
+        }
+        let digest = hash.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        id
+    }
+}
