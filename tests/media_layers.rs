@@ -1,4 +1,4 @@
-//! The cache's MP4 presentation driven directly, without FUSE and without root: a moov-at-end
+//! The media layer's MP4 presentation, over a real cache, driven directly, without FUSE and without root: a moov-at-end
 //! file found with two origin requests and presented byte-exact, its rewritten header kept on
 //! disk across a restart (and checked when it is read back), a new version presented afresh,
 //! clips that fetch only their own bytes, and the files that are served unchanged or refused.
@@ -17,8 +17,9 @@ use bytes::Bytes;
 use common::assert_bytes_eq;
 use common::origin::Origin;
 use ston_fs::base::{FsError, FsResult, Invalidation};
-use ston_fs::cache::{Cache, MediaRequest, MediaView, Object, Presentation, TrimSpan};
+use ston_fs::cache::{Cache, Object};
 use ston_fs::config::Config;
+use ston_fs::media::{Media, MediaRequest, MediaView, Presentation, TrimSpan};
 use support::{assert_moov_first, expected_clip, expected_whole, Sample};
 
 const BLOCK: u64 = 64 * 1024;
@@ -27,6 +28,7 @@ const CALL: Duration = Duration::from_secs(20);
 
 struct Layer {
     cache: Arc<Cache>,
+    media: Arc<Media>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -53,13 +55,23 @@ impl Layer {
             let _inside = runtime.enter();
             Arc::new(Cache::open(config).expect("cache opens"))
         };
-        Layer { cache, runtime }
+        let media = Arc::new(Media::new(cache.clone()));
+        Layer {
+            cache,
+            media,
+            runtime,
+        }
     }
 
     /// Journals what is cached and closes, as an unmount does.
     fn close(self) {
         self.cache.flush();
-        let Layer { cache, runtime } = self;
+        let Layer {
+            cache,
+            media,
+            runtime,
+        } = self;
+        drop(media);
         drop(cache);
         drop(runtime);
     }
@@ -74,7 +86,7 @@ impl Layer {
     fn present(&self, object: &Arc<Object>, request: &MediaRequest) -> FsResult<Presentation> {
         let deadline = Instant::now() + CALL;
         self.runtime
-            .block_on(self.cache.present(object, request, deadline))
+            .block_on(self.media.present(object, request, deadline))
     }
 
     fn view(&self, object: &Arc<Object>, request: &MediaRequest) -> MediaView {
@@ -106,7 +118,7 @@ impl Layer {
     ) -> Bytes {
         let deadline = Instant::now() + CALL;
         self.runtime
-            .block_on(self.cache.read_view(object, view, range, deadline))
+            .block_on(self.media.read_view(object, view, range, deadline))
             .unwrap_or_else(|e| panic!("read {}: {e}", object.path()))
             .0
     }
@@ -186,7 +198,7 @@ fn a_moov_at_end_file_costs_two_requests_and_is_presented_byte_exact() {
         }
         // The same request again is answered from memory.
         assert!(layer
-            .cache
+            .media
             .presentation_now(&object, &MediaRequest::Faststart)
             .is_some());
         layer.close();

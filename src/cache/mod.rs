@@ -7,11 +7,12 @@
 //! - `index`: the LRU of objects and the byte accounting of the cap;
 //! - `fetch`: range requests into whole, verified blocks; `writer`: write-behind;
 //! - `readahead`: sequential detection and the global prefetch budget;
-//! - `listings`: directory listings, cached in memory and on disk;
-//! - `mp4`: MP4 files presented with their header in front, and clips by name, as views
-//!   over the original's blocks (built with [`crate::media`]).
+//! - `listings`: directory listings, cached in memory and on disk.
 //!
-//! Depends on `origin`, `store`, `media`, `config` and `base`; knows nothing of FUSE.
+//! An object also keeps one opaque record beside its blocks (`save_view`, `load_view`) for
+//! the layer above, which presents MP4 files through views; it goes with the version.
+//!
+//! Depends on `origin`, `store`, `config` and `base`; knows nothing of FUSE or of media.
 //!
 //! Lock order (outermost first): `Cache.probes` and `Cache.negative` and `Cache.listings` are
 //! leaf locks, never held across another lock or an await. Then: the index's `evict_lock`,
@@ -22,7 +23,6 @@ mod fetch;
 mod index;
 mod invalidate;
 mod listings;
-mod mp4;
 mod object;
 mod read;
 mod readahead;
@@ -47,14 +47,12 @@ use crate::store::{self, SiteStore, OBJECT_OVERHEAD};
 pub use crate::origin::listing::Entry as ListedEntry;
 pub use index::ObjectKey;
 pub use invalidate::InvalidationReport;
-pub use mp4::{MediaRequest, MediaView, NameKind, Presentation, TrimSpan};
 pub use object::Object;
 pub use readahead::ReadAhead;
 
 use fetch::FetchHost;
 use index::CacheIndex;
 use listings::{Listing, LISTINGS_IN_MEMORY};
-use mp4::MediaState;
 use read::WAIT_GRACE;
 use readahead::Budget;
 use writer::WriteBehind;
@@ -160,8 +158,6 @@ pub struct Cache {
     negative: Mutex<LruCache<ObjectKey, Instant>>,
     listings: Mutex<LruCache<ObjectKey, Listing>>,
     probes: Mutex<HashMap<ObjectKey, Arc<Flight<Arc<Object>>>>>,
-    /// MP4 presentations: kept ones, builds in flight.
-    media: MediaState,
 }
 
 impl Cache {
@@ -191,7 +187,6 @@ impl Cache {
             negative: Mutex::new(bounded_lru(NEGATIVE_ENTRIES)),
             probes: Mutex::new(HashMap::new()),
             listings: Mutex::new(bounded_lru(LISTINGS_IN_MEMORY)),
-            media: MediaState::new(),
             config,
         };
         cache.load();

@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 use super::journal::{Journal, NodeKind};
 use super::passthrough::Backing;
 use crate::base::{ObjectKind, SiteId};
-use crate::cache::{ListedEntry, MediaRequest, MediaView, Object};
+use crate::cache::{ListedEntry, Object};
+use crate::media::{MediaRequest, MediaView};
 
 pub const ROOT_INO: u64 = 1;
 

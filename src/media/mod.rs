@@ -1,60 +1,221 @@
-//! MP4 views: moov-first ("faststart") and time-trimmed presentations, computed without I/O.
+//! Media layer: MP4 files presented with their header in front, and clips of an interval by
+//! name (`NAME.mp4?start=S&end=E`), as views over the cached original's blocks.
 //!
-//! Pure computation over bytes the caller fetches: [`TopLevelScan`] says which byte ranges it
-//! needs, [`faststart`] and [`trim`] turn a moov into a [`Presented`] file (synthetic bytes and
-//! ranges of the original), and [`Presented::encode`]/[`Presented::decode`] persist one.
-//! Everything read from a file is treated as hostile and bounded by [`Limits`].
+//! It sits between the FUSE adapter and the cache: it reads the original through the cache's
+//! own API and keeps its records in the object's opaque view record; the cache knows nothing
+//! of it.
 //!
-//! Depends on no other module of the crate (`bytes` and `thiserror` only); `cache` uses it.
+//! - `mp4`: the MP4 library, pure computation on bytes (scan, faststart, trim, presented);
+//! - `name`: what a file name asks for;
+//! - `build`: finding the layout with cache reads, then `mp4`'s rewrite or cut;
+//! - `record`: the rewritten header kept with the object's files, so it survives restarts;
+//! - `views`: presentations kept in memory, within a byte budget;
+//! - `read`: presented bytes, from memory and the original's cached blocks.
+//!
+//! A presentation belongs to one object version: a new version is a new `Object`, which has
+//! no record on disk and matches no kept view. Lock order: `Media.flights` and the
+//! views' lock are leaf locks.
 
-mod bits;
-mod cut;
-mod error;
-mod faststart;
-mod headers;
-mod offsets;
-mod presented;
-mod scan;
-mod tables;
-mod track;
-mod tree;
-mod trim;
+pub mod mp4;
 
-#[cfg(test)]
-mod tests;
+mod build;
+mod name;
+mod read;
+mod record;
+mod views;
 
-pub use error::{Mp4Error, TrimError};
-pub use faststart::faststart;
-pub use presented::{Piece, Presented, Segment};
-pub use scan::{Layout, ScanStep, TopBox, TopLevelScan};
-pub use trim::trim;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-/// Bounds applied to everything read from a (possibly hostile) file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest moov box accepted; the caller holds the whole moov in memory.
-    pub max_moov_size: u64,
-    /// Top-level boxes walked before giving up (each one may cost a fetch).
-    pub max_top_level_boxes: usize,
-    /// Samples per track; tables are also bounded by the bytes actually present.
-    pub max_samples: u32,
-    /// Tracks per moov.
-    pub max_tracks: usize,
-    /// Boxes in the parsed moov tree (all levels together).
-    pub max_moov_boxes: usize,
-    /// Segments accepted by [`Presented::decode`].
-    pub max_segments: usize,
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::base::flight::Flight;
+use crate::base::{FsError, FsResult, ObjectKind, SiteId};
+use crate::cache::{Cache, Object};
+use mp4::{Piece, Presented};
+
+pub use name::{MediaRequest, NameKind, TrimSpan};
+
+use views::Views;
+
+/// Presentations built at once: each holds a whole moov and its rewrite in memory.
+const BUILDS_AT_ONCE: usize = 2;
+/// How long past its deadline a caller waits for a build it joined, so that the build's
+/// own deadline error, not a bare timeout, reaches it.
+const WAIT_GRACE: Duration = Duration::from_millis(200);
+
+/// A presented file: its exact size, and where each of its bytes comes from.
+#[derive(Clone)]
+pub struct MediaView(Arc<ViewParts>);
+
+struct ViewParts {
+    presented: Presented,
+    /// A digest of every presented byte's origin, made on first use (see [`MediaView::identity`]).
+    identity: OnceLock<[u8; 16]>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_moov_size: 64 << 20,
-            max_top_level_boxes: 64,
-            max_samples: 10_000_000,
-            max_tracks: 64,
-            max_moov_boxes: 100_000,
-            max_segments: 1024,
+impl MediaView {
+    fn new(presented: Presented) -> MediaView {
+        MediaView(Arc::new(ViewParts {
+            presented,
+            identity: OnceLock::new(),
+        }))
+    }
+
+    /// What tells two presentations apart: equal identities present equal bytes over equal
+    /// originals. A process that takes a mount over checks an open clip or rewritten header
+    /// by it, since a new binary might rewrite the same version differently.
+    pub fn identity(&self) -> [u8; 16] {
+        *self.0.identity.get_or_init(|| {
+            let digest = Sha256::digest(self.0.presented.encode());
+            let mut identity = [0u8; 16];
+            identity.copy_from_slice(&digest[..16]);
+            identity
+        })
+    }
+
+    /// The exact size of the presented file.
+    pub fn size(&self) -> u64 {
+        self.presented().size()
+    }
+
+    /// One past the last byte of the original that the view reads.
+    pub fn source_extent(&self) -> u64 {
+        self.presented().source_extent()
+    }
+
+    /// The original's bytes behind `range` of the presented file, when they are one
+    /// stretch of it (for read-ahead); `None` when the range touches the rewritten header.
+    pub fn source_span(&self, range: Range<u64>) -> Option<Range<u64>> {
+        match self.presented().map(range).as_slice() {
+            [Piece::Source(source)] => Some(source.clone()),
+            _ => None,
+        }
+    }
+
+    fn presented(&self) -> &Presented {
+        &self.0.presented
+    }
+}
+
+/// How a media file is served.
+#[derive(Clone)]
+pub enum Presentation {
+    /// Byte for byte as the origin has it.
+    Unchanged,
+    /// Through a view: a rewritten header, or a clip.
+    View(MediaView),
+}
+
+impl Presentation {
+    pub fn view(&self) -> Option<&MediaView> {
+        match self {
+            Presentation::Unchanged => None,
+            Presentation::View(view) => Some(view),
+        }
+    }
+}
+
+/// One build in flight: for one version (its address; the builder holds it) and request.
+type BuildKey = (usize, MediaRequest);
+
+/// The media layer over one cache: kept presentations, builds in flight and their bound.
+pub struct Media {
+    cache: Arc<Cache>,
+    views: Views,
+    flights: Mutex<HashMap<BuildKey, Arc<Flight<Presentation>>>>,
+    builds: Semaphore,
+}
+
+impl Media {
+    pub fn new(cache: Arc<Cache>) -> Media {
+        Media {
+            cache,
+            views: Views::new(),
+            flights: Mutex::new(HashMap::new()),
+            builds: Semaphore::new(BUILDS_AT_ONCE),
+        }
+    }
+
+    /// How a directory entry name of `site` under `parent` (a site path) is served.
+    pub fn media_name(&self, site: SiteId, parent: &str, name: &str) -> NameKind {
+        let media = &self.cache.config().media;
+        let vhost = self
+            .cache
+            .config()
+            .vhosts
+            .get(site)
+            .and_then(|v| v.mp4_faststart);
+        name::classify(media, name, |base| {
+            media.faststart_for(vhost, &format!("{parent}/{base}"))
+        })
+    }
+
+    /// Whether a listed name is a clip name, which listings never show.
+    pub fn is_trim_name(&self, name: &str) -> bool {
+        name::is_trim_name(&self.cache.config().media, name)
+    }
+
+    /// The presentation of `object` for `request` when memory alone can tell: a directory
+    /// is no media file (a clip of it does not exist), else a kept presentation.
+    pub fn presentation_now(
+        &self,
+        object: &Arc<Object>,
+        request: &MediaRequest,
+    ) -> Option<FsResult<Presentation>> {
+        if object.kind() != ObjectKind::File {
+            return Some(match request {
+                MediaRequest::Faststart => Ok(Presentation::Unchanged),
+                MediaRequest::Trim(_) => Err(FsError::NotFound),
+            });
+        }
+        self.views.get(object, request).map(Ok)
+    }
+
+    /// How `object` is presented for `request`, built at most once for any number of
+    /// concurrent callers. Whole files cost, the first time, the reads that find the moov
+    /// (the first block and the moov's range); clips also read the moov.
+    pub async fn present(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        request: &MediaRequest,
+        deadline: Instant,
+    ) -> FsResult<Presentation> {
+        if let Some(known) = self.presentation_now(object, request) {
+            return known;
+        }
+        let key = (Arc::as_ptr(object) as usize, request.clone());
+        let (flight, leader) = {
+            let mut flights = self.flights.lock();
+            match flights.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = Flight::new();
+                    flights.insert(key.clone(), flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if leader {
+            // A task of its own: a caller that goes away must not strand the others.
+            let (media, object, request) = (self.clone(), object.clone(), request.clone());
+            let flight = flight.clone();
+            tokio::spawn(async move {
+                let built = media.build_presentation(&object, &request, deadline).await;
+                if let Ok(presentation) = &built {
+                    media.views.insert(&object, &request, presentation);
+                }
+                media.flights.lock().remove(&key);
+                flight.finish(built);
+            });
+        }
+        match tokio::time::timeout_at((deadline + WAIT_GRACE).into(), flight.wait()).await {
+            Ok(result) => result,
+            Err(_) => Err(FsError::Timeout),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ston_fs::media::{self, Layout, Limits, Piece, Presented, ScanStep, TopLevelScan};
+use ston_fs::media::mp4::{
+    self as media, Layout, Limits, Piece, Presented, ScanStep, TopLevelScan,
+};
 
 use crate::common::mount::wait_timeout;
 

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use super::{Answer, Attr, DirEntry, EntryKind, StonFs};
 use crate::base::stats::Op;
 use crate::base::{now_secs, FsError, FsResult, ObjectKind, SiteId};
-use crate::cache::{ListedEntry, MediaRequest, NameKind, Object};
+use crate::cache::{ListedEntry, Object};
 use crate::fuse::inodes::{Node, ROOT_INO};
+use crate::media::{MediaRequest, NameKind};
 
 /// A lookup's answer: an inode and how long the kernel may keep it. Inode 0 is a negative
 /// entry: the kernel remembers the name does not exist for `ttl`.
@@ -43,7 +44,7 @@ impl StonFs {
         }
         let started = Instant::now();
         let path: Arc<str> = format!("{}/{}", parent_node.path, name).into();
-        match self.cache.media_name(site, &parent_node.path, name) {
+        match self.media.media_name(site, &parent_node.path, name) {
             NameKind::Plain => {}
             NameKind::Invalid(reason) => {
                 tracing::debug!(%path, "no such clip: {reason}");
@@ -283,7 +284,7 @@ impl StonFs {
         Answer::later(async move {
             for listed in fs.cache.listing(site, &node.path).await.iter() {
                 // Clips exist only by name: a listing never shows one.
-                if fs.cache.is_trim_name(&listed.name) {
+                if fs.media.is_trim_name(&listed.name) {
                     continue;
                 }
                 let kind = match listed.is_dir {

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use super::StonFs;
 use crate::base::{FsResult, SiteId};
-use crate::cache::{MediaRequest, MediaView, Object, Presentation};
+use crate::cache::Object;
 use crate::fuse::inodes::Node;
+use crate::media::{MediaRequest, MediaView, Presentation};
 
 impl StonFs {
     /// The node of a media name from memory alone: a fresh original whose presentation for
@@ -22,7 +23,7 @@ impl StonFs {
     ) -> Option<FsResult<Node>> {
         let found = match self.cache.lookup_fresh(site, path)? {
             Ok(object) => {
-                let presented = self.cache.presentation_now(&object, request)?;
+                let presented = self.media.presentation_now(&object, request)?;
                 presented.map(|p| (object, p))
             }
             Err(error) => Err(error),
@@ -40,7 +41,7 @@ impl StonFs {
         deadline: Instant,
     ) -> FsResult<Node> {
         let object = self.cache.resolve(site, path.clone(), deadline).await?;
-        let presented = self.cache.present(&object, request, deadline).await?;
+        let presented = self.media.present(&object, request, deadline).await?;
         Ok(media_node(site, path, request, (object, presented)))
     }
 
@@ -58,7 +59,7 @@ impl StonFs {
         if node.object.as_ref().is_some_and(|o| Arc::ptr_eq(o, object)) {
             return Ok(node.view.clone());
         }
-        let presented = self.cache.present(object, request, deadline).await?;
+        let presented = self.media.present(object, request, deadline).await?;
         Ok(presented.view().cloned())
     }
 }

@@ -33,6 +33,7 @@ use super::passthrough::{Backings, JournaledBackings};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult};
 use crate::cache::{Cache, Object};
+use crate::media::Media;
 
 pub use attr::{Attr, EntryKind};
 pub use lookup::Entry;
@@ -100,6 +101,8 @@ pub enum Xattr {
 /// are all cached or all passthrough.
 pub struct StonFs {
     cache: Arc<Cache>,
+    /// MP4 files presented through views, over `cache`.
+    media: Arc<Media>,
     inodes: InodeTable,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// With `zero_message_opens`: the kernel opens files without telling the daemon, so
@@ -125,6 +128,7 @@ impl StonFs {
     pub fn new(cache: Arc<Cache>, runtime: tokio::runtime::Handle) -> StonFs {
         let root_site = (!cache.config().origins.is_empty()).then_some(0);
         StonFs {
+            media: Arc::new(Media::new(cache.clone())),
             inodes: InodeTable::new(root_site),
             handles: Mutex::new(HashMap::new()),
             implicit: Mutex::new(HashMap::new()),

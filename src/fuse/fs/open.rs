@@ -12,9 +12,10 @@ use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult, ObjectKind};
-use crate::cache::{MediaView, Object, ReadAhead};
+use crate::cache::{Object, ReadAhead};
 use crate::fuse::inodes::OpenMode;
 use crate::fuse::passthrough::Backing;
+use crate::media::MediaView;
 
 /// Objects whose passthrough registration outlives their last close. Reopening one costs no
 /// cache-file open or registration (a third of a warm small-file open on a VM); each pins one

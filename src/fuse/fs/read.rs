@@ -13,8 +13,9 @@ use super::lookup::needs_origin;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::FsError;
-use crate::cache::{MediaView, Object, ReadAhead};
+use crate::cache::{Object, ReadAhead};
 use crate::fuse::inodes::Node;
+use crate::media::MediaView;
 
 /// How soon after a failed read the kernel's retry of it arrives, at most.
 const KERNEL_RETRY_WINDOW: Duration = Duration::from_secs(1);
@@ -132,7 +133,7 @@ impl StonFs {
             None => object
                 .read_cached(range.clone())
                 .map(|read| read.map(|(data, hit)| (Bytes::from(data), hit))),
-            Some(view) => self.cache.read_view_cached(&object, view, range.clone()),
+            Some(view) => self.media.read_view_cached(&object, view, range.clone()),
         };
         if let Some(Ok((data, hit))) = cached {
             self.record(Op::Read, object.path(), data.len() as u64, started, hit);
@@ -144,7 +145,7 @@ impl StonFs {
             let read = match &file.view {
                 None => fs.cache.read(&object, range.clone(), deadline).await,
                 Some(view) => {
-                    let read = fs.cache.read_view(&object, view, range.clone(), deadline);
+                    let read = fs.media.read_view(&object, view, range.clone(), deadline);
                     read.await
                 }
             };

@@ -19,10 +19,11 @@ use sha2::{Digest, Sha256};
 use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::{FsError, FsResult, ObjectKind, SiteId};
-use crate::cache::{MediaView, NameKind, Object, ReadAhead};
+use crate::cache::{Object, ReadAhead};
 use crate::fuse::inodes::{CarriedInode, Node, ROOT_INO};
 use crate::fuse::journal::{Carried, HandleState, Journal, NodeKind};
 use crate::fuse::passthrough::Backing;
+use crate::media::{MediaView, NameKind};
 
 /// A handle carried over a restart, until its first read proves its version.
 #[derive(Debug, Clone)]
@@ -129,7 +130,7 @@ impl StonFs {
         name: &str,
         kind: NodeKind,
     ) -> Option<Node> {
-        let (original, media) = match self.cache.media_name(site, parent_path, name) {
+        let (original, media) = match self.media.media_name(site, parent_path, name) {
             NameKind::Plain => (name.to_string(), None),
             NameKind::Media { name, request } => (name, Some(request)),
             NameKind::Invalid(_) => return None,
@@ -145,7 +146,7 @@ impl StonFs {
         };
         let presented = object
             .as_ref()
-            .and_then(|object| self.cache.presentation_now(object, &request));
+            .and_then(|object| self.media.presentation_now(object, &request));
         Some(match presented {
             Some(Ok(presentation)) => Node {
                 view: presentation.view().cloned(),
@@ -266,7 +267,7 @@ impl StonFs {
         let object = self.cache.cached_object(site, &node.path)?;
         let view = match &node.media {
             None => None,
-            Some(request) => match self.cache.presentation_now(&object, request)? {
+            Some(request) => match self.media.presentation_now(&object, request)? {
                 Ok(presentation) => presentation.view().cloned(),
                 Err(error) => return Some(Err(error)),
             },
@@ -294,7 +295,7 @@ impl StonFs {
         let view = match &node.media {
             None => None,
             Some(request) => {
-                let presentation = self.cache.present(&object, request, deadline).await?;
+                let presentation = self.media.present(&object, request, deadline).await?;
                 presentation.view().cloned()
             }
         };

@@ -1,7 +1,9 @@
 //! Scan and faststart on synthetic files: exact offset shifts, co64 promotion, 64-bit sizes, layout detection.
 
 use super::builder::*;
-use crate::media::{faststart, Layout, Limits, Mp4Error, ScanStep, Segment, TopBox, TopLevelScan};
+use crate::media::mp4::{
+    faststart, Layout, Limits, Mp4Error, ScanStep, Segment, TopBox, TopLevelScan,
+};
 
 fn faststart_file(file: &[u8]) -> Vec<u8> {
     let (boxes, moov, bytes) = moov_of(file);

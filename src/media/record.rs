@@ -1,8 +1,8 @@
 //! The on-disk record of how a whole media file is presented: unchanged, or a rewritten
 //! view. It names the version it was made for, and is read back as hostile input.
 
+use super::mp4::{Limits, Presented};
 use super::{MediaView, Presentation};
-use crate::media::{Limits, Presented};
 use crate::origin::Version;
 
 const MAGIC: &[u8] = b"STVR\x01";
@@ -70,7 +70,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::media::Segment;
+    use crate::media::mp4::Segment;
 
     fn version(size: u64, etag: &str) -> Version {
         Version {

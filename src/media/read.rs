@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::mp4::Piece;
+use super::Media;
 use super::MediaView;
 use crate::base::{FsError, FsResult};
-use crate::cache::{Cache, Object};
-use crate::media::Piece;
+use crate::cache::Object;
 
 /// Joins the pieces of one read; a single piece is passed on without a copy.
 fn join(mut parts: Vec<Bytes>) -> Bytes {
@@ -28,7 +29,7 @@ fn whole(data: Bytes, range: &Range<u64>) -> FsResult<Bytes> {
     }
 }
 
-impl Cache {
+impl Media {
     /// Serves a read of a presented file from memory and verified cached blocks alone, or
     /// says it cannot (`None`): the hit path, on the calling thread. Also says whether it
     /// was a cache hit.
@@ -72,7 +73,8 @@ impl Cache {
             match piece {
                 Piece::Synthetic(bytes) => parts.push(bytes),
                 Piece::Source(source) => {
-                    let (data, from_cache) = self.read(object, source.clone(), deadline).await?;
+                    let (data, from_cache) =
+                        self.cache.read(object, source.clone(), deadline).await?;
                     hit &= from_cache;
                     parts.push(whole(data, &source)?);
                 }

@@ -1,6 +1,6 @@
 //! Property tests: `Presented::map` against a naive expansion, and the codec against hostile bytes.
 
-use crate::media::{Limits, Piece, Presented, Segment};
+use crate::media::mp4::{Limits, Piece, Presented, Segment};
 use bytes::Bytes;
 use proptest::prelude::*;
 

@@ -2,7 +2,7 @@
 //! corrupted; every run must return Ok or Err (no panic), stay within the file, and keep memory bounded.
 
 use super::builder::*;
-use crate::media::{faststart, trim, Layout, Limits, Presented};
+use crate::media::mp4::{faststart, trim, Layout, Limits, Presented};
 
 /// xorshift64*: deterministic, so a failure reproduces from the seed and iteration number.
 struct Rng(u64);

@@ -116,8 +116,8 @@ mod tests {
 
     use super::*;
     use crate::base::ObjectKind;
-    use crate::cache::mp4::{MediaView, TrimSpan};
-    use crate::media::{Presented, Segment};
+    use crate::media::mp4::{Presented, Segment};
+    use crate::media::{MediaView, TrimSpan};
     use crate::store::{LoadedObject, MetaHeader, ObjectLocation};
 
     /// An object version of `path` (never touches its files).

@@ -1,7 +1,7 @@
 //! Trim on synthetic files, checked against a naive per-sample model of the selection rules.
 
 use super::builder::*;
-use crate::media::{trim, Limits, Mp4Error, Presented, Segment, TopBox, TrimError};
+use crate::media::mp4::{trim, Limits, Mp4Error, Presented, Segment, TopBox, TrimError};
 
 /// Per-sample model: (dts, pts, delta) of each sample.
 fn times(t: &TrackSpec) -> Vec<(i64, i64, i64)> {

@@ -1,7 +1,7 @@
 //! Test support: a tiny MP4 builder, a reference reader of sample tables, and helpers to run the views.
 #![allow(dead_code)]
 
-use crate::media::{Layout, Limits, Piece, Presented, ScanStep, TopBox, TopLevelScan};
+use crate::media::mp4::{Layout, Limits, Piece, Presented, ScanStep, TopBox, TopLevelScan};
 
 pub fn bx(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut v = ((payload.len() + 8) as u32).to_be_bytes().to_vec();

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::mp4::{self, Layout, Limits, ScanStep, TopLevelScan};
+use super::Media;
 use super::{record, MediaRequest, MediaView, Presentation, TrimSpan};
 use crate::base::{FsError, FsResult};
-use crate::cache::{Cache, Object};
-use crate::media::{self, Layout, Limits, ScanStep, TopLevelScan};
+use crate::cache::Object;
 
 /// The top-level layout of a file, and the last bytes read to find it (often the moov).
 struct Scanned {
@@ -19,11 +20,11 @@ struct Scanned {
     last: (u64, Bytes),
 }
 
-impl Cache {
+impl Media {
     /// The limits every file is held to, from `mp4_max_moov`.
     pub(super) fn media_limits(&self) -> Limits {
         Limits {
-            max_moov_size: self.config().media.max_moov,
+            max_moov_size: self.cache.config().media.max_moov,
             ..Limits::default()
         }
     }
@@ -37,7 +38,7 @@ impl Cache {
         deadline: Instant,
     ) -> FsResult<Presentation> {
         // Each build holds a whole moov and its rewrite in memory: only a few at once.
-        let permit = self.media.builds.acquire();
+        let permit = self.builds.acquire();
         let _permit = match tokio::time::timeout_at(deadline.into(), permit).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(FsError::Io("media builds stopped".into())),
@@ -65,7 +66,7 @@ impl Cache {
                 let moov_bytes = self.moov_bytes(object, &scanned, moov, deadline).await?;
                 let (boxes, moov, size) = (boxes.clone(), moov.clone(), object.size());
                 let built =
-                    off_thread(move || media::faststart(&boxes, moov, &moov_bytes, size, &limits))
+                    off_thread(move || mp4::faststart(&boxes, moov, &moov_bytes, size, &limits))
                         .await?;
                 match built {
                     Ok(presented) => Presentation::View(MediaView::new(presented)),
@@ -139,7 +140,7 @@ impl Cache {
         let moov_bytes = self.moov_bytes(object, &scanned, &moov, deadline).await?;
         let size = object.size();
         let built = off_thread(move || {
-            media::trim(
+            mp4::trim(
                 &boxes,
                 moov,
                 &moov_bytes,
@@ -210,7 +211,7 @@ impl Cache {
         range: Range<u64>,
         deadline: Instant,
     ) -> FsResult<Bytes> {
-        let (bytes, _) = self.read(object, range.clone(), deadline).await?;
+        let (bytes, _) = self.cache.read(object, range.clone(), deadline).await?;
         if bytes.len() as u64 != range.end - range.start {
             return Err(FsError::BadAnswer("short read of a media file".into()));
         }
