@@ -568,6 +568,97 @@ fn an_old_descriptor_never_reads_pages_of_the_new_version() {
     mount.unmount();
 }
 
+/// A `stat` of an open file after the TTL must not move its inode to the new version: the
+/// open file keeps its version, size included, and a new open gets the new version on an
+/// inode of its own, so the two never share a page cache or a passthrough registration.
+#[test]
+fn a_stat_of_an_open_file_keeps_its_version_and_new_opens_get_their_own_inode() {
+    use std::os::unix::fs::MetadataExt;
+    for opts in ["passthrough=false", "passthrough=true"] {
+        let origin = Origin::start();
+        let old = pattern(161, 4 * BLOCK);
+        let new = pattern(162, 3 * BLOCK);
+        origin.put("/clip.bin", old.clone());
+        let mount = Mount::builder(origin.url())
+            .opt(format!("ttl=1,block_size=256K,readahead_max=0,{opts}"))
+            .mount();
+        let path = mount.path("clip.bin");
+        // Wholly cached first, so that the open below may be a passthrough one.
+        assert_file_matches(&path, &old, 64 * KIB);
+        origin.settle();
+        let old_fd = File::open(&path).unwrap();
+        let got = pread_full(&old_fd, 0, BLOCK).unwrap();
+        assert_bytes_eq(&got, &old[..BLOCK], &format!("{opts}: before the change"));
+
+        origin.replace("/clip.bin", new.clone());
+        let_ttl_pass(2.2);
+        let seen = old_fd.metadata().unwrap();
+        assert_eq!(
+            seen.len(),
+            old.len() as u64,
+            "{opts}: fstat of the open file after the change"
+        );
+        let new_fd = File::open(&path).unwrap();
+        assert_ne!(
+            new_fd.metadata().unwrap().ino(),
+            seen.ino(),
+            "{opts}: the new version shares the open file's inode"
+        );
+        let got = pread_full(&new_fd, 0, new.len()).unwrap();
+        assert_bytes_eq(&got, &new, &format!("{opts}: a new open after the change"));
+        drop_pages_of(&old_fd);
+        let got = pread_full(&old_fd, 0, BLOCK).unwrap();
+        assert_bytes_eq(&got, &old[..BLOCK], &format!("{opts}: the open file again"));
+        drop((old_fd, new_fd));
+        mount.unmount();
+    }
+}
+
+/// With `zero_message_opens` the daemon never hears of opens, and reads come per inode. A
+/// file being read keeps its version after the TTL: later reads never switch to the new one
+/// part way through the file (they read the old bytes, or EIO).
+#[test]
+fn zero_message_reads_never_switch_version_part_way_through_a_file() {
+    let origin = Origin::start();
+    let blocks = 8;
+    let old = pattern(171, blocks * BLOCK);
+    let new = pattern(172, blocks * BLOCK);
+    origin.put("/song.bin", old.clone());
+    let mount = Mount::builder(origin.url())
+        .opt("ttl=1,block_size=256K,readahead_max=0,zero_message_opens=true")
+        .mount();
+    let path = mount.path("song.bin");
+    assert_file_matches(&path, &old, 64 * KIB);
+    origin.settle();
+    let file = File::open(&path).unwrap();
+    no_kernel_readahead(&file);
+    drop_pages_of(&file);
+    let got = pread_full(&file, 0, BLOCK).unwrap();
+    assert_bytes_eq(&got, &old[..BLOCK], "block 0 before the change");
+
+    origin.replace("/song.bin", new.clone());
+    let_ttl_pass(2.2);
+    for b in 1..blocks {
+        let want_old = &old[b * BLOCK..(b + 1) * BLOCK];
+        match pread_full(&file, (b * BLOCK) as u64, BLOCK) {
+            Ok(bytes) => assert_bytes_eq(
+                &bytes,
+                want_old,
+                &format!(
+                    "block {b} after the change (got bytes of {})",
+                    which_version(&bytes, want_old, &new[b * BLOCK..(b + 1) * BLOCK])
+                ),
+            ),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "block {b}: {e}"),
+        }
+    }
+    // The name itself now leads to the new version.
+    let fresh = fs::read(&path).unwrap();
+    assert_bytes_eq(&fresh, &new, "a new open after the change");
+    drop(file);
+    mount.unmount();
+}
+
 fn which_version(got: &[u8], old: &[u8], new: &[u8]) -> &'static str {
     if got == old {
         "the old version"

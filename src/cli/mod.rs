@@ -153,10 +153,7 @@ fn run_mount(cli: &Cli) -> ExitCode {
     let inherited = Inherited::take();
     let supervisor_pipe = Readiness::from_supervisor();
     if cli.positional.is_empty() {
-        // A bare `ston-fs`: show a newcomer how it is used rather than one terse error.
-        let usage = <Cli as clap::CommandFactory>::command().render_usage();
-        eprintln!("ston-fs mounts an HTTP(S) origin as a read-only, locally cached disk.\n\n{usage}\n\n{EXAMPLES}");
-        return ExitCode::from(2);
+        return show_usage();
     }
     let (config, mountpoint) = match build_config(cli) {
         Ok(built) => built,
@@ -197,14 +194,30 @@ fn run_mount(cli: &Cli) -> ExitCode {
             lifetime,
         ));
     }
-    let readiness = match daemon::daemonize(config.log_file.as_deref()) {
+    supervise_in_background(config.log_file.as_deref(), launch_dir, mountpoint)
+}
+
+/// A bare `ston-fs`: shows a newcomer how it is used rather than one terse error.
+fn show_usage() -> ExitCode {
+    let usage = <Cli as clap::CommandFactory>::command().render_usage();
+    eprintln!("ston-fs mounts an HTTP(S) origin as a read-only, locally cached disk.\n\n{usage}\n\n{EXAMPLES}");
+    ExitCode::from(2)
+}
+
+/// Becomes a daemon that supervises: it keeps the mount's descriptors while workers (this
+/// binary with `--worker`) come and go.
+fn supervise_in_background(
+    log_file: Option<&std::path::Path>,
+    launch_dir: PathBuf,
+    mountpoint: PathBuf,
+) -> ExitCode {
+    let readiness = match daemon::daemonize(log_file) {
         Ok(pipe) => pipe,
         Err(e) => {
             eprintln!("ston-fs: {e}");
             return ExitCode::from(1);
         }
     };
-    // The daemon supervises: it keeps the mount's descriptors while workers come and go.
     let mut args: Vec<std::ffi::OsString> = vec!["--worker".into()];
     args.extend(std::env::args_os().skip(1));
     let plan = supervise::Plan {

@@ -149,6 +149,15 @@ impl KernelCache for SessionCache {
             tracing::debug!(ino, "page cache invalidation: {e}");
         }
     }
+
+    fn invalidate_entry(&self, parent: u64, name: &str) {
+        if let Err(e) = self
+            .0
+            .inval_entry(INodeNo(parent), std::ffi::OsStr::new(name))
+        {
+            tracing::debug!(parent, name, "entry invalidation: {e}");
+        }
+    }
 }
 
 /// Asks the kernel for what the logic can use; returns what it granted.

@@ -109,9 +109,9 @@ struct Entry {
 }
 
 impl Entry {
-    /// Whether `next` describes another version of this entry's file.
-    fn is_replaced_by(&self, next: &Node) -> bool {
-        match (&self.node.object, &next.object) {
+    /// Whether `next` is another version of this entry's file.
+    fn is_replaced_by(&self, next: Option<&Arc<Object>>) -> bool {
+        match (&self.node.object, next) {
             (Some(old), Some(new)) => {
                 old.kind() == ObjectKind::File
                     && new.kind() == ObjectKind::File
@@ -133,6 +133,16 @@ impl Entry {
         self.page_cache_version = Weak::new();
         true
     }
+}
+
+/// What a revalidation did to an inode.
+#[derive(Debug, PartialEq)]
+pub enum Revalidated {
+    /// The inode shows the new object; the kernel may hold pages of an older version.
+    Updated { stale_pages: bool },
+    /// Files are reading the inode's version, which it keeps; the name `name` under `parent`
+    /// is looked up afresh next time, into a new inode.
+    Kept { parent: u64, name: Arc<str> },
 }
 
 /// Open handles of one inode. The kernel refuses cached and passthrough opens of one inode
@@ -266,7 +276,7 @@ impl InodeTable {
         let key = (parent, Arc::<str>::from(name));
         if let Some(&ino) = table.children.get(&key) {
             if let Some(entry) = table.entries.get_mut(&ino) {
-                if !entry.is_replaced_by(&node) {
+                if !entry.is_replaced_by(node.object.as_ref()) {
                     entry.lookups += 1;
                     if let Some(journal) = self.journal.get() {
                         journal.set_lookups(ino, entry.lookups);
@@ -301,17 +311,36 @@ impl InodeTable {
         (ino, false)
     }
 
-    /// Replaces the object seen at an inode (after a revalidation), and how it is presented.
-    /// Returns whether the kernel may hold pages of an older version (to invalidate).
-    pub fn update_object(&self, ino: u64, object: &Arc<Object>, view: Option<MediaView>) -> bool {
+    /// Puts the object found by a revalidation, and how it is presented, at an inode. An
+    /// inode whose file is being read (open handles, or `in_use` by the caller's reckoning)
+    /// keeps its version instead, so no reader ever mixes two versions in one file or one
+    /// page cache: its name goes to a new inode at the next lookup.
+    pub fn update_object(
+        &self,
+        ino: u64,
+        object: &Arc<Object>,
+        view: Option<MediaView>,
+        in_use: bool,
+    ) -> Revalidated {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
-            return false;
+            return Revalidated::Updated { stale_pages: false };
         };
-        let stale = entry.take_stale_pages(Some(object));
+        let read = in_use || entry.opens.cached > 0 || entry.opens.passthrough > 0;
+        if read && entry.is_replaced_by(Some(object)) {
+            let key = (entry.parent, entry.name.clone());
+            if table.children.get(&key) == Some(&ino) {
+                table.children.remove(&key);
+            }
+            return Revalidated::Kept {
+                parent: key.0,
+                name: key.1,
+            };
+        }
+        let stale_pages = entry.take_stale_pages(Some(object));
         entry.node.object = Some(object.clone());
         entry.node.view = view;
-        stale
+        Revalidated::Updated { stale_pages }
     }
 
     /// Whether the kernel's cached pages for `ino` belong to `object`; records that they will.
@@ -549,17 +578,43 @@ mod tests {
         assert_eq!((same, stale), (ino, true));
         assert!(!table.attach(ROOT_INO, "f", node(Some(reloaded.clone()))).1);
         assert!(!table.keep_page_cache(ino, &reloaded));
-        assert!(
-            !table.update_object(ino, &reloaded, None),
-            "the pages belong to it"
-        );
-        assert!(table.update_object(ino, &first, None));
-        assert!(!table.update_object(ino, &first, None));
-        assert!(
-            !table.update_object(9_999, &first, None),
-            "unknown inodes have no pages"
-        );
+        let stale =
+            |ino: u64, object: &Arc<Object>| match table.update_object(ino, object, None, false) {
+                Revalidated::Updated { stale_pages } => stale_pages,
+                kept => panic!("nothing reads inode {ino}, yet {kept:?}"),
+            };
+        assert!(!stale(ino, &reloaded), "the pages belong to it");
+        assert!(stale(ino, &first));
+        assert!(!stale(ino, &first));
+        assert!(!stale(9_999, &first), "unknown inodes have no pages");
         assert!(!table.keep_page_cache(9_999, &first));
+    }
+
+    #[test]
+    fn an_inode_being_read_keeps_its_version_and_its_name_moves_on() {
+        let kernel = Kernel::new();
+        let table = InodeTable::new(Some(0));
+        let (v1, v2) = (version("\"1\""), version("\"2\""));
+        for (opened, in_use) in [(true, false), (false, true)] {
+            let name = format!("f{opened}");
+            let (ino, _) = table.attach(ROOT_INO, &name, node(Some(v1.clone())));
+            if opened {
+                let _ = table.begin_open(ino, false, || kernel.register());
+            }
+            assert_eq!(
+                table.update_object(ino, &v2, None, in_use),
+                Revalidated::Kept {
+                    parent: ROOT_INO,
+                    name: Arc::from(name.as_str()),
+                }
+            );
+            let kept = table.get(ino).and_then(|n| n.object).expect("still there");
+            assert!(Arc::ptr_eq(&kept, &v1), "the inode keeps the version read");
+            let (next, _) = table.attach(ROOT_INO, &name, node(Some(v2.clone())));
+            assert_ne!(next, ino, "the new version gets an inode of its own");
+            let same_version = table.update_object(ino, &v1, None, in_use);
+            assert_eq!(same_version, Revalidated::Updated { stale_pages: false });
+        }
     }
 
     #[test]

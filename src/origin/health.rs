@@ -245,12 +245,15 @@ impl Pool {
                 order.sort_by_cached_key(|m| (m.group(), std::cmp::Reverse(m.score(key))))
             }
             Balance::RoundRobin => {
-                order.sort_by_key(|m| m.group());
+                // Each member's group read once: health may change while this sorts.
+                let mut grouped: Vec<_> = order.into_iter().map(|m| (m.group(), m)).collect();
+                grouped.sort_by_key(|(group, _)| *group);
                 let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                for group in order.chunk_by_mut(|a, b| a.group() == b.group()) {
-                    let len = group.len();
-                    group.rotate_left(turn % len);
+                for run in grouped.chunk_by_mut(|a, b| a.0 == b.0) {
+                    let len = run.len();
+                    run.rotate_left(turn % len);
                 }
+                order = grouped.into_iter().map(|(_, m)| m).collect();
             }
         }
         order

@@ -8,7 +8,7 @@ use super::{Answer, Attr, DirEntry, EntryKind, StonFs};
 use crate::base::stats::Op;
 use crate::base::{now_secs, FsError, FsResult, ObjectKind, SiteId};
 use crate::cache::{ListedEntry, Object};
-use crate::fuse::inodes::{Node, ROOT_INO};
+use crate::fuse::inodes::{Node, Revalidated, ROOT_INO};
 use crate::media::{MediaRequest, NameKind};
 
 /// A lookup's answer: an inode and how long the kernel may keep it. Inode 0 is a negative
@@ -247,8 +247,21 @@ impl StonFs {
         let listed_differs = node.listed.as_ref().is_some_and(|e| {
             e.size != Some(object.size()) || e.is_dir != (object.kind() == ObjectKind::Directory)
         });
-        if self.inodes.update_object(ino, &object, view.clone()) || listed_differs {
-            self.invalidate_pages(ino);
+        let in_use = self.implicit.lock().contains_key(&ino);
+        match self
+            .inodes
+            .update_object(ino, &object, view.clone(), in_use)
+        {
+            Revalidated::Kept { parent, name } => {
+                // Readers keep this inode's version; new path walks must find the new one.
+                self.invalidate_entry(parent, &name);
+                return Ok(node.clone());
+            }
+            Revalidated::Updated { stale_pages } => {
+                if stale_pages || listed_differs {
+                    self.invalidate_pages(ino);
+                }
+            }
         }
         Ok(Node {
             object: Some(object),

@@ -61,6 +61,8 @@ impl<T> Answer<T> {
 /// Drops what the kernel cached of an inode; implemented by the adapter over its session.
 pub trait KernelCache: Send + Sync {
     fn invalidate_inode(&self, ino: u64);
+    /// Drops the kernel's entry for `name` under `parent`, so the next path walk looks it up.
+    fn invalidate_entry(&self, parent: u64, name: &str);
 }
 
 /// What the kernel granted at INIT, which decides how files are opened.
@@ -110,6 +112,8 @@ pub struct StonFs {
     implicit: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Handles carried over a restart that have not read yet (see `restore`).
     adopted: Mutex<HashMap<u64, AdoptedHandle>>,
+    /// This process took a live mount over: the kernel may hold pages it did not serve.
+    taken_over: AtomicBool,
     next_handle: AtomicU64,
     runtime: tokio::runtime::Handle,
     mounted_at: SystemTime,
@@ -133,6 +137,7 @@ impl StonFs {
             handles: Mutex::new(HashMap::new()),
             implicit: Mutex::new(HashMap::new()),
             adopted: Mutex::new(HashMap::new()),
+            taken_over: AtomicBool::new(false),
             next_handle: AtomicU64::new(1),
             runtime,
             mounted_at: SystemTime::now(),
@@ -186,6 +191,8 @@ impl StonFs {
             if let Some(file) = self.implicit.lock().remove(&ino) {
                 file.object.close_handle();
             }
+            // A handle journaled just before a crash, whose open never reached the kernel.
+            self.adopted.lock().retain(|_, handle| handle.ino() != ino);
         }
     }
 
@@ -243,6 +250,17 @@ impl StonFs {
         };
         self.runtime
             .spawn_blocking(move || kernel.invalidate_inode(ino));
+    }
+
+    /// Off the FUSE thread: the kernel takes the directory's lock for this, which a lookup
+    /// waiting on this very thread may hold.
+    fn invalidate_entry(&self, parent: u64, name: &str) {
+        let Some(kernel) = self.kernel.get().cloned() else {
+            return;
+        };
+        let name = name.to_string();
+        self.runtime
+            .spawn_blocking(move || kernel.invalidate_entry(parent, &name));
     }
 
     fn record(&self, op: Op, path: &str, bytes: u64, started: Instant, hit: bool) {

@@ -92,44 +92,9 @@ impl StonFs {
         }
         // Opening counts as use: it keeps the object at the recent end of the LRU.
         self.cache.touch(&object);
-        // A view's bytes are not the cache file's: the kernel must never read that instead.
-        let wanted = view.is_none() && self.passthrough_wanted(&object);
-        if wanted && self.journal.get().is_some() {
-            // A process that takes the mount over frees the blocks it finds unrecorded when
-            // it loads the cache: the kernel, reading this file directly, would read holes.
-            object.record_now();
-        }
-        let mode = self
-            .inodes
-            .begin_open(ino, wanted, || self.register(&object));
-        if view.is_some() && matches!(mode, OpenMode::Passthrough(_)) {
-            // Another version of this name is open in passthrough, presented unchanged.
-            self.inodes.end_open(ino, true);
-            return Err(FsError::VersionChanged);
-        }
+        let mode = self.begin_open(ino, &object, view.is_some())?;
         object.open_handle();
-        let mut from_cache = true;
-        let io = match &mode {
-            // The kernel refuses FOPEN_KEEP_CACHE with passthrough: its page cache is unused.
-            OpenMode::Passthrough(backing) => {
-                from_cache = !object.take_fresh(0..object.block_count());
-                OpenIo::Passthrough {
-                    backing_id: backing.id(),
-                }
-            }
-            OpenMode::Cached => OpenIo::Cached {
-                keep_cache: self.inodes.keep_page_cache(ino, &object),
-                direct_io: self.direct_io_wanted(&object),
-            },
-        };
-        let path = object.path();
-        match io {
-            OpenIo::Passthrough { .. } => tracing::debug!(ino, %path, "open: passthrough"),
-            OpenIo::Cached {
-                direct_io: true, ..
-            } => tracing::debug!(ino, %path, "open: direct I/O"),
-            OpenIo::Cached { .. } => tracing::debug!(ino, %path, "open: page cache"),
-        }
+        let (io, from_cache) = self.open_io(ino, &object, &mode);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let backing_id = match io {
             OpenIo::Passthrough { backing_id } => backing_id,
@@ -148,6 +113,55 @@ impl StonFs {
         Ok((Opened { fh, io }, from_cache))
     }
 
+    /// Counts the open on its inode, in passthrough when that is wanted and possible.
+    fn begin_open(&self, ino: u64, object: &Arc<Object>, has_view: bool) -> FsResult<OpenMode> {
+        // A view's bytes are not the cache file's: the kernel must never read that instead.
+        let wanted = !has_view && self.passthrough_wanted(object);
+        if wanted && self.journal.get().is_some() {
+            // A process that takes the mount over frees the blocks it finds unrecorded when
+            // it loads the cache: the kernel, reading this file directly, would read holes.
+            object.record_now();
+        }
+        let mode = self
+            .inodes
+            .begin_open(ino, wanted, || self.register(object));
+        if has_view && matches!(mode, OpenMode::Passthrough(_)) {
+            // Another version of this name is open in passthrough, presented unchanged.
+            self.inodes.end_open(ino, true);
+            return Err(FsError::VersionChanged);
+        }
+        Ok(mode)
+    }
+
+    /// How the kernel reads an open in `mode`, and whether the open was served by the cache
+    /// alone.
+    fn open_io(&self, ino: u64, object: &Arc<Object>, mode: &OpenMode) -> (OpenIo, bool) {
+        let path = object.path();
+        match mode {
+            // The kernel refuses FOPEN_KEEP_CACHE with passthrough: its page cache is unused.
+            OpenMode::Passthrough(backing) => {
+                tracing::debug!(ino, %path, "open: passthrough");
+                let from_cache = !object.take_fresh(0..object.block_count());
+                let io = OpenIo::Passthrough {
+                    backing_id: backing.id(),
+                };
+                (io, from_cache)
+            }
+            OpenMode::Cached => {
+                let direct_io = self.direct_io_wanted(object);
+                match direct_io {
+                    true => tracing::debug!(ino, %path, "open: direct I/O"),
+                    false => tracing::debug!(ino, %path, "open: page cache"),
+                }
+                let io = OpenIo::Cached {
+                    keep_cache: self.inodes.keep_page_cache(ino, object),
+                    direct_io,
+                };
+                (io, true)
+            }
+        }
+    }
+
     /// The object's passthrough registration: kept with the object between opens (at most
     /// `KEPT_BACKINGS` objects keep one), made now if it has none.
     fn register(&self, object: &Arc<Object>) -> std::io::Result<Arc<Backing>> {
@@ -157,12 +171,16 @@ impl StonFs {
             .ok_or_else(|| std::io::Error::other("no passthrough on this connection"))?;
         let (backing, new) = object.keep_with(|file| Backing::register(backings, file))?;
         if new {
-            let mut kept = self.kept.lock();
-            kept.push_back(Arc::downgrade(object));
-            while kept.len() > KEPT_BACKINGS {
-                if let Some(oldest) = kept.pop_front().and_then(|o| o.upgrade()) {
-                    oldest.drop_kept();
-                }
+            let evicted: Vec<Arc<Object>> = {
+                let mut kept = self.kept.lock();
+                kept.push_back(Arc::downgrade(object));
+                let excess = kept.len().saturating_sub(KEPT_BACKINGS);
+                kept.drain(..excess).filter_map(|o| o.upgrade()).collect()
+            };
+            // After `kept` is released (a leaf lock): this takes each object's lock, and
+            // closing a registration is a call into the kernel.
+            for oldest in evicted {
+                oldest.drop_kept();
             }
         }
         Ok(backing)

@@ -3,6 +3,7 @@
 //! (a rewritten header, a clip) is read through it.
 
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +71,7 @@ impl StonFs {
     /// inode's current version, resolved first if the inode has none yet.
     fn read_inode(self: &Arc<Self>, ino: u64, offset: u64, size: u32) -> Answer<Bytes> {
         let Some(node) = self.inodes.get(ino) else {
-            return Answer::Now(Err(FsError::NotFound));
+            return Answer::Now(Err(FsError::Stale));
         };
         if let Some(file) = self
             .implicit_handle(ino, &node)
@@ -90,8 +91,9 @@ impl StonFs {
         })
     }
 
-    /// The per-inode handle of `zero_message_opens`, following the inode's current version
-    /// (and its view); `None` while the inode has no resolved object.
+    /// The per-inode handle of `zero_message_opens`, for the inode's version (and its view),
+    /// which it keeps while this handle reads it (see `InodeTable::update_object`); `None`
+    /// while the inode has no resolved object.
     fn implicit_handle(&self, ino: u64, node: &Node) -> Option<Arc<OpenFile>> {
         let object = node.object.clone()?;
         let mut implicit = self.implicit.lock();
@@ -110,8 +112,19 @@ impl StonFs {
             readahead: Mutex::new(ReadAhead::default()),
             failed_read: Mutex::new(None),
         });
-        if let Some(old) = implicit.insert(ino, file.clone()) {
+        let replaced = implicit.insert(ino, file.clone());
+        drop(implicit);
+        // The kernel keeps a file's pages across opens it is not told of: pages of another
+        // version (before a takeover, the pages were made by another process) must go.
+        let other_pages = match &replaced {
+            Some(old) => old.object.version() != file.object.version(),
+            None => self.taken_over.load(Ordering::Relaxed),
+        };
+        if let Some(old) = replaced {
             old.object.close_handle();
+        }
+        if other_pages {
+            self.invalidate_pages(ino);
         }
         Some(file)
     }

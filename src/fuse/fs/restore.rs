@@ -36,6 +36,12 @@ pub(super) struct AdoptedHandle {
     gone: bool,
 }
 
+impl AdoptedHandle {
+    pub(super) fn ino(&self) -> u64 {
+        self.ino
+    }
+}
+
 /// What a takeover carried over, for the log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TakeoverReport {
@@ -59,6 +65,8 @@ impl StonFs {
     /// [`StonFs::set_journal`] and [`StonFs::set_backings`], before serving.
     pub fn take_over(&self, carried: Carried) -> TakeoverReport {
         let mut report = TakeoverReport::default();
+        self.taken_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let placed = self.place_inodes(&carried, &mut report);
         self.inodes.restore(placed, carried.next_ino);
         self.restore_handles(&carried.handles, &mut report);
