@@ -28,7 +28,7 @@ use common::origin::{
     RequestRecord, Stall,
 };
 use common::{assert_bytes_eq, assert_file_matches, assert_random_preads, errno, pread_full};
-use common::{drop_pages_of, no_kernel_readahead, KIB, MIB};
+use common::{bounded, drop_pages_of, no_kernel_readahead, KIB, MIB};
 
 const BLOCK: usize = 256 * KIB;
 /// Longest any single file-system call may take here before the test calls it a hang.
@@ -37,27 +37,6 @@ const CALL_BOUND: Duration = Duration::from_secs(20);
 const READ_BOUND: Duration = Duration::from_secs(90);
 /// Options every fault test uses: short timeouts so failures end quickly.
 const TIMEOUTS: &str = "connect_timeout=1,receive_timeout=2";
-
-/// Runs `f` on a helper thread; fails the test if it has not returned within `bound`.
-#[track_caller]
-fn bounded<T: Send + 'static>(
-    what: &str,
-    bound: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(bound) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {bound:?} (hung)"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => panic!("{what}: worker ended without an answer"),
-        },
-    }
-}
 
 /// `assert_file_matches` under `READ_BOUND`.
 #[track_caller]

@@ -23,7 +23,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,7 +34,7 @@ use common::mount::{
 use common::nginx::{which, Autoindex, Nginx};
 use common::origin::{parse_range, pattern, Fault, FaultAction, Gate, Origin, RangeSpec, Stall};
 use common::{assert_bytes_eq, assert_file_matches, drop_page_cache, errno, no_kernel_readahead};
-use common::{pread_full, KIB, MIB};
+use common::{bounded, pread_full, KIB, MIB};
 
 /// Longest any single file-system call may take before the test calls it a hang.
 const CALL_BOUND: Duration = Duration::from_secs(30);
@@ -47,27 +47,6 @@ const EIO: i32 = libc::EIO;
 // ---------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------
-
-/// Runs `f` on a helper thread; fails the test if it has not returned within `bound`.
-#[track_caller]
-fn bounded<T: Send + 'static>(
-    what: &str,
-    bound: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(bound) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {bound:?} (hung)"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => panic!("{what}: worker ended without an answer"),
-        },
-    }
-}
 
 /// Like `bounded`, and also returns how long `f` took.
 #[track_caller]

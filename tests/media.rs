@@ -15,13 +15,14 @@ mod support;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::mount::{run_cli, Mount};
 use common::nginx::{Autoindex, Nginx};
 use common::origin::Origin;
-use common::{assert_bytes_eq, assert_file_matches, errno, no_kernel_readahead, pread_full, Rng};
+use common::{
+    assert_bytes_eq, assert_file_matches, bounded, errno, no_kernel_readahead, pread_full, Rng,
+};
 use media_support::{
     assert_moov_first, decodes_from, duration, expected_clip, expected_whole, ffprobe_complaints,
     framemd5, key_frame_at_or_before, start_time, top_level_boxes, video_frames, Sample,
@@ -48,18 +49,6 @@ fn header_len(presented: &[u8]) -> usize {
         at += size;
     }
     panic!("no mdat in the presented file");
-}
-
-/// Runs `work` on a thread of its own and fails the test if it takes longer than
-/// `CALL_BOUND`: a hung daemon must fail the test, not hang it.
-fn bounded<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, result) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(work());
-    });
-    result
-        .recv_timeout(CALL_BOUND)
-        .unwrap_or_else(|_| panic!("{what} took longer than {CALL_BOUND:?}: the daemon hangs"))
 }
 
 /// A scratch dir other users may traverse (Apache's www-data, nginx's workers).
@@ -535,7 +524,9 @@ fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
         let (want, is_view) = expected_whole(m);
         views += usize::from(is_view);
         let path = mount.path(&format!("fuzz/{i}.mp4"));
-        let got = bounded(&format!("reading mutant {i}"), move || fs::read(path));
+        let got = bounded(&format!("reading mutant {i}"), CALL_BOUND, move || {
+            fs::read(path)
+        });
         match got {
             Ok(bytes) => assert_bytes_eq(&bytes, &want, &format!("mutant {i}")),
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "mutant {i}: {e}"),
@@ -543,9 +534,11 @@ fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
         let clip = mount.path(&format!("fuzz/{i}.mp4?start=0.5&end=1.5"));
         let want = expected_clip(m, Some(0.5), Some(1.5)).map(|(bytes, _)| bytes);
         clips += usize::from(want.is_some());
-        let got = bounded(&format!("reading a clip of mutant {i}"), move || {
-            fs::read(clip)
-        });
+        let got = bounded(
+            &format!("reading a clip of mutant {i}"),
+            CALL_BOUND,
+            move || fs::read(clip),
+        );
         match (got, want) {
             (Ok(bytes), Some(want)) => assert_bytes_eq(&bytes, &want, &format!("clip {i}")),
             (Err(e), None) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "clip {i}"),

@@ -17,6 +17,8 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
 
 pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
@@ -192,4 +194,25 @@ pub fn no_kernel_readahead(file: &File) {
     // SAFETY: as above.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
     assert_eq!(rc, 0, "posix_fadvise(RANDOM)");
+}
+
+/// Runs `f` on a helper thread; fails the test if it has not returned within `bound`.
+#[track_caller]
+pub fn bounded<T: Send + 'static>(
+    what: &str,
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {bound:?} (hung)"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("{what}: worker ended without an answer"),
+        },
+    }
 }
