@@ -13,6 +13,7 @@
 //!   and they come back once it restarts and is readmitted.
 //! - A standby takes the reads only while every parent is down.
 //! - Conditional probes, If-Range and the Via header pass through the tier.
+//! - In virtual-host mode each host balances over its own parents with its own `balance`.
 //! - A parent that answers 5xx, or slower than `receive_timeout`, is excluded; only its keys
 //!   move, and the per-origin counters of `ston-fs stats` and Prometheus show it.
 //!
@@ -416,6 +417,62 @@ fn hashing_keeps_the_origin_at_one_fetch_per_slice_as_edges_grow() {
         "data set: {} objects, {} bytes",
         set.len(),
         total_bytes(&set)
+    );
+}
+
+/// In virtual-host mode each `[[vhost]]` table balances over its own origin list: a host
+/// with `balance = "hash"` sends every block of an object to one parent, from every edge,
+/// while another host of the same mounts, on the global round robin, spreads its objects.
+#[test]
+fn each_virtual_host_balances_over_its_own_parents() {
+    let origin = Origin::start();
+    let set = Arc::new(data_set("vhost", 4 * MIB, 2, 53));
+    put_all(&[&origin], &set);
+    let parents = start_parents(3, origin.addr());
+    let list = parents
+        .iter()
+        .map(|p| format!("\"{}\"", p.url()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let edges: Vec<Mount> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let config = dir.path().join("edge.toml");
+            let text = format!(
+                "cache_dir = \"{cache}\"\nbalance = \"round_robin\"\n\n\
+                 [[vhost]]\nname = \"hashed.example\"\norigins = [{list}]\nbalance = \"hash\"\n\n\
+                 [[vhost]]\nname = \"spread.example\"\norigins = [{list}]\n",
+                cache = dir.path().join("cache").display(),
+            );
+            std::fs::write(&config, text).unwrap();
+            Mount::with_config(&config)
+                .opt(EDGE_OPTS)
+                .opt(format!("via=edge-{i}"))
+                .mount()
+        })
+        .collect();
+    let under =
+        |host: &str| -> Vec<PathBuf> { edges.iter().map(|e| e.mountpoint().join(host)).collect() };
+
+    let marks: Vec<usize> = parents.iter().map(Parent::logged_now).collect();
+    read_everywhere(&under("hashed.example"), &set, 1);
+    let hashed = since(&parent_logs(&parents), &marks);
+    assert_block_aligned(&hashed, &set);
+    owners(&hashed, &set);
+
+    let marks: Vec<usize> = parents.iter().map(Parent::logged_now).collect();
+    read_everywhere(&under("spread.example"), &set, 2);
+    let spread = since(&parent_logs(&parents), &marks);
+    let by_uri = parents_by_uri(&spread);
+    let shared = set
+        .iter()
+        .filter(|o| by_uri.get(&o.path).is_some_and(|p| p.len() > 1))
+        .count();
+    assert!(
+        shared > 0 && spread.iter().all(|log| !log.is_empty()),
+        "round robin must spread the other host's objects over every parent: {by_uri:?}"
     );
 }
 
