@@ -15,6 +15,13 @@ pub enum FsError {
     IsDirectory,
     #[error("the file system is read-only")]
     ReadOnly,
+    /// A purge through `unlink` by a user other than root and the one who mounted.
+    #[error("only root and the mounting user may purge")]
+    NotPermitted,
+    /// An ioctl this file system does not know (`isatty` asks for one): the errno every
+    /// plain file gives, and nothing worth a log line.
+    #[error("no such ioctl")]
+    NoIoctl,
     /// The kernel named an inode or open file this process does not know: one from before a
     /// restart that could not be carried over. ESTALE makes the kernel look a path up again.
     #[error("stale inode or file handle (from before a restart)")]
@@ -57,6 +64,8 @@ impl FsError {
             FsError::NotDirectory => libc::ENOTDIR,
             FsError::IsDirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::NoIoctl => libc::ENOTTY,
             FsError::Stale => libc::ESTALE,
             FsError::NoAttribute => libc::ENODATA,
             FsError::BufferTooSmall => libc::ERANGE,

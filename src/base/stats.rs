@@ -102,6 +102,7 @@ pub struct Stats {
     origin_errors: AtomicU64,
     origin_retries: AtomicU64,
     origin_hedges: AtomicU64,
+    version_changes: AtomicU64,
     access_log: Option<Mutex<File>>,
 }
 
@@ -125,6 +126,9 @@ pub struct Snapshot {
     pub origin_errors: u64,
     pub origin_retries: u64,
     pub origin_hedges: u64,
+    /// Range answers that came from another version than the one being read: each ends
+    /// its reads with EIO rather than splice two versions.
+    pub reads_ended_by_version_change: u64,
     pub origins: Vec<OriginHealth>,
     pub cache_bytes: u64,
     pub cache_cap: u64,
@@ -203,6 +207,7 @@ impl Stats {
             origin_errors: AtomicU64::new(0),
             origin_retries: AtomicU64::new(0),
             origin_hedges: AtomicU64::new(0),
+            version_changes: AtomicU64::new(0),
             access_log: access_log.map(Mutex::new),
         }
     }
@@ -283,6 +288,10 @@ impl Stats {
     }
 
     /// A request that went to a second origin because the first stayed silent.
+    pub fn record_version_change(&self) {
+        self.version_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_hedge(&self) {
         self.origin_hedges.fetch_add(1, Ordering::Relaxed);
     }
@@ -324,6 +333,7 @@ impl Stats {
             origin_errors: load(&self.origin_errors),
             origin_retries: load(&self.origin_retries),
             origin_hedges: load(&self.origin_hedges),
+            reads_ended_by_version_change: load(&self.version_changes),
             ..Snapshot::default()
         }
     }
@@ -379,7 +389,7 @@ impl Snapshot {
         let classes = &self.origin_requests;
         let _ = writeln!(
             text,
-            "origin: {} bytes; requests 2xx {} 3xx {} 4xx {} 5xx {}; {} timeouts, {} errors, {} retries, {} hedged",
+            "origin: {} bytes; requests 2xx {} 3xx {} 4xx {} 5xx {}; {} timeouts, {} errors, {} retries, {} hedged; {} reads ended by a version change",
             self.origin_bytes,
             classes.status_2xx,
             classes.status_3xx,
@@ -388,7 +398,8 @@ impl Snapshot {
             self.origin_timeouts,
             self.origin_errors,
             self.origin_retries,
-            self.origin_hedges
+            self.origin_hedges,
+            self.reads_ended_by_version_change
         );
         for origin in &self.origins {
             let _ = write!(
@@ -448,7 +459,7 @@ impl Snapshot {
                 self.latency_samples(),
             ),
         ];
-        let counters: [(&'static str, &'static str, u64); 13] = [
+        let counters: [(&'static str, &'static str, u64); 14] = [
             (
                 "read_hits_total",
                 "Reads answered from the cache alone.",
@@ -503,6 +514,11 @@ impl Snapshot {
                 "origin_hedges_total",
                 "Origin requests also sent to a second origin after the first stayed silent.",
                 self.origin_hedges,
+            ),
+            (
+                "reads_ended_by_version_change_total",
+                "Range answers from another version than the one being read; their reads got EIO.",
+                self.reads_ended_by_version_change,
             ),
             (
                 "cache_bytes",

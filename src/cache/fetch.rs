@@ -174,22 +174,32 @@ pub async fn fetch_run<H: FetchHost>(cache: Arc<H>, object: Arc<Object>, run: Ru
     let last = guard.first + guard.flights.len() as u64 - 1;
     let run_end = unpinned_end.unwrap_or(object.block_range(last).end);
     let mut result = Ok(());
-    for attempt in 0..ATTEMPTS {
-        // A retry asks only for what is still missing: blocks already handed out stay.
-        let Some(first_open) = guard.first_unfinished() else {
-            result = Ok(());
-            break;
-        };
+    let mut attempt = 0;
+    // A retry asks only for what is still missing: blocks already handed out stay.
+    while let Some(first_open) = guard.first_unfinished() {
         let start = match unpinned_end {
             Some(_) => 0,
             None => object.block_range(first_open).start,
         };
         result = transfer(&cache, &mut guard, start..run_end, &mut deadline).await;
+        let progressed = guard
+            .first_unfinished()
+            .is_none_or(|next| next > first_open);
         match &result {
-            Ok(()) | Err(FsError::VersionChanged) => break,
+            // A legal shorter answer: ask for the rest. Each round hands on a block at
+            // least, so this ends.
+            Ok(()) if progressed => continue,
+            Ok(()) => {
+                result = Err(FsError::BadAnswer(format!(
+                    "an answer for bytes {start}.. delivered no whole block"
+                )));
+                break;
+            }
+            Err(FsError::VersionChanged) => break,
             Err(e) if attempt + 1 < ATTEMPTS && Instant::now() < deadline => {
                 tracing::debug!(path = %object.path(), "fetch interrupted ({e}); retrying the rest");
-                tokio::time::sleep(backoff(attempt as usize + 1)).await;
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt as usize)).await;
             }
             Err(_) => break,
         }

@@ -133,7 +133,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Demo { mountpoint }) => {
-            init_logging(cli.verbose, true, false);
+            init_logging(cli.verbose, &LogTo::Stderr { journal: false });
             demo::run(mountpoint)
         }
         Some(Command::Purge { paths }) => invalidate(Invalidation::Purge, paths),
@@ -163,6 +163,9 @@ fn run_mount(cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // systemd and login shells start processes at 1,024 descriptors: far too few for a
+    // mount with many open files and origin connections.
+    store::descriptors::raise_open_file_limit();
     let launch_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let mountpoint = std::path::absolute(&mountpoint).unwrap_or(mountpoint);
     // A live mount handed over waits for this very process: looking at it would hang.
@@ -176,16 +179,19 @@ fn run_mount(cli: &Cli) -> ExitCode {
         inherited,
         launch_dir: launch_dir.clone(),
     };
+    let logs = LogTo::choose(
+        config.log_file.as_deref(),
+        &config.cache_dir,
+        cli.foreground,
+    );
     if cli.worker {
         // The supervisor's child: a daemon already, logging where the daemon logs.
-        init_logging(cli.verbose, false, config.log_file.is_none());
+        init_logging(cli.verbose, &logs);
         let _ = std::env::set_current_dir("/");
         let readiness = supervisor_pipe.unwrap_or(Readiness::Foreground);
         return finish(mount::serve(config, &mountpoint, readiness, lifetime));
     }
-    // A daemon without a log file logs to syslog (the journal), never to nowhere.
-    let to_syslog = !cli.foreground && config.log_file.is_none();
-    init_logging(cli.verbose, cli.foreground, to_syslog);
+    init_logging(cli.verbose, &logs);
     if cli.foreground {
         return finish(mount::serve(
             config,
@@ -194,7 +200,73 @@ fn run_mount(cli: &Cli) -> ExitCode {
             lifetime,
         ));
     }
-    supervise_in_background(config.log_file.as_deref(), launch_dir, mountpoint)
+    eprintln!("ston-fs: logging to {}", logs.describe());
+    supervise_in_background(logs.file(), launch_dir, mountpoint)
+}
+
+/// Where a mount's log lines go. A daemon never logs to nowhere: without `log_file` it
+/// uses syslog (the journal), and without a syslog socket a file in the cache folder.
+enum LogTo {
+    /// `--foreground` (a terminal, or the journal under a systemd service), or a daemon
+    /// whose stderr systemd already connected to the journal.
+    Stderr {
+        journal: bool,
+    },
+    Syslog,
+    /// The daemon's stderr goes to this file.
+    File {
+        path: PathBuf,
+        fallback: bool,
+    },
+}
+
+impl LogTo {
+    fn choose(log_file: Option<&Path>, cache_dir: &Path, foreground: bool) -> LogTo {
+        let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+        match log_file {
+            _ if foreground => LogTo::Stderr { journal },
+            Some(path) => LogTo::File {
+                path: path.to_path_buf(),
+                fallback: false,
+            },
+            None if journal => LogTo::Stderr { journal },
+            None if crate::service::syslog::is_listening() => LogTo::Syslog,
+            None => LogTo::File {
+                path: cache_dir.join("ston-fs.log"),
+                fallback: true,
+            },
+        }
+    }
+
+    fn file(&self) -> Option<&Path> {
+        match self {
+            LogTo::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            LogTo::Stderr { journal: true } => "the journal (stderr)".into(),
+            LogTo::Stderr { journal: false } => "stderr".into(),
+            LogTo::Syslog => format!(
+                "syslog ({})",
+                crate::service::syslog::socket_path().display()
+            ),
+            LogTo::File {
+                path,
+                fallback: false,
+            } => path.display().to_string(),
+            LogTo::File {
+                path,
+                fallback: true,
+            } => format!(
+                "{} (no syslog socket at {}; set log_file to choose)",
+                path.display(),
+                crate::service::syslog::socket_path().display()
+            ),
+        }
+    }
 }
 
 /// A bare `ston-fs`: shows a newcomer how it is used rather than one terse error.
@@ -430,7 +502,8 @@ fn check_cache_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logging(verbose: u8, to_terminal: bool, to_syslog: bool) {
+fn init_logging(verbose: u8, logs: &LogTo) {
+    use crate::service::lograte::RateLimited;
     use tracing_subscriber::EnvFilter;
     let level = match verbose {
         0 => "info",
@@ -438,18 +511,23 @@ fn init_logging(verbose: u8, to_terminal: bool, to_syslog: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("STON_FS_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let ansi = to_terminal && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
+        .with_ansi(ansi && matches!(logs, LogTo::Stderr { journal: false }))
         .with_target(false);
-    let _ = if to_syslog {
-        // syslog stamps its own time.
-        builder
+    let _ = match logs {
+        // syslog and the journal stamp their own time.
+        LogTo::Syslog => builder
             .without_time()
-            .with_writer(crate::service::syslog::Syslog::new())
-            .try_init()
-    } else {
-        builder.with_writer(std::io::stderr).try_init()
+            .with_writer(RateLimited::new(crate::service::syslog::Syslog::new()))
+            .try_init(),
+        LogTo::Stderr { journal: true } => builder
+            .without_time()
+            .with_writer(RateLimited::new(std::io::stderr))
+            .try_init(),
+        _ => builder
+            .with_writer(RateLimited::new(std::io::stderr))
+            .try_init(),
     };
 }

@@ -44,10 +44,31 @@ impl Media {
             Ok(Err(_)) => return Err(FsError::Io("media builds stopped".into())),
             Err(_) => return Err(FsError::Timeout),
         };
-        match request {
+        let built = match request {
             MediaRequest::Faststart => self.build_whole(object, deadline).await,
             MediaRequest::Trim(span) => self.build_clip(object, *span, deadline).await,
+        };
+        drop(_permit);
+        self.give_memory_back();
+        built
+    }
+
+    /// A build of a big `moov` leaves tens of MB free in the allocator's arenas, which glibc
+    /// keeps from the system unless asked. Once no build runs, at most once a second, ask.
+    fn give_memory_back(&self) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+        if self.builds.available_permits() < super::BUILDS_AT_ONCE {
+            return;
         }
+        {
+            let mut trimmed_at = self.trimmed_at.lock();
+            if trimmed_at.is_some_and(|at| at.elapsed() < EVERY) {
+                return;
+            }
+            *trimmed_at = Some(Instant::now());
+        }
+        // SAFETY: malloc_trim only returns free memory of glibc's heap to the system.
+        tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
     }
 
     async fn build_whole(

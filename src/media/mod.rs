@@ -129,6 +129,8 @@ pub struct Media {
     views: Views,
     flights: Mutex<HashMap<BuildKey, Arc<Flight<Presentation>>>>,
     builds: Semaphore,
+    /// When free memory was last given back to the system (see `build`).
+    trimmed_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Media {
@@ -138,6 +140,7 @@ impl Media {
             views: Views::new(),
             flights: Mutex::new(HashMap::new()),
             builds: Semaphore::new(BUILDS_AT_ONCE),
+            trimmed_at: Mutex::new(None),
         }
     }
 

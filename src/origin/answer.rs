@@ -41,6 +41,17 @@ impl Version {
         self.if_range().is_some()
     }
 
+    /// Whether a 206 is about this version. RFC 9110 (15.3.7) has a 206 carry the ETag and
+    /// Last-Modified a 200 would: one that drops or changes a validator the version has may
+    /// come from another version, and its bytes would splice two versions into one file.
+    pub fn matches_partial_answer(&self, answered: &Version) -> bool {
+        let etag_agrees = self.etag.is_none() || answered.etag == self.etag;
+        let pinned_by_date =
+            self.last_modified.is_some() && self.if_range() == self.last_modified.as_deref();
+        let date_agrees = !pinned_by_date || answered.last_modified == self.last_modified;
+        etag_agrees && date_agrees
+    }
+
     /// Whether a full (200) answer describes this same version: same length when it gives
     /// one, and the same validators.
     pub fn matches_full_answer(&self, answered: &Version) -> bool {
@@ -213,5 +224,48 @@ mod tests {
         assert!(!version.is_pinned(), "a weak ETag cannot go in If-Range");
         version.last_modified = Some("Tue, 14 Nov 2023 22:13:20 GMT".into());
         assert_eq!(version.if_range(), version.last_modified.as_deref());
+    }
+
+    #[test]
+    fn a_partial_answer_must_carry_the_validators_it_is_pinned_to() {
+        let strong = Version {
+            size: 10,
+            etag: Some("\"v1\"".into()),
+            last_modified: Some("Tue, 14 Nov 2023 22:13:20 GMT".into()),
+        };
+        assert!(strong.matches_partial_answer(&strong));
+        let without_etag = Version {
+            etag: None,
+            ..strong.clone()
+        };
+        assert!(
+            !strong.matches_partial_answer(&without_etag),
+            "ETag dropped"
+        );
+        let other_date = Version {
+            etag: None,
+            last_modified: Some("Wed, 15 Nov 2023 22:13:20 GMT".into()),
+            ..strong.clone()
+        };
+        assert!(!strong.matches_partial_answer(&other_date));
+        let weak = Version {
+            etag: Some("W/\"v1\"".into()),
+            ..strong.clone()
+        };
+        let weak_other_date = Version {
+            last_modified: other_date.last_modified.clone(),
+            ..weak.clone()
+        };
+        assert!(weak.matches_partial_answer(&weak));
+        assert!(
+            !weak.matches_partial_answer(&weak_other_date),
+            "pinned by Last-Modified"
+        );
+        let unpinned = Version {
+            etag: None,
+            last_modified: None,
+            ..strong
+        };
+        assert!(unpinned.matches_partial_answer(&other_date));
     }
 }

@@ -34,6 +34,9 @@ const PATH_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Largest directory listing or manifest read (bytes).
 const MAX_LISTING: usize = 16 << 20;
+/// Bytes all answers without a length may hold at once, at least (`max_unsized_object` when
+/// larger): each is buffered whole, and many at once must not exhaust memory.
+const UNSIZED_BUDGET: u64 = 256 << 20;
 
 /// Where requests for one part of the namespace go: equivalent origins (and standbys), and
 /// the Host they are asked for.
@@ -65,6 +68,8 @@ pub struct OriginClient {
     hedge_after: Duration,
     max_object_size: u64,
     max_unsized_object: u64,
+    /// Bytes still free for answers without a length, in KiB (see `read_unsized`).
+    unsized_budget: tokio::sync::Semaphore,
 }
 
 impl OriginClient {
@@ -101,6 +106,9 @@ impl OriginClient {
             hedge_after: config.connect_timeout,
             max_object_size: config.max_object_size,
             max_unsized_object: config.max_unsized_object,
+            unsized_budget: tokio::sync::Semaphore::new(
+                (UNSIZED_BUDGET.max(config.max_unsized_object) >> 10) as usize,
+            ),
         })
     }
 
@@ -448,15 +456,37 @@ impl OriginClient {
     }
 
     /// An answer without Content-Length (chunked or close-delimited), read whole to learn
-    /// its size, up to `max_unsized_object`.
+    /// its size, up to `max_unsized_object`. All such answers in flight share one budget;
+    /// past it, an answer fails (EIO) rather than wait, since every holder waits for more.
     async fn read_unsized(&self, reader: &mut BodyReader) -> FsResult<Bytes> {
         let mut body = BytesMut::new();
+        let mut held = None::<tokio::sync::SemaphorePermit>;
         while let Some(chunk) = reader.chunk().await? {
-            if (body.len() + chunk.len()) as u64 > self.max_unsized_object {
+            let len = (body.len() + chunk.len()) as u64;
+            if len > self.max_unsized_object {
                 return Err(FsError::TooLarge(format!(
                     "the answer has no length and runs past max_unsized_object ({} bytes)",
                     self.max_unsized_object
                 )));
+            }
+            let wanted = len.div_ceil(1024) as u32;
+            let have = held
+                .as_ref()
+                .map_or(0, |permit| permit.num_permits() as u32);
+            if wanted > have {
+                let more = self
+                    .unsized_budget
+                    .try_acquire_many(wanted - have)
+                    .map_err(|_| {
+                        FsError::TooLarge(
+                            "answers without a length already hold their whole memory budget"
+                                .into(),
+                        )
+                    })?;
+                match &mut held {
+                    Some(permit) => permit.merge(more),
+                    None => held = Some(more),
+                }
             }
             body.extend_from_slice(&chunk);
         }
@@ -495,7 +525,7 @@ impl OriginClient {
             request
         };
         let (response, member) = self.send(site, path, deadline, avoid, decorate).await?;
-        let checked = self.check_range_answer(&response, &range, version);
+        let checked = self.check_range_answer(&response, path, &range, version);
         if let Err(FsError::BadAnswer(_)) = &checked {
             member.record_failure(&self.policy);
         }
@@ -520,20 +550,41 @@ impl OriginClient {
     fn check_range_answer(
         &self,
         response: &reqwest::Response,
+        path: &str,
         range: &Range<u64>,
         version: &Version,
     ) -> FsResult<(u64, u64, bool)> {
         let answered = version_of(response);
+        let checked = Self::locate_range_answer(response, range, version, &answered);
+        if let Err(FsError::VersionChanged) = &checked {
+            self.stats.record_version_change();
+            tracing::warn!(
+                path,
+                reading = %describe(version),
+                origin_now = %describe(&answered),
+                status = response.status().as_u16(),
+                "the origin's version changed during a read: its reads end with EIO, never a mix of versions"
+            );
+        }
+        checked
+    }
+
+    fn locate_range_answer(
+        response: &reqwest::Response,
+        range: &Range<u64>,
+        version: &Version,
+        answered: &Version,
+    ) -> FsResult<(u64, u64, bool)> {
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
                 check_encoding(response)?;
                 let got = partial_range(response)?;
-                if got.total != Some(version.size)
-                    || answered.etag.is_some() && answered.etag != version.etag
-                {
+                if got.total != Some(version.size) || !version.matches_partial_answer(answered) {
                     return Err(FsError::VersionChanged);
                 }
-                if got.start != range.start || got.end != range.end {
+                // A shorter answer from the right start is legal (RFC 9110 15.3.7): its
+                // bytes are used and the rest is asked for again.
+                if got.start != range.start || got.end > range.end {
                     return Err(FsError::BadAnswer(format!(
                         "asked for bytes {}-{}, got {}-{}",
                         range.start,
@@ -545,7 +596,7 @@ impl OriginClient {
                 Ok((got.start, got.end, false))
             }
             // An origin that ignores Range: the whole body, from byte 0.
-            StatusCode::OK if version.matches_full_answer(&answered) => {
+            StatusCode::OK if version.matches_full_answer(answered) => {
                 check_encoding(response)?;
                 Ok((0, version.size, true))
             }
@@ -554,6 +605,19 @@ impl OriginClient {
             status => Err(FsError::Status(status.as_u16())),
         }
     }
+}
+
+/// A version's validators for a log line.
+fn describe(version: &Version) -> String {
+    let size = match version.size {
+        u64::MAX => "?".to_string(),
+        size => size.to_string(),
+    };
+    format!(
+        "size {size}, ETag {}, Last-Modified {}",
+        version.etag.as_deref().unwrap_or("none"),
+        version.last_modified.as_deref().unwrap_or("none")
+    )
 }
 
 /// Reads exactly `len` bytes from the start of a body; a shorter body is a broken answer.

@@ -113,7 +113,11 @@ pub fn serve(cache: Arc<Cache>, path: PathBuf, upgrade: Arc<Upgrade>) {
         }
     };
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            let Some(stream) = accept_or_back_off(listener.accept().await, "control socket").await
+            else {
+                continue;
+            };
             let cache = cache.clone();
             let upgrade = upgrade.clone();
             tokio::spawn(async move {
@@ -123,6 +127,24 @@ pub fn serve(cache: Arc<Cache>, path: PathBuf, upgrade: Arc<Upgrade>) {
             });
         }
     });
+}
+
+/// The accepted connection; or, after a failed accept (EMFILE, ENFILE, ENOMEM), a pause
+/// and `None`. A listener must outlive such a spell: with it gone, `purge`, `stats` and
+/// `restart` would be refused until the process died.
+pub async fn accept_or_back_off<S, A>(
+    accepted: std::io::Result<(S, A)>,
+    listener: &'static str,
+) -> Option<S> {
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+    match accepted {
+        Ok((stream, _)) => Some(stream),
+        Err(e) => {
+            tracing::warn!("{listener}: cannot accept a connection ({e}); trying again");
+            tokio::time::sleep(PAUSE).await;
+            None
+        }
+    }
 }
 
 async fn answer(

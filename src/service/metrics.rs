@@ -15,7 +15,11 @@ pub fn serve(cache: Arc<Cache>, addr: std::net::SocketAddr) {
                 return;
             }
         };
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            let accepted = listener.accept().await;
+            let Some(stream) = super::control::accept_or_back_off(accepted, "metrics").await else {
+                continue;
+            };
             let cache = cache.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(

@@ -8,6 +8,7 @@
 //! - [`upgrade`]: exec of the installed binary in place (`ston-fs restart`);
 //! - [`control`]: the control socket behind `purge`, `expire`, `hardpurge`, `stats`, `restart`;
 //! - [`metrics`]: the Prometheus endpoint; [`syslog`]: logging without a log file;
+//! - [`lograte`]: the cap on repeated log lines;
 //! - [`mountinfo`]: the kernel's table of mounts.
 //!
 //! Depends on `fuse`, `cache`, `config` and `base`.
@@ -16,6 +17,7 @@ pub mod control;
 pub mod daemon;
 pub mod fdstore;
 pub mod handover;
+pub mod lograte;
 pub mod metrics;
 pub mod mount;
 pub mod mountinfo;

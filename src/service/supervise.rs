@@ -9,7 +9,9 @@
 //!
 //! Exit: when the worker exits 0 (the mount was unmounted), when asked to stop (SIGTERM,
 //! SIGINT, SIGHUP: passed to the worker, which unmounts), when the mount's descriptor is gone,
-//! or after too many restarts in a row.
+//! or when workers keep dying before the mount was ever live. Once it is live, it never gives
+//! the mount up: a crash loop only makes it wait longer between starts (up to
+//! `CRASH_LOOP_BACKOFF`), with an ERROR line for each death.
 
 use std::collections::VecDeque;
 use std::ffi::{CString, OsString};
@@ -28,8 +30,10 @@ use super::mount::unmount;
 
 /// Most descriptors the supervisor keeps for its worker (systemd's FileDescriptorStoreMax).
 pub const STORE_MAX: usize = 16;
-/// Restarts allowed within `RESTART_WINDOW` before the supervisor gives up.
+/// Restarts within `RESTART_WINDOW` that make a crash loop: the mount is then kept, but
+/// the next start waits `CRASH_LOOP_BACKOFF` (before the mount was live: the start fails).
 const MAX_RESTARTS: usize = 10;
+const CRASH_LOOP_BACKOFF: Duration = Duration::from_secs(30);
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// A worker that dies sooner than this after it started makes the next start wait.
 const QUICK_DEATH: Duration = Duration::from_secs(10);
@@ -296,7 +300,7 @@ impl Supervisor {
     }
 
     /// After a crash: a new worker soon (at once, unless workers keep dying before they are
-    /// ready), or the end after too many restarts in a row. `Some(code)`: exit.
+    /// ready). `Some(code)`: exit, only while the mount was never live.
     fn schedule_restart(&mut self, pid: libc::pid_t, how: &str, lived: Duration) -> Option<i32> {
         let now = Instant::now();
         while self
@@ -306,15 +310,28 @@ impl Supervisor {
         {
             self.restarts.pop_front();
         }
-        if self.restarts.len() >= MAX_RESTARTS {
+        let crash_loop = self.restarts.len() >= MAX_RESTARTS;
+        if crash_loop && self.readiness.is_some() {
             let why = format!(
-                "the mount process {how}; {MAX_RESTARTS} restarts within {}s: giving up \
-                 (the mount ends)",
+                "the mount process {how}; {MAX_RESTARTS} starts within {}s and the mount \
+                 never came up: giving up",
                 RESTART_WINDOW.as_secs()
             );
             tracing::error!(pid, "supervisor: {why}");
             self.report_failure(&why);
             return Some(1);
+        }
+        if crash_loop {
+            tracing::error!(
+                pid,
+                "supervisor: the mount process {how}; {} restarts within {}s: the next in {}s \
+                 (the mount is kept; readers wait)",
+                self.restarts.len(),
+                RESTART_WINDOW.as_secs(),
+                CRASH_LOOP_BACKOFF.as_secs()
+            );
+            self.restart_at = Some(now + CRASH_LOOP_BACKOFF);
+            return None;
         }
         self.quick_deaths = match lived < QUICK_DEATH {
             true => self.quick_deaths + 1,
@@ -346,10 +363,12 @@ impl Supervisor {
         }
         self.restarts.push_back(Instant::now());
         if let Err(e) = self.spawn() {
-            let why = format!("cannot start the mount process again: {e}");
-            tracing::error!("supervisor: {why}");
-            self.report_failure(&why);
-            return Some(1);
+            // Out of processes or memory for a moment: the mount is still held, so try again.
+            tracing::error!(
+                "supervisor: cannot start the mount process again ({e}); next try in {}s",
+                MAX_BACKOFF.as_secs()
+            );
+            self.restart_at = Some(Instant::now() + MAX_BACKOFF);
         }
         None
     }

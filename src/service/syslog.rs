@@ -17,11 +17,21 @@ pub struct Syslog {
     path: PathBuf,
 }
 
+/// The syslog socket: `/dev/log`, or `STON_FS_SYSLOG_SOCKET` (tests).
+pub fn socket_path() -> PathBuf {
+    std::env::var_os("STON_FS_SYSLOG_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/log"))
+}
+
+/// Whether a syslog daemon (or journald) listens: without one, lines sent there vanish.
+pub fn is_listening() -> bool {
+    UnixDatagram::unbound().is_ok_and(|socket| socket.connect(socket_path()).is_ok())
+}
+
 impl Syslog {
     pub fn new() -> Syslog {
-        let path = std::env::var_os("STON_FS_SYSLOG_SOCKET")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/dev/log"));
+        let path = socket_path();
         Syslog {
             socket: UnixDatagram::unbound().ok(),
             path,

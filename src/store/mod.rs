@@ -10,6 +10,7 @@
 //! crash, a block is either listed with a checksum that its bytes match, or not listed at all;
 //! torn records at the tail fail their own checksum and are ignored.
 
+pub mod descriptors;
 mod files;
 mod journal;
 

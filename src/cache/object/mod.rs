@@ -27,6 +27,7 @@ use super::writer::{BlockSink, WriteQueue};
 use crate::base::flight::Flight;
 use crate::base::{FsError, FsResult, ObjectKind, SiteId};
 use crate::origin::Version;
+use crate::store::descriptors::HeldFile;
 use crate::store::{self, disk_bytes, ObjectLocation, BLOCK_OVERHEAD};
 
 mod plan;
@@ -46,7 +47,8 @@ struct ObjectState {
     /// Bytes of `max_cache_size` this object holds; returned to the index when detached.
     charged: u64,
     detached: bool,
-    data: Option<Arc<File>>,
+    /// The cache file, kept open while handles are (within the process-wide bound).
+    data: Option<HeldFile>,
     open_handles: usize,
     /// What the layer above keeps with the object while it is cached (a passthrough
     /// registration of its cache file); dropped when the object leaves the cache.
@@ -376,8 +378,8 @@ impl Object {
     }
 
     fn data_file(&self, state: &mut ObjectState) -> FsResult<Arc<File>> {
-        if let Some(file) = &state.data {
-            return Ok(file.clone());
+        if let Some(held) = &state.data {
+            return Ok(held.file().clone());
         }
         if state.detached {
             // The path may already hold another version's file: never reopen it.
@@ -389,7 +391,7 @@ impl Object {
             .ok_or(FsError::Io("object is not cached".into()))?;
         let file = Arc::new(location.open_data()?);
         if state.open_handles > 0 {
-            state.data = Some(file.clone());
+            state.data = HeldFile::try_hold(&file);
         }
         Ok(file)
     }
@@ -634,7 +636,7 @@ impl Object {
         }
         let keep = keep_open_readable && state.open_handles > 0;
         if keep && state.data.is_none() {
-            state.data = self.data_file(&mut state).ok();
+            state.data = self.data_file(&mut state).ok().map(HeldFile::hold_anyway);
         }
         state.detached = true;
         let kept = state.kept.take();

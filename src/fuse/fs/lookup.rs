@@ -312,7 +312,12 @@ impl StonFs {
 
     /// Unlinking a cached file invalidates it (the configured `unlink` action); the origin
     /// still has the file, so it stays visible and the next read fetches or revalidates.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+    /// Only root and the user who mounted may: with `allow_other`, anyone else could empty
+    /// the cache of what everybody reads.
+    pub fn unlink(&self, parent: u64, name: &OsStr, caller_uid: u32) -> FsResult<()> {
+        if caller_uid != 0 && caller_uid != self.mounting_uid {
+            return Err(FsError::NotPermitted);
+        }
         let parent_node = self.inodes.get(parent).ok_or(FsError::Stale)?;
         let name = component(name).ok_or(FsError::NotFound)?;
         let site = parent_node.site.ok_or(FsError::ReadOnly)?;

@@ -117,6 +117,9 @@ pub struct StonFs {
     next_handle: AtomicU64,
     runtime: tokio::runtime::Handle,
     mounted_at: SystemTime,
+    /// The user who mounted (this process's real uid): besides root, the only one who may
+    /// purge through `unlink`.
+    mounting_uid: u32,
     passthrough: AtomicBool,
     direct_io: AtomicBool,
     /// Objects that keep a passthrough registration between opens, oldest first.
@@ -141,6 +144,8 @@ impl StonFs {
             next_handle: AtomicU64::new(1),
             runtime,
             mounted_at: SystemTime::now(),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            mounting_uid: unsafe { libc::getuid() },
             passthrough: AtomicBool::new(false),
             direct_io: AtomicBool::new(false),
             kept: Mutex::new(VecDeque::new()),
