@@ -364,6 +364,8 @@ pub struct MountBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     watchdog: Duration,
+    /// RLIMIT_NOFILE (soft and hard) the daemon starts with.
+    max_open_files: Option<u64>,
 }
 
 impl MountBuilder {
@@ -394,6 +396,12 @@ impl MountBuilder {
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
         self.envs
             .push((k.as_ref().to_os_string(), v.as_ref().to_os_string()));
+        self
+    }
+
+    /// Starts the daemon with at most `n` descriptors (soft and hard limit).
+    pub fn max_open_files(mut self, n: u64) -> Self {
+        self.max_open_files = Some(n);
         self
     }
 
@@ -451,6 +459,20 @@ impl MountBuilder {
             .env("RUST_BACKTRACE", "1");
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.max_open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads a struct copied into the child.
+            unsafe {
+                cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
         }
         let cmdline = format!("{cmd:?}");
         let child = cmd.spawn().map_err(|e| format!("spawn {BIN}: {e}"))?;
@@ -536,6 +558,7 @@ impl Mount {
             args: Vec::new(),
             envs: Vec::new(),
             watchdog: DEFAULT_WATCHDOG,
+            max_open_files: None,
         }
     }
 
