@@ -47,6 +47,13 @@ if [ -z "${STON_FS_BIN:-}" ]; then
 fi
 
 install -d -m 0755 "$bindir" "$sbindir" "$unitdir" /etc/ston-fs
+# Replacing another build is worth a line: a running mount keeps the old binary until it is
+# restarted (`ston-fs restart MOUNTPOINT` takes the new one without unmounting).
+if [ -e "$bindir/ston-fs" ] && ! cmp -s "$STON_FS_BIN" "$bindir/ston-fs"; then
+    old_version=$("$bindir/ston-fs" --version 2>/dev/null || echo "an unknown version")
+    echo "install.sh: replacing $bindir/ston-fs ($old_version) with this build;" \
+        "running mounts keep the old one until 'ston-fs restart MOUNTPOINT'"
+fi
 install -m 0755 "$STON_FS_BIN" "$bindir/ston-fs"
 
 # One helper under both names mount(8) tries: mount.fuse.ston-fs and mount.ston-fs.

@@ -2603,6 +2603,16 @@ fn c18_the_demo_starts_with_an_empty_cache_each_time() {
             assert!(Instant::now() < deadline, "demo run {run} did not mount");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let options: Vec<String> = mounts_at(&mp)
+            .iter()
+            .map(|m| format!("{},{}", m.options, m.super_options))
+            .collect();
+        assert!(
+            options
+                .iter()
+                .any(|o| o.split(',').any(|w| w == "allow_other")),
+            "demo run {run} is not mounted with allow_other (issue 20): {options:?}"
+        );
         let s0 = stats_json(&mp);
         assert_eq!(
             num(&s0, "cache_objects"),

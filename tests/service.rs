@@ -370,6 +370,20 @@ fn install_sh_installs_the_binary_the_helpers_and_the_units() {
     );
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&installed), 0o755);
+    // The same build again replaces nothing worth a word; another build is named (issue 20).
+    let again = install(&prefix, &sbindir, &unitdir);
+    let said = |out: &support::Outcome| String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!said(&again).contains("replacing"), "{}", again.describe());
+    fs::write(&installed, b"#!/bin/sh\necho 'ston-fs 0.0.1-old'\n").unwrap();
+    let over_other = install(&prefix, &sbindir, &unitdir);
+    assert!(
+        over_other.success()
+            && said(&over_other).contains("replacing")
+            && said(&over_other).contains("0.0.1-old"),
+        "install.sh over another build:\n{}",
+        over_other.describe()
+    );
+    assert!(fs::read(&installed).unwrap() == fs::read(BIN).unwrap());
 
     // One helper under both names, pointing at the installed binary.
     let helper_src = fs::read_to_string(repo().join("mount-helpers/mount.fuse.ston-fs")).unwrap();

@@ -650,6 +650,14 @@ fn a_standby_serves_only_while_every_parent_is_down() {
         let stats = stats_json(edge.mountpoint());
         let standby = origin_stats(&stats, &origin.url());
         assert_eq!(standby["role"], "standby", "{stats:#}");
+        // Its row is labelled with its own name, not the first origin's (issue 20).
+        let own_name = origin
+            .url()
+            .split("://")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(standby["site"], own_name.as_str(), "{stats:#}");
         assert!(standby["bytes"].as_u64().unwrap_or(0) > 0, "{stats:#}");
         for parent in &parents {
             assert_eq!(origin_stats(&stats, &parent.url())["state"], "excluded");

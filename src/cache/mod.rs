@@ -107,7 +107,7 @@ impl SiteEntry {
 fn open_sites(config: &Config) -> Result<Vec<SiteEntry>, String> {
     let mut sites = Vec::new();
     if let Some(first) = config.origins.first() {
-        let authority = first.base.split("://").nth(1).unwrap_or_default();
+        let authority = authority(&first.base);
         let routing = Routing {
             origins: config.origins.clone(),
             standby: config.standby.clone(),
@@ -130,6 +130,11 @@ fn open_sites(config: &Config) -> Result<Vec<SiteEntry>, String> {
         sites.push(SiteEntry::open(config, routing, name, host)?);
     }
     Ok(sites)
+}
+
+/// `host:port/` of an origin's base URL.
+fn authority(base: &str) -> &str {
+    base.split("://").nth(1).unwrap_or_default()
 }
 
 fn bounded_lru<K: std::hash::Hash + Eq, V>(entries: usize) -> LruCache<K, V> {
@@ -240,8 +245,14 @@ impl Cache {
             for member in &entry.site.pool.members {
                 let state = member.state();
                 let (requests, bytes, failures) = member.traffic().totals();
+                // A vhost's rows carry its name; the mount root's carry each origin's own
+                // authority, so a standby is never shown under another origin's name.
+                let site = match &entry.site.host {
+                    Some(_) => entry.name.clone(),
+                    None => authority(&member.origin.base).to_string(),
+                };
                 snapshot.origins.push(OriginHealth {
-                    site: entry.name.clone(),
+                    site,
                     origin: member.origin.to_string(),
                     role: member.role.name().to_string(),
                     healthy: state == HealthState::Healthy,

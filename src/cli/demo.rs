@@ -299,6 +299,8 @@ fn run_demo(mountpoint: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&cache_dir);
     config.cache_dir = cache_dir.clone();
     config.max_cache_size = 1 << 30;
+    // The README promises Apache and nginx workers can read it, as they would in production.
+    config.allow_other = true;
     let shown = mountpoint.display().to_string();
     let instructions = move || {
         println!("ston-fs demo: origin http://{address}/ is mounted at {shown}");
