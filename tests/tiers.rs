@@ -656,6 +656,7 @@ fn a_standby_serves_only_while_every_parent_is_down() {
             .split("://")
             .nth(1)
             .unwrap_or_default()
+            .trim_end_matches('/')
             .to_string();
         assert_eq!(standby["site"], own_name.as_str(), "{stats:#}");
         assert!(standby["bytes"].as_u64().unwrap_or(0) > 0, "{stats:#}");

@@ -43,15 +43,18 @@ impl Parent {
     /// Starts a parent named `name` in front of the origin at `origin`.
     pub fn start(name: &str, origin: SocketAddr) -> Parent {
         let dir = tempfile::tempdir().expect("tempdir");
-        fs::create_dir_all(dir.path().join("tmp")).expect("parent tmp dir");
         let port = free_port();
-        let config = PARENT_TEMPLATE
-            .replace("@DIR@", &dir.path().display().to_string())
-            .replace("@PORT@", &port.to_string())
-            .replace("@NAME@", name)
-            .replace("@ORIGIN@", &origin.to_string())
-            .replace("@MAX_SIZE@", "4g");
-        fs::write(dir.path().join("nginx.conf"), config).expect("write parent nginx.conf");
+        // The command the README gives users writes the config from the template.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-helpers/tier-parent");
+        let written = Command::new(script)
+            .args(["--origin", &format!("http://{origin}/")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--max-size", "4g", "--name", name, "--foreground"])
+            .output()
+            .expect("run mount-helpers/tier-parent");
+        assert!(written.status.success(), "tier-parent: {written:?}");
         let mut parent = Parent {
             name: name.to_string(),
             port,
