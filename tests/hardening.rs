@@ -2657,9 +2657,8 @@ fn splice_206s(origin: &Origin, path: &str, seed: u64, other_date: Option<String
             if ans.status == 206 {
                 ans.body = pattern(seed, ans.body.len());
                 ans.remove_header("etag");
-                match &other_date {
-                    Some(date) => ans.set_header("last-modified", date.clone()),
-                    None => {}
+                if let Some(date) = &other_date {
+                    ans.set_header("last-modified", date.clone());
                 }
             }
         })),
@@ -3001,6 +3000,115 @@ fn d7_a_crash_loop_never_ends_a_live_mount_and_the_logs_say_so() {
     let log = fs::read_to_string(&log_file).expect("the fallback log file");
     assert!(
         log.contains("ERROR") && log.contains("the mount is kept"),
+        "{}",
+        tail(&log, 4000)
+    );
+    drop(daemon);
+}
+
+/// The pids of the processes serving `mountpoint` in one role, leaving out `dead`.
+fn role_pids(mountpoint: &Path, worker: bool, dead: &[u32]) -> Vec<u32> {
+    ston_fs_pids_with_arg(mountpoint)
+        .into_iter()
+        .filter(|pid| !dead.contains(pid))
+        .filter(|pid| {
+            let is_worker = fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--worker"));
+            is_worker == worker
+        })
+        .collect()
+}
+
+/// Waits (bounded) for a process of that role that is not among `dead`, and kills it.
+fn kill_next(mountpoint: &Path, worker: bool, dead: &mut Vec<u32>) {
+    let (mp, gone) = (mountpoint.to_path_buf(), dead.clone());
+    let what = if worker { "a worker" } else { "a supervisor" };
+    let pid = bounded(what, Duration::from_secs(20), move || loop {
+        if let Some(pid) = role_pids(&mp, worker, &gone).first() {
+            return *pid;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
+    // SAFETY: kill sends a signal to a pid just read from /proc; nothing else is touched.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    dead.push(pid);
+}
+
+#[test]
+fn f3_the_supervisor_is_no_single_point_of_failure() {
+    const FILE: usize = 8 * MIB;
+    let origin = Origin::start();
+    let files: Vec<Bytes> = (0..4).map(|i| pattern(2500 + i, FILE)).collect();
+    for (i, data) in files.iter().enumerate() {
+        origin.put(&format!("/r{i}.bin"), data.clone());
+    }
+    let tmp = tempdir("ston-fs-hard-f3-");
+    let mp = tmp.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    let (out, daemon) = daemon_mount(
+        &origin.url(),
+        &mp,
+        &tmp.path().join("cache"),
+        &["passthrough=false", "block_size=256K"],
+        &[],
+    );
+    assert!(out.success(), "{}", out.describe());
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let (path, data, stop) = (mp.join(format!("r{i}.bin")), data.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut checked = 0u64;
+                let file = File::open(&path).expect("open");
+                while !stop.load(Ordering::Relaxed) && checked < 1 << 40 {
+                    common::drop_pages_of(&file);
+                    let got = pread_full(&file, 0, FILE).map_err(|e| format!("{path:?}: {e}"))?;
+                    if got != data[..] {
+                        return Err(format!("{path:?}: wrong bytes"));
+                    }
+                    checked += got.len() as u64;
+                }
+                Ok(checked)
+            })
+        })
+        .collect();
+    let mut dead = Vec::new();
+    for round in 0..3 {
+        kill_next(&mp, false, &mut dead);
+        std::thread::sleep(Duration::from_millis(300));
+        kill_next(&mp, true, &mut dead);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(is_fuse_mounted(&mp), "round {round}: the mount is gone");
+    }
+    // The readers go on a while with the last worker and supervisor.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for (i, reader) in readers.into_iter().enumerate() {
+        let checked = reader.join().expect("reader thread").unwrap_or_else(|e| {
+            let log = fs::read_to_string(tmp.path().join("cache/ston-fs.log")).unwrap_or_default();
+            panic!("reader {i}: {e}\n{}", tail(&log, 6000))
+        });
+        assert!(checked >= FILE as u64, "reader {i} checked {checked} bytes");
+    }
+    bounded(
+        "a supervisor and a worker again",
+        Duration::from_secs(20),
+        {
+            let (mp, dead) = (mp.clone(), dead.clone());
+            move || {
+                while role_pids(&mp, true, &dead).is_empty()
+                    || role_pids(&mp, false, &dead).is_empty()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        },
+    );
+    let log = fs::read_to_string(tmp.path().join("cache/ston-fs.log")).unwrap_or_default();
+    assert!(
+        log.contains("the supervisor died; a new one holds the mount's descriptors"),
         "{}",
         tail(&log, 4000)
     );

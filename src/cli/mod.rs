@@ -79,6 +79,14 @@ struct Cli {
     /// Internal: the process the supervisor starts to serve the mount
     #[arg(long, hide = true)]
     worker: bool,
+
+    /// Internal: a supervisor started by the worker with this pid, whose supervisor died
+    #[arg(long, hide = true, value_name = "PID")]
+    adopt_worker: Option<u32>,
+
+    /// Internal: the mount an adopting supervisor holds (so `ps` shows it)
+    #[arg(long, hide = true, value_name = "MOUNTPOINT")]
+    adopt_mountpoint: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +139,9 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.adopt_worker.is_some() {
+        return adopt_worker(cli.verbose);
+    }
     match &cli.command {
         Some(Command::Demo { mountpoint }) => {
             init_logging(cli.verbose, &LogTo::Stderr { journal: false });
@@ -265,6 +276,26 @@ impl LogTo {
                 path.display(),
                 crate::service::syslog::socket_path().display()
             ),
+        }
+    }
+}
+
+/// A supervisor started by a worker whose supervisor died: it takes the descriptors it was
+/// handed (first, while single-threaded) and holds them for that worker and the next ones.
+fn adopt_worker(verbose: u8) -> ExitCode {
+    let taken = crate::service::holder::take_adoption();
+    let logs = match &taken {
+        Ok((adoption, _)) if !adoption.log_to_stderr => LogTo::Syslog,
+        _ => LogTo::Stderr { journal: false },
+    };
+    init_logging(verbose, &logs);
+    match taken {
+        Ok((adoption, stored)) => {
+            ExitCode::from(supervise::adopt(adoption, stored).clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            tracing::error!("cannot adopt the mount process: {e}");
+            ExitCode::from(1)
         }
     }
 }

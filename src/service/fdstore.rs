@@ -57,10 +57,20 @@ impl Holder {
     }
 }
 
+/// Where notifications go once the holder was replaced (see `holder`); `$NOTIFY_SOCKET`
+/// until then.
+static REDIRECTED: parking_lot::RwLock<Option<std::ffi::OsString>> = parking_lot::RwLock::new(None);
+
+/// Sends every later notification to `socket` (`@name` for an abstract socket).
+pub fn redirect_notifications(socket: &str) {
+    *REDIRECTED.write() = Some(socket.into());
+}
+
 /// Sends one notification, with `fds` attached. Returns `Ok(false)` when nobody listens
 /// (no `$NOTIFY_SOCKET`).
 pub fn notify(state: &str, fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let target = REDIRECTED.read().clone();
+    let Some(path) = target.or_else(|| std::env::var_os("NOTIFY_SOCKET")) else {
         return Ok(false);
     };
     let socket = UnixDatagram::unbound()?;

@@ -18,6 +18,7 @@ use super::control;
 use super::daemon::Readiness;
 use super::fdstore::{self, Holder};
 use super::handover::{self, Inherited, FUSE_FD_NAME, STATE_FD_NAME};
+use super::holder;
 use super::mountinfo::{is_fuse_mount_point, mount_device};
 use super::upgrade::{Reexec, Upgrade};
 use crate::cache::Cache;
@@ -126,6 +127,7 @@ fn start(config: Config, mountpoint: &Path, lifetime: Lifetime) -> Result<Mounte
         allow_other: config.allow_other,
     };
     let cache_dir = config.cache_dir.clone();
+    let log_to_stderr = logs_to_stderr(&config);
     let kernel = KernelMount {
         mountpoint: mountpoint.to_path_buf(),
         source: mount_source(&config),
@@ -154,6 +156,7 @@ fn start(config: Config, mountpoint: &Path, lifetime: Lifetime) -> Result<Mounte
         }
     };
     fs.set_kernel_cache(connection.session.kernel_cache());
+    keep_a_holder(&connection, &handle, &kernel, &launch_dir, log_to_stderr);
     let (journal, upgrade) = upgrade_service(&connection, &cache, launch_dir);
     start_services(&runtime, &fs, upgrade.clone());
     Ok(Mounted {
@@ -165,6 +168,45 @@ fn start(config: Config, mountpoint: &Path, lifetime: Lifetime) -> Result<Mounte
         taken_over: connection.taken_over,
         upgrade,
     })
+}
+
+/// Under a ston-fs supervisor, watches it and starts another if it dies (see `holder`).
+fn keep_a_holder(
+    connection: &Connection,
+    runtime: &tokio::runtime::Handle,
+    kernel: &KernelMount,
+    launch_dir: &Path,
+    log_to_stderr: bool,
+) {
+    let (Ok((journal, _)), Holder::Supervisor(supervisor)) =
+        (&connection.restart, Holder::from_env())
+    else {
+        return;
+    };
+    let device = connection.session.duplicate_device();
+    let state = journal.as_fd().try_clone_to_owned();
+    let (Ok(device), Ok(state)) = (device, state) else {
+        tracing::warn!("cannot keep copies of the mount's descriptors: if the supervisor dies, no new one takes over");
+        return;
+    };
+    let handover = holder::Handover {
+        stored: vec![
+            (FUSE_FD_NAME.to_string(), device),
+            (STATE_FD_NAME.to_string(), state),
+        ],
+        launch_dir: launch_dir.to_path_buf(),
+        mountpoint: kernel.mountpoint.clone(),
+        log_to_stderr,
+    };
+    holder::keep_a_holder(runtime, supervisor, handover);
+}
+
+/// Whether this process's log lines go to stderr (a terminal, a log file, the journal), as
+/// `cli` decides; else they go to syslog.
+fn logs_to_stderr(config: &Config) -> bool {
+    config.log_file.is_some()
+        || std::env::var_os("JOURNAL_STREAM").is_some()
+        || !super::syslog::is_listening()
 }
 
 /// `ston-fs restart` and SIGUSR2: an exec in place where the mount can be handed over.

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use super::daemon::READY_FD_ENV;
 use super::fdstore::{self, LISTEN_FDS_START, SUPERVISOR_ENV};
 use super::handover::{FUSE_FD_NAME, HANDOVER_ENV};
+use super::holder::{self, Adoption, ADOPT_ENV};
 use super::mount::unmount;
 
 /// Most descriptors the supervisor keeps for its worker (systemd's FileDescriptorStoreMax).
@@ -53,6 +54,8 @@ pub struct Plan {
 struct Worker {
     pid: libc::pid_t,
     started: Instant,
+    /// A worker adopted from a dead supervisor is not our child: its exit is seen here.
+    adopted: Option<OwnedFd>,
 }
 
 struct Supervisor {
@@ -75,7 +78,7 @@ struct Supervisor {
 /// Must be called while the process is single-threaded.
 /// `readiness` is the pipe the launcher waits on for "ready" (or an error).
 pub fn run(plan: Plan, readiness: File) -> i32 {
-    let mut supervisor = match Supervisor::new(plan, readiness) {
+    let mut supervisor = match Supervisor::new(plan, Some(readiness), None) {
         Ok(supervisor) => supervisor,
         Err(e) => return fail_early(e),
     };
@@ -87,19 +90,57 @@ pub fn run(plan: Plan, readiness: File) -> i32 {
     supervisor.serve()
 }
 
+/// Runs a supervisor started by a worker whose supervisor died (see `holder`): it holds
+/// `stored` for the running worker, and starts the next worker when that one dies.
+pub fn adopt(adoption: Adoption, stored: Vec<(String, OwnedFd)>) -> i32 {
+    let plan = Plan {
+        exe: super::upgrade::installed_exe(),
+        args: adoption.args,
+        launch_dir: adoption.launch_dir,
+        mountpoint: adoption.mountpoint,
+    };
+    let mut supervisor = match Supervisor::new(plan, None, Some(adoption.socket)) {
+        Ok(supervisor) => supervisor,
+        Err(e) => return fail_early(e),
+    };
+    supervisor.store = stored;
+    match holder::pidfd_open(adoption.worker) {
+        Ok(pidfd) => {
+            supervisor.worker = Some(Worker {
+                pid: adoption.worker as libc::pid_t,
+                started: Instant::now(),
+                adopted: Some(pidfd),
+            })
+        }
+        // Gone already: start the next one at once.
+        Err(_) => supervisor.restart_at = Some(Instant::now()),
+    }
+    tracing::info!(
+        worker = adoption.worker,
+        descriptors = supervisor.store.len(),
+        "supervisor: took over the mount's descriptors from a dead supervisor"
+    );
+    supervisor.serve()
+}
+
 fn fail_early(error: std::io::Error) -> i32 {
     tracing::error!("the supervisor cannot start: {error}");
     1
 }
 
 impl Supervisor {
-    fn new(plan: Plan, readiness: File) -> std::io::Result<Supervisor> {
+    fn new(
+        plan: Plan,
+        readiness: Option<File>,
+        socket_name: Option<String>,
+    ) -> std::io::Result<Supervisor> {
         let (signals, original_mask) = block_signals()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let socket_name = format!("ston-fs-supervisor-{}-{nanos}", std::process::id());
+        let socket_name = socket_name
+            .unwrap_or_else(|| format!("ston-fs-supervisor-{}-{nanos}", std::process::id()));
         let address = {
             use std::os::linux::net::SocketAddrExt;
             std::os::unix::net::SocketAddr::from_abstract_name(socket_name.as_bytes())?
@@ -116,7 +157,7 @@ impl Supervisor {
             original_mask,
             store: Vec::new(),
             worker: None,
-            readiness: Some(readiness),
+            readiness,
             restarts: VecDeque::new(),
             quick_deaths: 0,
             restart_at: None,
@@ -130,9 +171,12 @@ impl Supervisor {
                 let left = at.saturating_duration_since(Instant::now());
                 left.as_millis().min(60_000) as i32
             });
+            let adopted = self.worker.as_ref().and_then(|w| w.adopted.as_ref());
             let mut polled = vec![
                 pollfd(self.socket.as_raw_fd(), libc::POLLIN),
                 pollfd(self.signals.as_raw_fd(), libc::POLLIN),
+                // An adopted worker's pidfd (or nothing: a negative fd is skipped).
+                pollfd(adopted.map_or(-1, |fd| fd.as_raw_fd()), libc::POLLIN),
             ];
             // Events 0: only errors and hang-ups, which end a connection or a stored fd.
             polled.extend(self.store.iter().map(|(_, fd)| pollfd(fd.as_raw_fd(), 0)));
@@ -160,7 +204,12 @@ impl Supervisor {
                     return code;
                 }
             }
-            self.drop_broken(&polled[2..]);
+            if polled[2].revents & libc::POLLIN != 0 {
+                if let Some(code) = self.adopted_worker_ended() {
+                    return code;
+                }
+            }
+            self.drop_broken(&polled[3..]);
             if let Some(code) = self.restart_if_due() {
                 return code;
             }
@@ -267,6 +316,20 @@ impl Supervisor {
             // SAFETY: kill with a pid of our own child and a valid signal number.
             unsafe { libc::kill(worker.pid, signal) };
         }
+    }
+
+    /// An adopted worker (not our child, so its status is unknown) ended: as after a crash,
+    /// unless we were stopping or the mount is gone. `Some(code)`: exit.
+    fn adopted_worker_ended(&mut self) -> Option<i32> {
+        let worker = self.worker.take()?;
+        if self.stopping {
+            tracing::info!(
+                pid = worker.pid,
+                "supervisor: the mount process ended; stopping"
+            );
+            return Some(0);
+        }
+        self.schedule_restart(worker.pid, "ended", worker.started.elapsed())
     }
 
     /// Reaps the worker if it exited; decides what comes next. `Some(code)`: exit.
@@ -418,6 +481,7 @@ impl Supervisor {
                 self.worker = Some(Worker {
                     pid,
                     started: Instant::now(),
+                    adopted: None,
                 });
                 Ok(())
             }
@@ -538,6 +602,7 @@ fn inherited_env() -> std::io::Result<Vec<CString>> {
         SUPERVISOR_ENV,
         READY_FD_ENV,
         HANDOVER_ENV,
+        ADOPT_ENV,
     ];
     let mut env = Vec::new();
     for (key, value) in std::env::vars_os() {

@@ -110,11 +110,9 @@ mod tests {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
+        // SAFETY: getrlimit writes one rlimit into the valid struct it is given.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(rc, 0);
         assert_eq!(limit.rlim_cur, limit.rlim_max);
         assert_eq!(soft, limit.rlim_cur);
         set_hold_limit(512);
