@@ -3114,3 +3114,56 @@ fn f3_the_supervisor_is_no_single_point_of_failure() {
     );
     drop(daemon);
 }
+
+/// Peak resident memory (VmHWM) of a process in bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmHWM line");
+    kb * 1024
+}
+
+#[test]
+fn d5_answers_without_a_length_share_one_memory_budget() {
+    const EACH: usize = 100 * MIB;
+    const LOOKUPS: usize = 6;
+    let body = pattern(2501, EACH);
+    let files: Vec<(String, Bytes, Style)> = (0..LOOKUPS)
+        .map(|i| (format!("/endless{i}.bin"), body.clone(), Style::Chunked))
+        .collect();
+    let borrowed: Vec<(&str, Bytes, Style)> = files
+        .iter()
+        .map(|(p, b, s)| (p.as_str(), b.clone(), *s))
+        .collect();
+    let server = RawServer::start(&borrowed, None);
+    let m = Mount::builder(server.url())
+        .opt("max_unsized_object=200M,receive_timeout=30,request_timeout=60")
+        .mount();
+    let stats: Vec<_> = (0..LOOKUPS)
+        .map(|i| {
+            let path = m.path(&format!("endless{i}.bin"));
+            std::thread::spawn(move || fs::metadata(path).map(|md| md.len()))
+        })
+        .collect();
+    let outcomes: Vec<_> = stats.into_iter().map(|t| t.join().unwrap()).collect();
+    let served = outcomes.iter().filter(|r| r.is_ok()).count();
+    for outcome in &outcomes {
+        match outcome {
+            Ok(len) => assert_eq!(*len, EACH as u64),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(EIO), "{e}"),
+        }
+    }
+    let peak = peak_rss_bytes(m.pid().expect("pid"));
+    assert!(
+        served >= 1 && served < LOOKUPS,
+        "{served} of {LOOKUPS} unsized answers of 100 MiB were held at once"
+    );
+    assert!(
+        peak < 700 * MIB as u64,
+        "peak RSS {} MiB with a 256 MiB budget for unsized answers",
+        peak >> 20
+    );
+}
