@@ -651,3 +651,89 @@ fn help_lists_the_media_keys() {
         );
     }
 }
+
+// ===========================================================================
+// Memory of presented headers (issue 20, item 4)
+// ===========================================================================
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn clip_names_the_kernel_keeps_share_one_header_budget_and_rebuild_exactly() {
+    const NAMES: usize = 800;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.mp4");
+    // Ten minutes of tiny video and audio: 15,000 + 28,125 samples, so every clip of nearly
+    // all of it has a header of a few hundred KB.
+    let made = media_support::tool(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "600",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "16k",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(made.ok, "{}\n{}", made.command, made.stderr);
+    let file = fs::read(&path).unwrap();
+    let origin = Origin::start();
+    origin.put("/long.mp4", file.clone());
+    let mount = Mount::builder(origin.url()).mount();
+    let pid = mount.pid().expect("daemon pid");
+    let name = |i: usize| format!("long.mp4?start=0&end={:.2}", 590.0 + i as f64 * 0.01);
+    let (first, _) = expected_clip(&file, Some(0.0), Some(590.0)).expect("a clip");
+    for i in 0..NAMES {
+        fs::metadata(mount.path(&name(i))).unwrap_or_else(|e| panic!("{}: {e}", name(i)));
+    }
+    let rss = rss_kib(pid);
+    let headers_mib = (NAMES as u64 * header_len(&first) as u64) >> 20;
+    eprintln!(
+        "{NAMES} clip names, {headers_mib} MiB of headers: daemon RSS {} MiB",
+        rss >> 10
+    );
+    assert!(
+        rss < 200 * 1024,
+        "{NAMES} clip names the kernel keeps ({headers_mib} MiB of headers) hold {} MiB",
+        rss >> 10
+    );
+    // The first names' headers left memory long ago: reading them builds them again, exactly.
+    assert_bytes_eq(
+        &fs::read(mount.path(&name(0))).expect("read the first clip"),
+        &first,
+        "the first clip, read after its header was evicted",
+    );
+    let (second, _) = expected_clip(&file, Some(0.0), Some(590.01)).expect("a clip");
+    assert_bytes_eq(
+        &fs::read(mount.path(&name(1))).expect("read the second clip"),
+        &second,
+        "the second clip",
+    );
+}

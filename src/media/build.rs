@@ -103,10 +103,11 @@ impl Media {
                 Presentation::Unchanged
             }
         };
-        let kept = record::encode(object.version(), &presentation);
-        let keeper = object.clone();
         // Only a cost saved: without the record, the next mount decides again.
-        let _ = off_thread(move || keeper.save_view(&kept)).await;
+        if let Some(kept) = record::encode(object.version(), &presentation) {
+            let keeper = object.clone();
+            let _ = off_thread(move || keeper.save_view(&kept)).await;
+        }
         Ok(presentation)
     }
 

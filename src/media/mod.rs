@@ -49,20 +49,56 @@ const BUILDS_AT_ONCE: usize = 2;
 const WAIT_GRACE: Duration = Duration::from_millis(200);
 
 /// A presented file: its exact size, and where each of its bytes comes from.
+///
+/// Its header (the rewritten `moov`, a clip's `moov`) can weigh megabytes, and the kernel may
+/// keep a node for every name it looked up, so only the views' memory (`views`, one byte
+/// budget) holds it. A view handed out holds it weakly, and its scalars (size, extent,
+/// identity) always; a read that finds the header gone has it rebuilt (see `read`).
 #[derive(Clone)]
 pub struct MediaView(Arc<ViewParts>);
 
 struct ViewParts {
-    presented: Presented,
-    /// A digest of every presented byte's origin, made on first use (see [`MediaView::identity`]).
+    size: u64,
+    source_extent: u64,
+    /// A digest of every presented byte's origin (see [`MediaView::identity`]).
     identity: OnceLock<[u8; 16]>,
+    held: Mutex<Held>,
+    /// What it presents: how to build it again. `None` only for a view not handed out yet.
+    request: Option<MediaRequest>,
+}
+
+/// The view's header and mapping: owned where it was built and in the views' memory,
+/// borrowed everywhere else.
+#[derive(Clone)]
+enum Held {
+    Strong(Arc<Presented>),
+    Weak(std::sync::Weak<Presented>),
 }
 
 impl MediaView {
     fn new(presented: Presented) -> MediaView {
         MediaView(Arc::new(ViewParts {
-            presented,
+            size: presented.size(),
+            source_extent: presented.source_extent(),
             identity: OnceLock::new(),
+            held: Mutex::new(Held::Strong(Arc::new(presented))),
+            request: None,
+        }))
+    }
+
+    /// The same view holding its header weakly, for handing out: it stays within the views'
+    /// budget however many names and open files use it.
+    fn weakened(&self, request: &MediaRequest) -> MediaView {
+        let held = match self.strong() {
+            Some(presented) => Held::Weak(Arc::downgrade(&presented)),
+            None => self.0.held.lock().clone(),
+        };
+        MediaView(Arc::new(ViewParts {
+            size: self.0.size,
+            source_extent: self.0.source_extent,
+            identity: OnceLock::from(self.identity()),
+            held: Mutex::new(held),
+            request: Some(request.clone()),
         }))
     }
 
@@ -71,7 +107,8 @@ impl MediaView {
     /// by it, since a new binary might rewrite the same version differently.
     pub fn identity(&self) -> [u8; 16] {
         *self.0.identity.get_or_init(|| {
-            let digest = Sha256::digest(self.0.presented.encode());
+            let encoded = self.strong().map(|p| p.encode()).unwrap_or_default();
+            let digest = Sha256::digest(encoded);
             let mut identity = [0u8; 16];
             identity.copy_from_slice(&digest[..16]);
             identity
@@ -80,25 +117,39 @@ impl MediaView {
 
     /// The exact size of the presented file.
     pub fn size(&self) -> u64 {
-        self.presented().size()
+        self.0.size
     }
 
     /// One past the last byte of the original that the view reads.
     pub fn source_extent(&self) -> u64 {
-        self.presented().source_extent()
+        self.0.source_extent
     }
 
     /// The original's bytes behind `range` of the presented file, when they are one
-    /// stretch of it (for read-ahead); `None` when the range touches the rewritten header.
+    /// stretch of it (for read-ahead); `None` when the range touches the rewritten header,
+    /// or when the header is not in memory just now.
     pub fn source_span(&self, range: Range<u64>) -> Option<Range<u64>> {
-        match self.presented().map(range).as_slice() {
+        match self.strong()?.map(range).as_slice() {
             [Piece::Source(source)] => Some(source.clone()),
             _ => None,
         }
     }
 
-    fn presented(&self) -> &Presented {
-        &self.0.presented
+    /// The header and mapping, if memory still holds them.
+    fn strong(&self) -> Option<Arc<Presented>> {
+        match &*self.0.held.lock() {
+            Held::Strong(presented) => Some(presented.clone()),
+            Held::Weak(presented) => presented.upgrade(),
+        }
+    }
+
+    fn request(&self) -> Option<MediaRequest> {
+        self.0.request.clone()
+    }
+
+    /// Points this view at a rebuilt header (the views' memory holds it).
+    fn rejoin(&self, presented: &Arc<Presented>) {
+        *self.0.held.lock() = Held::Weak(Arc::downgrade(presented));
     }
 }
 
@@ -116,6 +167,14 @@ impl Presentation {
         match self {
             Presentation::Unchanged => None,
             Presentation::View(view) => Some(view),
+        }
+    }
+
+    /// The presentation as handed out: its header held weakly (see [`MediaView`]).
+    fn weakened(&self, request: &MediaRequest) -> Presentation {
+        match self {
+            Presentation::Unchanged => Presentation::Unchanged,
+            Presentation::View(view) => Presentation::View(view.weakened(request)),
         }
     }
 }
@@ -176,7 +235,8 @@ impl Media {
                 MediaRequest::Trim(_) => Err(FsError::NotFound),
             });
         }
-        self.views.get(object, request).map(Ok)
+        let kept = self.views.get(object, request)?;
+        Some(Ok(kept.weakened(request)))
     }
 
     /// How `object` is presented for `request`, built at most once for any number of
@@ -188,8 +248,24 @@ impl Media {
         request: &MediaRequest,
         deadline: Instant,
     ) -> FsResult<Presentation> {
-        if let Some(known) = self.presentation_now(object, request) {
-            return known;
+        let presented = self.present_kept(object, request, deadline).await?;
+        Ok(presented.weakened(request))
+    }
+
+    /// Like [`Media::present`], with the header held: as kept in memory, or as just built.
+    async fn present_kept(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        request: &MediaRequest,
+        deadline: Instant,
+    ) -> FsResult<Presentation> {
+        if object.kind() != ObjectKind::File {
+            return self
+                .presentation_now(object, request)
+                .unwrap_or(Ok(Presentation::Unchanged));
+        }
+        if let Some(kept) = self.views.get(object, request) {
+            return Ok(kept);
         }
         let key = (Arc::as_ptr(object) as usize, request.clone());
         let (flight, leader) = {

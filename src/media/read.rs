@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::mp4::Piece;
+use super::mp4::{Piece, Presented};
 use super::Media;
 use super::MediaView;
 use crate::base::{FsError, FsResult};
@@ -41,7 +41,7 @@ impl Media {
     ) -> Option<FsResult<(Bytes, bool)>> {
         let mut parts = Vec::new();
         let mut hit = true;
-        for piece in view.presented().map(range) {
+        for piece in view.strong()?.map(range) {
             match piece {
                 Piece::Synthetic(bytes) => parts.push(bytes),
                 Piece::Source(source) => match object.read_cached(source.clone())? {
@@ -67,9 +67,13 @@ impl Media {
         range: Range<u64>,
         deadline: Instant,
     ) -> FsResult<(Bytes, bool)> {
+        let presented = match view.strong() {
+            Some(presented) => presented,
+            None => self.rebuild_view(object, view, deadline).await?,
+        };
         let mut parts = Vec::new();
         let mut hit = true;
-        for piece in view.presented().map(range) {
+        for piece in presented.map(range) {
             match piece {
                 Piece::Synthetic(bytes) => parts.push(bytes),
                 Piece::Source(source) => {
@@ -81,5 +85,29 @@ impl Media {
             }
         }
         Ok((join(parts), hit))
+    }
+
+    /// The header of a view that memory let go, built again (or found kept again) for the
+    /// same version. It must present the very same bytes: anything else is EIO.
+    async fn rebuild_view(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        view: &MediaView,
+        deadline: Instant,
+    ) -> FsResult<Arc<Presented>> {
+        let request = view
+            .request()
+            .ok_or(FsError::Io("a view without its request".into()))?;
+        let rebuilt = self.present_kept(object, &request, deadline).await?;
+        let presented = match rebuilt.view() {
+            Some(again) if again.identity() == view.identity() => again.strong(),
+            _ => None,
+        };
+        let presented = presented.ok_or_else(|| {
+            tracing::warn!(path = %object.path(), "a media header built again differs; EIO");
+            FsError::Io("the media header built again differs".into())
+        })?;
+        view.rejoin(&presented);
+        Ok(presented)
     }
 }

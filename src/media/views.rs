@@ -10,7 +10,8 @@ use super::{MediaRequest, Presentation};
 use crate::base::SiteId;
 use crate::cache::Object;
 
-/// Bytes of rewritten headers kept for files nobody has open (open files hold their own).
+/// Bytes of presented headers kept in memory: the only place that holds them, for open files
+/// and names the kernel keeps alike (see `MediaView`).
 pub(super) const VIEW_MEMORY: u64 = 64 << 20;
 /// Most presentations kept, whatever their size.
 const VIEW_ENTRIES: usize = 16_384;
@@ -85,7 +86,7 @@ impl Views {
     ) {
         let synthetic = match presentation {
             Presentation::Unchanged => 0,
-            Presentation::View(view) => view.presented().synthetic_len() as u64,
+            Presentation::View(view) => view.strong().map_or(0, |p| p.synthetic_len() as u64),
         };
         let key = key(object, request);
         let cost = ENTRY_OVERHEAD + key.path.len() as u64 + synthetic;
@@ -99,7 +100,10 @@ impl Views {
             state.bytes -= old.cost;
         }
         state.bytes += cost;
-        while state.bytes > VIEW_MEMORY || state.entries.len() > VIEW_ENTRIES {
+        // The entry just kept stays even alone over the budget: its builder's readers use it.
+        while (state.bytes > VIEW_MEMORY || state.entries.len() > VIEW_ENTRIES)
+            && state.entries.len() > 1
+        {
             match state.entries.pop_lru() {
                 Some((_, gone)) => state.bytes -= gone.cost,
                 None => break,
@@ -191,13 +195,39 @@ mod tests {
         }
         assert!(views.get(&objects[0], &MediaRequest::Faststart).is_none());
         assert!(views.get(&objects[5], &MediaRequest::Faststart).is_some());
-        // One view above the whole budget is handed out by its builder, never kept.
+        // One view above the whole budget is kept alone (its readers hold it only weakly),
+        // and goes with the next one kept.
         views.insert(
             &objects[0],
             &MediaRequest::Faststart,
             &view(VIEW_MEMORY as usize + 1),
         );
+        assert!(views.get(&objects[0], &MediaRequest::Faststart).is_some());
+        assert_eq!(views.state.lock().entries.len(), 1);
+        views.insert(&objects[1], &MediaRequest::Faststart, &view(big));
         assert!(views.get(&objects[0], &MediaRequest::Faststart).is_none());
         assert!(views.state.lock().bytes <= VIEW_MEMORY);
+    }
+
+    #[test]
+    fn a_handed_out_view_holds_its_header_only_while_memory_keeps_it() {
+        let views = Views::new();
+        let objects: Vec<_> = (0..6).map(|i| version(&format!("/{i}.mp4"), "1")).collect();
+        let big = (VIEW_MEMORY / 4) as usize;
+        views.insert(&objects[0], &MediaRequest::Faststart, &view(big));
+        let kept = views.get(&objects[0], &MediaRequest::Faststart).unwrap();
+        let handed = kept.weakened(&MediaRequest::Faststart);
+        drop(kept);
+        let handed = handed.view().unwrap().clone();
+        assert!(handed.strong().is_some(), "kept in memory");
+        for object in &objects[1..] {
+            views.insert(object, &MediaRequest::Faststart, &view(big));
+        }
+        assert!(
+            handed.strong().is_none(),
+            "evicted: nothing else holds the header"
+        );
+        assert_eq!(handed.size(), big as u64 + 10, "the scalars stay");
+        assert_eq!(handed.request(), Some(MediaRequest::Faststart));
     }
 }
