@@ -12,6 +12,7 @@
 
 mod files;
 mod journal;
+pub mod packed;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
