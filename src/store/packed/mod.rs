@@ -528,7 +528,12 @@ impl PackedStore {
                 }
             }
             if !self.reclaim_oldest(writer)? {
-                return Err(PackedError::NoRoom);
+                if writer.head.is_none() {
+                    return Err(PackedError::NoRoom);
+                }
+                // Only the head is left (a limit below one segment's objects): seal it, so
+                // that it is the oldest sealed segment next time round.
+                self.seal_head(writer);
             }
         }
     }
