@@ -421,7 +421,9 @@ fn zipf_hit_ratio_against_exact_lru() {
     let (objects, len, requests, warmup) = (20_000u32, 1024, 400_000, 100_000);
     let cap = 8 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let store = PackedStore::open(dir.path(), config(cap)).unwrap();
+    let mut config = config(cap);
+    config.segment_size = 256 << 10;
+    let store = PackedStore::open(dir.path(), config).unwrap();
     let mut zipf = Zipf::new(objects as usize, 0.9, 42);
     let trace: Vec<u32> = (0..requests).map(|_| zipf.next()).collect();
     let (mut hits, mut resident) = (0, 0u64);

@@ -91,7 +91,7 @@ impl PackedConfig {
             "segment_size must hold two of the largest records".to_string()
         } else if self.segment_size >= index::MAX_SEGMENT_BYTES {
             format!("segment_size must be below {}", index::MAX_SEGMENT_BYTES)
-        } else if self.cap_bytes < FOLDER_BYTES + 4 * self.segment_size {
+        } else if self.cap_bytes < FOLDER_BYTES + 4 * segment::head_charge(self.segment_size) {
             "cap_bytes must hold at least four segments".to_string()
         } else {
             return Ok(());
@@ -478,7 +478,7 @@ impl PackedStore {
     /// headroom is free again.
     fn roll(&self, writer: &mut Writer) -> Result<(), PackedError> {
         self.seal_head(writer);
-        let size = self.config.segment_size;
+        let size = segment::head_charge(self.config.segment_size);
         while !self.budget.reserve(size) {
             if !self.reclaim_oldest(writer)? {
                 return Err(PackedError::NoRoom);

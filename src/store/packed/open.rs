@@ -81,6 +81,31 @@ fn usable_checkpoint(dir: &Path) -> Option<checkpoint::Loaded> {
     }
 }
 
+/// Files the segments found under slots, oldest first, all sealed. Returns the segments
+/// that got a slot, the table, and each one's slot.
+fn segment_table(
+    dir: &Path,
+    mut found: Vec<Arc<Segment>>,
+) -> (Vec<Arc<Segment>>, Segments, Vec<u32>) {
+    let mut segments = Segments::default();
+    let mut slots = Vec::with_capacity(found.len());
+    for (at, segment) in found.iter().enumerate() {
+        let Some(slot) = segments.add(segment.clone()) else {
+            // More segments than the index can name: not a folder this store wrote. The
+            // newest are dropped rather than refuse to open.
+            tracing::warn!(dir = %dir.display(), "too many packed segments; dropping the rest");
+            for extra in &found[at..] {
+                let _ = fs::remove_file(segment::path(dir, extra.id));
+            }
+            break;
+        };
+        segments.sealed.push_back(slot);
+        slots.push(slot);
+    }
+    found.truncate(slots.len());
+    (found, segments, slots)
+}
+
 /// Reads the store's folder back: checkpoint, then every record after its tail.
 pub(super) fn recover(
     dir: &Path,
@@ -88,14 +113,7 @@ pub(super) fn recover(
     budget: &Arc<Budget>,
 ) -> Result<Recovered, PackedError> {
     let _ = fs::remove_file(checkpoint::temporary_path(dir));
-    let found = open_segments(dir, budget)?;
-    let mut segments = Segments::default();
-    let mut slots = Vec::with_capacity(found.len());
-    for segment in &found {
-        let slot = segments.add(segment.clone()).ok_or(PackedError::NoRoom)?;
-        segments.sealed.push_back(slot);
-        slots.push(slot);
-    }
+    let (found, segments, slots) = segment_table(dir, open_segments(dir, budget)?);
     let loaded = usable_checkpoint(dir);
     let (mut index, tail, checkpoint_charge) = match &loaded {
         Some(loaded) => {
@@ -118,7 +136,11 @@ pub(super) fn recover(
     let mut scanned_bytes = 0;
     for (position, (segment, &slot)) in found.iter().zip(&slots).enumerate() {
         let newest = position + 1 == found.len();
-        scanned_bytes += scan_tail(dir, segment, slot, tail, newest, &mut index)?;
+        match scan_tail(dir, segment, slot, tail, newest, &mut index) {
+            Ok(scanned) => scanned_bytes += scanned,
+            // Its records that the checkpoint names are still checked at every read.
+            Err(e) => tracing::warn!(dir = %dir.display(), id = segment.id, "cannot scan packed segment: {e}"),
+        }
     }
     let next_id = found
         .last()

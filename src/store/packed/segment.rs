@@ -63,10 +63,20 @@ fn open_options() -> OpenOptions {
     options
 }
 
-/// Bytes a file of `len` bytes takes on disk, counted as `du` does, whichever is more.
+/// Charged per segment beyond its blocks: its share of the folder's entries and of the
+/// file's extent tree, which `du` of the folder counts too.
+pub(super) const SEGMENT_OVERHEAD: u64 = 4096;
+
+/// Bytes a head segment is charged while it takes appends.
+pub(super) fn head_charge(segment_size: u64) -> u64 {
+    segment_size + SEGMENT_OVERHEAD
+}
+
+/// Bytes a sealed segment of `len` bytes is charged: what it takes on disk (allocated, or
+/// its length in whole blocks, whichever is more) and its overhead.
 fn disk_bytes(file: &File, len: u64) -> u64 {
     let allocated = file.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
-    allocated.max(len.div_ceil(4096) * 4096)
+    allocated.max(len.div_ceil(4096) * 4096) + SEGMENT_OVERHEAD
 }
 
 impl Segment {
@@ -245,8 +255,8 @@ mod tests {
     fn a_scan_stops_at_a_torn_record_and_charges_are_returned() {
         let dir = tempfile::tempdir().unwrap();
         let budget = Arc::new(Budget::new(1 << 20));
-        assert!(budget.reserve(1 << 16));
-        let segment = Segment::create(dir.path(), 1, &budget, 1 << 16).unwrap();
+        assert!(budget.reserve(head_charge(1 << 16)));
+        let segment = Segment::create(dir.path(), 1, &budget, head_charge(1 << 16)).unwrap();
         let mut at = 0;
         for i in 0..3u8 {
             let bytes = encode(RecordKind::Object, &[b'k', i], b"", &vec![i; 3000]);
@@ -260,7 +270,7 @@ mod tests {
         assert_eq!(seen.len(), 2);
         assert!(stop < torn);
         segment.seal(torn).unwrap();
-        assert!(budget.used() < 1 << 16);
+        assert!(budget.used() < head_charge(1 << 16));
         drop(segment);
         assert_eq!(budget.used(), 0);
     }
