@@ -7,9 +7,12 @@
 //! ```text
 //! cargo bench --bench packed_scale            # PACKED_SCALE_DIR (default /var/tmp/packed-scale),
 //!                                             # PACKED_SCALE_THREADS (2), PACKED_SCALE_DIVIDE (1)
+//! rm -rf /var/tmp/packed-scale                # the baseline's files are set aside, not removed
 //! ```
-//! The reopen is measured in a fresh process (this binary, run as `reopen DIR COUNT LEN`), so
-//! its RSS is not the fill's allocator leftovers.
+//! Reopens run in a fresh process (this binary, run as `reopen DIR COUNT LEN`), so their RSS
+//! is not the fill's allocator leftovers, with the store's files dropped from the page cache
+//! first: once after a kill (the scan of what the last checkpoint does not cover), then
+//! after a clean close. Puts and the file baseline's writes are timed up to a sync.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -99,7 +102,8 @@ fn get_all(store: &PackedStore, count: u64, len: usize) -> f64 {
     })
 }
 
-/// The child process: reopen, re-read, print `open_ms rss_open rss_reread gets_per_s`.
+/// The child process: reopen, re-read, print `open_ms rss_open rss_reread gets_per_s`, and
+/// close (which checkpoints).
 fn reopen(dir: &Path, count: u64, len: usize) {
     let before = rss_bytes();
     let start = Instant::now();
@@ -113,7 +117,37 @@ fn reopen(dir: &Path, count: u64, len: usize) {
         "{open_ms:.1} {rss_open} {rss_reread} {:.0}",
         count as f64 / seconds
     );
-    store.abandon();
+    store.close().expect("close");
+}
+
+/// Drops the folder's files from the page cache (they are synced), so a reopen reads the
+/// disk, without touching any other file's cache on a shared machine.
+fn drop_from_page_cache(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(file) = fs::File::open(entry.path()) {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            // SAFETY: fadvise on a descriptor we own; it only drops clean cached pages.
+            unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+    }
+}
+
+/// Runs [`reopen`] in a fresh process, on a cold page cache; returns its four figures.
+fn reopen_in_child(dir: &Path, count: u64, len: usize) -> Vec<f64> {
+    drop_from_page_cache(dir);
+    let child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["reopen", &dir.display().to_string()])
+        .args([count.to_string(), len.to_string()])
+        .output()
+        .expect("reopen process");
+    let text = String::from_utf8_lossy(&child.stdout);
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert_eq!(fields.len(), 4, "reopen said: {text} {stderr}");
+    fields
 }
 
 struct Row {
@@ -123,6 +157,7 @@ struct Row {
     rss_open: f64,
     rss_reread: f64,
     open_ms: f64,
+    crash_open_ms: f64,
     put_rate: f64,
     get_rate: f64,
     reopened_get_rate: f64,
@@ -149,18 +184,12 @@ fn measure_store(dir: &Path, count: u64, len: usize) -> Row {
     };
     let rss_fill = rss_bytes().saturating_sub(before);
     let get_seconds = get_all(&store, count, len);
-    store.close().expect("close");
+    // A crash after the fill: the first reopen scans what the last automatic checkpoint
+    // does not cover, and closes; the second is a clean reopen from the checkpoint.
+    store.abandon();
+    let after_crash = reopen_in_child(dir, count, len);
     let du_bytes = du(dir);
-    let child = std::process::Command::new(std::env::current_exe().expect("exe"))
-        .args(["reopen", &dir.display().to_string(), &count.to_string(), &len.to_string()])
-        .output()
-        .expect("reopen process");
-    let text = String::from_utf8_lossy(&child.stdout);
-    let fields: Vec<f64> = text
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    assert_eq!(fields.len(), 4, "reopen said: {text} {}", String::from_utf8_lossy(&child.stderr));
+    let fields = reopen_in_child(dir, count, len);
     let per = |bytes: f64| bytes / count as f64;
     Row {
         label: format!("{count} x {} KiB", len / 1024),
@@ -169,6 +198,7 @@ fn measure_store(dir: &Path, count: u64, len: usize) -> Row {
         rss_open: per(fields[1]),
         rss_reread: per(fields[2]),
         open_ms: fields[0],
+        crash_open_ms: after_crash[0],
         put_rate: count as f64 / put_seconds,
         get_rate: count as f64 / get_seconds,
         reopened_get_rate: fields[3],
@@ -179,13 +209,14 @@ fn measure_store(dir: &Path, count: u64, len: usize) -> Row {
 }
 
 fn file_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{:02x}", id % 256)).join(format!("{id:08}.jpg"))
+    dir.join(format!("{:02x}", id % 256))
+        .join(format!("{id:08}.jpg"))
 }
 
 /// The baseline: the same bytes as one file per object (256 fan-out folders), written and
 /// synced (syncfs), then read back, with the same threads.
 fn measure_files(dir: &Path, count: u64, len: usize, row: &mut Row) {
-    let _ = fs::remove_dir_all(dir);
+    set_aside(dir);
     for fan in 0..256 {
         fs::create_dir_all(dir.join(format!("{fan:02x}"))).expect("mkdir");
     }
@@ -216,7 +247,19 @@ fn measure_files(dir: &Path, count: u64, len: usize, row: &mut Row) {
     row.file_put_rate = count as f64 / put_seconds;
     row.file_get_rate = count as f64 / get_seconds;
     row.file_du_per_object = du(dir) as f64 / count as f64;
-    let _ = fs::remove_dir_all(dir);
+    set_aside(dir);
+}
+
+/// Moves a folder of a million files out of the way instead of removing it, which takes
+/// minutes: `rm -rf PACKED_SCALE_DIR/trash-*` after the run.
+fn set_aside(dir: &Path) {
+    if dir.exists() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let trash = dir.with_file_name(format!("trash-{stamp}"));
+        fs::rename(dir, trash).expect("set the old folder aside");
+    }
 }
 
 fn main() {
@@ -234,17 +277,21 @@ fn main() {
         .and_then(|d| d.parse().ok())
         .unwrap_or(1);
     println!("threads: {}", threads());
-    println!("| objects | du/object | RSS/object fill | reopen | re-read | reopen time | put/s (files) | get/s (files) | get/s after reopen | files du/object |");
+    println!("| objects | du/object | RSS/object fill | reopen | re-read | reopen time (after a kill) | put/s (files) | get/s (files) | cold get/s after reopen | files du/object |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (count, len) in [(1_000_000 / divide, 1024), (100_000 / divide, 16 << 10)] {
         let store_dir = base.join(format!("store-{len}"));
         let mut row = measure_store(&store_dir, count, len);
         let _ = fs::remove_dir_all(&store_dir);
+        eprintln!(
+            "store done: {:.0} B/object, reopen {:.1} ms, after a kill {:.1} ms",
+            row.du_per_object, row.open_ms, row.crash_open_ms
+        );
         measure_files(&base.join(format!("files-{len}")), count, len, &mut row);
         println!(
-            "| {} | {:.0} B | {:.1} B | {:.1} B | {:.1} B | {:.1} ms | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.0} | {:.0} B |",
+            "| {} | {:.0} B | {:.1} B | {:.1} B | {:.1} B | {:.1} ms ({:.0} ms) | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.0} | {:.0} B |",
             row.label, row.du_per_object, row.rss_fill, row.rss_open, row.rss_reread,
-            row.open_ms, row.put_rate, row.file_put_rate, row.get_rate, row.file_get_rate,
+            row.open_ms, row.crash_open_ms, row.put_rate, row.file_put_rate, row.get_rate, row.file_get_rate,
             row.reopened_get_rate, row.file_du_per_object
         );
     }

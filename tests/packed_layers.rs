@@ -53,7 +53,11 @@ fn validators(id: u32, version: u32, len: usize) -> Vec<u8> {
 /// Puts version `version` of object `id` with `len` bytes.
 fn put(store: &PackedStore, id: u32, version: u32, len: usize) {
     store
-        .put(&key(id), &validators(id, version, len), &data(id, version, len))
+        .put(
+            &key(id),
+            &validators(id, version, len),
+            &data(id, version, len),
+        )
         .expect("put");
 }
 
@@ -64,7 +68,11 @@ fn served(store: &PackedStore, id: u32) -> Option<(u32, usize)> {
     let fields: Vec<u32> = text.split(':').map(|f| f.parse().unwrap()).collect();
     assert_eq!(fields[0], id, "another object's record was served");
     let (version, len) = (fields[1], fields[2] as usize);
-    assert_eq!(&object.data[..], &data(id, version, len)[..], "wrong bytes served");
+    assert_eq!(
+        &object.data[..],
+        &data(id, version, len)[..],
+        "wrong bytes served"
+    );
     Some((version, len))
 }
 
@@ -148,7 +156,11 @@ fn run_model(ops: &[Op], config: &PackedConfig, exact: bool) -> Result<(), TestC
         }
         let stats = store.as_ref().unwrap().stats();
         prop_assert!(stats.used_bytes <= config.cap_bytes);
-        prop_assert!(du(dir.path()) <= config.cap_bytes, "du {} over the cap", du(dir.path()));
+        prop_assert!(
+            du(dir.path()) <= config.cap_bytes,
+            "du {} over the cap",
+            du(dir.path())
+        );
         if exact {
             prop_assert_eq!(stats.objects as usize, model.len());
         }
@@ -218,7 +230,11 @@ fn segment_tail_cut_at_every_byte_offset_serves_only_whole_records() {
             let store = PackedStore::open(dir.path(), config(64 << 20)).unwrap();
             for &(id, end) in &ends {
                 let whole = end <= cut as u64;
-                assert_eq!(served(&store, id).is_some(), whole, "cut {cut}, object {id}");
+                assert_eq!(
+                    served(&store, id).is_some(),
+                    whole,
+                    "cut {cut}, object {id}"
+                );
             }
             store.abandon();
         }
@@ -488,15 +504,23 @@ fn kill_during_fill_and_reclamation_never_serves_a_wrong_byte_or_passes_the_cap(
     let exe = std::env::current_exe().unwrap();
     for round in 0..6u64 {
         let mut child = std::process::Command::new(&exe)
-            .args(["--exact", "child_fills_until_killed", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "child_fills_until_killed",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(CHILD_DIR, dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now()
-            + std::time::Duration::from_millis(300 + 170 * round);
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(300 + 170 * round);
         while std::time::Instant::now() < deadline {
-            assert!(du(dir.path()) <= kill_cap(), "du over the cap while filling");
+            assert!(
+                du(dir.path()) <= kill_cap(),
+                "du over the cap while filling"
+            );
         }
         child.kill().unwrap();
         child.wait().unwrap();

@@ -82,7 +82,12 @@ pub(super) fn save(
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&[0; 4]);
     header.extend_from_slice(&body_crc.to_le_bytes());
-    for word in [tail.segment, tail.offset, segments.len() as u64, entries.len() as u64] {
+    for word in [
+        tail.segment,
+        tail.offset,
+        segments.len() as u64,
+        entries.len() as u64,
+    ] {
         header.extend_from_slice(&word.to_le_bytes());
     }
     let header_crc = crc32c::crc32c(&header[12..]);
@@ -127,12 +132,10 @@ impl Loaded {
 
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         let start = HEADER_LEN + ROW_LEN * self.segment_count;
-        self.map[start..]
-            .chunks_exact(ROW_LEN)
-            .map(|row| Entry {
-                hash: word(row, 0),
-                bits: word(row, 8),
-            })
+        self.map[start..].chunks_exact(ROW_LEN).map(|row| Entry {
+            hash: word(row, 0),
+            bits: word(row, 8),
+        })
     }
 }
 
@@ -149,7 +152,7 @@ pub(super) fn load(dir: &Path) -> Result<Option<Loaded>, String> {
         Ok(file) => file,
     };
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    if len < HEADER_LEN as u64 || (len - HEADER_LEN as u64) % ROW_LEN as u64 != 0 {
+    if len < HEADER_LEN as u64 || !(len - HEADER_LEN as u64).is_multiple_of(ROW_LEN as u64) {
         return Err(format!("{len} bytes is not a checkpoint's length"));
     }
     // SAFETY: the file is private to this store (0600 in a folder locked by this process),
@@ -184,7 +187,13 @@ mod tests {
     use super::*;
 
     fn sample(dir: &Path) {
-        let entries = [Entry { hash: 9, bits: 77 }, Entry { hash: 3, bits: 1 << 63 }];
+        let entries = [
+            Entry { hash: 9, bits: 77 },
+            Entry {
+                hash: 3,
+                bits: 1 << 63,
+            },
+        ];
         let tail = Tail {
             segment: 4,
             offset: 800,

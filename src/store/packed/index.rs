@@ -40,7 +40,7 @@ impl Location {
     /// `MAX_SEGMENT_BYTES` and the record limit; both are checked when a record is placed.
     fn pack(self) -> u64 {
         debug_assert!(self.segment < SEGMENT_SLOTS && self.offset < MAX_SEGMENT_BYTES);
-        debug_assert!(self.offset % 8 == 0 && self.len % 8 == 0);
+        debug_assert!(self.offset.is_multiple_of(8) && self.len.is_multiple_of(8));
         u64::from(self.segment)
             | (self.offset / 8) << SEGMENT_BITS
             | u64::from(self.len / 8) << (SEGMENT_BITS + OFFSET_BITS)
@@ -58,9 +58,9 @@ impl Location {
     /// Whether this location can be packed at all (checked before a record is written).
     pub fn fits(segment: u32, offset: u64, len: usize) -> bool {
         segment < SEGMENT_SLOTS
-            && offset % 8 == 0
+            && offset.is_multiple_of(8)
             && offset < MAX_SEGMENT_BYTES
-            && len % 8 == 0
+            && len.is_multiple_of(8)
             && len < (1 << LEN_BITS) * 8
     }
 }

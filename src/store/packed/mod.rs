@@ -267,7 +267,8 @@ impl PackedStore {
         }
         if self.budget.used() > self.budget.cap() && writer.checkpoint_charge > 0 {
             let _ = std::fs::remove_file(checkpoint::path(&self.dir));
-            self.budget.release(std::mem::take(&mut writer.checkpoint_charge));
+            self.budget
+                .release(std::mem::take(&mut writer.checkpoint_charge));
         }
         if writer.since_checkpoint >= self.config.checkpoint_every {
             self.checkpoint_locked(&mut writer)?;
@@ -389,7 +390,12 @@ impl PackedStore {
             let shared = self.shared.lock();
             let index = &shared.index;
             let max = index.max_entries() as u64;
-            (index.len() as u64, max, index.memory_bytes(), shared.segments.count())
+            (
+                index.len() as u64,
+                max,
+                index.memory_bytes(),
+                shared.segments.count(),
+            )
         };
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let c = &self.counters;
@@ -632,7 +638,10 @@ impl PackedStore {
         }
         let (segments, entries) = {
             let shared = self.shared.lock();
-            (shared.segments.list(), shared.index.entries().collect::<Vec<_>>())
+            (
+                shared.segments.list(),
+                shared.index.entries().collect::<Vec<_>>(),
+            )
         };
         let tail = match &writer.head {
             Some(head) => checkpoint::Tail {

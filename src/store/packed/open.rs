@@ -139,7 +139,9 @@ pub(super) fn recover(
         match scan_tail(dir, segment, slot, tail, newest, &mut index) {
             Ok(scanned) => scanned_bytes += scanned,
             // Its records that the checkpoint names are still checked at every read.
-            Err(e) => tracing::warn!(dir = %dir.display(), id = segment.id, "cannot scan packed segment: {e}"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), id = segment.id, "cannot scan packed segment: {e}")
+            }
         }
     }
     let next_id = found

@@ -82,10 +82,8 @@ pub(super) fn encode(kind: RecordKind, key: &[u8], validators: &[u8], data: &[u8
     bytes.extend_from_slice(&[kind.code(), 0, 0, 0]);
     bytes.extend_from_slice(key);
     bytes.extend_from_slice(validators);
-    let header_crc = crc32c::crc32c_append(
-        crc32c::crc32c(&bytes[8..HEADER_LEN]),
-        &bytes[HEADER_LEN..],
-    );
+    let header_crc =
+        crc32c::crc32c_append(crc32c::crc32c(&bytes[8..HEADER_LEN]), &bytes[HEADER_LEN..]);
     bytes[4..8].copy_from_slice(&header_crc.to_le_bytes());
     bytes.extend_from_slice(data);
     bytes.resize(total, 0);
@@ -197,7 +195,12 @@ mod tests {
 
     #[test]
     fn a_record_round_trips() {
-        let bytes = encode(RecordKind::Object, b"/site/a.jpg", b"etag-1", b"hello world");
+        let bytes = encode(
+            RecordKind::Object,
+            b"/site/a.jpg",
+            b"etag-1",
+            b"hello world",
+        );
         assert_eq!(bytes.len() % 8, 0);
         let decoded = decode(&bytes).expect("valid");
         assert_eq!(decoded.key, b"/site/a.jpg");

@@ -144,9 +144,12 @@ impl Segment {
         let on_disk = disk_bytes(&self.file, len);
         let before = self
             .charge
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(c.min(on_disk)))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.min(on_disk))
+            })
             .unwrap_or(0);
-        self.budget.release(before.saturating_sub(on_disk.min(before)));
+        self.budget
+            .release(before.saturating_sub(on_disk.min(before)));
         Ok(())
     }
 
@@ -266,7 +269,9 @@ mod tests {
         let torn = at - 5;
         segment.truncate(torn).unwrap();
         let mut seen = Vec::new();
-        let stop = segment.scan(0, torn, |_, d| seen.push(d.key.to_vec())).unwrap();
+        let stop = segment
+            .scan(0, torn, |_, d| seen.push(d.key.to_vec()))
+            .unwrap();
         assert_eq!(seen.len(), 2);
         assert!(stop < torn);
         segment.seal(torn).unwrap();
