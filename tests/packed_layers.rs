@@ -533,3 +533,39 @@ fn kill_during_fill_and_reclamation_never_serves_a_wrong_byte_or_passes_the_cap(
         assert!(du(dir.path()) <= kill_cap());
     }
 }
+
+/// Readers never see a wrong or torn version while writers put new versions and reclaim
+/// segments under them.
+#[test]
+fn concurrent_readers_never_see_wrong_bytes_while_writers_reclaim() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = kill_cap();
+    let store = PackedStore::open(dir.path(), config(cap)).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for writer in 0..2u32 {
+            let (store, stop) = (&store, &stop);
+            scope.spawn(move || {
+                for round in 0..4000u32 {
+                    let id = (round * 7 + writer) % 500;
+                    put(store, id, round * 2 + writer, (round as usize * 13) % 5000);
+                }
+                stop.store(true, std::sync::atomic::Ordering::Release);
+            });
+        }
+        for reader in 0..2u32 {
+            let (store, stop) = (&store, &stop);
+            scope.spawn(move || {
+                let mut id = reader;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    id = (id * 31 + 17) % 500;
+                    served(store, id);
+                }
+            });
+        }
+    });
+    let stats = store.stats();
+    assert!(stats.reclaimed_segments > 0 && stats.hits > 0);
+    assert_eq!(stats.rejected, 0, "a record failed its checks");
+    assert!(stats.used_bytes <= cap && du(dir.path()) <= cap);
+}

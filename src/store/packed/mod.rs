@@ -18,9 +18,10 @@
 //!   The head segment is charged whole; a sealed one what it takes on disk, until the last
 //!   handle on it drops after reclamation unlinked it. After a roll, at least one segment of
 //!   headroom is kept free, so reclamation always has a head to copy survivors into.
-//! - Crash rules: a segment is synced before it is sealed, the head before a checkpoint names
-//!   its records, and survivors' copies before the segment they leave is unlinked. A record
-//!   not yet synced may be lost; a torn one fails its checksum and is never served.
+//! - Crash rules: a sealed segment is written back in the background and synced, with the
+//!   head, before a checkpoint names its records or `sync` returns; survivors' copies are
+//!   synced before the segment they leave is unlinked. A record not yet synced may be lost;
+//!   a torn one fails its checksum and is never served.
 //! - The object count is bounded by the index memory limit: a new key that would pass it
 //!   reclaims the oldest segment first, as the cap does.
 //!
@@ -156,6 +157,8 @@ struct Head {
 /// What only writers touch (under `writer`).
 struct Writer {
     head: Option<Head>,
+    /// Sealed segments written back in the background but not yet synced.
+    unsynced: Vec<Arc<Segment>>,
     next_id: u64,
     since_checkpoint: u64,
     checkpoint_charge: u64,
@@ -239,6 +242,7 @@ impl PackedStore {
             budget,
             writer: Mutex::new(Writer {
                 head: None,
+                unsynced: Vec::new(),
                 next_id: recovered.next_id,
                 since_checkpoint: recovered.scanned_bytes,
                 checkpoint_charge: recovered.checkpoint_charge,
@@ -372,7 +376,16 @@ impl PackedStore {
 
     /// Makes every record put so far durable.
     pub fn sync(&self) -> Result<(), PackedError> {
-        let writer = self.writer.lock();
+        let mut writer = self.writer.lock();
+        Self::sync_locked(&mut writer)
+    }
+
+    /// Syncs the sealed segments not synced yet, then the head.
+    fn sync_locked(writer: &mut Writer) -> Result<(), PackedError> {
+        while let Some(segment) = writer.unsynced.last() {
+            segment.sync()?;
+            writer.unsynced.pop();
+        }
         if let Some(head) = &writer.head {
             head.segment.sync()?;
         }
@@ -511,16 +524,17 @@ impl PackedStore {
         Ok(())
     }
 
-    /// Syncs the head and files it with the sealed segments. A failed sync is logged: its
-    /// records are still checked on every read.
+    /// Seals the head and files it with the sealed segments, to be synced later (see
+    /// `sync_locked`).
     fn seal_head(&self, writer: &mut Writer) {
         let Some(head) = writer.head.take() else {
             return;
         };
         if let Err(e) = head.segment.seal(head.len) {
-            tracing::warn!(dir = %self.dir.display(), "cannot sync packed segment: {e}");
+            tracing::warn!(dir = %self.dir.display(), "cannot seal packed segment: {e}");
         }
         self.shared.lock().segments.sealed.push_back(head.slot);
+        writer.unsynced.push(head.segment);
     }
 
     /// Reclaims sealed segments while `hash` is a new key and the index is at its limit.
@@ -574,6 +588,8 @@ impl PackedStore {
         }
         let dropped = (plan.survivors.len() + plan.evicted.len()) as u64 - moved;
         self.shared.lock().segments.remove(slot);
+        // Its bytes no longer matter: no sync, and no handle that keeps its charge.
+        writer.unsynced.retain(|s| s.id != segment.id);
         if let Err(e) = std::fs::remove_file(segment::path(&self.dir, segment.id)) {
             tracing::warn!(dir = %self.dir.display(), "cannot remove packed segment: {e}");
         }
@@ -653,15 +669,13 @@ impl PackedStore {
                 offset: 0,
             },
         };
-        let saved = match &writer.head {
-            Some(head) => head.segment.sync(),
-            None => Ok(()),
-        }
-        .and_then(|()| checkpoint::save(&self.dir, tail, &segments, &entries));
+        let saved = Self::sync_locked(writer).and_then(|()| {
+            checkpoint::save(&self.dir, tail, &segments, &entries).map_err(PackedError::from)
+        });
         if let Err(e) = saved {
             self.budget.release(charge);
             let _ = std::fs::remove_file(checkpoint::temporary_path(&self.dir));
-            return Err(e.into());
+            return Err(e);
         }
         self.budget
             .release(std::mem::replace(&mut writer.checkpoint_charge, charge));
