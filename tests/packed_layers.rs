@@ -528,10 +528,15 @@ fn kill_during_fill_and_reclamation_never_serves_a_wrong_byte_or_passes_the_cap(
         let store = PackedStore::open(dir.path(), config(kill_cap())).unwrap();
         let present = (0..3000).filter_map(|id| served(&store, id)).count();
         assert!(present > 0, "round {round}: nothing survived");
-        assert!(store.stats().reclaimed_segments > 0 || round > 0 || present > 0);
         drop(store);
         assert!(du(dir.path()) <= kill_cap());
     }
+    // Segment ids only grow: far more were written than the cap holds, so the kills also
+    // landed while segments were reclaimed.
+    let newest = segment_files(dir.path()).pop().unwrap();
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    let id = u64::from_str_radix(&name[4..20], 16).unwrap();
+    assert!(id > 3 * 8, "only {id} segments written");
 }
 
 /// Readers never see a wrong or torn version while writers put new versions and reclaim
