@@ -10,7 +10,8 @@
 //! Invariants: linear probing from a slot's home `fastrange(hash)`, with no tombstones
 //! (removal shifts the probe chain back), so a lookup stops at the first empty slot; at most
 //! `LOAD_PERCENT` of the slots are used; the table never holds more than `max_slots` slots,
-//! which is how the store's index memory limit is kept.
+//! which is how the store's index memory limit is kept (while it grows, the old table and
+//! the new one, 1.5 times bigger, live together for a moment).
 
 /// Percentage of slots in use before the table grows.
 const LOAD_PERCENT: usize = 85;

@@ -8,7 +8,10 @@
 //! opaque validators, bytes), [`PackedStore::get`] checked bytes or a miss,
 //! [`PackedStore::pin`] a record to keep reading it while newer versions come,
 //! [`PackedStore::remove`], [`PackedStore::sync`], [`PackedStore::open`] to reopen, and
-//! [`PackedStore::stats`]. It imports nothing above `store`.
+//! [`PackedStore::stats`]. It imports nothing above `store`. The cache decides what goes in
+//! (objects whose whole size is at most `PackedConfig::max_object`), encodes its version
+//! (ETag, Last-Modified, size, fetched-at, TTL) into the validators, and compares them on
+//! a hit; the store keeps them opaque, and serves a record only to the exact key it holds.
 //!
 //! Invariants:
 //! - Never a wrong byte: every hit is read back whole and checked (magic, both CRC32Cs, the
