@@ -687,3 +687,62 @@ impl PackedStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_config() -> PackedConfig {
+        let mut config = PackedConfig::new(8 << 20);
+        config.segment_size = 256 << 10;
+        config.max_object = 16 << 10;
+        config
+    }
+
+    /// Two keys under one 64-bit hash (forced here: xxh3 gives none to find) share an
+    /// entry; the one the record does not name gets a miss, never the other's bytes.
+    #[test]
+    fn a_hash_collision_costs_a_miss_never_another_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackedStore::open(dir.path(), small_config()).unwrap();
+        store.put(b"/b", b"vb", b"bytes of b").unwrap();
+        {
+            let mut shared = store.shared.lock();
+            let location = shared.index.get(record::key_hash(b"/b")).unwrap();
+            shared
+                .index
+                .upsert(record::key_hash(b"/a"), location)
+                .unwrap();
+        }
+        assert_eq!(store.get(b"/a").unwrap(), None);
+        assert_eq!(store.stats().rejected, 1);
+        assert_eq!(&store.get(b"/b").unwrap().unwrap().data[..], b"bytes of b");
+    }
+
+    #[test]
+    fn configurations_that_cannot_hold_the_cap_are_refused() {
+        let mut config = small_config();
+        config.cap_bytes = 3 * config.segment_size;
+        assert!(matches!(config.check(), Err(PackedError::Config(_))));
+        let mut config = small_config();
+        config.segment_size = 16 << 10;
+        assert!(config.check().is_err(), "segments smaller than two records");
+        let mut config = small_config();
+        config.max_object = MAX_DATA_LEN + 1;
+        assert!(config.check().is_err());
+        assert!(small_config().check().is_ok());
+    }
+
+    #[test]
+    fn objects_over_the_threshold_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackedStore::open(dir.path(), small_config()).unwrap();
+        let too_big = vec![0; (16 << 10) + 1];
+        assert!(matches!(
+            store.put(b"/big", b"", &too_big),
+            Err(PackedError::TooLarge { .. })
+        ));
+        assert_eq!(store.stats().objects, 0);
+        assert_eq!(store.stats().segments, 0);
+    }
+}
