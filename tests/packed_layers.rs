@@ -161,6 +161,7 @@ fn run_model(ops: &[Op], config: &PackedConfig, exact: bool) -> Result<(), TestC
             "du {} over the cap",
             du(dir.path())
         );
+        prop_assert!(stats.objects <= stats.max_objects);
         if exact {
             prop_assert_eq!(stats.objects as usize, model.len());
         }
@@ -187,6 +188,15 @@ proptest! {
     #[test]
     fn cap_holds_and_nothing_stale_is_served_under_random_workloads(ops in ops(300, 8000)) {
         run_model(&ops, &config(8192 + 5 * (64 << 10)), false)?;
+    }
+
+    /// With an index memory limit of 64 slots (54 objects) the object count stays bounded
+    /// through puts, reopens and crashes, and what is served is still the newest version.
+    #[test]
+    fn memory_limit_holds_and_nothing_stale_is_served(ops in ops(300, 3000)) {
+        let mut config = config(64 << 20);
+        config.index_memory_limit = 64 * 16;
+        run_model(&ops, &config, false)?;
     }
 }
 
