@@ -13,6 +13,7 @@
 pub mod descriptors;
 mod files;
 mod journal;
+pub mod packed;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
