@@ -44,18 +44,30 @@ pub(super) fn lock_folder(dir: &Path) -> Result<File, PackedError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir.join("lock"))?;
-    // SAFETY: flock on a descriptor we own has no memory-safety requirements.
-    let locked = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&lock),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    };
-    if locked != 0 {
-        return Err(PackedError::Locked(dir.display().to_string()));
+    // A lock can outlive its holder for a moment: a process that forks (to exec anything)
+    // shares the descriptor until its child execs, and a process that exits takes time to
+    // close it. Only a lock held for longer means another store has the folder.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own has no memory-safety requirements.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked == 0 {
+            return Ok(lock);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(PackedError::Locked(dir.display().to_string()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Ok(lock)
 }
+
+/// How long an open waits for the folder's lock before it says another store holds it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Opens every segment in `dir` (oldest first), charging what each takes on disk.
 fn open_segments(dir: &Path, budget: &Arc<Budget>) -> io::Result<Vec<Arc<Segment>>> {
