@@ -13,102 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::layer::{config, Layer, BLOCK, CALL};
 use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
 use common::{assert_bytes_eq, Rng};
-use ston_fs::base::{FsError, FsResult, Invalidation, ObjectKind};
+use ston_fs::base::{FsError, Invalidation, ObjectKind};
 use ston_fs::cache::{Cache, Object};
-use ston_fs::config::Config;
-
-const BLOCK: u64 = 64 * 1024;
-/// The deadline of one cache call; generous, since a hang is what it detects.
-const CALL: Duration = Duration::from_secs(15);
-
-/// A cache opened on its own runtime, as a mount holds it.
-struct Layer {
-    cache: Arc<Cache>,
-    runtime: tokio::runtime::Runtime,
-}
-
-fn config(origin: &Origin, dir: &Path, settings: &[(&str, &str)]) -> Config {
-    let mut config = Config::default();
-    config.set("origin", &origin.url()).expect("origin");
-    config.cache_dir = dir.to_path_buf();
-    config.set("block_size", "64K").expect("block_size");
-    config.set("connect_timeout", "2").expect("connect_timeout");
-    config.set("receive_timeout", "5").expect("receive_timeout");
-    for (key, value) in settings {
-        config.set(key, value).expect(key);
-    }
-    config.validate().expect("valid config");
-    config
-}
-
-impl Layer {
-    fn open(config: Config) -> Layer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let cache = {
-            let _inside = runtime.enter();
-            Arc::new(Cache::open(config).expect("cache opens"))
-        };
-        Layer { cache, runtime }
-    }
-
-    /// Stops everything and releases the cache folder's lock (as a crash would, minus the
-    /// journal records that only `flush` writes).
-    fn close(self) {
-        let Layer { cache, runtime } = self;
-        drop(cache);
-        drop(runtime);
-    }
-
-    fn resolve(&self, path: &str) -> FsResult<Arc<Object>> {
-        let deadline = Instant::now() + CALL;
-        self.runtime
-            .block_on(self.cache.resolve(0, Arc::from(path), deadline))
-    }
-
-    fn file(&self, path: &str) -> Arc<Object> {
-        self.resolve(path)
-            .unwrap_or_else(|e| panic!("resolve {path}: {e}"))
-    }
-
-    fn read(&self, object: &Arc<Object>, range: std::ops::Range<u64>) -> FsResult<(Bytes, bool)> {
-        let deadline = Instant::now() + CALL;
-        self.runtime
-            .block_on(self.cache.read(object, range, deadline))
-    }
-
-    /// Reads the whole object in one call; returns the bytes and whether it was a hit.
-    fn read_all(&self, object: &Arc<Object>) -> (Bytes, bool) {
-        self.read(object, 0..object.size())
-            .unwrap_or_else(|e| panic!("read {}: {e}", object.path()))
-    }
-
-    /// Waits until every block of `object` reached the cache file (write-behind is async).
-    fn wait_cached(&self, object: &Object) {
-        let give_up = Instant::now() + CALL;
-        while !object.fully_cached() {
-            assert!(
-                Instant::now() < give_up,
-                "{} never fully cached",
-                object.path()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn used(&self) -> u64 {
-        self.cache.usage().0
-    }
-
-    fn objects(&self) -> u64 {
-        self.cache.usage().2
-    }
-}
 
 /// Every file under `dir` whose name ends in `.ext`.
 fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -182,7 +91,7 @@ fn cache_and_close(origin: &Origin, dir: &Path, path: &str) {
     assert_bytes_eq(&bytes, &origin.content(path), path);
     layer.wait_cached(&object);
     layer.cache.flush();
-    layer.close();
+    layer.crash();
 }
 
 #[test]
@@ -838,7 +747,7 @@ fn metadata_that_fails_any_check_is_dropped_at_load() {
             layer.wait_cached(&object);
         }
         layer.cache.flush();
-        layer.close();
+        layer.crash();
     }
     let metas = files_with(dir.path(), "meta");
     assert_eq!(metas.len(), paths.len());
@@ -918,7 +827,7 @@ fn a_second_cache_cannot_open_a_folder_in_use() {
     };
     let error = second.err().expect("the folder is locked");
     assert!(error.contains("in use"), "{error}");
-    first.close();
+    first.crash();
     let _inside = runtime.enter();
     assert!(
         Cache::open(config(&origin, dir.path(), &[])).is_ok(),
@@ -939,7 +848,7 @@ fn an_expiry_is_journaled_and_survives_a_restart() {
         layer.cache.flush();
         let report = layer.cache.invalidate(0, "/x.bin", Invalidation::Expire);
         assert_eq!(report.objects, 1);
-        layer.close();
+        layer.crash();
     }
     origin.reset();
     let layer = Layer::open(config(&origin, dir.path(), &[]));
@@ -1134,7 +1043,7 @@ fn after_a_crash_the_cache_folder_still_stays_under_the_cap() {
             layer.wait_cached(&object);
         }
         // A crash: no flush, and the recorder has not had its quiet moment yet.
-        layer.close();
+        layer.crash();
     }
     let site_dir = std::fs::read_dir(dir.path())
         .unwrap()

@@ -2,12 +2,14 @@
 //!
 //! - `origin`: in-process HTTP/1.1 test origin with request recording and
 //!   fault knobs, plus the `pattern` content generator.
+//! - `layer`: a cache and the media layer on their own runtime, driven without FUSE.
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
 //! - `nginx`: a private nginx that logs every request, and process helpers for servers.
 //! - `tier`: parent caches (private nginx with proxy_cache and slices) for a cache tier.
 //! - this module: small read/compare helpers and a seeded RNG.
 #![allow(dead_code)]
 
+pub mod layer;
 pub mod mount;
 pub mod nginx;
 pub mod origin;
