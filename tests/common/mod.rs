@@ -2,6 +2,7 @@
 //!
 //! - `origin`: in-process HTTP/1.1 test origin with request recording and
 //!   fault knobs, plus the `pattern` content generator.
+//! - `kernel`: a fake kernel driving `StonFs` with FUSE-shaped calls, without FUSE.
 //! - `layer`: a cache and the media layer on their own runtime, driven without FUSE.
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
 //! - `nginx`: a private nginx that logs every request, and process helpers for servers.
@@ -9,6 +10,7 @@
 //! - this module: small read/compare helpers and a seeded RNG.
 #![allow(dead_code)]
 
+pub mod kernel;
 pub mod layer;
 pub mod mount;
 pub mod nginx;

@@ -362,12 +362,21 @@ impl Object {
         self.state.lock().blocks.is_cached(block)
     }
 
-    pub fn open_handle(&self) {
+    /// Counts one open file handle on this object until the returned guard drops.
+    pub fn open_handle(self: &Arc<Self>) -> OpenHandle {
         self.state.lock().open_handles += 1;
+        OpenHandle {
+            object: self.clone(),
+        }
+    }
+
+    /// How many [`OpenHandle`]s of this object are alive.
+    pub fn open_handles(&self) -> usize {
+        self.state.lock().open_handles
     }
 
     /// The last handle closing releases the data file descriptor: idle objects hold no fds.
-    pub fn close_handle(&self) {
+    fn close_handle(&self) {
         let mut state = self.state.lock();
         state.open_handles = state.open_handles.saturating_sub(1);
         if state.open_handles == 0 {
@@ -662,6 +671,25 @@ impl Object {
         }
         state.charged += charge;
         true
+    }
+}
+
+/// One open file handle of an object (see [`Object::open_handle`]). Counting by a guard,
+/// not by paired calls, means no path (a replaced implicit handle, an adopted handle, a
+/// release racing a read) can leave the count, and so the object's data descriptor, behind.
+pub struct OpenHandle {
+    object: Arc<Object>,
+}
+
+impl OpenHandle {
+    pub fn object(&self) -> &Arc<Object> {
+        &self.object
+    }
+}
+
+impl Drop for OpenHandle {
+    fn drop(&mut self) {
+        self.object.close_handle();
     }
 }
 

@@ -186,11 +186,19 @@ impl StonFs {
         &self.cache
     }
 
+    /// Handles the kernel holds open: opened here, or carried over a restart and not yet
+    /// read (handle 0 of `zero_message_opens` is not counted).
+    pub fn open_handles(&self) -> usize {
+        let handles = self.handles.lock();
+        // `handles` before `adopted`, as everywhere.
+        handles.len() + self.adopted.lock().len()
+    }
+
     pub fn forget(&self, ino: u64, count: u64) {
         if self.inodes.forget(ino, count) {
-            if let Some(file) = self.implicit.lock().remove(&ino) {
-                file.object.close_handle();
-            }
+            // Its handle closes when the last read in flight on it ends.
+            let implicit = self.implicit.lock().remove(&ino);
+            drop(implicit);
             // A handle journaled just before a crash, whose open never reached the kernel.
             self.adopted.lock().retain(|_, handle| handle.ino() != ino);
         }

@@ -5,14 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
 use super::lookup::needs_origin;
 use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult, ObjectKind};
-use crate::cache::{Object, ReadAhead};
+use crate::cache::Object;
 use crate::fuse::inodes::OpenMode;
 use crate::fuse::passthrough::Backing;
 use crate::media::MediaView;
@@ -93,7 +91,6 @@ impl StonFs {
         // Opening counts as use: it keeps the object at the recent end of the LRU.
         self.cache.touch(&object);
         let mode = self.begin_open(ino, &object, view.is_some())?;
-        object.open_handle();
         let (io, from_cache) = self.open_io(ino, &object, &mode);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let backing_id = match io {
@@ -101,14 +98,8 @@ impl StonFs {
             OpenIo::Cached { .. } => 0,
         };
         self.journal_handle(fh, ino, &object, view.as_ref(), backing_id);
-        let file = OpenFile {
-            passthrough: matches!(mode, OpenMode::Passthrough(_)),
-            object,
-            view,
-            ino,
-            readahead: Mutex::new(ReadAhead::default()),
-            failed_read: Mutex::new(None),
-        };
+        let passthrough = matches!(mode, OpenMode::Passthrough(_));
+        let file = OpenFile::new(object.open_handle(), view, ino, passthrough);
         self.handles.lock().insert(fh, Arc::new(file));
         Ok((Opened { fh, io }, from_cache))
     }
@@ -217,10 +208,7 @@ impl StonFs {
         self.forget_journaled_handle(fh);
         let file = self.handles.lock().remove(&fh);
         match file {
-            Some(file) => {
-                file.object.close_handle();
-                self.inodes.end_open(file.ino, file.passthrough);
-            }
+            Some(file) => self.inodes.end_open(file.ino, file.passthrough),
             None => {
                 self.release_adopted(fh);
             }

@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::{FsError, FsResult, ObjectKind, SiteId};
-use crate::cache::{Object, ReadAhead};
+use crate::cache::Object;
 use crate::fuse::inodes::{CarriedInode, Node, ROOT_INO};
 use crate::fuse::journal::{Carried, HandleState, Journal, NodeKind};
 use crate::fuse::passthrough::Backing;
@@ -337,15 +336,7 @@ impl StonFs {
         let Some(adopted) = self.adopted.lock().remove(&fh) else {
             return; // released meanwhile
         };
-        object.open_handle();
-        let file = OpenFile {
-            object,
-            view,
-            ino: adopted.ino,
-            passthrough: adopted.passthrough,
-            readahead: Mutex::new(ReadAhead::default()),
-            failed_read: Mutex::new(None),
-        };
+        let file = OpenFile::new(object.open_handle(), view, adopted.ino, adopted.passthrough);
         handles.insert(fh, Arc::new(file));
     }
 
