@@ -31,6 +31,7 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
 fn reads_match_origin_default_block_size() {
+    common::require_mount!();
     let origin = Origin::start();
     let big = pattern(1, 256 * MIB);
     origin.put("/big.bin", big.clone());
@@ -81,6 +82,7 @@ fn reads_match_origin_default_block_size() {
 
 #[test]
 fn reads_match_origin_small_blocks() {
+    common::require_mount!();
     const BS: usize = 64 * KIB;
     let origin = Origin::start();
     let files: Vec<(&str, Bytes)> = vec![
@@ -127,6 +129,7 @@ fn reads_match_origin_small_blocks() {
 
 #[test]
 fn concurrent_cold_readers_get_identical_bytes() {
+    common::require_mount!();
     const THREADS: usize = 16;
     let origin = Origin::start();
     let data = pattern(41, 48 * MIB + 1234);
@@ -189,6 +192,7 @@ fn concurrent_cold_readers_get_identical_bytes() {
 
 #[test]
 fn cached_reads_make_no_origin_requests_and_survive_remount() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(51, 6 * MIB + 4321);
     origin.put("/videos/intro.bin", data.clone());
@@ -258,6 +262,7 @@ fn cached_reads_make_no_origin_requests_and_survive_remount() {
 
 #[test]
 fn missing_paths_are_enoent_and_negative_cached() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/exists.txt", Bytes::from_static(b"here\n"));
     origin.put("/dir/file.txt", Bytes::from_static(b"inner\n"));
@@ -297,6 +302,7 @@ fn missing_paths_are_enoent_and_negative_cached() {
 
 #[test]
 fn write_access_is_erofs_and_modes_are_read_only() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/file.txt", Bytes::from_static(b"read only\n"));
     origin.put("/dir/inner.txt", Bytes::from_static(b"inner\n"));
@@ -377,6 +383,7 @@ fn check_encoded_target(r: &RequestRecord) {
 
 #[test]
 fn special_names_are_percent_encoded() {
+    common::require_mount!();
     let origin = Origin::start();
     let names = [
         "a%20b c?d#e ü.txt",
@@ -443,6 +450,7 @@ fn special_names_are_percent_encoded() {
 
 #[test]
 fn origin_path_prefix_is_prepended() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(70, 300 * KIB + 5);
     origin.put("/prefix/sub/file.bin", data.clone());
@@ -467,6 +475,7 @@ fn origin_path_prefix_is_prepended() {
 
 #[test]
 fn max_cache_size_is_never_exceeded() {
+    common::require_mount!();
     const LIMIT: u64 = 8 * MIB as u64;
     const FILES: usize = 5;
     const FILE_LEN: usize = 8 * MIB;
@@ -560,6 +569,7 @@ fn max_cache_size_is_never_exceeded() {
 
 #[test]
 fn corrupted_cache_block_is_detected_and_refetched() {
+    common::require_mount!();
     const BS: u64 = 64 * KIB as u64;
     let origin = Origin::start();
     let path = "/media/clip.bin";
@@ -741,6 +751,7 @@ fn cli_rejects_bad_origin_urls() {
 
 #[test]
 fn cli_rejects_missing_mount_point() {
+    common::require_mount!();
     let env = cli_env();
     let missing = env.tmp.path().join("does-not-exist");
     let ms = missing.to_string_lossy().to_string();
@@ -840,6 +851,7 @@ fn cli_rejects_bad_config_files() {
 
 #[test]
 fn cli_rejects_mount_point_in_use() {
+    common::require_mount!();
     let env = cli_env();
     let m = Mount::new(env.origin.url());
     let mnt = m.mountpoint().to_path_buf();
@@ -906,6 +918,7 @@ fn ro_tmpfs(dir: &Path) -> Option<MountGuard> {
 
 #[test]
 fn cli_rejects_unwritable_cache_dir() {
+    common::require_mount!();
     let env = cli_env();
     // A cache dir below a regular file can never be created.
     let file = env.tmp.path().join("plain-file");
@@ -938,6 +951,7 @@ fn cli_rejects_unwritable_cache_dir() {
 
 #[test]
 fn cli_accepts_standard_mount_words() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(110, 200 * KIB + 3);
     origin.put("/f.bin", data.clone());
@@ -958,6 +972,7 @@ fn cli_accepts_standard_mount_words() {
 
 #[test]
 fn config_file_sets_cache_dir_and_block_size() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(120, MIB + 17);
     origin.put("/cfg/file.bin", data.clone());
@@ -1000,6 +1015,7 @@ fn config_file_sets_cache_dir_and_block_size() {
 
 #[test]
 fn daemon_mode_exits_zero_once_mounted() {
+    common::require_mount!();
     let env = cli_env();
     let out = run_cli(
         os(&[&"--cache-dir", &env.cache, &env.origin.url(), &env.mnt]),
@@ -1081,6 +1097,7 @@ fn raw_request(
 
 #[test]
 fn harness_origin_semantics() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(7, 300_000);
     let e = origin.put("/d/x y.bin", data.clone());
@@ -1245,6 +1262,7 @@ fn harness_origin_semantics() {
 
 #[test]
 fn harness_mount_cleans_up_after_kill9_and_panic() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/a.txt", Bytes::from_static(b"a\n"));
 

@@ -71,6 +71,7 @@ fn host_of(r: &RequestRecord) -> Option<&str> {
 
 #[test]
 fn vhosts_route_by_first_component_with_canonical_host() {
+    common::require_mount!();
     let a = Origin::start();
     let b = Origin::start();
     let a_x = pattern(1001, 3000);
@@ -216,6 +217,7 @@ fn vhosts_route_by_first_component_with_canonical_host() {
 
 #[test]
 fn origin_ignoring_range_is_read_exactly_and_kept() {
+    common::require_mount!();
     const BS: usize = 64 * KIB;
     let origin = Origin::start();
     origin.add_fault(Fault::global(FaultAction::IgnoreRange));
@@ -370,6 +372,7 @@ fn header_origin() -> Origin {
 
 #[test]
 fn extra_headers_are_sent_and_never_logged() {
+    common::require_mount!();
     // -o header=..., -v
     let origin = header_origin();
     let m = Mount::builder(origin.url())
@@ -493,6 +496,7 @@ fn check_offline_mount(mnt: &Path, cached: &str, data: &Bytes) {
 
 #[test]
 fn unreachable_origin_at_mount_time_serves_the_cache() {
+    common::require_mount!();
     offline_remount("cached.bin", 4001);
 }
 
@@ -501,6 +505,7 @@ fn unreachable_origin_at_mount_time_serves_the_cache() {
 /// restart.
 #[test]
 fn unreachable_origin_at_mount_time_serves_cached_file_in_subdir() {
+    common::require_mount!();
     offline_remount("media/cached.bin", 4003);
 }
 
@@ -596,6 +601,7 @@ fn offline_remount(cached: &str, seed: u64) {
 
 #[test]
 fn https_origin_needs_ca_file_and_serves_exact_bytes() {
+    common::require_mount!();
     let origin = TlsOrigin::start();
     let hello = Bytes::from_static(b"hello over TLS\n");
     let big = pattern(5001, 2 * MIB + 4097);
@@ -694,6 +700,7 @@ fn tiny_tmpfs(dir: &Path, size: &str) -> MountGuard {
 
 #[test]
 fn full_cache_disk_serves_from_origin() {
+    common::require_mount!();
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("tiny");
     fs::create_dir(&disk).unwrap();
@@ -756,6 +763,7 @@ fn encode_component(name: &str) -> String {
 
 #[test]
 fn odd_names_stay_one_component_under_the_prefix() {
+    common::require_mount!();
     let origin = Origin::start();
     let names = [
         "..%2Fsecret",

@@ -139,6 +139,7 @@ fn rel(path: &str) -> &str {
 /// of a body; every read still returns exact bytes from B, and A is excluded.
 #[test]
 fn an_origin_killed_mid_read_is_routed_around() {
+    common::require_mount!();
     let a = Origin::start();
     let b = Origin::start();
     let set = files("k", 4, 16, 301);
@@ -208,6 +209,7 @@ fn an_origin_killed_mid_read_is_routed_around() {
 /// readmitted after `origin_recover_threshold` good probes and gets data requests again.
 #[test]
 fn a_failing_origin_is_excluded_and_readmitted_when_it_recovers() {
+    common::require_mount!();
     let a = Origin::start();
     let b = Origin::start();
     let set = files("g", 6, 8, 311);
@@ -319,6 +321,7 @@ fn stat_and_read_all(mount: &Mount, set: &[(String, Bytes)], a: &Origin, b: &Ori
 /// connection 100 000 bytes into the body. Reads still return exact bytes, served by B.
 #[test]
 fn an_origin_that_drops_connections_mid_body_is_routed_around_for_reads() {
+    common::require_mount!();
     let a = Origin::start();
     let b = Origin::start();
     let set = files("h", 4, 8, 321);
@@ -340,6 +343,7 @@ fn an_origin_that_drops_connections_mid_body_is_routed_around_for_reads() {
 /// exact bytes, served by B.
 #[test]
 fn an_origin_that_drops_connections_mid_body_is_routed_around_for_lookups() {
+    common::require_mount!();
     let a = Origin::start();
     let b = Origin::start();
     let set = files("h", 4, 8, 331);
@@ -356,6 +360,7 @@ fn an_origin_that_drops_connections_mid_body_is_routed_around_for_lookups() {
 /// `origin_fail_threshold` (3) broken answers it is excluded, and it then gets no data requests.
 #[test]
 fn an_origin_that_always_breaks_its_bodies_is_excluded() {
+    common::require_mount!();
     let a = Origin::start();
     let b = Origin::start();
     let set = files("x", 6, 8, 341);
@@ -396,6 +401,7 @@ fn an_origin_that_always_breaks_its_bodies_is_excluded() {
 /// and a path never seen fail within a bounded time.
 #[test]
 fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
+    common::require_mount!();
     let a = Origin::start();
     let b = Origin::start();
     let cached = pattern(331, 8 * BLOCK + 5);
@@ -455,6 +461,7 @@ fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
 /// and once the origin is back a 304 keeps every block.
 #[test]
 fn a_revalidation_answered_5xx_keeps_the_cached_copy() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(341, 8 * BLOCK + 77);
     let part = pattern(342, 8 * BLOCK + 77);
@@ -735,6 +742,7 @@ fn on_range_answers(
 
 #[test]
 fn lie_connection_closed_mid_body() {
+    common::require_mount!();
     hyper_lie(
         "close mid-body",
         |_| FaultAction::CloseAfter(100_000),
@@ -745,6 +753,7 @@ fn lie_connection_closed_mid_body() {
 
 #[test]
 fn lie_stall_mid_body_beyond_receive_timeout() {
+    common::require_mount!();
     let gate = Gate::new(); // never released: the origin's drop ends the held answers
     hyper_lie(
         "stall mid-body",
@@ -760,6 +769,7 @@ fn lie_stall_mid_body_beyond_receive_timeout() {
 /// A correctly labelled answer for the wrong range: `Content-Range` does not match `Range`.
 #[test]
 fn lie_content_range_does_not_match_the_request() {
+    common::require_mount!();
     hyper_lie(
         "wrong Content-Range",
         |content| {
@@ -782,6 +792,7 @@ fn lie_content_range_does_not_match_the_request() {
 /// A 200 with the whole body and another ETag where a 206 was asked for.
 #[test]
 fn lie_200_with_another_etag_instead_of_206() {
+    common::require_mount!();
     hyper_lie(
         "200 with another ETag",
         |content| {
@@ -803,6 +814,7 @@ fn lie_200_with_another_etag_instead_of_206() {
 
 #[test]
 fn lie_412_to_a_range_request() {
+    common::require_mount!();
     hyper_lie(
         "412",
         |_| FaultAction::Status(412),
@@ -1071,6 +1083,7 @@ fn raw_lie(name: &str, lie: RawLie, once: Once, forever: Forever) {
 
 #[test]
 fn lie_fewer_body_bytes_than_content_length() {
+    common::require_mount!();
     raw_lie(
         "fewer bytes than Content-Length",
         RawLie::ShortBody,
@@ -1084,6 +1097,7 @@ fn lie_fewer_body_bytes_than_content_length() {
 /// taken for an answer: never zeros, never a hang.
 #[test]
 fn lie_more_body_bytes_than_content_length() {
+    common::require_mount!();
     let (f, g) = liar_files();
     let origin = RawOrigin::start(HashMap::from([
         ("/f.bin".to_string(), f.clone()),
@@ -1179,6 +1193,7 @@ fn read_until_error(path: &Path, want: &[u8]) -> (usize, Option<std::io::Error>)
 
 #[test]
 fn kill9_during_concurrent_downloads_never_serves_wrong_bytes() {
+    common::require_mount!();
     let origin = Origin::start();
     let rounds = 2;
     let per_round = 6;

@@ -714,6 +714,7 @@ fn claim_total(path: &str, total: u64) -> Fault {
 
 #[test]
 fn a1_claimed_size_cannot_kill_the_daemon() {
+    common::require_mount!();
     let origin = Origin::start();
     let ok = pattern(101, 300 * KIB);
     origin.put("/ok.bin", ok.clone());
@@ -757,6 +758,7 @@ fn a1_claimed_size_cannot_kill_the_daemon() {
 
 #[test]
 fn a1_max_object_size_bounds_claims_and_a_sparse_object_costs_no_memory() {
+    common::require_mount!();
     let origin = Origin::start();
     let head = pattern(111, MIB);
     origin.put("/two-gib.bin", pattern(112, MIB));
@@ -796,6 +798,7 @@ fn a1_max_object_size_bounds_claims_and_a_sparse_object_costs_no_memory() {
 
 #[test]
 fn a1_damaged_or_huge_meta_files_are_dropped_and_the_mount_goes_ahead() {
+    common::require_mount!();
     let origin = Origin::start();
     let keep = pattern(121, 700 * KIB);
     let corrupt = pattern(122, 700 * KIB);
@@ -883,6 +886,7 @@ fn a1_damaged_or_huge_meta_files_are_dropped_and_the_mount_goes_ahead() {
 
 #[test]
 fn a2_requests_ask_for_identity_and_encoded_answers_are_eio() {
+    common::require_mount!();
     const BLOCK: usize = 256 * KIB;
     let origin = Origin::start();
     let plain = pattern(201, 2 * BLOCK + 77);
@@ -958,6 +962,7 @@ fn a2_requests_ask_for_identity_and_encoded_answers_are_eio() {
 
 #[test]
 fn a2_a_body_longer_than_its_content_range_is_never_served() {
+    common::require_mount!();
     const BLOCK: usize = 256 * KIB;
     let origin = Origin::start();
     let once = pattern(211, 4 * BLOCK + 123);
@@ -1010,6 +1015,7 @@ fn a2_a_body_longer_than_its_content_range_is_never_served() {
 
 #[test]
 fn a3_a_stalled_origin_fails_a_read_within_one_deadline() {
+    common::require_mount!();
     const BLOCK: u64 = 256 * 1024;
     let origin = Origin::start();
     origin.put("/stall.bin", pattern(301, 8 * BLOCK as usize));
@@ -1061,6 +1067,7 @@ const TRICKLE_OPTS: &str =
 
 #[test]
 fn a3_a_trickling_origin_fails_within_seconds() {
+    common::require_mount!();
     let slow_probe = pattern(311, MIB);
     let slow_read = pattern(312, MIB);
     let server = RawServer::start(
@@ -1106,6 +1113,7 @@ fn a3_a_trickling_origin_fails_within_seconds() {
 
 #[test]
 fn a3_a_trickling_origin_fails_over_to_a_good_one() {
+    common::require_mount!();
     let files: Vec<(String, Bytes)> = (0..3)
         .map(|i| {
             (
@@ -1145,6 +1153,7 @@ fn a3_a_trickling_origin_fails_over_to_a_good_one() {
 
 #[test]
 fn a3_a_silent_origin_is_hedged_to_a_good_one() {
+    common::require_mount!();
     let silent = Origin::start();
     let good = Origin::start();
     let gate = Gate::new();
@@ -1194,6 +1203,7 @@ fn a3_a_silent_origin_is_hedged_to_a_good_one() {
 
 #[test]
 fn a4_a_file_without_validators_is_never_served_as_a_mix_of_versions() {
+    common::require_mount!();
     const BLOCK: usize = 256 * KIB;
     let origin = Origin::start();
     let whole = pattern(401, 8 * BLOCK + 99);
@@ -1254,6 +1264,7 @@ fn a4_a_file_without_validators_is_never_served_as_a_mix_of_versions() {
 
 #[test]
 fn a5_answers_without_content_length_work_up_to_max_unsized_object() {
+    common::require_mount!();
     let chunked = pattern(501, 900 * KIB + 7);
     let close = pattern(502, 600 * KIB + 3);
     let big = pattern(503, 2 * MIB);
@@ -1344,6 +1355,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn a6_a_self_signed_origin_is_read_with_its_pin_only() {
+    common::require_mount!();
     let data = pattern(601, 300 * KIB + 11);
     let (der, pem, config) = self_signed_origin();
     let server = RawServer::start(
@@ -1468,6 +1480,7 @@ fn purge(path: &Path) -> String {
 
 #[test]
 fn b7_purge_of_dir_star_keeps_the_directory_record() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|m| purge(&star(&m.path("dir"))));
     let m = Mount::builder(s.origin.url()).cache_dir(&s.cache).mount();
     assert_dir(&m, "dir", &s);
@@ -1477,6 +1490,7 @@ fn b7_purge_of_dir_star_keeps_the_directory_record() {
 /// directories keep their records, and the untouched sibling stays readable.
 #[test]
 fn b7_purge_of_a_child_and_a_subtree_keeps_directories_and_siblings() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|m| {
         // (the origin is still up here)
         assert!(stat(&m.path("dir/sub")).expect("stat dir/sub").is_dir());
@@ -1493,6 +1507,7 @@ fn b7_purge_of_a_child_and_a_subtree_keeps_directories_and_siblings() {
 /// children still cached: with the origin down, dir is still a directory and dir/b readable.
 #[test]
 fn b7_a_directory_with_cached_children_is_served_without_its_record() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|m| purge(&m.path("dir")));
     let m = Mount::builder(s.origin.url()).cache_dir(&s.cache).mount();
     assert_dir(&m, "dir", &s);
@@ -1502,6 +1517,7 @@ fn b7_a_directory_with_cached_children_is_served_without_its_record() {
 /// The same, with dir's own record removed from the cache dir directly (not through purge).
 #[test]
 fn b7_a_directory_with_cached_children_is_served_when_its_meta_is_gone() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|_| String::new());
     let metas = metas_by_path(&s.cache);
     let dir_meta = metas
@@ -1573,6 +1589,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn b8_disk_use_stays_under_the_cap_with_passthrough() {
+    common::require_mount!();
     let origin = Origin::start();
     let files: Vec<(String, Bytes)> = (0..40)
         .map(|i| {
@@ -1665,6 +1682,7 @@ fn control_sockets(cache: &Path) -> Vec<String> {
 
 #[test]
 fn b9_a_dead_daemons_control_socket_is_removed() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(901, 200 * KIB);
     origin.put("/s.bin", data.clone());
@@ -1696,6 +1714,7 @@ fn b9_a_dead_daemons_control_socket_is_removed() {
 
 #[test]
 fn b9_a_symlinked_data_file_is_never_followed() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(911, 600 * KIB + 1);
     origin.put("/sym.bin", data.clone());
@@ -1748,6 +1767,7 @@ fn b9_a_symlinked_data_file_is_never_followed() {
 
 #[test]
 fn b9_log_file_and_access_log_are_private() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(921, 100 * KIB);
     origin.put("/l.bin", data.clone());
@@ -1786,6 +1806,7 @@ fn b9_log_file_and_access_log_are_private() {
 
 #[test]
 fn b10_header_file_reaches_the_origin_and_stays_out_of_ps_and_logs() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(1001, 300 * KIB);
     origin.put("/h.bin", data.clone());
@@ -1831,6 +1852,7 @@ fn b10_header_file_reaches_the_origin_and_stays_out_of_ps_and_logs() {
 
 #[test]
 fn b10_a_header_file_readable_by_others_is_refused() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-b10-");
     let hf = tmp.path().join("headers");
     fs::write(&hf, "X-Api-Key: open-secret\n").unwrap();
@@ -1902,6 +1924,7 @@ fn assert_lists(m: &Mount, rel: &str, want: &[&str], what: &str) {
 
 #[test]
 fn c11_listings_refresh_on_expire_and_purge() {
+    common::require_mount!();
     let (root, dir) = listing_root();
     let nginx = Nginx::start(root.path(), Autoindex::Html);
     let m = Mount::new(nginx.url());
@@ -1933,6 +1956,7 @@ fn c11_listings_refresh_on_expire_and_purge() {
 
 #[test]
 fn c11_listing_ttl_refreshes_listings_without_a_command() {
+    common::require_mount!();
     let (root, dir) = listing_root();
     let nginx = Nginx::start(root.path(), Autoindex::Html);
     let m = Mount::builder(nginx.url()).opt("listing_ttl=1").mount();
@@ -1955,6 +1979,7 @@ fn c11_listing_ttl_refreshes_listings_without_a_command() {
 
 #[test]
 fn c11_listings_refresh_on_expire_after_a_restart() {
+    common::require_mount!();
     let (root, dir) = listing_root();
     let nginx = Nginx::start(root.path(), Autoindex::Html);
     let tmp = tempdir("ston-fs-hard-c11-");
@@ -1981,6 +2006,7 @@ fn c11_listings_refresh_on_expire_after_a_restart() {
 
 #[test]
 fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(1201, 8 * MIB);
     origin.put("/cold.bin", data.clone());
@@ -2035,6 +2061,7 @@ fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
 
 #[test]
 fn c12_passthrough_opens_are_counted() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(1211, 3 * MIB);
     origin.put("/p.bin", data.clone());
@@ -2063,6 +2090,7 @@ fn c12_passthrough_opens_are_counted() {
 
 #[test]
 fn c12_a_dead_origin_is_not_shown_healthy() {
+    common::require_mount!();
     let port = closed_port();
     let m = Mount::builder(format!("http://127.0.0.1:{port}/"))
         .opt("connect_timeout=0.5,receive_timeout=1")
@@ -2107,6 +2135,7 @@ fn id_of(file: &str, name: &str) -> Option<u32> {
 
 #[test]
 fn c13_uid_and_gid_take_user_and_group_names() {
+    common::require_mount!();
     let (user, group) = match (
         id_of("/etc/passwd", "nobody"),
         id_of("/etc/group", "nogroup"),
@@ -2157,6 +2186,7 @@ fn c13_uid_and_gid_take_user_and_group_names() {
 
 #[test]
 fn c14_warm_refuses_paths_that_are_not_on_a_mount() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-c14-");
     fs::write(tmp.path().join("x.bin"), b"local").unwrap();
     let out = run_cli([OsStr::new("warm"), tmp.path().as_os_str()], CLI_BOUND);
@@ -2184,6 +2214,7 @@ fn c14_warm_refuses_paths_that_are_not_on_a_mount() {
 
 #[test]
 fn c15_a_crashed_mount_is_replaced_without_umount() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(1501, 400 * KIB);
     origin.put("/c.bin", data.clone());
@@ -2222,6 +2253,7 @@ fn c15_a_crashed_mount_is_replaced_without_umount() {
 
 #[test]
 fn c16_a_daemon_without_log_file_logs_to_syslog() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/y.bin", pattern(1601, 1000));
     let tmp = tempdir("ston-fs-hard-c16-");
@@ -2267,6 +2299,7 @@ fn c16_a_daemon_without_log_file_logs_to_syslog() {
 
 #[test]
 fn c16_an_unreachable_origin_is_warned_about_and_the_mount_goes_ahead() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-c16-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
@@ -2301,6 +2334,7 @@ fn c16_an_unreachable_origin_is_warned_about_and_the_mount_goes_ahead() {
 
 #[test]
 fn c17_cli_errors_are_clear_and_mount_nothing() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-c17-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
@@ -2369,6 +2403,7 @@ fn c17_cli_errors_are_clear_and_mount_nothing() {
 
 #[test]
 fn c17_help_lists_every_key_and_install_help_installs_nothing() {
+    common::require_mount!();
     let out = run_cli(["--help"], CLI_BOUND);
     assert!(out.success(), "{}", out.describe());
     let help = &out.stdout;
@@ -2493,6 +2528,7 @@ fn c17_help_lists_every_key_and_install_help_installs_nothing() {
 
 #[test]
 fn c18_ro_shows_in_mountinfo() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/r.bin", pattern(1801, 100));
     for (opt, want) in [(Some("ro"), "ro"), (None, "rw")] {
@@ -2520,6 +2556,7 @@ fn c18_ro_shows_in_mountinfo() {
 
 #[test]
 fn c18_a_non_empty_mount_point_is_accepted_with_a_note() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(1811, 5000);
     origin.put("/n.bin", data.clone());
@@ -2577,6 +2614,7 @@ impl Drop for Demo {
 
 #[test]
 fn c18_the_demo_starts_with_an_empty_cache_each_time() {
+    common::require_mount!();
     const README_START: &str = "This file comes from ston-fs's built-in demo origin.";
     let tmp = tempdir("ston-fs-hard-c18-");
     let mp = tmp.path().join("demo");

@@ -287,7 +287,7 @@ fn a_new_version_replaces_the_old_one_and_versions_never_mix() {
     let old_data = origin.put("/v.bin", pattern(10, len)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
     let old = layer.file("/v.bin");
-    old.open_handle(); // a file is open on the old version
+    let _open = old.open_handle(); // a file is open on the old version
     let (bytes, _) = layer.read(&old, BLOCK..2 * BLOCK).expect("read v1");
     assert_bytes_eq(
         &bytes,

@@ -64,6 +64,7 @@ fn open_tempdir() -> tempfile::TempDir {
 
 #[test]
 fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() {
+    common::require_mount!();
     let originals = tempfile::tempdir().unwrap();
     let origin = Origin::start();
     let samples = [
@@ -116,6 +117,7 @@ fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() 
 
 #[test]
 fn faststart_fragmented_and_broken_files_are_served_byte_for_byte() {
+    common::require_mount!();
     let origin = Origin::start();
     let broken = b"not a movie at all, whatever its name says\n".repeat(500);
     let files: Vec<(&str, Vec<u8>)> = vec![
@@ -163,6 +165,7 @@ fn faststart_fragmented_and_broken_files_are_served_byte_for_byte() {
 
 #[test]
 fn the_rewritten_header_survives_a_restart_without_an_origin_request() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/plain.mp4", Sample::Plain.bytes().to_vec());
     let (want, _) = expected_whole(Sample::Plain.bytes());
@@ -199,6 +202,7 @@ fn the_rewritten_header_survives_a_restart_without_an_origin_request() {
 
 #[test]
 fn a_new_version_at_the_origin_is_presented_afresh() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/v.mp4", Sample::Plain.bytes().to_vec());
     let cache = tempfile::tempdir().unwrap();
@@ -278,6 +282,7 @@ fn check_video_clip(clip: &Path, original: &Path, name: &str) {
 
 #[test]
 fn a_clip_by_name_plays_the_interval_and_costs_only_its_share_of_the_file() {
+    common::require_mount!();
     let originals = tempfile::tempdir().unwrap();
     let origin = Origin::start();
     let samples = [
@@ -345,6 +350,7 @@ fn a_clip_by_name_plays_the_interval_and_costs_only_its_share_of_the_file() {
 
 #[test]
 fn audio_clips_and_clips_that_cannot_exist() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/audio.m4a", Sample::Audio.bytes().to_vec());
     origin.put("/bframes.mp4", Sample::BFrames.bytes().to_vec());
@@ -504,6 +510,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
+    common::require_mount!();
     const MUTANTS: usize = 48;
     let original = Sample::Small.bytes();
     let spans = box_spans(original);
@@ -572,6 +579,7 @@ fn rewrite_config(docroot: &Path) -> String {
 
 #[test]
 fn apache_serves_a_clip_from_the_mount_and_listings_never_show_clip_names() {
+    common::require_mount!();
     let root = open_tempdir();
     let bytes = Sample::BFrames.bytes();
     fs::write(root.path().join("movie.mp4"), bytes).unwrap();

@@ -252,6 +252,7 @@ struct Download {
 
 #[test]
 fn kill_9_five_times_during_8_apache_downloads_every_download_completes_byte_exact() {
+    common::require_mount!();
     let origin = Origin::start();
     let sizes_mib = [64usize, 96, 128, 160, 192, 224, 256, 80];
     let files: Vec<(String, Bytes)> = sizes_mib
@@ -446,6 +447,7 @@ fn install_copy(dest: &Path) {
 
 #[test]
 fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(1301, 48 * MIB + 777);
     origin.put("/big.bin", data.clone());
@@ -528,6 +530,7 @@ fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
 
 #[test]
 fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_bytes() {
+    common::require_mount!();
     let origin = Origin::start();
     let old = pattern(1401, 6 * MIB);
     let new = pattern(1402, 6 * MIB);
@@ -578,6 +581,7 @@ fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_byt
 /// process that takes the mount over must serve their open files through the same views.
 #[test]
 fn open_mp4_views_and_clips_read_on_across_kill_9_with_the_presented_bytes() {
+    common::require_mount!();
     let origin = Origin::start();
     let original = media_support::Sample::BFrames.bytes().to_vec();
     origin.put("/film.mp4", original.clone());
@@ -887,6 +891,7 @@ fn stat_at(dir: &File, name: &str) -> std::io::Result<u64> {
 
 #[test]
 fn under_a_systemd_style_store_inodes_open_files_and_directory_handles_survive_kill_9() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-fdstore-");
     let root = tmp.path().join("www");
     let (a, b, pt) = (
@@ -1041,6 +1046,7 @@ fn under_a_systemd_style_store_inodes_open_files_and_directory_handles_survive_k
 
 #[test]
 fn without_supervisor_or_systemd_one_line_says_so_and_the_mount_dies_with_its_process() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(1601, 300 * KIB);
     origin.put("/f.bin", data.clone());

@@ -351,6 +351,7 @@ fn install(prefix: &Path, sbindir: &Path, unitdir: &Path) -> support::Outcome {
 
 #[test]
 fn install_sh_installs_the_binary_the_helpers_and_the_units() {
+    common::require_mount!();
     let _lock = system_lock();
     let _restore = SbinHelpers::save(); // install.sh also creates /etc/ston-fs
     let tmp = open_tempdir();
@@ -543,6 +544,7 @@ fn mount8_round_trip(
 
 #[test]
 fn mount_t_fuse_ston_fs_and_an_fstab_line_mount_and_umount_unmounts() {
+    common::require_mount!();
     let _lock = system_lock();
     let _restore = SbinHelpers::save();
     let tmp = open_tempdir();
@@ -696,6 +698,7 @@ fn notify_round_trip(socket: UnixDatagram, notify_socket: &str) {
 
 #[test]
 fn notify_socket_path_hears_ready_only_once_the_mount_is_live() {
+    common::require_mount!();
     let tmp = open_tempdir();
     let path = tmp.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).expect("bind notify socket");
@@ -727,6 +730,7 @@ fn notify_socket_path_hears_ready_only_once_the_mount_is_live() {
 
 #[test]
 fn notify_socket_abstract_name_hears_ready_only_once_the_mount_is_live() {
+    common::require_mount!();
     use std::os::linux::net::SocketAddrExt;
     let name = format!(
         "ston-fs-test-notify-{}-{}",
@@ -743,6 +747,7 @@ fn notify_socket_abstract_name_hears_ready_only_once_the_mount_is_live() {
 
 #[test]
 fn sigterm_unmounts_cleanly_and_a_remount_serves_the_cache_with_zero_origin_requests() {
+    common::require_mount!();
     let origin = Origin::start();
     let big = pattern(420, 5 * MIB + 321);
     let small = pattern(421, 999);
@@ -847,6 +852,7 @@ fn check_listed_dir(nginx: &Nginx, mount: &Mount, tree: &Tree, dir: &str, what: 
 
 #[test]
 fn nginx_html_autoindex_gives_names_sizes_and_mtimes_and_find_walks_the_tree() {
+    common::require_mount!();
     let tree = listing_tree(0);
     let nginx = Nginx::start(tree.root(), Autoindex::Html);
     let mount = Mount::builder(nginx.url()).opt("block_size=256K").mount();
@@ -867,6 +873,7 @@ fn nginx_html_autoindex_gives_names_sizes_and_mtimes_and_find_walks_the_tree() {
 
 #[test]
 fn nginx_json_autoindex_gives_exact_sizes_and_second_mtimes() {
+    common::require_mount!();
     // Times with seconds: the JSON index carries them exactly.
     let tree = listing_tree(37);
     let nginx = Nginx::start(tree.root(), Autoindex::Json);
@@ -881,6 +888,7 @@ fn nginx_json_autoindex_gives_exact_sizes_and_second_mtimes() {
 
 #[test]
 fn manifest_listings_text_and_json() {
+    common::require_mount!();
     let origin = Origin::start();
     let a = pattern(430, 4321);
     let b = pattern(431, 300_000);
@@ -961,6 +969,7 @@ fn manifest_listings_text_and_json() {
 
 #[test]
 fn a_directory_without_an_index_lists_empty_and_its_files_stay_reachable() {
+    common::require_mount!();
     let origin = Origin::start();
     let x = pattern(440, 200_000);
     let y = pattern(441, 77);
@@ -1036,6 +1045,7 @@ fn a_directory_without_an_index_lists_empty_and_its_files_stay_reachable() {
 
 #[test]
 fn dot_dir_answers_dotless_components_as_directories_without_origin_requests() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(450, 123_456);
     origin.put("/a/b/c/file.bin", data.clone());
@@ -1089,6 +1099,7 @@ fn apache_hrefs(page: &str) -> BTreeSet<String> {
 
 #[test]
 fn apache_serves_a_mount_byte_exact_with_ranges_and_an_autoindex_page() {
+    common::require_mount!();
     let mut tree = Tree::new();
     tree.file("movie.bin", pattern(460, 3 * MIB + 4321), T0);
     tree.file("notes.txt", pattern(461, 2500), T0 + 60);
@@ -1225,6 +1236,7 @@ fn known_reads(extra_opts: &[String]) -> KnownReads {
 
 #[test]
 fn stats_json_counts_a_known_sequence_of_reads_exactly() {
+    common::require_mount!();
     let k = known_reads(&[]);
     let size = k.data.len() as u64;
     let (cold, warm) = (&k.cold, &k.warm);
@@ -1321,6 +1333,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_endpoint_and_access_log_agree_with_the_stats() {
+    common::require_mount!();
     let port = free_port();
     let logdir = open_tempdir();
     let access_log = logdir.path().join("access.log");
@@ -1429,6 +1442,7 @@ fn metrics_endpoint_and_access_log_agree_with_the_stats() {
 
 #[test]
 fn warm_prefetches_a_subtree_so_reading_it_costs_zero_origin_requests() {
+    common::require_mount!();
     let mut tree = Tree::new();
     tree.file("media/a.bin", pattern(480, 3 * MIB + 11), T0);
     tree.file("media/b.txt", pattern(481, 4000), T0);

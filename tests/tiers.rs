@@ -363,6 +363,7 @@ fn state_of(edge: &Mount, url: &str) -> String {
 /// the parents hold about one copy; round robin, in the same run, costs more of both.
 #[test]
 fn hashing_keeps_the_origin_at_one_fetch_per_slice_as_edges_grow() {
+    common::require_mount!();
     let origin = Origin::start();
     let set = Arc::new(data_set("scale", 4 * MIB, 2, 11));
     put_all(&[&origin], &set);
@@ -425,6 +426,7 @@ fn hashing_keeps_the_origin_at_one_fetch_per_slice_as_edges_grow() {
 /// while another host of the same mounts, on the global round robin, spreads its objects.
 #[test]
 fn each_virtual_host_balances_over_its_own_parents() {
+    common::require_mount!();
     let origin = Origin::start();
     let set = Arc::new(data_set("vhost", 4 * MIB, 2, 53));
     put_all(&[&origin], &set);
@@ -481,6 +483,7 @@ fn each_virtual_host_balances_over_its_own_parents() {
 /// and the edges readmit it, exactly its keys come back to it.
 #[test]
 fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
+    common::require_mount!();
     let origin = Origin::start();
     let set = Arc::new(data_set("kill", 2 * MIB, 6, 23));
     put_all(&[&origin], &set);
@@ -603,6 +606,7 @@ fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
 /// Once the parents are back and readmitted, data requests go through them again.
 #[test]
 fn a_standby_serves_only_while_every_parent_is_down() {
+    common::require_mount!();
     let origin = Origin::start();
     let set = data_set("standby", MIB, 3, 37);
     let third = set.len() / 3;
@@ -686,6 +690,7 @@ fn a_standby_serves_only_while_every_parent_is_down() {
 /// names the edge (and the parent, to the origin).
 #[test]
 fn conditional_probes_if_range_and_via_pass_through_the_tier() {
+    common::require_mount!();
     let origin = Origin::start();
     let path = "/cond/movie.bin";
     let entry = origin.put(path, pattern(5, 3 * MIB + 512 * KIB));
@@ -763,6 +768,7 @@ fn conditional_probes_if_range_and_via_pass_through_the_tier() {
 /// can only fail (EIO); it never returns the new bytes or a mix.
 #[test]
 fn a_version_change_inside_the_tier_is_never_served_mixed() {
+    common::require_mount!();
     let origin = Origin::start();
     let path = "/change/obj.bin";
     let old = origin.put(path, pattern(61, 4 * MIB));
@@ -806,6 +812,7 @@ fn a_version_change_inside_the_tier_is_never_served_mixed() {
 /// Prometheus show each parent's requests, bytes, failures and state.
 #[test]
 fn a_sick_parent_is_excluded_and_only_its_keys_move() {
+    common::require_mount!();
     let parents: Vec<Origin> = (0..3).map(|_| Origin::start()).collect();
     let set = Arc::new(data_set("sick", 256 * KIB, 5, 53));
     put_all(&parents.iter().collect::<Vec<_>>(), &set);
@@ -1005,6 +1012,7 @@ fn scrape_metrics(port: u16) -> String {
 /// The README shows the parent configuration these tests run, exactly.
 #[test]
 fn the_readme_shows_the_parent_configuration_the_tests_run() {
+    common::require_mount!();
     let readme = include_str!("../README.md");
     assert!(
         readme.contains(common::tier::PARENT_TEMPLATE),

@@ -363,6 +363,7 @@ impl Object {
     }
 
     /// Counts one open file handle on this object until the returned guard drops.
+    #[must_use = "the handle closes when the guard drops"]
     pub fn open_handle(self: &Arc<Self>) -> OpenHandle {
         self.state.lock().open_handles += 1;
         OpenHandle {
