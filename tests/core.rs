@@ -16,6 +16,7 @@ use common::mount::{
     self, allocated_bytes, allocated_bytes_sample, describe_dir, find_data_files,
     force_unmount_all, is_mounted, mounts_at, run_cli, CliOutcome, Mount,
 };
+use common::mount_origin;
 use common::origin::{pattern, Fault, FaultAction, Origin, RequestRecord};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, assert_reader_matches, errno,
@@ -31,8 +32,7 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
 fn reads_match_origin_default_block_size() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let big = pattern(1, 256 * MIB);
     origin.put("/big.bin", big.clone());
     let small = Bytes::from(b"hello, ston-fs!\n".repeat(70)); // 1120 bytes
@@ -192,8 +192,7 @@ fn concurrent_cold_readers_get_identical_bytes() {
 
 #[test]
 fn cached_reads_make_no_origin_requests_and_survive_remount() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(51, 6 * MIB + 4321);
     origin.put("/videos/intro.bin", data.clone());
     origin.put("/videos/other.bin", pattern(52, 1000));
@@ -262,8 +261,7 @@ fn cached_reads_make_no_origin_requests_and_survive_remount() {
 
 #[test]
 fn missing_paths_are_enoent_and_negative_cached() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/exists.txt", Bytes::from_static(b"here\n"));
     origin.put("/dir/file.txt", Bytes::from_static(b"inner\n"));
     origin.put("/gone.txt", Bytes::from_static(b"gone\n"));
@@ -302,8 +300,7 @@ fn missing_paths_are_enoent_and_negative_cached() {
 
 #[test]
 fn write_access_is_erofs_and_modes_are_read_only() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/file.txt", Bytes::from_static(b"read only\n"));
     origin.put("/dir/inner.txt", Bytes::from_static(b"inner\n"));
     let m = Mount::new(origin.url());
@@ -383,8 +380,7 @@ fn check_encoded_target(r: &RequestRecord) {
 
 #[test]
 fn special_names_are_percent_encoded() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let names = [
         "a%20b c?d#e ü.txt",
         "100%.txt",
@@ -450,8 +446,7 @@ fn special_names_are_percent_encoded() {
 
 #[test]
 fn origin_path_prefix_is_prepended() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(70, 300 * KIB + 5);
     origin.put("/prefix/sub/file.bin", data.clone());
     origin.put("/file.bin", Bytes::from_static(b"wrong file\n"));
@@ -951,8 +946,7 @@ fn cli_rejects_unwritable_cache_dir() {
 
 #[test]
 fn cli_accepts_standard_mount_words() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(110, 200 * KIB + 3);
     origin.put("/f.bin", data.clone());
     let m = Mount::builder(origin.url())
@@ -972,8 +966,7 @@ fn cli_accepts_standard_mount_words() {
 
 #[test]
 fn config_file_sets_cache_dir_and_block_size() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(120, MIB + 17);
     origin.put("/cfg/file.bin", data.clone());
     let tmp = tempfile::tempdir().unwrap();
@@ -1097,8 +1090,7 @@ fn raw_request(
 
 #[test]
 fn harness_origin_semantics() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(7, 300_000);
     let e = origin.put("/d/x y.bin", data.clone());
     origin.put("/empty", Bytes::new());
@@ -1262,8 +1254,7 @@ fn harness_origin_semantics() {
 
 #[test]
 fn harness_mount_cleans_up_after_kill9_and_panic() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/a.txt", Bytes::from_static(b"a\n"));
 
     // kill9 leaves a dead mount behind; drop detaches it.

@@ -9,15 +9,15 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::mount::{op_count, stats_json, Mount};
-use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
+use common::mount_origin;
+use common::origin::{pattern, Fault, FaultAction, Gate, Stall};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, pread_full, MIB,
 };
 
 #[test]
 fn a_stalled_origin_never_delays_reads_of_cached_files() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let cached = pattern(61, 3 * MIB + 5);
     let slow = pattern(62, 4 * MIB);
     origin.put("/cached.bin", cached.clone());
@@ -68,8 +68,7 @@ fn a_stalled_origin_never_delays_reads_of_cached_files() {
 
 #[test]
 fn concurrent_readers_of_a_cold_file_fetch_each_block_exactly_once() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let block = 256 * 1024;
     let data = pattern(63, 40 * block + 777);
     origin.put("/shared.bin", data.clone());
@@ -120,8 +119,7 @@ fn concurrent_readers_of_a_cold_file_fetch_each_block_exactly_once() {
 
 #[test]
 fn passthrough_serves_whole_files_exactly_and_never_partial_ones() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let whole = pattern(64, 6 * MIB + 123);
     let partial = pattern(65, 6 * MIB + 321);
     origin.put("/whole.bin", whole.clone());
@@ -189,8 +187,7 @@ fn daemon_reads_for_repeated_pread(mount: &Mount, file: &File, want: &[u8], time
 
 #[test]
 fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(66, 5 * MIB + 4097);
     origin.put("/big.bin", data.clone());
     let mount = Mount::builder(origin.url())
@@ -240,8 +237,7 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
 /// and reads reach the daemon per inode.
 #[test]
 fn zero_message_opens_serve_hot_files_without_any_message() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let files: Vec<(String, bytes::Bytes)> = (0..20)
         .map(|i| {
             (

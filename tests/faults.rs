@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mount::Mount;
+use common::mount_origin;
 use common::origin::{
     http_date, parse_range, pattern, Answer, Fault, FaultAction, Gate, Origin, RangeSpec,
     RequestRecord, Stall,
@@ -139,8 +140,7 @@ fn rel(path: &str) -> &str {
 /// of a body; every read still returns exact bytes from B, and A is excluded.
 #[test]
 fn an_origin_killed_mid_read_is_routed_around() {
-    common::require_mount!();
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("k", 4, 16, 301);
     put_everywhere(&[&a, &b], &set);
@@ -209,8 +209,7 @@ fn an_origin_killed_mid_read_is_routed_around() {
 /// readmitted after `origin_recover_threshold` good probes and gets data requests again.
 #[test]
 fn a_failing_origin_is_excluded_and_readmitted_when_it_recovers() {
-    common::require_mount!();
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("g", 6, 8, 311);
     put_everywhere(&[&a, &b], &set);
@@ -321,8 +320,7 @@ fn stat_and_read_all(mount: &Mount, set: &[(String, Bytes)], a: &Origin, b: &Ori
 /// connection 100 000 bytes into the body. Reads still return exact bytes, served by B.
 #[test]
 fn an_origin_that_drops_connections_mid_body_is_routed_around_for_reads() {
-    common::require_mount!();
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("h", 4, 8, 321);
     put_everywhere(&[&a, &b], &set);
@@ -343,8 +341,7 @@ fn an_origin_that_drops_connections_mid_body_is_routed_around_for_reads() {
 /// exact bytes, served by B.
 #[test]
 fn an_origin_that_drops_connections_mid_body_is_routed_around_for_lookups() {
-    common::require_mount!();
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("h", 4, 8, 331);
     put_everywhere(&[&a, &b], &set);
@@ -360,8 +357,7 @@ fn an_origin_that_drops_connections_mid_body_is_routed_around_for_lookups() {
 /// `origin_fail_threshold` (3) broken answers it is excluded, and it then gets no data requests.
 #[test]
 fn an_origin_that_always_breaks_its_bodies_is_excluded() {
-    common::require_mount!();
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("x", 6, 8, 341);
     put_everywhere(&[&a, &b], &set);
@@ -401,8 +397,7 @@ fn an_origin_that_always_breaks_its_bodies_is_excluded() {
 /// and a path never seen fail within a bounded time.
 #[test]
 fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
-    common::require_mount!();
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let cached = pattern(331, 8 * BLOCK + 5);
     let part = pattern(332, 8 * BLOCK + 5);
@@ -461,8 +456,7 @@ fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
 /// and once the origin is back a 304 keeps every block.
 #[test]
 fn a_revalidation_answered_5xx_keeps_the_cached_copy() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(341, 8 * BLOCK + 77);
     let part = pattern(342, 8 * BLOCK + 77);
     origin.put("/c.bin", data.clone());
@@ -1193,8 +1187,7 @@ fn read_until_error(path: &Path, want: &[u8]) -> (usize, Option<std::io::Error>)
 
 #[test]
 fn kill9_during_concurrent_downloads_never_serves_wrong_bytes() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let rounds = 2;
     let per_round = 6;
     let all = files("c", rounds * per_round, 24, 361);

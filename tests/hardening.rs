@@ -31,6 +31,7 @@ use common::mount::{
     find_files_with_ext, force_unmount_all, is_mounted, mounts_at, run_cli, stats_json, tail,
     umount2, wait_timeout, CliOutcome, Mount, BIN,
 };
+use common::mount_origin;
 use common::nginx::{which, Autoindex, Nginx};
 use common::origin::{parse_range, pattern, Fault, FaultAction, Gate, Origin, RangeSpec, Stall};
 use common::{assert_bytes_eq, assert_file_matches, drop_page_cache, errno, no_kernel_readahead};
@@ -714,8 +715,7 @@ fn claim_total(path: &str, total: u64) -> Fault {
 
 #[test]
 fn a1_claimed_size_cannot_kill_the_daemon() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let ok = pattern(101, 300 * KIB);
     origin.put("/ok.bin", ok.clone());
     origin.put("/claim.bin", pattern(102, MIB));
@@ -758,8 +758,7 @@ fn a1_claimed_size_cannot_kill_the_daemon() {
 
 #[test]
 fn a1_max_object_size_bounds_claims_and_a_sparse_object_costs_no_memory() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let head = pattern(111, MIB);
     origin.put("/two-gib.bin", pattern(112, MIB));
     origin.put("/half-gib.bin", head.clone());
@@ -798,8 +797,7 @@ fn a1_max_object_size_bounds_claims_and_a_sparse_object_costs_no_memory() {
 
 #[test]
 fn a1_damaged_or_huge_meta_files_are_dropped_and_the_mount_goes_ahead() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let keep = pattern(121, 700 * KIB);
     let corrupt = pattern(122, 700 * KIB);
     let huge = pattern(123, 700 * KIB);
@@ -1153,8 +1151,7 @@ fn a3_a_trickling_origin_fails_over_to_a_good_one() {
 
 #[test]
 fn a3_a_silent_origin_is_hedged_to_a_good_one() {
-    common::require_mount!();
-    let silent = Origin::start();
+    let Some(silent) = mount_origin() else { return };
     let good = Origin::start();
     let gate = Gate::new();
     let files: Vec<(String, Bytes)> = (0..3)
@@ -1589,8 +1586,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn b8_disk_use_stays_under_the_cap_with_passthrough() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let files: Vec<(String, Bytes)> = (0..40)
         .map(|i| {
             let len = 3 * MIB + (i * 389 * KIB) % (2 * MIB + 1);
@@ -1682,8 +1678,7 @@ fn control_sockets(cache: &Path) -> Vec<String> {
 
 #[test]
 fn b9_a_dead_daemons_control_socket_is_removed() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(901, 200 * KIB);
     origin.put("/s.bin", data.clone());
     let tmp = tempdir("ston-fs-hard-b9-");
@@ -1714,8 +1709,7 @@ fn b9_a_dead_daemons_control_socket_is_removed() {
 
 #[test]
 fn b9_a_symlinked_data_file_is_never_followed() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(911, 600 * KIB + 1);
     origin.put("/sym.bin", data.clone());
     let tmp = tempdir("ston-fs-hard-b9-");
@@ -1767,8 +1761,7 @@ fn b9_a_symlinked_data_file_is_never_followed() {
 
 #[test]
 fn b9_log_file_and_access_log_are_private() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(921, 100 * KIB);
     origin.put("/l.bin", data.clone());
     let tmp = tempdir("ston-fs-hard-b9-");
@@ -1806,8 +1799,7 @@ fn b9_log_file_and_access_log_are_private() {
 
 #[test]
 fn b10_header_file_reaches_the_origin_and_stays_out_of_ps_and_logs() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(1001, 300 * KIB);
     origin.put("/h.bin", data.clone());
     let tmp = tempdir("ston-fs-hard-b10-");
@@ -2006,8 +1998,7 @@ fn c11_listings_refresh_on_expire_after_a_restart() {
 
 #[test]
 fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(1201, 8 * MIB);
     origin.put("/cold.bin", data.clone());
     let m = Mount::builder(origin.url())
@@ -2061,8 +2052,7 @@ fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
 
 #[test]
 fn c12_passthrough_opens_are_counted() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(1211, 3 * MIB);
     origin.put("/p.bin", data.clone());
     let m = Mount::new(origin.url());
@@ -2214,8 +2204,7 @@ fn c14_warm_refuses_paths_that_are_not_on_a_mount() {
 
 #[test]
 fn c15_a_crashed_mount_is_replaced_without_umount() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(1501, 400 * KIB);
     origin.put("/c.bin", data.clone());
     let tmp = tempdir("ston-fs-hard-c15-");
@@ -2253,8 +2242,7 @@ fn c15_a_crashed_mount_is_replaced_without_umount() {
 
 #[test]
 fn c16_a_daemon_without_log_file_logs_to_syslog() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/y.bin", pattern(1601, 1000));
     let tmp = tempdir("ston-fs-hard-c16-");
     let sock_path = tmp.path().join("syslog.sock");
@@ -2528,8 +2516,7 @@ fn c17_help_lists_every_key_and_install_help_installs_nothing() {
 
 #[test]
 fn c18_ro_shows_in_mountinfo() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/r.bin", pattern(1801, 100));
     for (opt, want) in [(Some("ro"), "ro"), (None, "rw")] {
         let mut b = Mount::builder(origin.url());
@@ -2556,8 +2543,7 @@ fn c18_ro_shows_in_mountinfo() {
 
 #[test]
 fn c18_a_non_empty_mount_point_is_accepted_with_a_note() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(1811, 5000);
     origin.put("/n.bin", data.clone());
     let tmp = tempdir("ston-fs-hard-c18-");

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::mount::{run_cli, Mount};
+use common::mount_origin;
 use common::nginx::{Autoindex, Nginx};
 use common::origin::Origin;
 use common::{
@@ -117,8 +118,7 @@ fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() 
 
 #[test]
 fn faststart_fragmented_and_broken_files_are_served_byte_for_byte() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let broken = b"not a movie at all, whatever its name says\n".repeat(500);
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("/front.mp4", Sample::Front.bytes().to_vec()),
@@ -165,8 +165,7 @@ fn faststart_fragmented_and_broken_files_are_served_byte_for_byte() {
 
 #[test]
 fn the_rewritten_header_survives_a_restart_without_an_origin_request() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/plain.mp4", Sample::Plain.bytes().to_vec());
     let (want, _) = expected_whole(Sample::Plain.bytes());
     let cache = tempfile::tempdir().unwrap();
@@ -202,8 +201,7 @@ fn the_rewritten_header_survives_a_restart_without_an_origin_request() {
 
 #[test]
 fn a_new_version_at_the_origin_is_presented_afresh() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/v.mp4", Sample::Plain.bytes().to_vec());
     let cache = tempfile::tempdir().unwrap();
     let mount = Mount::builder(origin.url())
@@ -350,8 +348,7 @@ fn a_clip_by_name_plays_the_interval_and_costs_only_its_share_of_the_file() {
 
 #[test]
 fn audio_clips_and_clips_that_cannot_exist() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/audio.m4a", Sample::Audio.bytes().to_vec());
     origin.put("/bframes.mp4", Sample::BFrames.bytes().to_vec());
     origin.put("/frag.mp4", Sample::Fragmented.bytes().to_vec());

@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mount::{force_unmount_all, is_mounted, tail, umount2, wait_timeout, Mount, BIN};
+use common::mount_origin;
 use common::nginx::{Autoindex, Nginx};
-use common::origin::{pattern, Origin};
+use common::origin::pattern;
 use common::{assert_bytes_eq, pread_full, Rng, KIB, MIB};
 use support::{ston_fs_pids_with_arg, wait_gone, workers, Apache, STEP_TIMEOUT};
 
@@ -252,8 +253,7 @@ struct Download {
 
 #[test]
 fn kill_9_five_times_during_8_apache_downloads_every_download_completes_byte_exact() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let sizes_mib = [64usize, 96, 128, 160, 192, 224, 256, 80];
     let files: Vec<(String, Bytes)> = sizes_mib
         .iter()
@@ -447,8 +447,7 @@ fn install_copy(dest: &Path) {
 
 #[test]
 fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(1301, 48 * MIB + 777);
     origin.put("/big.bin", data.clone());
     let bindir = tempdir("ston-fs-bin-");
@@ -530,8 +529,7 @@ fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
 
 #[test]
 fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_bytes() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let old = pattern(1401, 6 * MIB);
     let new = pattern(1402, 6 * MIB);
     origin.put("/v.bin", old.clone());
@@ -581,8 +579,7 @@ fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_byt
 /// process that takes the mount over must serve their open files through the same views.
 #[test]
 fn open_mp4_views_and_clips_read_on_across_kill_9_with_the_presented_bytes() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let original = media_support::Sample::BFrames.bytes().to_vec();
     origin.put("/film.mp4", original.clone());
     let (whole, is_view) = media_support::expected_whole(&original);
@@ -1046,8 +1043,7 @@ fn under_a_systemd_style_store_inodes_open_files_and_directory_handles_survive_k
 
 #[test]
 fn without_supervisor_or_systemd_one_line_says_so_and_the_mount_dies_with_its_process() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(1601, 300 * KIB);
     origin.put("/f.bin", data.clone());
     let mut mount = Mount::builder(origin.url()).mount();

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::mount::{is_mounted, mounts_at, op_count, stats_json, Mount, BIN};
+use common::mount_origin;
 use common::nginx::{free_port, Autoindex, Nginx};
 use common::origin::{pattern, Fault, FaultAction, Origin};
 use common::{assert_bytes_eq, assert_file_matches, pread_full, KIB, MIB};
@@ -747,8 +748,7 @@ fn notify_socket_abstract_name_hears_ready_only_once_the_mount_is_live() {
 
 #[test]
 fn sigterm_unmounts_cleanly_and_a_remount_serves_the_cache_with_zero_origin_requests() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let big = pattern(420, 5 * MIB + 321);
     let small = pattern(421, 999);
     origin.put("/media/big.bin", big.clone());
@@ -888,8 +888,7 @@ fn nginx_json_autoindex_gives_exact_sizes_and_second_mtimes() {
 
 #[test]
 fn manifest_listings_text_and_json() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let a = pattern(430, 4321);
     let b = pattern(431, 300_000);
     let c = pattern(432, 17);
@@ -969,8 +968,7 @@ fn manifest_listings_text_and_json() {
 
 #[test]
 fn a_directory_without_an_index_lists_empty_and_its_files_stay_reachable() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let x = pattern(440, 200_000);
     let y = pattern(441, 77);
     origin.put("/plain/x.bin", x.clone());
@@ -1045,8 +1043,7 @@ fn a_directory_without_an_index_lists_empty_and_its_files_stay_reachable() {
 
 #[test]
 fn dot_dir_answers_dotless_components_as_directories_without_origin_requests() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(450, 123_456);
     origin.put("/a/b/c/file.bin", data.clone());
     let mount = Mount::builder(origin.url()).opt("dot_dir=true").mount();

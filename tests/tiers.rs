@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mount::{run_cli, stats_json, Mount};
+use common::mount_origin;
 use common::nginx::free_port;
 use common::origin::{pattern, Fault, FaultAction, Origin, Stall};
 use common::tier::{
@@ -363,8 +364,7 @@ fn state_of(edge: &Mount, url: &str) -> String {
 /// the parents hold about one copy; round robin, in the same run, costs more of both.
 #[test]
 fn hashing_keeps_the_origin_at_one_fetch_per_slice_as_edges_grow() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = Arc::new(data_set("scale", 4 * MIB, 2, 11));
     put_all(&[&origin], &set);
     let mut rows = Vec::new();
@@ -426,8 +426,7 @@ fn hashing_keeps_the_origin_at_one_fetch_per_slice_as_edges_grow() {
 /// while another host of the same mounts, on the global round robin, spreads its objects.
 #[test]
 fn each_virtual_host_balances_over_its_own_parents() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = Arc::new(data_set("vhost", 4 * MIB, 2, 53));
     put_all(&[&origin], &set);
     let parents = start_parents(3, origin.addr());
@@ -483,8 +482,7 @@ fn each_virtual_host_balances_over_its_own_parents() {
 /// and the edges readmit it, exactly its keys come back to it.
 #[test]
 fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = Arc::new(data_set("kill", 2 * MIB, 6, 23));
     put_all(&[&origin], &set);
     let mut parents = start_parents(3, origin.addr());
@@ -606,8 +604,7 @@ fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
 /// Once the parents are back and readmitted, data requests go through them again.
 #[test]
 fn a_standby_serves_only_while_every_parent_is_down() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = data_set("standby", MIB, 3, 37);
     let third = set.len() / 3;
     let parts: Vec<Arc<Vec<Object>>> = set
@@ -690,8 +687,7 @@ fn a_standby_serves_only_while_every_parent_is_down() {
 /// names the edge (and the parent, to the origin).
 #[test]
 fn conditional_probes_if_range_and_via_pass_through_the_tier() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let path = "/cond/movie.bin";
     let entry = origin.put(path, pattern(5, 3 * MIB + 512 * KIB));
     let parents = start_parents(3, origin.addr());
@@ -768,8 +764,7 @@ fn conditional_probes_if_range_and_via_pass_through_the_tier() {
 /// can only fail (EIO); it never returns the new bytes or a mix.
 #[test]
 fn a_version_change_inside_the_tier_is_never_served_mixed() {
-    common::require_mount!();
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let path = "/change/obj.bin";
     let old = origin.put(path, pattern(61, 4 * MIB));
     let parents = start_parents(1, origin.addr());

@@ -7,8 +7,8 @@
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
 //! - `nginx`: a private nginx that logs every request, and process helpers for servers.
 //! - `tier`: parent caches (private nginx with proxy_cache and slices) for a cache tier.
-//! - this module: small read/compare helpers, a seeded RNG, and [`require_mount!`], which
-//!   every test that mounts FUSE starts with.
+//! - this module: small read/compare helpers, a seeded RNG, and [`require_mount!`] (or
+//!   [`mount_origin`]), which every test that mounts FUSE starts with.
 #![allow(dead_code)]
 
 pub mod kernel;
@@ -39,6 +39,12 @@ macro_rules! require_mount {
 }
 #[allow(unused_imports)]
 pub(crate) use require_mount;
+
+/// A test origin for a test that mounts FUSE, or `None` when the test is skipped (see
+/// [`require_mount!`]): `let Some(origin) = mount_origin() else { return };`.
+pub fn mount_origin() -> Option<origin::Origin> {
+    (!skip_without_mount()).then(origin::Origin::start)
+}
 
 /// Whether the running test must be skipped for want of a mount (see [`require_mount!`]).
 pub fn skip_without_mount() -> bool {
