@@ -34,6 +34,7 @@ use common::mount::{
 use common::mount_origin;
 use common::nginx::{which, Autoindex, Nginx};
 use common::origin::{parse_range, pattern, Fault, FaultAction, Gate, Origin, RangeSpec, Stall};
+use common::process::{ston_fs_pids_with_arg, wait_gone, workers};
 use common::{assert_bytes_eq, assert_file_matches, drop_page_cache, errno, no_kernel_readahead};
 use common::{bounded, pread_full, KIB, MIB};
 
@@ -242,57 +243,11 @@ fn run_bin(args: &[OsString], envs: &[(&str, &OsStr)], timeout: Duration) -> Cli
     }
 }
 
-/// Pids of live (not zombie) `ston-fs` processes whose command line holds `arg`.
-fn ston_fs_pids_with_arg(arg: &Path) -> Vec<u32> {
-    let want = arg.as_os_str().as_bytes();
-    let mut pids = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_ston = args.first().is_some_and(|a0| {
-            Path::new(OsStr::from_bytes(a0)).file_name() == Some(OsStr::new("ston-fs"))
-        });
-        if is_ston && args.contains(&want) && pid_alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn pid_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while pid_alive(pid) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 /// Guard for mounts made by daemonized runs of the binary (or attempts that should not mount
 /// at all): unmounts and stops every ston-fs process serving `mountpoint`, by pid.
 struct Daemon {
     mountpoint: PathBuf,
-    pids: Vec<u32>,
+    pids: Vec<i32>,
 }
 
 impl Daemon {
@@ -304,16 +259,8 @@ impl Daemon {
     }
 
     /// The process that serves the mount: the supervisor's worker (`--worker`).
-    fn pid(&self) -> u32 {
-        let workers: Vec<u32> = self
-            .pids
-            .iter()
-            .copied()
-            .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--worker"))
-            })
-            .collect();
+    fn pid(&self) -> i32 {
+        let workers = workers(&self.pids);
         assert_eq!(
             (self.pids.len(), workers.len()),
             (2, 1),

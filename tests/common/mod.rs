@@ -6,6 +6,7 @@
 //! - `layer`: a cache and the media layer on their own runtime, driven without FUSE.
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
 //! - `nginx`: a private nginx that logs every request, and process helpers for servers.
+//! - `process`: `ston-fs` processes found by their command line, and waited for.
 //! - `tier`: parent caches (private nginx with proxy_cache and slices) for a cache tier.
 //! - this module: small read/compare helpers, a seeded RNG, and [`require_mount!`] (or
 //!   [`mount_origin`]), which every test that mounts FUSE starts with.
@@ -16,6 +17,7 @@ pub mod layer;
 pub mod mount;
 pub mod nginx;
 pub mod origin;
+pub mod process;
 pub mod tier;
 
 use std::fs::File;

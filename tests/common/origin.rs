@@ -773,10 +773,15 @@ impl Origin {
     }
 
     pub fn request_count_for(&self, path: &str) -> u64 {
-        lock(&self.shared.per_path)
+        self.count_for(path, |s| &s.requests)
+    }
+
+    /// One of `path`'s counters (0 when no request named it).
+    fn count_for(&self, path: &str, counter: impl Fn(&PathStats) -> &AtomicU64) -> u64 {
+        let per_path = lock(&self.shared.per_path);
+        per_path
             .get(path)
-            .map(|s| s.requests.load(Ordering::SeqCst))
-            .unwrap_or(0)
+            .map_or(0, |s| counter(s).load(Ordering::SeqCst))
     }
 
     /// Response body bytes handed to the connection, in total.
@@ -785,10 +790,7 @@ impl Origin {
     }
 
     pub fn bytes_sent_for(&self, path: &str) -> u64 {
-        lock(&self.shared.per_path)
-            .get(path)
-            .map(|s| s.bytes.load(Ordering::SeqCst))
-            .unwrap_or(0)
+        self.count_for(path, |s| &s.bytes)
     }
 
     /// TCP connections accepted so far (not reset by `reset`).

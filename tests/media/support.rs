@@ -286,8 +286,9 @@ pub fn assert_moov_first(file: &[u8], what: &str) {
 // What decoders see
 // ---------------------------------------------------------------------------
 
-/// `ffmpeg -i FILE -f framemd5 -` for every stream, without the header lines.
-pub fn framemd5(path: &Path) -> Vec<String> {
+/// `ffmpeg -i FILE -map MAP -f framemd5 -`: one line per decoded frame of the streams `map`
+/// selects, after `#` header lines.
+fn framemd5_lines(path: &Path, map: &str) -> String {
     let p = path.to_str().expect("utf-8 path");
     let args = [
         "-v",
@@ -295,12 +296,17 @@ pub fn framemd5(path: &Path) -> Vec<String> {
         "-i",
         p,
         "-map",
-        "0",
+        map,
         "-fps_mode",
         "passthrough",
     ];
-    let out = tool_ok("ffmpeg", &[&args[..], &["-f", "framemd5", "-"]].concat());
-    out.lines()
+    tool_ok("ffmpeg", &[&args[..], &["-f", "framemd5", "-"]].concat())
+}
+
+/// `ffmpeg -i FILE -f framemd5 -` for every stream, without the header lines.
+pub fn framemd5(path: &Path) -> Vec<String> {
+    framemd5_lines(path, "0")
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .map(String::from)
         .collect()
@@ -308,18 +314,7 @@ pub fn framemd5(path: &Path) -> Vec<String> {
 
 /// The decoded video frames in presentation order: (seconds, md5).
 pub fn video_frames(path: &Path) -> Vec<(f64, String)> {
-    let p = path.to_str().expect("utf-8 path");
-    let args = [
-        "-v",
-        "error",
-        "-i",
-        p,
-        "-map",
-        "0:v:0",
-        "-fps_mode",
-        "passthrough",
-    ];
-    let out = tool_ok("ffmpeg", &[&args[..], &["-f", "framemd5", "-"]].concat());
+    let out = framemd5_lines(path, "0:v:0");
     let mut timebase = 1.0;
     let mut frames = Vec::new();
     for line in out.lines() {
