@@ -70,8 +70,9 @@ fn a_stalled_origin_never_delays_reads_of_cached_files() {
 fn concurrent_readers_of_a_cold_file_fetch_each_block_exactly_once() {
     let Some(origin) = mount_origin() else { return };
     let block = 256 * 1024;
-    let data = pattern(63, 40 * block + 777);
-    origin.put("/shared.bin", data.clone());
+    let data = origin
+        .put("/shared.bin", pattern(63, 40 * block + 777))
+        .data;
     let mount = Mount::builder(origin.url()).opt("block_size=256K").mount();
 
     let readers = 12;
@@ -188,8 +189,7 @@ fn daemon_reads_for_repeated_pread(mount: &Mount, file: &File, want: &[u8], time
 #[test]
 fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(66, 5 * MIB + 4097);
-    origin.put("/big.bin", data.clone());
+    let data = origin.put("/big.bin", pattern(66, 5 * MIB + 4097)).data;
     let mount = Mount::builder(origin.url())
         .opt("block_size=256K,direct_io_min_size=1M")
         .mount();
@@ -249,8 +249,7 @@ fn zero_message_opens_serve_hot_files_without_any_message() {
     for (path, data) in &files {
         origin.put(path, data.clone());
     }
-    let big = pattern(720, 3 * MIB + 17);
-    origin.put("/big.bin", big.clone());
+    let big = origin.put("/big.bin", pattern(720, 3 * MIB + 17)).data;
     let mount = Mount::builder(origin.url())
         .opt("zero_message_opens=true,ttl=3600")
         .mount();

@@ -121,8 +121,9 @@ fn assert_cli_says(out: &CliOutcome, want: &str) {
 #[test]
 fn expired_ttl_costs_one_conditional_request_and_a_304_keeps_every_block() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(101, 9 * BLOCK + 1234);
-    origin.put("/media/clip.bin", data.clone());
+    let data = origin
+        .put("/media/clip.bin", pattern(101, 9 * BLOCK + 1234))
+        .data;
     let mount = Mount::builder(origin.url())
         .opt("ttl=2,block_size=256K,passthrough=false")
         .mount();
@@ -686,8 +687,7 @@ fn a_missing_file_is_remembered_for_negative_ttl_then_found() {
     let late = mount.path("late.bin");
     assert_eq!(errno(&fs::metadata(&late)), Some(libc::ENOENT));
     assert_eq!(errno(&File::open(&late)), Some(libc::ENOENT));
-    let data = pattern(161, 3 * BLOCK + 1);
-    origin.put("/late.bin", data.clone());
+    let data = origin.put("/late.bin", pattern(161, 3 * BLOCK + 1)).data;
     // Well within negative_ttl=3: still remembered as missing, the origin is not asked.
     assert_eq!(errno(&fs::metadata(&late)), Some(libc::ENOENT));
     assert_eq!(
@@ -709,8 +709,9 @@ fn a_missing_file_is_remembered_for_negative_ttl_then_found() {
 #[test]
 fn unlink_purges_a_cached_file_and_the_next_read_downloads_it_again() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(171, 8 * BLOCK + 100);
-    origin.put("/dl/file.bin", data.clone());
+    let data = origin
+        .put("/dl/file.bin", pattern(171, 8 * BLOCK + 100))
+        .data;
     let mount = Mount::builder(origin.url())
         .opt("ttl=3600,block_size=256K,passthrough=false")
         .mount();
@@ -753,8 +754,9 @@ fn unlink_purges_a_cached_file_and_the_next_read_downloads_it_again() {
 #[test]
 fn unlink_with_unlink_expire_revalidates_and_keeps_the_blocks() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(181, 8 * BLOCK + 100);
-    origin.put("/dl/file.bin", data.clone());
+    let data = origin
+        .put("/dl/file.bin", pattern(181, 8 * BLOCK + 100))
+        .data;
     let mount = Mount::builder(origin.url())
         .opt("ttl=3600,block_size=256K,passthrough=false,unlink=expire")
         .mount();

@@ -663,8 +663,7 @@ fn claim_total(path: &str, total: u64) -> Fault {
 #[test]
 fn a1_claimed_size_cannot_kill_the_daemon() {
     let Some(origin) = mount_origin() else { return };
-    let ok = pattern(101, 300 * KIB);
-    origin.put("/ok.bin", ok.clone());
+    let ok = origin.put("/ok.bin", pattern(101, 300 * KIB)).data;
     origin.put("/claim.bin", pattern(102, MIB));
     origin.add_fault(Fault::path(
         "/claim.bin",
@@ -831,9 +830,8 @@ fn a1_damaged_or_huge_meta_files_are_dropped_and_the_mount_goes_ahead() {
 
 #[test]
 fn a2_requests_ask_for_identity_and_encoded_answers_are_eio() {
-    common::require_mount!();
     const BLOCK: usize = 256 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let plain = pattern(201, 2 * BLOCK + 77);
     let gz_range = pattern(202, 4 * BLOCK + 5);
     let gz_probe = pattern(203, 2 * BLOCK);
@@ -907,9 +905,8 @@ fn a2_requests_ask_for_identity_and_encoded_answers_are_eio() {
 
 #[test]
 fn a2_a_body_longer_than_its_content_range_is_never_served() {
-    common::require_mount!();
     const BLOCK: usize = 256 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let once = pattern(211, 4 * BLOCK + 123);
     let forever = pattern(212, 4 * BLOCK + 123);
     origin.put("/long-once.bin", once.clone());
@@ -1147,9 +1144,8 @@ fn a3_a_silent_origin_is_hedged_to_a_good_one() {
 
 #[test]
 fn a4_a_file_without_validators_is_never_served_as_a_mix_of_versions() {
-    common::require_mount!();
     const BLOCK: usize = 256 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let whole = pattern(401, 8 * BLOCK + 99);
     let old = pattern(402, 8 * BLOCK);
     let new = pattern(403, 8 * BLOCK);
@@ -1626,8 +1622,7 @@ fn control_sockets(cache: &Path) -> Vec<String> {
 #[test]
 fn b9_a_dead_daemons_control_socket_is_removed() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(901, 200 * KIB);
-    origin.put("/s.bin", data.clone());
+    let data = origin.put("/s.bin", pattern(901, 200 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-b9-");
     let cache = tmp.path().join("cache");
 
@@ -1657,8 +1652,7 @@ fn b9_a_dead_daemons_control_socket_is_removed() {
 #[test]
 fn b9_a_symlinked_data_file_is_never_followed() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(911, 600 * KIB + 1);
-    origin.put("/sym.bin", data.clone());
+    let data = origin.put("/sym.bin", pattern(911, 600 * KIB + 1)).data;
     let tmp = tempdir("ston-fs-hard-b9-");
     let cache = tmp.path().join("cache");
     let outside = tmp.path().join("outside.bin");
@@ -1709,8 +1703,7 @@ fn b9_a_symlinked_data_file_is_never_followed() {
 #[test]
 fn b9_log_file_and_access_log_are_private() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(921, 100 * KIB);
-    origin.put("/l.bin", data.clone());
+    let data = origin.put("/l.bin", pattern(921, 100 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-b9-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
@@ -1747,8 +1740,7 @@ fn b9_log_file_and_access_log_are_private() {
 #[test]
 fn b10_header_file_reaches_the_origin_and_stays_out_of_ps_and_logs() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(1001, 300 * KIB);
-    origin.put("/h.bin", data.clone());
+    let data = origin.put("/h.bin", pattern(1001, 300 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-b10-");
     let secret = format!("s3cr3t-{}-{}", std::process::id(), 0x5eed_u32);
     let hf = tmp.path().join("headers");
@@ -1946,8 +1938,7 @@ fn c11_listings_refresh_on_expire_after_a_restart() {
 #[test]
 fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(1201, 8 * MIB);
-    origin.put("/cold.bin", data.clone());
+    let data = origin.put("/cold.bin", pattern(1201, 8 * MIB)).data;
     let m = Mount::builder(origin.url())
         .opt("block_size=1M,passthrough=false")
         .mount();
@@ -2000,8 +1991,7 @@ fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
 #[test]
 fn c12_passthrough_opens_are_counted() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(1211, 3 * MIB);
-    origin.put("/p.bin", data.clone());
+    let data = origin.put("/p.bin", pattern(1211, 3 * MIB)).data;
     let m = Mount::new(origin.url());
     let path = m.path("p.bin");
     assert_file_matches(&path, &data, MIB);
@@ -2152,8 +2142,7 @@ fn c14_warm_refuses_paths_that_are_not_on_a_mount() {
 #[test]
 fn c15_a_crashed_mount_is_replaced_without_umount() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(1501, 400 * KIB);
-    origin.put("/c.bin", data.clone());
+    let data = origin.put("/c.bin", pattern(1501, 400 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-c15-");
     let cache = tmp.path().join("cache");
     let mut m = Mount::builder(origin.url()).cache_dir(&cache).mount();
@@ -2491,8 +2480,7 @@ fn c18_ro_shows_in_mountinfo() {
 #[test]
 fn c18_a_non_empty_mount_point_is_accepted_with_a_note() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(1811, 5000);
-    origin.put("/n.bin", data.clone());
+    let data = origin.put("/n.bin", pattern(1811, 5000)).data;
     let tmp = tempdir("ston-fs-hard-c18-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();

@@ -268,8 +268,9 @@ fn kill_9_five_times_during_8_apache_downloads_every_download_completes_byte_exa
     for (path, data) in &files {
         origin.put(path, data.clone());
     }
-    let direct = pattern(1299, 64 * MIB);
-    origin.put("/media/direct.bin", direct.clone());
+    let direct = origin
+        .put("/media/direct.bin", pattern(1299, 64 * MIB))
+        .data;
     let mount = Supervised::mount(Path::new(BIN), &origin.url(), "allow_other");
     let log = mount.log();
     assert_eq!(
@@ -448,8 +449,7 @@ fn install_copy(dest: &Path) {
 #[test]
 fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(1301, 48 * MIB + 777);
-    origin.put("/big.bin", data.clone());
+    let data = origin.put("/big.bin", pattern(1301, 48 * MIB + 777)).data;
     let bindir = tempdir("ston-fs-bin-");
     let installed = bindir.path().join("ston-fs");
     install_copy(&installed);
@@ -1044,8 +1044,7 @@ fn under_a_systemd_style_store_inodes_open_files_and_directory_handles_survive_k
 #[test]
 fn without_supervisor_or_systemd_one_line_says_so_and_the_mount_dies_with_its_process() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(1601, 300 * KIB);
-    origin.put("/f.bin", data.clone());
+    let data = origin.put("/f.bin", pattern(1601, 300 * KIB)).data;
     let mut mount = Mount::builder(origin.url()).mount();
     assert_bytes_eq(
         &fs::read(mount.path("f.bin")).unwrap(),

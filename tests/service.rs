@@ -435,8 +435,7 @@ fn install_sh_installs_the_binary_the_helpers_and_the_units() {
     // The installed helper, called the way mount(8) calls it, mounts with the installed
     // binary and returns only once the mount is live.
     let origin = Origin::start();
-    let data = pattern(401, 700_000);
-    origin.put("/clip.bin", data.clone());
+    let data = origin.put("/clip.bin", pattern(401, 700_000)).data;
     let dir = mkdir(&tmp.path().join("mnt"));
     let _cleanup = ExternalMount { dir: dir.clone() };
     let log = tmp.path().join("helper.log");
@@ -641,8 +640,7 @@ fn mount_t_fuse_ston_fs_and_an_fstab_line_mount_and_umount_unmounts() {
 
 fn notify_round_trip(socket: UnixDatagram, notify_socket: &str) {
     let origin = Origin::start();
-    let data = pattern(410, 1_500_000);
-    origin.put("/ready.bin", data.clone());
+    let data = origin.put("/ready.bin", pattern(410, 1_500_000)).data;
     let tmp = open_tempdir();
     let mp = mkdir(&tmp.path().join("mnt"));
     let cache = tmp.path().join("cache");
@@ -1044,8 +1042,7 @@ fn a_directory_without_an_index_lists_empty_and_its_files_stay_reachable() {
 #[test]
 fn dot_dir_answers_dotless_components_as_directories_without_origin_requests() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(450, 123_456);
-    origin.put("/a/b/c/file.bin", data.clone());
+    let data = origin.put("/a/b/c/file.bin", pattern(450, 123_456)).data;
     let mount = Mount::builder(origin.url()).opt("dot_dir=true").mount();
     for rel in ["a", "a/b", "a/b/c", "not-on-origin", "a/b/c/d/e"] {
         let md = fs::metadata(mount.path(rel)).unwrap_or_else(|e| panic!("stat {rel}: {e}"));
@@ -1207,8 +1204,9 @@ const BLOCK: usize = 64 * KIB;
 
 fn known_reads(extra_opts: &[String]) -> KnownReads {
     let origin = Origin::start();
-    let data = pattern(470, 3 * BLOCK - 1234);
-    origin.put("/three.bin", data.clone());
+    let data = origin
+        .put("/three.bin", pattern(470, 3 * BLOCK - 1234))
+        .data;
     let mut builder =
         Mount::builder(origin.url()).opt("passthrough=false,readahead_max=0,block_size=64K");
     for o in extra_opts {

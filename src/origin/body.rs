@@ -13,7 +13,7 @@ use super::health::{Member, Traffic};
 use crate::base::stats::Stats;
 use crate::base::{FsError, FsResult};
 
-use super::client::map_reqwest_error;
+use super::failure::map_reqwest_error;
 
 /// Bytes a second an answer must keep up over each window; `limit == 0` turns the rule off.
 #[derive(Debug, Clone, Copy)]

@@ -23,6 +23,7 @@ use super::answer::{
     check_encoding, partial_range, unsatisfiable_version, version_of, CacheControl, Probe, Version,
 };
 use super::body::{BodyReader, RangeBody, SpeedRule};
+use super::failure::{error_chain, map_reqwest_error};
 
 /// Everything outside RFC 3986's unreserved set is escaped, so no byte of a file name
 /// (`%`, `?`, `#`, space, CR/LF, unicode) can change the meaning of a request.
@@ -636,26 +637,6 @@ pub fn encode_path(path: &str) -> String {
         encoded.push('/');
     }
     encoded
-}
-
-pub(super) fn map_reqwest_error(err: reqwest::Error) -> FsError {
-    let err = err.without_url();
-    if err.is_timeout() {
-        FsError::Timeout
-    } else {
-        FsError::Unreachable(error_chain(&err))
-    }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! - [`metrics`]: the Prometheus endpoint; [`syslog`]: logging without a log file;
 //! - [`mountinfo`]: the kernel's table of mounts.
 //!
-//! Depends on `fuse`, `cache`, `config` and `base`.
+//! Depends on `fuse`, `cache`, `store`, `config` and `base`.
 
 pub mod control;
 pub mod daemon;
