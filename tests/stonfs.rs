@@ -12,8 +12,10 @@ use common::assert_bytes_eq;
 use common::kernel::{Kernel, ROOT};
 use common::layer::{config, BLOCK};
 use common::origin::{pattern, Fault, FaultAction, Origin};
+use std::sync::Arc;
 use ston_fs::base::FsError;
 use ston_fs::fuse::fs::{EntryKind, KernelFeatures, OpenIo, Xattr};
+use ston_fs::fuse::Wiring;
 use tempfile::TempDir;
 
 /// A mount over an origin and a cache folder of its own (dropped in this order).
@@ -276,7 +278,9 @@ fn the_control_socket_is_an_attribute_of_the_root_only() {
         Err(FsError::NoAttribute)
     ));
     let socket = "/run/ston-fs/control.sock";
-    fx.fs.set_control_socket(socket.into());
+    fx.fs.set_control_socket(socket.into()).expect("set once");
+    let again = fx.fs.set_control_socket("/elsewhere".into());
+    assert!(again.is_err(), "a second path is refused, not dropped");
     let len = socket.len() as u32;
     assert!(matches!(fx.fs.getxattr(ROOT, name, 0), Ok(Xattr::Size(n)) if n == len));
     match fx.fs.getxattr(ROOT, name, len) {
@@ -815,4 +819,43 @@ fn after_a_takeover_handle_zero_drops_the_pages_of_the_previous_process() {
     let (fx, _) = fx.restart(&settings);
     fx.assert_reads(ino, 0, 4096, &fx.content("a.bin"), "after takeover");
     assert!(fx.caches.wait_inode_invalidated(ino));
+}
+
+// ---------------------------------------------------------------------------------------
+// wiring
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn wiring_a_file_system_twice_is_an_error_and_keeps_the_first() {
+    let fx = fixture_with(&[("a.bin", 1, SMALL)], &[], passthrough());
+    let other = Arc::new(common::kernel::FakeBackings::default());
+    let twice = fx.fs.wire(Wiring::Unjournaled {
+        backings: other.clone(),
+    });
+    assert!(twice.is_err());
+    let again = fx.fs.set_kernel_cache(fx.caches.clone());
+    assert!(again.is_err(), "a second kernel cache is refused");
+    fx.make_verified("a.bin");
+    let ino = fx.ino("a.bin");
+    let opened = fx.open(ino).expect("open");
+    let id = backing_of(&opened);
+    assert!(
+        fx.backings.open_ids().contains(&id),
+        "registered where first wired"
+    );
+    assert!(other.open_ids().is_empty());
+}
+
+#[test]
+fn registrations_are_journaled_because_the_journal_comes_with_them() {
+    let fx = fixture_with(&[("a.bin", 1, SMALL)], &[], passthrough());
+    fx.make_verified("a.bin");
+    let ino = fx.ino("a.bin");
+    let id = backing_of(&fx.open(ino).expect("open"));
+    let mut file = ston_fs::fuse::journal::sealed_memfd("copy").expect("memfd");
+    std::io::Write::write_all(&mut file, &fx.journal.image()).expect("copy");
+    let (_, restored) = ston_fs::fuse::journal::Journal::open(file).expect("reads back");
+    assert_eq!(restored.carried.backings, vec![id]);
+    assert_eq!(restored.carried.handles.len(), 1);
+    assert_eq!(restored.carried.handles[0].backing, id);
 }

@@ -20,5 +20,5 @@ pub mod passthrough;
 pub mod session;
 
 pub use adapter::{FuseAdapter, SessionCache};
-pub use fs::{KernelFeatures, StonFs, TakeoverReport, SOCKET_XATTR};
+pub use fs::{KernelFeatures, StonFs, TakeoverReport, Wiring, SOCKET_XATTR};
 pub use session::{FuseSession, SessionOptions};

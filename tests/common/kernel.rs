@@ -15,9 +15,9 @@ use ston_fs::base::FsResult;
 use ston_fs::cache::Object;
 use ston_fs::config::Config;
 use ston_fs::fuse::fs::{Answer, Attr, Entry, KernelCache, KernelFeatures, Opened};
-use ston_fs::fuse::journal::{sealed_memfd, Journal};
+use ston_fs::fuse::journal::{sealed_memfd, Carried, Journal};
 use ston_fs::fuse::passthrough::Backings;
-use ston_fs::fuse::{StonFs, TakeoverReport};
+use ston_fs::fuse::{StonFs, TakeoverReport, Wiring};
 
 use super::layer::{Layer, CALL};
 
@@ -155,15 +155,17 @@ impl Kernel {
     pub fn mount_with(config: Config, features: KernelFeatures) -> Kernel {
         let journal = sealed_memfd("stonfs-test-journal").expect("memfd");
         let journal = Journal::create(journal, b"init request", b"init reply").expect("journal");
-        Kernel::start(config, Arc::new(journal), Arc::default(), features)
+        Kernel::start(config, Arc::new(journal), Arc::default(), features, None).0
     }
 
+    /// A process on a connection with `journal`: wired fresh, or taking over `carried`.
     fn start(
         config: Config,
         journal: Arc<Journal>,
         backings: Arc<FakeBackings>,
         features: KernelFeatures,
-    ) -> Kernel {
+        carried: Option<Carried>,
+    ) -> (Kernel, Option<TakeoverReport>) {
         let layer = Layer::open(config);
         let fs = Arc::new(StonFs::new(
             layer.cache.clone(),
@@ -171,14 +173,26 @@ impl Kernel {
         ));
         let caches = Arc::new(FakeKernelCache::default());
         fs.set_kernel_features(features);
-        fs.set_kernel_cache(caches.clone());
-        fs.set_journal(journal.clone());
+        fs.set_kernel_cache(caches.clone()).expect("set once");
         let process = Arc::new(ProcessBackings {
             connection: backings.clone(),
             alive: AtomicBool::new(true),
         });
-        fs.set_backings(process.clone());
-        Kernel {
+        let report = match carried {
+            Some(carried) => {
+                let taken = fs.take_over(process.clone(), journal.clone(), carried);
+                Some(taken.expect("wired once"))
+            }
+            None => {
+                let wiring = Wiring::Journaled {
+                    backings: process.clone(),
+                    journal: journal.clone(),
+                };
+                fs.wire(wiring).expect("wired once");
+                None
+            }
+        };
+        let kernel = Kernel {
             fs,
             layer,
             caches,
@@ -186,7 +200,8 @@ impl Kernel {
             process,
             journal,
             features,
-        }
+        };
+        (kernel, report)
     }
 
     /// This process dies and another takes over the connection with what the journal
@@ -209,9 +224,10 @@ impl Kernel {
         let mut file = sealed_memfd("stonfs-test-journal").expect("memfd");
         file.write_all(&image).expect("journal image");
         let (journal, restored) = Journal::open(file).expect("journal reopens");
-        let kernel = Kernel::start(config, Arc::new(journal), backings, features);
-        let report = kernel.fs.take_over(restored.carried);
-        (kernel, report)
+        let carried = Some(restored.carried);
+        let (kernel, report) =
+            Kernel::start(config, Arc::new(journal), backings, features, carried);
+        (kernel, report.expect("taken over"))
     }
 
     /// The answer now, or once the I/O runtime produced it.

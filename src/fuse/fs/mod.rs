@@ -16,6 +16,7 @@ mod media;
 mod open;
 mod read;
 mod restore;
+mod wiring;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -28,8 +29,6 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 
 use super::inodes::{InodeTable, ROOT_INO};
-use super::journal::Journal;
-use super::passthrough::{Backings, JournaledBackings};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult};
 use crate::cache::{Cache, Object};
@@ -39,9 +38,11 @@ pub use attr::{Attr, EntryKind};
 pub use lookup::Entry;
 pub use open::{OpenIo, Opened};
 pub use restore::TakeoverReport;
+pub use wiring::Wiring;
 
 use read::OpenFile;
 use restore::AdoptedHandle;
+use wiring::Wired;
 
 /// Extended attribute of the mount root that holds the control socket's path.
 pub const SOCKET_XATTR: &str = "user.stonfs.control";
@@ -121,11 +122,10 @@ pub struct StonFs {
     direct_io: AtomicBool,
     /// Objects that keep a passthrough registration between opens, oldest first.
     kept: Mutex<VecDeque<Weak<Object>>>,
-    backings: OnceLock<Arc<dyn Backings>>,
+    /// The connection's registrations and restart journal (see `wiring`).
+    wired: OnceLock<Wired>,
     kernel: OnceLock<Arc<dyn KernelCache>>,
     control_socket: OnceLock<PathBuf>,
-    /// Where inodes and handles are recorded for a process that takes over the mount.
-    journal: OnceLock<Arc<Journal>>,
 }
 
 impl StonFs {
@@ -144,10 +144,9 @@ impl StonFs {
             passthrough: AtomicBool::new(false),
             direct_io: AtomicBool::new(false),
             kept: Mutex::new(VecDeque::new()),
-            backings: OnceLock::new(),
+            wired: OnceLock::new(),
             kernel: OnceLock::new(),
             control_socket: OnceLock::new(),
-            journal: OnceLock::new(),
             cache,
         }
     }
@@ -160,26 +159,6 @@ impl StonFs {
         self.passthrough.store(passthrough, Ordering::Relaxed);
         let direct_io = config.direct_io_min_size > 0 && features.direct_io_mmap;
         self.direct_io.store(direct_io, Ordering::Relaxed);
-    }
-
-    /// Where passthrough registrations are made (set once the connection exists). With a
-    /// restart journal, every registration is recorded there too.
-    pub fn set_backings(&self, backings: Arc<dyn Backings>) {
-        let backings: Arc<dyn Backings> = match self.journal.get() {
-            Some(journal) => Arc::new(JournaledBackings::new(backings, journal.clone())),
-            None => backings,
-        };
-        let _ = self.backings.set(backings);
-    }
-
-    /// How the kernel's caches are invalidated (set once the session exists).
-    pub fn set_kernel_cache(&self, kernel: Arc<dyn KernelCache>) {
-        let _ = self.kernel.set(kernel);
-    }
-
-    /// The control socket's path, published on the mount root as [`SOCKET_XATTR`].
-    pub fn set_control_socket(&self, path: PathBuf) {
-        let _ = self.control_socket.set(path);
     }
 
     pub fn cache(&self) -> &Arc<Cache> {

@@ -108,7 +108,7 @@ impl StonFs {
     fn begin_open(&self, ino: u64, object: &Arc<Object>, has_view: bool) -> FsResult<OpenMode> {
         // A view's bytes are not the cache file's: the kernel must never read that instead.
         let wanted = !has_view && self.passthrough_wanted(object);
-        if wanted && self.journal.get().is_some() {
+        if wanted && self.journal().is_some() {
             // A process that takes the mount over frees the blocks it finds unrecorded when
             // it loads the cache: the kernel, reading this file directly, would read holes.
             object.record_now();
@@ -157,8 +157,7 @@ impl StonFs {
     /// `KEPT_BACKINGS` objects keep one), made now if it has none.
     fn register(&self, object: &Arc<Object>) -> std::io::Result<Arc<Backing>> {
         let backings = self
-            .backings
-            .get()
+            .backings()
             .ok_or_else(|| std::io::Error::other("no passthrough on this connection"))?;
         let (backing, new) = object.keep_with(|file| Backing::register(backings, file))?;
         if new {

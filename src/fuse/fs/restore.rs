@@ -20,7 +20,7 @@ use super::{Answer, StonFs};
 use crate::base::{FsError, FsResult, ObjectKind, SiteId};
 use crate::cache::Object;
 use crate::fuse::inodes::{CarriedInode, Node, ROOT_INO};
-use crate::fuse::journal::{Carried, HandleState, Journal, NodeKind};
+use crate::fuse::journal::{Carried, HandleState, NodeKind};
 use crate::fuse::passthrough::Backing;
 use crate::media::{MediaView, NameKind};
 
@@ -53,16 +53,8 @@ pub struct TakeoverReport {
 }
 
 impl StonFs {
-    /// Writes every inode, handle and passthrough registration to `journal` from now on.
-    /// Set before [`StonFs::set_backings`], which then records registrations too.
-    pub fn set_journal(&self, journal: Arc<Journal>) {
-        self.inodes.set_journal(journal.clone());
-        let _ = self.journal.set(journal);
-    }
-
-    /// Puts back what a previous process handed to the kernel. Call once, after
-    /// [`StonFs::set_journal`] and [`StonFs::set_backings`], before serving.
-    pub fn take_over(&self, carried: Carried) -> TakeoverReport {
+    /// Puts back what a previous process handed to the kernel (see [`StonFs::take_over`]).
+    pub(super) fn restore(&self, carried: Carried) -> TakeoverReport {
         let mut report = TakeoverReport::default();
         self.taken_over
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -169,7 +161,7 @@ impl StonFs {
     }
 
     fn forget_carried_inode(&self, ino: u64) {
-        if let Some(journal) = self.journal.get() {
+        if let Some(journal) = self.journal() {
             journal.set_lookups(ino, 0);
         }
     }
@@ -181,7 +173,7 @@ impl StonFs {
         let mut adopted = self.adopted.lock();
         for handle in handles {
             if self.inodes.get(handle.ino).is_none() {
-                if let Some(journal) = self.journal.get() {
+                if let Some(journal) = self.journal() {
                     journal.forget_handle(handle.fh);
                 }
                 continue;
@@ -208,7 +200,7 @@ impl StonFs {
         report.handles = adopted.len();
         drop(adopted);
         for (ino, (cached, passthrough, id)) in per_inode {
-            let backing = match (passthrough, self.backings.get()) {
+            let backing = match (passthrough, self.backings()) {
                 (0, _) | (_, None) => None,
                 (count, Some(owner)) => Some((count, Backing::adopt(owner, id))),
             };
@@ -221,7 +213,7 @@ impl StonFs {
     fn close_unused_backings(&self, carried: &Carried, report: &mut TakeoverReport) {
         let used: std::collections::HashSet<u32> =
             carried.handles.iter().map(|h| h.backing).collect();
-        let Some(owner) = self.backings.get() else {
+        let Some(owner) = self.backings() else {
             return;
         };
         for id in &carried.backings {
@@ -358,7 +350,7 @@ impl StonFs {
         view: Option<&MediaView>,
         backing: u32,
     ) {
-        let Some(journal) = self.journal.get() else {
+        let Some(journal) = self.journal() else {
             return;
         };
         journal.reserve_handles(fh + 1);
@@ -372,7 +364,7 @@ impl StonFs {
     }
 
     pub(super) fn forget_journaled_handle(&self, fh: u64) {
-        if let Some(journal) = self.journal.get() {
+        if let Some(journal) = self.journal() {
             journal.forget_handle(fh);
         }
     }
