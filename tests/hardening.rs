@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::mount::{
     find_files_with_ext, force_unmount_all, is_mounted, mounts_at, run_cli, stats_json, tail,
-    umount2, wait_timeout, CliOutcome, Mount, BIN,
+    umount2, wait_or_kill, wait_timeout, CliOutcome, Mount, BIN,
 };
 use common::mount_origin;
 use common::nginx::{which, Autoindex, Nginx};
@@ -229,11 +229,7 @@ fn run_bin(args: &[OsString], envs: &[(&str, &OsStr)], timeout: Duration) -> Cli
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn ston-fs");
-    let status = wait_timeout(&mut child, timeout);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    }
+    let status = wait_or_kill(&mut child, timeout);
     let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
     CliOutcome {
         status,
@@ -429,10 +425,7 @@ struct RawRequest {
 
 impl RawRequest {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        common::header_value(&self.headers, name)
     }
 }
 
@@ -1250,24 +1243,12 @@ fn a5_answers_without_content_length_work_up_to_max_unsized_object() {
 /// A self-signed CA:TRUE certificate for 127.0.0.1 used directly by the server: (DER, PEM,
 /// server config).
 fn self_signed_origin() -> (Vec<u8>, String, Arc<tokio_rustls::rustls::ServerConfig>) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
+    use rcgen::{ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "ston-fs self-signed origin");
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    let names = ["127.0.0.1", "localhost"];
+    let mut params = common::certs::ca_params(&names, "ston-fs self-signed origin");
+    params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("self-signed certificate");
@@ -2517,12 +2498,7 @@ impl Demo {
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGINT);
         }
-        let status = wait_timeout(&mut child, Duration::from_secs(15));
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = wait_timeout(&mut child, Duration::from_secs(5));
-        }
-        status
+        wait_or_kill(&mut child, Duration::from_secs(15))
     }
 }
 

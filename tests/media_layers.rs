@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::assert_bytes_eq;
-use common::layer::{config, Layer, BLOCK};
-use common::origin::Origin;
+use common::layer::{config, origin_and_cache_dir, Layer, BLOCK};
 use ston_fs::base::{FsError, Invalidation};
 use ston_fs::media::{MediaRequest, Presentation, TrimSpan};
 use support::{assert_moov_first, expected_clip, expected_whole, Sample};
@@ -60,8 +59,7 @@ fn a_moov_at_end_file_costs_two_requests_and_is_presented_byte_exact() {
         (Sample::BFrames, "/v/bframes.mp4"),
         (Sample::Audio, "/a/audio.m4a"),
     ] {
-        let origin = Origin::start();
-        let dir = tempfile::tempdir().unwrap();
+        let (origin, dir) = origin_and_cache_dir();
         origin.put(path, sample.bytes().to_vec());
         let (want, is_view) = expected_whole(sample.bytes());
         assert!(is_view, "{sample:?} has its moov at the end");
@@ -102,8 +100,7 @@ fn a_moov_at_end_file_costs_two_requests_and_is_presented_byte_exact() {
 
 #[test]
 fn the_rewritten_header_survives_a_restart_and_is_checked_when_read_back() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let path = "/plain.mp4";
     origin.put(path, Sample::Plain.bytes().to_vec());
     let (want, _) = expected_whole(Sample::Plain.bytes());
@@ -177,8 +174,7 @@ fn the_rewritten_header_survives_a_restart_and_is_checked_when_read_back() {
 
 #[test]
 fn a_new_version_is_presented_afresh_and_its_old_record_goes() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let path = "/v.mp4";
     origin.put(path, Sample::Plain.bytes().to_vec());
     let layer = Layer::open(config(&origin, dir.path(), &[]));
@@ -211,8 +207,7 @@ fn a_clip_fetches_only_its_header_and_its_own_media_bytes() {
     let file = Sample::BFrames.bytes();
     let (want, data) = expected_clip(file, Some(2.0), Some(5.0)).expect("a clip");
     assert_moov_first(&want, "clip");
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let path = "/clip.mp4";
     origin.put(path, file.to_vec());
     let layer = Layer::open(config(&origin, dir.path(), &[("block_size", "16K")]));
@@ -254,8 +249,7 @@ fn a_clip_fetches_only_its_header_and_its_own_media_bytes() {
 
 #[test]
 fn files_that_cannot_be_rewritten_are_unchanged_and_bad_clips_do_not_exist() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     origin.put("/front.mp4", Sample::Front.bytes().to_vec());
     origin.put("/frag.mp4", Sample::Fragmented.bytes().to_vec());
     origin.put("/text.mp4", b"hello, this is not a movie\n".repeat(100));

@@ -471,17 +471,8 @@ fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
             .arg(&mount.mountpoint),
         BOUND,
     );
-    assert!(
-        out.success(),
-        "ston-fs restart:\n{}\n{}",
-        out.describe(),
-        mount.log()
-    );
-    assert!(
-        out.stdout_text().contains("incarnation 2"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.success(), "ston-fs restart, log:\n{}", mount.log());
+    out.assert_printed("incarnation 2");
 
     assert_eq!(mount.worker(), pid, "the upgrade keeps the pid");
     assert_eq!(mount.supervisor(), supervisor);
@@ -510,12 +501,7 @@ fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
             .arg(&mount.mountpoint),
         BOUND,
     );
-    assert!(out.success(), "second restart:\n{}", out.describe());
-    assert!(
-        out.stdout_text().contains("incarnation 3"),
-        "{}",
-        out.describe()
-    );
+    out.assert_printed("incarnation 3");
     assert_bytes_eq(
         &fs::read(mount.path("big.bin")).unwrap(),
         &data,

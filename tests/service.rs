@@ -413,12 +413,7 @@ fn install_sh_installs_the_binary_the_helpers_and_the_units() {
             .arg("--help"),
         STEP_TIMEOUT,
     );
-    assert!(help.success(), "{}", help.describe());
-    assert!(
-        help.stdout_text().contains("--prefix"),
-        "{}",
-        help.describe()
-    );
+    help.assert_printed("--prefix");
     let bad = support::run_command(
         Command::new("bash")
             .arg(repo().join("mount-helpers/install.sh"))

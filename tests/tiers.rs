@@ -212,6 +212,20 @@ fn purge_everything(edges: &[Mount]) {
     }
 }
 
+/// Purges every edge and reads the whole set again through them: which parents served each
+/// path this time.
+fn reread_everywhere(
+    parents: &[Parent],
+    edges: &[Mount],
+    set: &Arc<Vec<Object>>,
+    seed: u64,
+) -> HashMap<String, Vec<usize>> {
+    let marks: Vec<usize> = parent_logs(parents).iter().map(Vec::len).collect();
+    purge_everything(edges);
+    read_everywhere(&mountpoints(edges), set, seed);
+    parents_by_uri(&since(&parent_logs(parents), &marks))
+}
+
 // ---------------------------------------------------------------------------
 // What the origin and the parents saw
 // ---------------------------------------------------------------------------
@@ -538,13 +552,7 @@ fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
     }
 
     // Phase 2b: with the victim down, everything again: exactly its keys move.
-    let marks = parent_logs(&parents)
-        .iter()
-        .map(Vec::len)
-        .collect::<Vec<_>>();
-    purge_everything(&edges);
-    read_everywhere(&mountpoints(&edges), &set, 3);
-    let moved = parents_by_uri(&since(&parent_logs(&parents), &marks));
+    let moved = reread_everywhere(&parents, &edges, &set, 3);
     let mut moved_keys = 0;
     for object in set.iter() {
         let serving = &moved[&object.path];
@@ -583,13 +591,7 @@ fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
             || state_of(edge, &victim_url) != "excluded",
         );
     }
-    let marks = parent_logs(&parents)
-        .iter()
-        .map(Vec::len)
-        .collect::<Vec<_>>();
-    purge_everything(&edges);
-    read_everywhere(&mountpoints(&edges), &set, 4);
-    let back = parents_by_uri(&since(&parent_logs(&parents), &marks));
+    let back = reread_everywhere(&parents, &edges, &set, 4);
     for object in set.iter() {
         assert_eq!(
             back[&object.path],

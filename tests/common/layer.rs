@@ -34,6 +34,12 @@ pub fn config(origin: &Origin, dir: &Path, settings: &[(&str, &str)]) -> Config 
     config
 }
 
+/// A test origin, and an empty folder for a cache of it.
+pub fn origin_and_cache_dir() -> (Origin, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("cache folder");
+    (Origin::start(), dir)
+}
+
 /// The runtime a mount runs its I/O on.
 pub fn io_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

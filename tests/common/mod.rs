@@ -2,6 +2,7 @@
 //!
 //! - `origin`: in-process HTTP/1.1 test origin with request recording and
 //!   fault knobs, plus the `pattern` content generator.
+//! - `certs`: certificates for the https test origins.
 //! - `kernel`: a fake kernel driving `StonFs` with FUSE-shaped calls, without FUSE.
 //! - `layer`: a cache and the media layer on their own runtime, driven without FUSE.
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
@@ -12,6 +13,7 @@
 //!   [`mount_origin`]), which every test that mounts FUSE starts with.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod kernel;
 pub mod layer;
 pub mod mount;
@@ -146,6 +148,14 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
             show(want)
         );
     }
+}
+
+/// The value of header `name` (any case) among `headers`.
+pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// `pread` until `len` bytes or EOF.

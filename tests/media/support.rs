@@ -14,7 +14,7 @@ use ston_fs::media::mp4::{
     self as media, Layout, Limits, Piece, Presented, ScanStep, TopLevelScan,
 };
 
-use crate::common::mount::wait_timeout;
+use crate::common::mount::wait_or_kill;
 
 /// Longest any one ffmpeg or ffprobe run may take; a hang is what it catches.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,11 +42,7 @@ pub fn tool(program: &str, args: &[&str]) -> ToolRun {
         .unwrap_or_else(|e| {
             panic!("{program} cannot start ({e}): run the suite with `bash tests/run.sh`")
         });
-    let status = wait_timeout(&mut child, TOOL_TIMEOUT);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    }
+    let status = wait_or_kill(&mut child, TOOL_TIMEOUT);
     let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
     ToolRun {
         ok: status.is_some_and(|s| s.success()),

@@ -12,8 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::mount::{force_unmount_all, is_mounted, mounts_at, tail, wait_timeout, BIN};
+use crate::common::mount::{
+    force_unmount_all, is_mounted, mounts_at, tail, wait_or_kill, wait_timeout, BIN,
+};
 use crate::common::nginx::{free_port, wait_listening, which};
+#[allow(unused_imports)]
 pub use crate::common::process::{ston_fs_pids_with_arg, wait_gone, workers};
 
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -190,6 +193,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Asserts the command succeeded and printed `want`.
+    #[track_caller]
+    pub fn assert_printed(&self, want: &str) {
+        let printed = self.success() && self.stdout_text().contains(want);
+        assert!(
+            printed,
+            "expected success and {want:?}:\n{}",
+            self.describe()
+        );
+    }
+
     pub fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
@@ -222,11 +236,7 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
         .stderr(File::create(&err).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
-    let status = wait_timeout(&mut child, timeout);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    }
+    let status = wait_or_kill(&mut child, timeout);
     Outcome {
         command,
         status,
