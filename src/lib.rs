@@ -18,6 +18,49 @@
 //!
 //! Where a lower layer must call back up, it owns a small trait the higher layer implements
 //! (`cache`'s `FetchHost` and `BlockSink`, the index's `IndexEntry`, `fuse`'s `Backings`).
+//!
+//! # Lock order
+//!
+//! Every lock of the daemon, outermost first: a thread holding a lock may take only locks
+//! below it in this table, never one above it. "Leaf" locks are taken with no other lock
+//! taken under them. All are `parking_lot` mutexes, never held across an `await`.
+//!
+//! | # | lock | guards | takes, while held |
+//! |---|------|--------|-------------------|
+//! | 1 | `fuse::fs` `StonFs.handles` | open handles | 2; 8 (an adopted handle's `OpenHandle`) |
+//! | 2 | `fuse::fs` `StonFs.adopted` | handles carried over a restart | 4; 9 |
+//! | 3 | `fuse::fs` `StonFs.implicit` | handle 0 of each inode | 8 (its `OpenHandle`) |
+//! | 4 | `fuse::inodes` `InodeTable.table` | inodes, names, open counts | 5; 8 (registering a cache file); 9 |
+//! | 5 | `fuse::fs` `StonFs.kept` | objects keeping a registration | leaf |
+//! | 6 | `cache::object` `Object.recording` | one journal round of an object | 7 |
+//! | 7 | `cache::index` `CacheIndex.evict_lock` | eviction and retirement | 8 |
+//! | 8 | `cache::object` `Object.state` | block table, charge, data file, kept registration | 9; 10 |
+//! | 9 | `fuse::journal` `Journal.inner` | the restart journal's slots | leaf |
+//! | 10 | `cache::index` `CacheIndex.state` | the LRU and the bytes charged | leaf |
+//!
+//! Leaf locks outside the chain: `OpenFile.readahead` and `OpenFile.failed_read` (`fuse::fs`);
+//! `Cache.probes`, `Cache.negative`, `Cache.listings` and a write queue's `WriteQueue.state`
+//! (`cache`); `Media.flights` and the views' `Views.state` (`media`); an origin's
+//! `Member.last_error` (`origin::health`); `Stats.access_log` (`base`); `Upgrade.error`
+//! (`service`). Rows 6 and 8 are taken by `cache::object` as 6 then 8, and row 8 is also
+//! reached without 6 or 7.
+//!
+//! Calls into the kernel and the disk under a lock:
+//! - the passthrough registration ioctl runs under 4 and 8 (`Object::keep_with` makes the
+//!   registration with the object's cache file, which it opens under 8), and its journal
+//!   record is written under 4, 8 and 9; the kernel does not call back into the daemon for it;
+//! - closing a registration (an ioctl, and a journal write under 9) runs where its last
+//!   holder drops it: under 4 when an inode's last passthrough handle is released or the
+//!   inode forgotten, never under 8 (`Object::detach` and `drop_kept` drop it after `state`);
+//! - `fsync` of a cache file and the append of its metadata record run under 6 only;
+//! - invalidating the kernel's caches never runs under a lock, nor on the calling thread:
+//!   the kernel may hold its own locks while it waits for this daemon.
+//!
+//! A function that needs a lock held takes the guarded state as an argument (`&mut
+//! ObjectState`, say), so it cannot be called without the lock, and its name ends in
+//! `_locked`; methods of a guarded state type itself (the journal's `Inner`, the index's
+//! `IndexState`) run under their lock by construction. Open handles are counted by a guard,
+//! `cache::OpenHandle`, that closes the handle when dropped.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

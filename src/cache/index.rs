@@ -6,7 +6,8 @@
 //! retirement run under `evict_lock`, so a key's old files are always gone before a new
 //! object with the same key creates its own.
 //!
-//! Lock order: `evict_lock`, then an entry's own lock (its `Object.state`, taken by
+//! Lock order (rows 7, 8, 10 of the crate's table, `src/lib.rs`): `evict_lock`, then an
+//! entry's own lock (its `Object.state`, taken by
 //! [`IndexEntry::detach`] or when an object gives charge back), then the index's `state`.
 //! The index releases `state` before it detaches an entry, and an entry never asks for a
 //! reservation (`evict_lock`) while it holds its own lock.

@@ -8,8 +8,9 @@
 //!   the block waits on that fetch's [`Flight`].
 //! - Once detached (evicted or superseded), an object never writes to the cache again.
 //!
-//! Lock order: an object's `state` may be held while the index's `state` lock is taken
-//! (giving charge back), never the other way round; see [`super::index`].
+//! Lock order (rows 6, 8 of the crate's table, `src/lib.rs`): `recording`, then `state`; under
+//! `state` the index's `state` (giving charge back) and, through [`Object::keep_with`], the
+//! passthrough registration's ioctl and its journal record (the journal's lock).
 
 use std::any::Any;
 use std::fs::File;
@@ -326,7 +327,7 @@ impl Object {
                 .filter(|(_, _, verified)| !verified)
                 .map(|(block, crc, _)| (block, crc))
                 .collect();
-            (unverified, self.data_file(&mut state))
+            (unverified, self.data_file_locked(&mut state))
         };
         let Ok(file) = file else { return };
         for (block, crc) in unverified {
@@ -346,7 +347,9 @@ impl Object {
         if let Some(kept) = state.kept.clone().and_then(|k| k.downcast::<T>().ok()) {
             return Ok((kept, false));
         }
-        let file = self.data_file(&mut state).map_err(std::io::Error::other)?;
+        let file = self
+            .data_file_locked(&mut state)
+            .map_err(std::io::Error::other)?;
         let kept = make(&file)?;
         state.kept = Some(kept.clone());
         Ok((kept, true))
@@ -385,7 +388,7 @@ impl Object {
         }
     }
 
-    fn data_file(&self, state: &mut ObjectState) -> FsResult<Arc<File>> {
+    fn data_file_locked(&self, state: &mut ObjectState) -> FsResult<Arc<File>> {
         if let Some(file) = &state.data {
             return Ok(file.clone());
         }
@@ -418,7 +421,7 @@ impl Object {
             if !state.blocks.all_verified(blocks.clone()) {
                 return None;
             }
-            let file = self.data_file(&mut state).ok()?;
+            let file = self.data_file_locked(&mut state).ok()?;
             (file, state.blocks.take_fresh(blocks))
         };
         let len = (range.end - range.start) as usize;
@@ -434,7 +437,7 @@ impl Object {
             else {
                 return None;
             };
-            (self.data_file(&mut state).ok()?, crc, verified)
+            (self.data_file_locked(&mut state).ok()?, crc, verified)
         };
         Some(self.read_from_disk(block, &file, crc, verified, within))
     }
@@ -538,7 +541,7 @@ impl Object {
             (None, None) => true,
             _ => false,
         };
-        match (state.detached || !owned, self.data_file(&mut state)) {
+        match (state.detached || !owned, self.data_file_locked(&mut state)) {
             (false, Ok(file)) => {
                 state.charged += charge;
                 Some(file)
@@ -609,7 +612,7 @@ impl Object {
             if state.unrecorded.is_empty() || state.detached {
                 return;
             }
-            let file = self.data_file(&mut state);
+            let file = self.data_file_locked(&mut state);
             (std::mem::take(&mut state.unrecorded), file)
         };
         let (Ok(file), Some(location)) = (file, &self.location) else {
@@ -644,7 +647,7 @@ impl Object {
         }
         let keep = keep_open_readable && state.open_handles > 0;
         if keep && state.data.is_none() {
-            state.data = self.data_file(&mut state).ok();
+            state.data = self.data_file_locked(&mut state).ok();
         }
         state.detached = true;
         let kept = state.kept.take();

@@ -95,12 +95,12 @@ impl Object {
     pub fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
         let mut state = self.state.lock();
         if !self.version.is_pinned() {
-            return self.plan_unpinned(&mut state, blocks);
+            return self.plan_unpinned_locked(&mut state, blocks);
         }
         let mut sources = Vec::with_capacity((blocks.end - blocks.start) as usize);
         let mut runs: Vec<Run> = Vec::new();
         for block in blocks {
-            if let Some(source) = self.existing_source(&mut state, block) {
+            if let Some(source) = self.existing_source_locked(&mut state, block) {
                 sources.push(source);
                 continue;
             }
@@ -116,13 +116,13 @@ impl Object {
 
     /// Where a block comes from if no new fetch is needed: disk or a flight.
     /// `None` for an absent block (a cached block whose file is gone becomes absent).
-    fn existing_source(&self, state: &mut ObjectState, block: u64) -> Option<BlockSource> {
+    fn existing_source_locked(&self, state: &mut ObjectState, block: u64) -> Option<BlockSource> {
         match state.blocks.get(block).cloned() {
             Some(BlockState::Cached {
                 crc,
                 verified,
                 fresh,
-            }) => match self.data_file(state) {
+            }) => match self.data_file_locked(state) {
                 Ok(file) => Some(BlockSource::Disk {
                     file,
                     crc,
@@ -142,7 +142,7 @@ impl Object {
     /// Plans a read of a version without validators: its missing blocks come from one answer
     /// that starts at byte 0 and covers every block handed out before, so each is compared.
     /// Only one such fetch runs at a time, and every reader waits for it to end.
-    fn plan_unpinned(
+    fn plan_unpinned_locked(
         &self,
         state: &mut ObjectState,
         blocks: Range<u64>,
@@ -158,7 +158,7 @@ impl Object {
         let mut sources = Vec::new();
         let mut run = Run::new(blocks.start);
         for block in blocks.clone() {
-            if let Some(source) = self.existing_source(state, block) {
+            if let Some(source) = self.existing_source_locked(state, block) {
                 sources.push(source);
                 run.flights.push(None);
             } else {

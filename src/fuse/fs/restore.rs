@@ -6,7 +6,8 @@
 //! the version had no validators to prove it by) answers EIO; an inode or handle the journal
 //! did not carry answers ESTALE. Neither ever reads another file's bytes.
 //!
-//! Lock order: `handles` before `adopted`; both are leaf locks otherwise.
+//! Locks: `handles` before `adopted`, which may take the inode table's and the journal's
+//! (the crate's lock-order table, `src/lib.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
