@@ -61,6 +61,10 @@
 //! `_locked`; methods of a guarded state type itself (the journal's `Inner`, the index's
 //! `IndexState`) run under their lock by construction. Open handles are counted by a guard,
 //! `cache::OpenHandle`, that closes the handle when dropped.
+//!
+//! The write-behind queue's and the index's locks (rows 7, 10 and `WriteQueue.state`) come
+//! from `base::sync`: with the `shuttle` feature, the shuttle model checker runs their
+//! `shuttle_` tests over thousands of thread interleavings (`tests/run.sh` does).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -30,3 +30,6 @@ fi
 # or /dev/fuse they fail, so a green run means every one of them ran.
 export STON_FS_REQUIRE_MOUNT=1
 cargo test --release --locked -- --test-threads=2
+# The locks of the write-behind queue and the cache index under the shuttle model checker
+# (src/base/sync.rs), which tries thousands of interleavings of their threads.
+cargo test --release --locked --features shuttle --lib shuttle
