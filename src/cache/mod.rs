@@ -47,7 +47,7 @@ use crate::store::{self, SiteStore, OBJECT_OVERHEAD};
 pub use crate::origin::listing::Entry as ListedEntry;
 pub use index::ObjectKey;
 pub use invalidate::InvalidationReport;
-pub use object::{Object, OpenHandle};
+pub use object::{KeptRegistration, Object, OpenHandle};
 pub use readahead::ReadAhead;
 
 use fetch::FetchHost;

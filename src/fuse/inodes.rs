@@ -10,9 +10,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use super::journal::{Journal, NodeKind};
-use super::passthrough::Backing;
 use crate::base::{ObjectKind, SiteId};
-use crate::cache::{ListedEntry, Object};
+use crate::cache::{KeptRegistration, ListedEntry, Object};
 use crate::media::{MediaRequest, MediaView};
 
 pub const ROOT_INO: u64 = 1;
@@ -151,7 +150,7 @@ pub enum Revalidated {
 struct Opens {
     cached: usize,
     passthrough: usize,
-    backing: Option<Arc<Backing>>,
+    backing: Option<Arc<dyn KeptRegistration>>,
 }
 
 /// How one open of a file is served.
@@ -159,7 +158,7 @@ pub enum OpenMode {
     /// Reads come to the daemon (and the kernel page cache).
     Cached,
     /// Reads go straight to the cache file; the id stays registered while any such open lasts.
-    Passthrough(Arc<Backing>),
+    Passthrough(Arc<dyn KeptRegistration>),
 }
 
 struct Table {
@@ -252,7 +251,7 @@ impl InodeTable {
         &self,
         ino: u64,
         cached: usize,
-        passthrough: Option<(usize, Arc<Backing>)>,
+        passthrough: Option<(usize, Arc<dyn KeptRegistration>)>,
     ) {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
@@ -360,7 +359,7 @@ impl InodeTable {
         &self,
         ino: u64,
         wanted: bool,
-        open_backing: impl FnOnce() -> std::io::Result<Arc<Backing>>,
+        open_backing: impl FnOnce() -> std::io::Result<Arc<dyn KeptRegistration>>,
     ) -> OpenMode {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
@@ -438,7 +437,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuse::passthrough::Backings;
+    use crate::fuse::passthrough::{Backing, Backings};
     use crate::store::{LoadedObject, MetaHeader, ObjectLocation};
 
     /// Registrations without a kernel: ids handed out and the ones still open.
@@ -475,8 +474,9 @@ mod tests {
             }
         }
 
-        fn register(&self) -> std::io::Result<Arc<Backing>> {
-            Backing::register(&self.owner, &self.file)
+        fn register(&self) -> std::io::Result<Arc<dyn KeptRegistration>> {
+            let backing = Backing::register(&self.owner, &self.file)?;
+            Ok(backing)
         }
 
         fn live(&self) -> usize {
@@ -775,7 +775,7 @@ mod tests {
             let table = InodeTable::new(Some(0));
             let (ino, _) = table.attach(ROOT_INO, "f", node(None));
             // Handles still open: `Some(backing)` for passthrough ones.
-            let mut handles: Vec<Option<Arc<Backing>>> = Vec::new();
+            let mut handles: Vec<Option<Arc<dyn KeptRegistration>>> = Vec::new();
             for op in ops {
                 let passthrough = handles.iter().filter(|h| h.is_some()).count();
                 let cached = handles.len() - passthrough;

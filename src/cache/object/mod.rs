@@ -8,11 +8,21 @@
 //!   the block waits on that fetch's [`Flight`].
 //! - Once detached (evicted or superseded), an object never writes to the cache again.
 //!
+//! Its API, by who calls it (the rest is `pub(in crate::cache)`: planning, fetch claims,
+//! storing and reading blocks, charge, detaching):
+//! - everyone: what the version is (`site`, `path`, `kind`, `version`, `size`, `mtime`, the
+//!   block geometry) and its freshness (`is_fresh`, `fresh_for`, `expire`, `is_detached`);
+//! - the FUSE layer: open handles ([`OpenHandle`]), the passthrough registration it keeps
+//!   with the object ([`KeptRegistration`], `keep_with`, `drop_kept`), whether the file is
+//!   whole and verified (`fully_cached`, `fully_verified`, `verify_all`, `take_fresh`,
+//!   `record_now`) and the hit path (`read_cached`);
+//! - the media layer: the view record (`save_view`, `load_view`, `drop_view`) and the hit path;
+//! - loading a cache folder: `restore`.
+//!
 //! Lock order (rows 6, 8 of the crate's table, `src/lib.rs`): `recording`, then `state`; under
 //! `state` the index's `state` (giving charge back) and, through [`Object::keep_with`], the
 //! passthrough registration's ioctl and its journal record (the journal's lock).
 
-use std::any::Any;
 use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,9 +59,9 @@ struct ObjectState {
     detached: bool,
     data: Option<Arc<File>>,
     open_handles: usize,
-    /// What the layer above keeps with the object while it is cached (a passthrough
-    /// registration of its cache file); dropped when the object leaves the cache.
-    kept: Option<Arc<dyn Any + Send + Sync>>,
+    /// The layer above's registration of the cache file, kept while the object is cached;
+    /// dropped when the object leaves the cache.
+    kept: Option<Arc<dyn KeptRegistration>>,
     /// Stored blocks waiting for `fdatasync` and their journal record.
     unrecorded: Vec<(u64, u32)>,
     recorder_running: bool,
@@ -112,7 +122,7 @@ pub struct Object {
 
 impl Object {
     /// A new version. Without a `location` it lives in memory only (no-store, or no room).
-    pub fn new(
+    pub(in crate::cache) fn new(
         identity: Identity,
         freshness: (Duration, u64),
         location: Option<ObjectLocation>,
@@ -221,13 +231,13 @@ impl Object {
     }
 
     /// Byte range of a block within the object.
-    pub fn block_range(&self, block: u64) -> Range<u64> {
+    pub(in crate::cache) fn block_range(&self, block: u64) -> Range<u64> {
         let start = block * self.block_size;
         start..(start + self.block_size).min(self.version.size)
     }
 
     /// Bytes charged against the cap for caching one block.
-    pub fn block_charge(&self, block: u64) -> u64 {
+    pub(in crate::cache) fn block_charge(&self, block: u64) -> u64 {
         let range = self.block_range(block);
         disk_bytes(range.end - range.start) + BLOCK_OVERHEAD
     }
@@ -254,7 +264,7 @@ impl Object {
     }
 
     /// The origin confirmed this version again: it is fresh for another TTL.
-    pub fn renew(&self, now: u64) {
+    pub(in crate::cache) fn renew(&self, now: u64) {
         self.fetched_at.store(now, Ordering::Relaxed);
         if let Some(location) = self.persistent_location() {
             if let Err(e) = location.append_renewal(now) {
@@ -269,7 +279,7 @@ impl Object {
     }
 
     /// Bytes of the object's data held in the cache.
-    pub fn cached_bytes(&self) -> u64 {
+    pub(in crate::cache) fn cached_bytes(&self) -> u64 {
         let state = self.state.lock();
         state
             .blocks
@@ -282,7 +292,7 @@ impl Object {
     }
 
     /// Bytes charged against the cap for the blocks and view record on disk now (at restore).
-    pub fn cached_charge(&self) -> u64 {
+    pub(in crate::cache) fn cached_charge(&self) -> u64 {
         let state = self.state.lock();
         let blocks: u64 = state
             .blocks
@@ -335,16 +345,16 @@ impl Object {
         }
     }
 
-    /// Something the layer above keeps with this object while it is cached, made from the
-    /// cache file by `make` the first time (a passthrough registration, which reopening a hot
-    /// file then does not pay again). It is dropped when the object leaves the cache, so an
-    /// evicted file gives up what pins it. Returns whether it was made now.
-    pub fn keep_with<T: Any + Send + Sync>(
+    /// The registration of this object's cache file, made by `make` the first time (a
+    /// passthrough registration, which reopening a hot file then does not pay again). It is
+    /// dropped when the object leaves the cache, so an evicted file gives up what pins it.
+    /// Returns whether it was made now.
+    pub fn keep_with(
         &self,
-        make: impl FnOnce(&File) -> std::io::Result<Arc<T>>,
-    ) -> std::io::Result<(Arc<T>, bool)> {
+        make: impl FnOnce(&File) -> std::io::Result<Arc<dyn KeptRegistration>>,
+    ) -> std::io::Result<(Arc<dyn KeptRegistration>, bool)> {
         let mut state = self.state.lock();
-        if let Some(kept) = state.kept.clone().and_then(|k| k.downcast::<T>().ok()) {
+        if let Some(kept) = state.kept.clone() {
             return Ok((kept, false));
         }
         let file = self
@@ -430,7 +440,11 @@ impl Object {
     }
 
     /// Reads part of a block if it is cached now (checking it as [`Object::read_from_disk`]).
-    pub fn read_block(&self, block: u64, within: Range<u64>) -> Option<FsResult<Vec<u8>>> {
+    pub(in crate::cache) fn read_block(
+        &self,
+        block: u64,
+        within: Range<u64>,
+    ) -> Option<FsResult<Vec<u8>>> {
         let (file, crc, verified) = {
             let mut state = self.state.lock();
             let Some(BlockState::Cached { crc, verified, .. }) = state.blocks.get(block).cloned()
@@ -444,7 +458,7 @@ impl Object {
 
     /// Reads part of a cached block, checking its CRC32C on the first read back from disk.
     /// A mismatch drops the block and reports `Corrupt`; the caller refetches it.
-    pub fn read_from_disk(
+    pub(in crate::cache) fn read_from_disk(
         &self,
         block: u64,
         file: &File,
@@ -501,7 +515,7 @@ impl Object {
     /// `claim` is the flight that owns the block; without one, the block must be absent.
     /// A block whose flight already handed it to readers is not `fresh`: its first read
     /// from the cache is a hit.
-    pub fn store_block(
+    pub(in crate::cache) fn store_block(
         self: &Arc<Self>,
         block: u64,
         pieces: &[Bytes],
@@ -640,7 +654,7 @@ impl Object {
     /// With `keep_open_readable` (the origin has a new version), files still open keep reading
     /// this version's cached blocks from the removed file: an open file keeps the version it
     /// opened. Otherwise (eviction, purge) they fetch again, pinned to this same version.
-    pub fn detach(&self, keep_open_readable: bool) -> u64 {
+    pub(in crate::cache) fn detach(&self, keep_open_readable: bool) -> u64 {
         let mut state = self.state.lock();
         if state.detached && state.charged == 0 {
             return 0;
@@ -668,7 +682,7 @@ impl Object {
     }
 
     /// Adds bytes (taken from the index already) to this object's charge.
-    pub fn add_charge(&self, charge: u64) -> bool {
+    pub(in crate::cache) fn add_charge(&self, charge: u64) -> bool {
         let mut state = self.state.lock();
         if state.detached {
             return false;
@@ -676,6 +690,13 @@ impl Object {
         state.charged += charge;
         true
     }
+}
+
+/// A registration of an object's cache file with the kernel, made by the layer above (a FUSE
+/// passthrough backing) and kept by the object while it is cached (see [`Object::keep_with`]).
+pub trait KeptRegistration: Send + Sync {
+    /// The kernel's id of the registration.
+    fn id(&self) -> u32;
 }
 
 /// One open file handle of an object (see [`Object::open_handle`]). Counting by a guard,

@@ -63,7 +63,7 @@ impl Run {
     }
 
     /// Blocks this run owns.
-    pub fn owned(&self) -> usize {
+    pub(in crate::cache) fn owned(&self) -> usize {
         self.flights.iter().flatten().count()
     }
 }
@@ -92,7 +92,7 @@ fn add_to_runs(runs: &mut Vec<Run>, block: u64, flight: Arc<Flight<Delivered>>, 
 impl Object {
     /// Classifies the blocks of a read. Absent blocks become `Fetching` with flights owned by
     /// the caller, grouped into runs of adjacent blocks for one range request each.
-    pub fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
+    pub(in crate::cache) fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
         let mut state = self.state.lock();
         if !self.version.is_pinned() {
             return self.plan_unpinned_locked(&mut state, blocks);
@@ -186,7 +186,7 @@ impl Object {
     }
 
     /// The unpinned fetch that `gate` stands for has ended: the next one may start.
-    pub fn end_unpinned_fetch(&self, gate: &Arc<Flight<()>>) {
+    pub(in crate::cache) fn end_unpinned_fetch(&self, gate: &Arc<Flight<()>>) {
         let mut state = self.state.lock();
         if state
             .unpinned
@@ -202,7 +202,7 @@ impl Object {
 
     /// Whether a block of a version without validators agrees with what this version handed
     /// out or cached before. Records it as seen when it does.
-    pub fn agrees_unpinned(&self, block: u64, bytes: &[u8]) -> bool {
+    pub(in crate::cache) fn agrees_unpinned(&self, block: u64, bytes: &[u8]) -> bool {
         let hash = xxhash_rust::xxh3::xxh3_64(bytes);
         let mut state = self.state.lock();
         let agrees = match (state.unpinned.seen.get(&block), state.blocks.get(block)) {
@@ -220,7 +220,7 @@ impl Object {
 
     /// Claims absent blocks in `blocks` for a fetch the caller will run (no reader waits yet).
     /// Versions without validators are never prefetched: their fetches must not overlap.
-    pub fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
+    pub(in crate::cache) fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
         if !self.version.is_pinned() {
             return runs;
@@ -240,7 +240,7 @@ impl Object {
     }
 
     /// A fetch gave up on a block it owned: the next reader will try again.
-    pub fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
+    pub(in crate::cache) fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
         let mut state = self.state.lock();
         let owned = matches!(state.blocks.get(block), Some(BlockState::Fetching(f)) if Arc::ptr_eq(f, flight));
         if owned {

@@ -10,7 +10,7 @@ use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult, ObjectKind};
-use crate::cache::Object;
+use crate::cache::{KeptRegistration, Object};
 use crate::fuse::inodes::OpenMode;
 use crate::fuse::passthrough::Backing;
 use crate::media::MediaView;
@@ -155,11 +155,14 @@ impl StonFs {
 
     /// The object's passthrough registration: kept with the object between opens (at most
     /// `KEPT_BACKINGS` objects keep one), made now if it has none.
-    fn register(&self, object: &Arc<Object>) -> std::io::Result<Arc<Backing>> {
+    fn register(&self, object: &Arc<Object>) -> std::io::Result<Arc<dyn KeptRegistration>> {
         let backings = self
             .backings()
             .ok_or_else(|| std::io::Error::other("no passthrough on this connection"))?;
-        let (backing, new) = object.keep_with(|file| Backing::register(backings, file))?;
+        let register = |file: &std::fs::File| -> std::io::Result<Arc<dyn KeptRegistration>> {
+            Ok(Backing::register(backings, file)?)
+        };
+        let (backing, new) = object.keep_with(register)?;
         if new {
             let evicted: Vec<Arc<Object>> = {
                 let mut kept = self.kept.lock();

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::{FsError, FsResult, ObjectKind, SiteId};
-use crate::cache::Object;
+use crate::cache::{KeptRegistration, Object};
 use crate::fuse::inodes::{CarriedInode, Node, ROOT_INO};
 use crate::fuse::journal::{Carried, HandleState, NodeKind};
 use crate::fuse::passthrough::Backing;
@@ -203,7 +203,10 @@ impl StonFs {
         for (ino, (cached, passthrough, id)) in per_inode {
             let backing = match (passthrough, self.backings()) {
                 (0, _) | (_, None) => None,
-                (count, Some(owner)) => Some((count, Backing::adopt(owner, id))),
+                (count, Some(owner)) => {
+                    let adopted: Arc<dyn KeptRegistration> = Backing::adopt(owner, id);
+                    Some((count, adopted))
+                }
             };
             self.inodes.restore_opens(ino, cached, backing);
         }
