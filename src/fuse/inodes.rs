@@ -211,8 +211,9 @@ impl InodeTable {
     }
 
     /// Writes every inode number and lookup count to `journal` from now on.
-    pub fn set_journal(&self, journal: Arc<Journal>) {
-        let _ = self.journal.set(journal);
+    /// Fails (giving `journal` back) when the table records to a journal already.
+    pub fn set_journal(&self, journal: Arc<Journal>) -> Result<(), Arc<Journal>> {
+        self.journal.set(journal)
     }
 
     /// Puts back the inodes a previous process handed to the kernel, parents first, and
@@ -685,7 +686,9 @@ mod tests {
         let file = crate::fuse::journal::sealed_memfd("inodes-test").unwrap();
         let journal = Arc::new(Journal::create(file, b"init", b"reply").unwrap());
         let table = InodeTable::new(Some(0));
-        table.set_journal(journal.clone());
+        table
+            .set_journal(journal.clone())
+            .expect("the first journal");
         let dir = Node {
             listed: Some(ListedEntry {
                 name: "d".into(),

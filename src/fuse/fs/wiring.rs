@@ -50,10 +50,13 @@ impl StonFs {
         self.wired
             .set(wired)
             .map_err(|_| wired_twice("connection"))?;
-        if let Some(journal) = journal {
-            self.inodes.set_journal(journal);
+        match journal {
+            Some(journal) => self
+                .inodes
+                .set_journal(journal)
+                .map_err(|_| wired_twice("journal")),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Wires a connection taken over from a previous process, whose journal carried
