@@ -16,6 +16,7 @@ use common::mount::{
     self, allocated_bytes, allocated_bytes_sample, describe_dir, find_data_files,
     force_unmount_all, is_mounted, mounts_at, run_cli, CliOutcome, Mount,
 };
+use common::mount_origin;
 use common::origin::{pattern, Fault, FaultAction, Origin, RequestRecord};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, assert_reader_matches, errno,
@@ -31,9 +32,8 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
 fn reads_match_origin_default_block_size() {
-    let origin = Origin::start();
-    let big = pattern(1, 256 * MIB);
-    origin.put("/big.bin", big.clone());
+    let Some(origin) = mount_origin() else { return };
+    let big = origin.put("/big.bin", pattern(1, 256 * MIB)).data;
     let small = Bytes::from(b"hello, ston-fs!\n".repeat(70)); // 1120 bytes
     let files: Vec<(&str, Bytes)> = vec![
         ("small.txt", small),
@@ -82,7 +82,7 @@ fn reads_match_origin_default_block_size() {
 #[test]
 fn reads_match_origin_small_blocks() {
     const BS: usize = 64 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let files: Vec<(&str, Bytes)> = vec![
         ("bs_plus_1.bin", pattern(21, BS + 1)),
         ("three_bs_minus_7.bin", pattern(22, 3 * BS - 7)),
@@ -128,9 +128,10 @@ fn reads_match_origin_small_blocks() {
 #[test]
 fn concurrent_cold_readers_get_identical_bytes() {
     const THREADS: usize = 16;
-    let origin = Origin::start();
-    let data = pattern(41, 48 * MIB + 1234);
-    origin.put("/shared/cold.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin
+        .put("/shared/cold.bin", pattern(41, 48 * MIB + 1234))
+        .data;
     let m = Mount::new(origin.url());
     let path = m.path("shared/cold.bin");
     let barrier = Barrier::new(THREADS);
@@ -189,9 +190,10 @@ fn concurrent_cold_readers_get_identical_bytes() {
 
 #[test]
 fn cached_reads_make_no_origin_requests_and_survive_remount() {
-    let origin = Origin::start();
-    let data = pattern(51, 6 * MIB + 4321);
-    origin.put("/videos/intro.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin
+        .put("/videos/intro.bin", pattern(51, 6 * MIB + 4321))
+        .data;
     origin.put("/videos/other.bin", pattern(52, 1000));
     let cache = tempfile::tempdir().unwrap();
 
@@ -258,7 +260,7 @@ fn cached_reads_make_no_origin_requests_and_survive_remount() {
 
 #[test]
 fn missing_paths_are_enoent_and_negative_cached() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/exists.txt", Bytes::from_static(b"here\n"));
     origin.put("/dir/file.txt", Bytes::from_static(b"inner\n"));
     origin.put("/gone.txt", Bytes::from_static(b"gone\n"));
@@ -297,7 +299,7 @@ fn missing_paths_are_enoent_and_negative_cached() {
 
 #[test]
 fn write_access_is_erofs_and_modes_are_read_only() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/file.txt", Bytes::from_static(b"read only\n"));
     origin.put("/dir/inner.txt", Bytes::from_static(b"inner\n"));
     let m = Mount::new(origin.url());
@@ -377,7 +379,7 @@ fn check_encoded_target(r: &RequestRecord) {
 
 #[test]
 fn special_names_are_percent_encoded() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let names = [
         "a%20b c?d#e ü.txt",
         "100%.txt",
@@ -443,9 +445,10 @@ fn special_names_are_percent_encoded() {
 
 #[test]
 fn origin_path_prefix_is_prepended() {
-    let origin = Origin::start();
-    let data = pattern(70, 300 * KIB + 5);
-    origin.put("/prefix/sub/file.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin
+        .put("/prefix/sub/file.bin", pattern(70, 300 * KIB + 5))
+        .data;
     origin.put("/file.bin", Bytes::from_static(b"wrong file\n"));
     let m = Mount::new(origin.url_with_prefix("prefix"));
     assert_file_matches(&m.path("sub/file.bin"), &data, 64 * KIB);
@@ -467,6 +470,7 @@ fn origin_path_prefix_is_prepended() {
 
 #[test]
 fn max_cache_size_is_never_exceeded() {
+    common::require_mount!();
     const LIMIT: u64 = 8 * MIB as u64;
     const FILES: usize = 5;
     const FILE_LEN: usize = 8 * MIB;
@@ -560,6 +564,7 @@ fn max_cache_size_is_never_exceeded() {
 
 #[test]
 fn corrupted_cache_block_is_detected_and_refetched() {
+    common::require_mount!();
     const BS: u64 = 64 * KIB as u64;
     let origin = Origin::start();
     let path = "/media/clip.bin";
@@ -741,6 +746,7 @@ fn cli_rejects_bad_origin_urls() {
 
 #[test]
 fn cli_rejects_missing_mount_point() {
+    common::require_mount!();
     let env = cli_env();
     let missing = env.tmp.path().join("does-not-exist");
     let ms = missing.to_string_lossy().to_string();
@@ -840,6 +846,7 @@ fn cli_rejects_bad_config_files() {
 
 #[test]
 fn cli_rejects_mount_point_in_use() {
+    common::require_mount!();
     let env = cli_env();
     let m = Mount::new(env.origin.url());
     let mnt = m.mountpoint().to_path_buf();
@@ -906,6 +913,7 @@ fn ro_tmpfs(dir: &Path) -> Option<MountGuard> {
 
 #[test]
 fn cli_rejects_unwritable_cache_dir() {
+    common::require_mount!();
     let env = cli_env();
     // A cache dir below a regular file can never be created.
     let file = env.tmp.path().join("plain-file");
@@ -936,11 +944,11 @@ fn cli_rejects_unwritable_cache_dir() {
     }
 }
 
+/// fstab and mount(8) pass words like `ro`, `allow_other` and `_netdev`: each is accepted.
 #[test]
 fn cli_accepts_standard_mount_words() {
-    let origin = Origin::start();
-    let data = pattern(110, 200 * KIB + 3);
-    origin.put("/f.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/f.bin", pattern(110, 200 * KIB + 3)).data;
     let m = Mount::builder(origin.url())
         .opt("ro")
         .opt("allow_other")
@@ -958,9 +966,8 @@ fn cli_accepts_standard_mount_words() {
 
 #[test]
 fn config_file_sets_cache_dir_and_block_size() {
-    let origin = Origin::start();
-    let data = pattern(120, MIB + 17);
-    origin.put("/cfg/file.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/cfg/file.bin", pattern(120, MIB + 17)).data;
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cfg-cache");
     fs::create_dir(&cache).unwrap();
@@ -1000,6 +1007,7 @@ fn config_file_sets_cache_dir_and_block_size() {
 
 #[test]
 fn daemon_mode_exits_zero_once_mounted() {
+    common::require_mount!();
     let env = cli_env();
     let out = run_cli(
         os(&[&"--cache-dir", &env.cache, &env.origin.url(), &env.mnt]),
@@ -1028,10 +1036,7 @@ struct RawResponse {
 
 impl RawResponse {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        common::header_value(&self.headers, name)
     }
 }
 
@@ -1081,7 +1086,7 @@ fn raw_request(
 
 #[test]
 fn harness_origin_semantics() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(7, 300_000);
     let e = origin.put("/d/x y.bin", data.clone());
     origin.put("/empty", Bytes::new());
@@ -1245,7 +1250,7 @@ fn harness_origin_semantics() {
 
 #[test]
 fn harness_mount_cleans_up_after_kill9_and_panic() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/a.txt", Bytes::from_static(b"a\n"));
 
     // kill9 leaves a dead mount behind; drop detaches it.

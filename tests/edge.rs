@@ -20,6 +20,7 @@ use bytes::Bytes;
 use common::mount::{
     force_unmount_all, is_mounted, run_cli, tail, umount2, Mount, BIN, EXIT_TIMEOUT,
 };
+use common::mount_origin;
 use common::origin::{pattern, Fault, FaultAction, Origin, RequestRecord};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, errno, pread_full,
@@ -71,12 +72,10 @@ fn host_of(r: &RequestRecord) -> Option<&str> {
 
 #[test]
 fn vhosts_route_by_first_component_with_canonical_host() {
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
-    let a_x = pattern(1001, 3000);
-    a.put("/x.txt", a_x.clone());
-    let b_y = pattern(1002, 200 * KIB + 11);
-    b.put("/pre/y.txt", b_y.clone());
+    let a_x = a.put("/x.txt", pattern(1001, 3000)).data;
+    let b_y = b.put("/pre/y.txt", pattern(1002, 200 * KIB + 11)).data;
     // Decoys: what a request without the prefix, or to the wrong origin,
     // would get.
     b.put("/y.txt", Bytes::from_static(b"B without its prefix\n"));
@@ -217,7 +216,7 @@ fn vhosts_route_by_first_component_with_canonical_host() {
 #[test]
 fn origin_ignoring_range_is_read_exactly_and_kept() {
     const BS: usize = 64 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.add_fault(Fault::global(FaultAction::IgnoreRange));
     let seq = pattern(2001, 5 * MIB + 17);
     let rnd = pattern(2002, 5 * MIB + 17);
@@ -370,6 +369,7 @@ fn header_origin() -> Origin {
 
 #[test]
 fn extra_headers_are_sent_and_never_logged() {
+    common::require_mount!();
     // -o header=..., -v
     let origin = header_origin();
     let m = Mount::builder(origin.url())
@@ -493,6 +493,7 @@ fn check_offline_mount(mnt: &Path, cached: &str, data: &Bytes) {
 
 #[test]
 fn unreachable_origin_at_mount_time_serves_the_cache() {
+    common::require_mount!();
     offline_remount("cached.bin", 4001);
 }
 
@@ -501,6 +502,7 @@ fn unreachable_origin_at_mount_time_serves_the_cache() {
 /// restart.
 #[test]
 fn unreachable_origin_at_mount_time_serves_cached_file_in_subdir() {
+    common::require_mount!();
     offline_remount("media/cached.bin", 4003);
 }
 
@@ -596,6 +598,7 @@ fn offline_remount(cached: &str, seed: u64) {
 
 #[test]
 fn https_origin_needs_ca_file_and_serves_exact_bytes() {
+    common::require_mount!();
     let origin = TlsOrigin::start();
     let hello = Bytes::from_static(b"hello over TLS\n");
     let big = pattern(5001, 2 * MIB + 4097);
@@ -694,6 +697,7 @@ fn tiny_tmpfs(dir: &Path, size: &str) -> MountGuard {
 
 #[test]
 fn full_cache_disk_serves_from_origin() {
+    common::require_mount!();
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("tiny");
     fs::create_dir(&disk).unwrap();
@@ -701,10 +705,10 @@ fn full_cache_disk_serves_from_origin() {
     let cache = disk.join("cache");
 
     let origin = Origin::start();
-    let data = pattern(6001, 20 * MIB + 5);
-    origin.put("/big/twenty.bin", data.clone());
-    let small = pattern(6002, 10 * KIB + 1);
-    origin.put("/small.bin", small.clone());
+    let data = origin
+        .put("/big/twenty.bin", pattern(6001, 20 * MIB + 5))
+        .data;
+    let small = origin.put("/small.bin", pattern(6002, 10 * KIB + 1)).data;
 
     for bs in ["64K", "1M"] {
         origin.reset();
@@ -756,7 +760,6 @@ fn encode_component(name: &str) -> String {
 
 #[test]
 fn odd_names_stay_one_component_under_the_prefix() {
-    let origin = Origin::start();
     let names = [
         "..%2Fsecret",
         "a%2F..%2F..%2Fsecret",
@@ -766,6 +769,7 @@ fn odd_names_stay_one_component_under_the_prefix() {
         "b\nX-Injected: 2\r\n\r\nGET secret HTTP-1.1",
         "...",
     ];
+    let Some(origin) = mount_origin() else { return };
     // Decoys outside the prefix.
     origin.put(
         "/secret",

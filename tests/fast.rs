@@ -9,14 +9,15 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::mount::{op_count, stats_json, Mount};
-use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
+use common::mount_origin;
+use common::origin::{pattern, Fault, FaultAction, Gate, Stall};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, pread_full, MIB,
 };
 
 #[test]
 fn a_stalled_origin_never_delays_reads_of_cached_files() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let cached = pattern(61, 3 * MIB + 5);
     let slow = pattern(62, 4 * MIB);
     origin.put("/cached.bin", cached.clone());
@@ -67,10 +68,11 @@ fn a_stalled_origin_never_delays_reads_of_cached_files() {
 
 #[test]
 fn concurrent_readers_of_a_cold_file_fetch_each_block_exactly_once() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let block = 256 * 1024;
-    let data = pattern(63, 40 * block + 777);
-    origin.put("/shared.bin", data.clone());
+    let data = origin
+        .put("/shared.bin", pattern(63, 40 * block + 777))
+        .data;
     let mount = Mount::builder(origin.url()).opt("block_size=256K").mount();
 
     let readers = 12;
@@ -118,7 +120,7 @@ fn concurrent_readers_of_a_cold_file_fetch_each_block_exactly_once() {
 
 #[test]
 fn passthrough_serves_whole_files_exactly_and_never_partial_ones() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let whole = pattern(64, 6 * MIB + 123);
     let partial = pattern(65, 6 * MIB + 321);
     origin.put("/whole.bin", whole.clone());
@@ -186,9 +188,8 @@ fn daemon_reads_for_repeated_pread(mount: &Mount, file: &File, want: &[u8], time
 
 #[test]
 fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped() {
-    let origin = Origin::start();
-    let data = pattern(66, 5 * MIB + 4097);
-    origin.put("/big.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/big.bin", pattern(66, 5 * MIB + 4097)).data;
     let mount = Mount::builder(origin.url())
         .opt("block_size=256K,direct_io_min_size=1M")
         .mount();
@@ -236,7 +237,7 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
 /// and reads reach the daemon per inode.
 #[test]
 fn zero_message_opens_serve_hot_files_without_any_message() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let files: Vec<(String, bytes::Bytes)> = (0..20)
         .map(|i| {
             (
@@ -248,8 +249,7 @@ fn zero_message_opens_serve_hot_files_without_any_message() {
     for (path, data) in &files {
         origin.put(path, data.clone());
     }
-    let big = pattern(720, 3 * MIB + 17);
-    origin.put("/big.bin", big.clone());
+    let big = origin.put("/big.bin", pattern(720, 3 * MIB + 17)).data;
     let mount = Mount::builder(origin.url())
         .opt("zero_message_opens=true,ttl=3600")
         .mount();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mount::Mount;
+use common::mount_origin;
 use common::origin::{
     http_date, parse_range, pattern, Answer, Fault, FaultAction, Gate, Origin, RangeSpec,
     RequestRecord, Stall,
@@ -139,7 +140,7 @@ fn rel(path: &str) -> &str {
 /// of a body; every read still returns exact bytes from B, and A is excluded.
 #[test]
 fn an_origin_killed_mid_read_is_routed_around() {
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("k", 4, 16, 301);
     put_everywhere(&[&a, &b], &set);
@@ -208,7 +209,7 @@ fn an_origin_killed_mid_read_is_routed_around() {
 /// readmitted after `origin_recover_threshold` good probes and gets data requests again.
 #[test]
 fn a_failing_origin_is_excluded_and_readmitted_when_it_recovers() {
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("g", 6, 8, 311);
     put_everywhere(&[&a, &b], &set);
@@ -319,7 +320,7 @@ fn stat_and_read_all(mount: &Mount, set: &[(String, Bytes)], a: &Origin, b: &Ori
 /// connection 100 000 bytes into the body. Reads still return exact bytes, served by B.
 #[test]
 fn an_origin_that_drops_connections_mid_body_is_routed_around_for_reads() {
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("h", 4, 8, 321);
     put_everywhere(&[&a, &b], &set);
@@ -340,7 +341,7 @@ fn an_origin_that_drops_connections_mid_body_is_routed_around_for_reads() {
 /// exact bytes, served by B.
 #[test]
 fn an_origin_that_drops_connections_mid_body_is_routed_around_for_lookups() {
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("h", 4, 8, 331);
     put_everywhere(&[&a, &b], &set);
@@ -356,7 +357,7 @@ fn an_origin_that_drops_connections_mid_body_is_routed_around_for_lookups() {
 /// `origin_fail_threshold` (3) broken answers it is excluded, and it then gets no data requests.
 #[test]
 fn an_origin_that_always_breaks_its_bodies_is_excluded() {
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let set = files("x", 6, 8, 341);
     put_everywhere(&[&a, &b], &set);
@@ -396,7 +397,7 @@ fn an_origin_that_always_breaks_its_bodies_is_excluded() {
 /// and a path never seen fail within a bounded time.
 #[test]
 fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
-    let a = Origin::start();
+    let Some(a) = mount_origin() else { return };
     let b = Origin::start();
     let cached = pattern(331, 8 * BLOCK + 5);
     let part = pattern(332, 8 * BLOCK + 5);
@@ -455,7 +456,7 @@ fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
 /// and once the origin is back a 304 keeps every block.
 #[test]
 fn a_revalidation_answered_5xx_keeps_the_cached_copy() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let data = pattern(341, 8 * BLOCK + 77);
     let part = pattern(342, 8 * BLOCK + 77);
     origin.put("/c.bin", data.clone());
@@ -735,6 +736,7 @@ fn on_range_answers(
 
 #[test]
 fn lie_connection_closed_mid_body() {
+    common::require_mount!();
     hyper_lie(
         "close mid-body",
         |_| FaultAction::CloseAfter(100_000),
@@ -745,6 +747,7 @@ fn lie_connection_closed_mid_body() {
 
 #[test]
 fn lie_stall_mid_body_beyond_receive_timeout() {
+    common::require_mount!();
     let gate = Gate::new(); // never released: the origin's drop ends the held answers
     hyper_lie(
         "stall mid-body",
@@ -760,6 +763,7 @@ fn lie_stall_mid_body_beyond_receive_timeout() {
 /// A correctly labelled answer for the wrong range: `Content-Range` does not match `Range`.
 #[test]
 fn lie_content_range_does_not_match_the_request() {
+    common::require_mount!();
     hyper_lie(
         "wrong Content-Range",
         |content| {
@@ -782,6 +786,7 @@ fn lie_content_range_does_not_match_the_request() {
 /// A 200 with the whole body and another ETag where a 206 was asked for.
 #[test]
 fn lie_200_with_another_etag_instead_of_206() {
+    common::require_mount!();
     hyper_lie(
         "200 with another ETag",
         |content| {
@@ -803,6 +808,7 @@ fn lie_200_with_another_etag_instead_of_206() {
 
 #[test]
 fn lie_412_to_a_range_request() {
+    common::require_mount!();
     hyper_lie(
         "412",
         |_| FaultAction::Status(412),
@@ -1071,6 +1077,7 @@ fn raw_lie(name: &str, lie: RawLie, once: Once, forever: Forever) {
 
 #[test]
 fn lie_fewer_body_bytes_than_content_length() {
+    common::require_mount!();
     raw_lie(
         "fewer bytes than Content-Length",
         RawLie::ShortBody,
@@ -1084,6 +1091,7 @@ fn lie_fewer_body_bytes_than_content_length() {
 /// taken for an answer: never zeros, never a hang.
 #[test]
 fn lie_more_body_bytes_than_content_length() {
+    common::require_mount!();
     let (f, g) = liar_files();
     let origin = RawOrigin::start(HashMap::from([
         ("/f.bin".to_string(), f.clone()),
@@ -1179,7 +1187,7 @@ fn read_until_error(path: &Path, want: &[u8]) -> (usize, Option<std::io::Error>)
 
 #[test]
 fn kill9_during_concurrent_downloads_never_serves_wrong_bytes() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let rounds = 2;
     let per_round = 6;
     let all = files("c", rounds * per_round, 24, 361);

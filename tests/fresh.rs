@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::mount::{find_files_with_ext, run_cli, CliOutcome, Mount};
+use common::mount_origin;
 use common::origin::{pattern, Fault, FaultAction, Origin, RequestRecord};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, drop_pages_of,
@@ -119,9 +120,10 @@ fn assert_cli_says(out: &CliOutcome, want: &str) {
 /// the end of the renewed TTL, which would make a second, legitimate, probe).
 #[test]
 fn expired_ttl_costs_one_conditional_request_and_a_304_keeps_every_block() {
-    let origin = Origin::start();
-    let data = pattern(101, 9 * BLOCK + 1234);
-    origin.put("/media/clip.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin
+        .put("/media/clip.bin", pattern(101, 9 * BLOCK + 1234))
+        .data;
     let mount = Mount::builder(origin.url())
         .opt("ttl=2,block_size=256K,passthrough=false")
         .mount();
@@ -196,7 +198,7 @@ fn check_ttl_rule(origin: &Origin, mount: &Mount, live: &Bytes, vod: &Bytes) {
 
 #[test]
 fn ttl_rule_option_gives_a_subtree_its_own_ttl() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let (live, vod) = ttl_rule_files(&origin);
     let mount = Mount::builder(origin.url())
         .opt("ttl=3600,ttl_rule=/live/*:2,block_size=256K,passthrough=false")
@@ -207,7 +209,7 @@ fn ttl_rule_option_gives_a_subtree_its_own_ttl() {
 
 #[test]
 fn ttl_rule_tables_in_the_config_file_give_a_subtree_its_own_ttl() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let (live, vod) = ttl_rule_files(&origin);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ston-fs.toml");
@@ -257,6 +259,7 @@ fn cc_origin() -> (Origin, Vec<Bytes>) {
 
 #[test]
 fn origin_cache_control_is_honoured_unless_ignored() {
+    common::require_mount!();
     let (honour_origin, datas) = cc_origin();
     let (ignore_origin, datas2) = cc_origin();
     assert_eq!(datas, datas2);
@@ -355,7 +358,7 @@ fn origin_cache_control_is_honoured_unless_ignored() {
 
 #[test]
 fn a_new_version_after_the_ttl_is_served_whole_and_never_mixed() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let cases: Vec<(&str, Bytes, Bytes)> = vec![
         (
             "/v/same.bin",
@@ -438,7 +441,7 @@ fn a_new_version_after_the_ttl_is_served_whole_and_never_mixed() {
 /// new version). A new open after the TTL sees the new version whole.
 #[test]
 fn an_open_file_keeps_its_version_when_the_origin_changes() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let blocks = 16;
     let old = pattern(141, blocks * BLOCK);
     let new = pattern(142, blocks * BLOCK);
@@ -526,7 +529,7 @@ fn an_open_file_keeps_its_version_when_the_origin_changes() {
 /// bytes: it reads its own cached blocks or fails with EIO.
 #[test]
 fn an_old_descriptor_never_reads_pages_of_the_new_version() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let blocks = 8;
     let old = pattern(151, blocks * BLOCK);
     let new = pattern(152, blocks * BLOCK);
@@ -573,6 +576,7 @@ fn an_old_descriptor_never_reads_pages_of_the_new_version() {
 /// inode of its own, so the two never share a page cache or a passthrough registration.
 #[test]
 fn a_stat_of_an_open_file_keeps_its_version_and_new_opens_get_their_own_inode() {
+    common::require_mount!();
     use std::os::unix::fs::MetadataExt;
     for opts in ["passthrough=false", "passthrough=true"] {
         let origin = Origin::start();
@@ -619,7 +623,7 @@ fn a_stat_of_an_open_file_keeps_its_version_and_new_opens_get_their_own_inode() 
 /// part way through the file (they read the old bytes, or EIO).
 #[test]
 fn zero_message_reads_never_switch_version_part_way_through_a_file() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let blocks = 8;
     let old = pattern(171, blocks * BLOCK);
     let new = pattern(172, blocks * BLOCK);
@@ -675,7 +679,7 @@ fn which_version(got: &[u8], old: &[u8], new: &[u8]) -> &'static str {
 
 #[test]
 fn a_missing_file_is_remembered_for_negative_ttl_then_found() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/present.txt", Bytes::from_static(b"here\n"));
     let mount = Mount::builder(origin.url())
         .opt("negative_ttl=3,ttl=3600")
@@ -683,8 +687,7 @@ fn a_missing_file_is_remembered_for_negative_ttl_then_found() {
     let late = mount.path("late.bin");
     assert_eq!(errno(&fs::metadata(&late)), Some(libc::ENOENT));
     assert_eq!(errno(&File::open(&late)), Some(libc::ENOENT));
-    let data = pattern(161, 3 * BLOCK + 1);
-    origin.put("/late.bin", data.clone());
+    let data = origin.put("/late.bin", pattern(161, 3 * BLOCK + 1)).data;
     // Well within negative_ttl=3: still remembered as missing, the origin is not asked.
     assert_eq!(errno(&fs::metadata(&late)), Some(libc::ENOENT));
     assert_eq!(
@@ -705,9 +708,10 @@ fn a_missing_file_is_remembered_for_negative_ttl_then_found() {
 
 #[test]
 fn unlink_purges_a_cached_file_and_the_next_read_downloads_it_again() {
-    let origin = Origin::start();
-    let data = pattern(171, 8 * BLOCK + 100);
-    origin.put("/dl/file.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin
+        .put("/dl/file.bin", pattern(171, 8 * BLOCK + 100))
+        .data;
     let mount = Mount::builder(origin.url())
         .opt("ttl=3600,block_size=256K,passthrough=false")
         .mount();
@@ -749,9 +753,10 @@ fn unlink_purges_a_cached_file_and_the_next_read_downloads_it_again() {
 
 #[test]
 fn unlink_with_unlink_expire_revalidates_and_keeps_the_blocks() {
-    let origin = Origin::start();
-    let data = pattern(181, 8 * BLOCK + 100);
-    origin.put("/dl/file.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin
+        .put("/dl/file.bin", pattern(181, 8 * BLOCK + 100))
+        .data;
     let mount = Mount::builder(origin.url())
         .opt("ttl=3600,block_size=256K,passthrough=false,unlink=expire")
         .mount();
@@ -774,7 +779,7 @@ fn unlink_with_unlink_expire_revalidates_and_keeps_the_blocks() {
 
 #[test]
 fn purge_expire_and_hardpurge_commands_on_a_live_mount() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let files: Vec<(&str, Bytes)> = vec![
         ("/img/a.jpg", pattern(191, BLOCK + 300)),
         ("/img/b.jpg", pattern(192, 3 * BLOCK)),
@@ -893,7 +898,7 @@ fn purge_expire_and_hardpurge_commands_on_a_live_mount() {
 
 #[test]
 fn purged_data_never_comes_back_after_a_remount() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let files: Vec<(&str, Bytes)> = vec![
         ("/p.bin", pattern(201, 4 * BLOCK + 3)),
         ("/h.bin", pattern(202, 4 * BLOCK + 5)),

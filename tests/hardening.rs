@@ -29,10 +29,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::mount::{
     find_files_with_ext, force_unmount_all, is_mounted, mounts_at, run_cli, stats_json, tail,
-    umount2, wait_timeout, CliOutcome, Mount, BIN,
+    umount2, wait_or_kill, wait_timeout, CliOutcome, Mount, BIN,
 };
+use common::mount_origin;
 use common::nginx::{which, Autoindex, Nginx};
 use common::origin::{parse_range, pattern, Fault, FaultAction, Gate, Origin, RangeSpec, Stall};
+use common::process::{ston_fs_pids_with_arg, wait_gone, workers};
 use common::{assert_bytes_eq, assert_file_matches, drop_page_cache, errno, no_kernel_readahead};
 use common::{bounded, pread_full, KIB, MIB};
 
@@ -227,11 +229,7 @@ fn run_bin(args: &[OsString], envs: &[(&str, &OsStr)], timeout: Duration) -> Cli
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn ston-fs");
-    let status = wait_timeout(&mut child, timeout);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    }
+    let status = wait_or_kill(&mut child, timeout);
     let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
     CliOutcome {
         status,
@@ -241,57 +239,11 @@ fn run_bin(args: &[OsString], envs: &[(&str, &OsStr)], timeout: Duration) -> Cli
     }
 }
 
-/// Pids of live (not zombie) `ston-fs` processes whose command line holds `arg`.
-fn ston_fs_pids_with_arg(arg: &Path) -> Vec<u32> {
-    let want = arg.as_os_str().as_bytes();
-    let mut pids = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_ston = args.first().is_some_and(|a0| {
-            Path::new(OsStr::from_bytes(a0)).file_name() == Some(OsStr::new("ston-fs"))
-        });
-        if is_ston && args.contains(&want) && pid_alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn pid_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while pid_alive(pid) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 /// Guard for mounts made by daemonized runs of the binary (or attempts that should not mount
 /// at all): unmounts and stops every ston-fs process serving `mountpoint`, by pid.
 struct Daemon {
     mountpoint: PathBuf,
-    pids: Vec<u32>,
+    pids: Vec<i32>,
 }
 
 impl Daemon {
@@ -303,16 +255,8 @@ impl Daemon {
     }
 
     /// The process that serves the mount: the supervisor's worker (`--worker`).
-    fn pid(&self) -> u32 {
-        let workers: Vec<u32> = self
-            .pids
-            .iter()
-            .copied()
-            .filter(|pid| {
-                fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--worker"))
-            })
-            .collect();
+    fn pid(&self) -> i32 {
+        let workers = workers(&self.pids);
         assert_eq!(
             (self.pids.len(), workers.len()),
             (2, 1),
@@ -481,10 +425,7 @@ struct RawRequest {
 
 impl RawRequest {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        common::header_value(&self.headers, name)
     }
 }
 
@@ -714,9 +655,8 @@ fn claim_total(path: &str, total: u64) -> Fault {
 
 #[test]
 fn a1_claimed_size_cannot_kill_the_daemon() {
-    let origin = Origin::start();
-    let ok = pattern(101, 300 * KIB);
-    origin.put("/ok.bin", ok.clone());
+    let Some(origin) = mount_origin() else { return };
+    let ok = origin.put("/ok.bin", pattern(101, 300 * KIB)).data;
     origin.put("/claim.bin", pattern(102, MIB));
     origin.add_fault(Fault::path(
         "/claim.bin",
@@ -757,7 +697,7 @@ fn a1_claimed_size_cannot_kill_the_daemon() {
 
 #[test]
 fn a1_max_object_size_bounds_claims_and_a_sparse_object_costs_no_memory() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let head = pattern(111, MIB);
     origin.put("/two-gib.bin", pattern(112, MIB));
     origin.put("/half-gib.bin", head.clone());
@@ -796,7 +736,7 @@ fn a1_max_object_size_bounds_claims_and_a_sparse_object_costs_no_memory() {
 
 #[test]
 fn a1_damaged_or_huge_meta_files_are_dropped_and_the_mount_goes_ahead() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let keep = pattern(121, 700 * KIB);
     let corrupt = pattern(122, 700 * KIB);
     let huge = pattern(123, 700 * KIB);
@@ -884,7 +824,7 @@ fn a1_damaged_or_huge_meta_files_are_dropped_and_the_mount_goes_ahead() {
 #[test]
 fn a2_requests_ask_for_identity_and_encoded_answers_are_eio() {
     const BLOCK: usize = 256 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let plain = pattern(201, 2 * BLOCK + 77);
     let gz_range = pattern(202, 4 * BLOCK + 5);
     let gz_probe = pattern(203, 2 * BLOCK);
@@ -959,7 +899,7 @@ fn a2_requests_ask_for_identity_and_encoded_answers_are_eio() {
 #[test]
 fn a2_a_body_longer_than_its_content_range_is_never_served() {
     const BLOCK: usize = 256 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let once = pattern(211, 4 * BLOCK + 123);
     let forever = pattern(212, 4 * BLOCK + 123);
     origin.put("/long-once.bin", once.clone());
@@ -1010,6 +950,7 @@ fn a2_a_body_longer_than_its_content_range_is_never_served() {
 
 #[test]
 fn a3_a_stalled_origin_fails_a_read_within_one_deadline() {
+    common::require_mount!();
     const BLOCK: u64 = 256 * 1024;
     let origin = Origin::start();
     origin.put("/stall.bin", pattern(301, 8 * BLOCK as usize));
@@ -1061,6 +1002,7 @@ const TRICKLE_OPTS: &str =
 
 #[test]
 fn a3_a_trickling_origin_fails_within_seconds() {
+    common::require_mount!();
     let slow_probe = pattern(311, MIB);
     let slow_read = pattern(312, MIB);
     let server = RawServer::start(
@@ -1106,6 +1048,7 @@ fn a3_a_trickling_origin_fails_within_seconds() {
 
 #[test]
 fn a3_a_trickling_origin_fails_over_to_a_good_one() {
+    common::require_mount!();
     let files: Vec<(String, Bytes)> = (0..3)
         .map(|i| {
             (
@@ -1145,7 +1088,7 @@ fn a3_a_trickling_origin_fails_over_to_a_good_one() {
 
 #[test]
 fn a3_a_silent_origin_is_hedged_to_a_good_one() {
-    let silent = Origin::start();
+    let Some(silent) = mount_origin() else { return };
     let good = Origin::start();
     let gate = Gate::new();
     let files: Vec<(String, Bytes)> = (0..3)
@@ -1195,7 +1138,7 @@ fn a3_a_silent_origin_is_hedged_to_a_good_one() {
 #[test]
 fn a4_a_file_without_validators_is_never_served_as_a_mix_of_versions() {
     const BLOCK: usize = 256 * KIB;
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let whole = pattern(401, 8 * BLOCK + 99);
     let old = pattern(402, 8 * BLOCK);
     let new = pattern(403, 8 * BLOCK);
@@ -1254,6 +1197,7 @@ fn a4_a_file_without_validators_is_never_served_as_a_mix_of_versions() {
 
 #[test]
 fn a5_answers_without_content_length_work_up_to_max_unsized_object() {
+    common::require_mount!();
     let chunked = pattern(501, 900 * KIB + 7);
     let close = pattern(502, 600 * KIB + 3);
     let big = pattern(503, 2 * MIB);
@@ -1299,24 +1243,12 @@ fn a5_answers_without_content_length_work_up_to_max_unsized_object() {
 /// A self-signed CA:TRUE certificate for 127.0.0.1 used directly by the server: (DER, PEM,
 /// server config).
 fn self_signed_origin() -> (Vec<u8>, String, Arc<tokio_rustls::rustls::ServerConfig>) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
+    use rcgen::{ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "ston-fs self-signed origin");
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    let names = ["127.0.0.1", "localhost"];
+    let mut params = common::certs::ca_params(&names, "ston-fs self-signed origin");
+    params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("self-signed certificate");
@@ -1344,6 +1276,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn a6_a_self_signed_origin_is_read_with_its_pin_only() {
+    common::require_mount!();
     let data = pattern(601, 300 * KIB + 11);
     let (der, pem, config) = self_signed_origin();
     let server = RawServer::start(
@@ -1468,6 +1401,7 @@ fn purge(path: &Path) -> String {
 
 #[test]
 fn b7_purge_of_dir_star_keeps_the_directory_record() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|m| purge(&star(&m.path("dir"))));
     let m = Mount::builder(s.origin.url()).cache_dir(&s.cache).mount();
     assert_dir(&m, "dir", &s);
@@ -1477,6 +1411,7 @@ fn b7_purge_of_dir_star_keeps_the_directory_record() {
 /// directories keep their records, and the untouched sibling stays readable.
 #[test]
 fn b7_purge_of_a_child_and_a_subtree_keeps_directories_and_siblings() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|m| {
         // (the origin is still up here)
         assert!(stat(&m.path("dir/sub")).expect("stat dir/sub").is_dir());
@@ -1493,6 +1428,7 @@ fn b7_purge_of_a_child_and_a_subtree_keeps_directories_and_siblings() {
 /// children still cached: with the origin down, dir is still a directory and dir/b readable.
 #[test]
 fn b7_a_directory_with_cached_children_is_served_without_its_record() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|m| purge(&m.path("dir")));
     let m = Mount::builder(s.origin.url()).cache_dir(&s.cache).mount();
     assert_dir(&m, "dir", &s);
@@ -1502,6 +1438,7 @@ fn b7_a_directory_with_cached_children_is_served_without_its_record() {
 /// The same, with dir's own record removed from the cache dir directly (not through purge).
 #[test]
 fn b7_a_directory_with_cached_children_is_served_when_its_meta_is_gone() {
+    common::require_mount!();
     let s = cache_dir_then_break_origin(|_| String::new());
     let metas = metas_by_path(&s.cache);
     let dir_meta = metas
@@ -1573,7 +1510,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn b8_disk_use_stays_under_the_cap_with_passthrough() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let files: Vec<(String, Bytes)> = (0..40)
         .map(|i| {
             let len = 3 * MIB + (i * 389 * KIB) % (2 * MIB + 1);
@@ -1665,9 +1602,8 @@ fn control_sockets(cache: &Path) -> Vec<String> {
 
 #[test]
 fn b9_a_dead_daemons_control_socket_is_removed() {
-    let origin = Origin::start();
-    let data = pattern(901, 200 * KIB);
-    origin.put("/s.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/s.bin", pattern(901, 200 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-b9-");
     let cache = tmp.path().join("cache");
 
@@ -1696,9 +1632,8 @@ fn b9_a_dead_daemons_control_socket_is_removed() {
 
 #[test]
 fn b9_a_symlinked_data_file_is_never_followed() {
-    let origin = Origin::start();
-    let data = pattern(911, 600 * KIB + 1);
-    origin.put("/sym.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/sym.bin", pattern(911, 600 * KIB + 1)).data;
     let tmp = tempdir("ston-fs-hard-b9-");
     let cache = tmp.path().join("cache");
     let outside = tmp.path().join("outside.bin");
@@ -1748,9 +1683,8 @@ fn b9_a_symlinked_data_file_is_never_followed() {
 
 #[test]
 fn b9_log_file_and_access_log_are_private() {
-    let origin = Origin::start();
-    let data = pattern(921, 100 * KIB);
-    origin.put("/l.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/l.bin", pattern(921, 100 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-b9-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
@@ -1786,9 +1720,8 @@ fn b9_log_file_and_access_log_are_private() {
 
 #[test]
 fn b10_header_file_reaches_the_origin_and_stays_out_of_ps_and_logs() {
-    let origin = Origin::start();
-    let data = pattern(1001, 300 * KIB);
-    origin.put("/h.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/h.bin", pattern(1001, 300 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-b10-");
     let secret = format!("s3cr3t-{}-{}", std::process::id(), 0x5eed_u32);
     let hf = tmp.path().join("headers");
@@ -1831,6 +1764,7 @@ fn b10_header_file_reaches_the_origin_and_stays_out_of_ps_and_logs() {
 
 #[test]
 fn b10_a_header_file_readable_by_others_is_refused() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-b10-");
     let hf = tmp.path().join("headers");
     fs::write(&hf, "X-Api-Key: open-secret\n").unwrap();
@@ -1902,6 +1836,7 @@ fn assert_lists(m: &Mount, rel: &str, want: &[&str], what: &str) {
 
 #[test]
 fn c11_listings_refresh_on_expire_and_purge() {
+    common::require_mount!();
     let (root, dir) = listing_root();
     let nginx = Nginx::start(root.path(), Autoindex::Html);
     let m = Mount::new(nginx.url());
@@ -1933,6 +1868,7 @@ fn c11_listings_refresh_on_expire_and_purge() {
 
 #[test]
 fn c11_listing_ttl_refreshes_listings_without_a_command() {
+    common::require_mount!();
     let (root, dir) = listing_root();
     let nginx = Nginx::start(root.path(), Autoindex::Html);
     let m = Mount::builder(nginx.url()).opt("listing_ttl=1").mount();
@@ -1955,6 +1891,7 @@ fn c11_listing_ttl_refreshes_listings_without_a_command() {
 
 #[test]
 fn c11_listings_refresh_on_expire_after_a_restart() {
+    common::require_mount!();
     let (root, dir) = listing_root();
     let nginx = Nginx::start(root.path(), Autoindex::Html);
     let tmp = tempdir("ston-fs-hard-c11-");
@@ -1981,9 +1918,8 @@ fn c11_listings_refresh_on_expire_after_a_restart() {
 
 #[test]
 fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
-    let origin = Origin::start();
-    let data = pattern(1201, 8 * MIB);
-    origin.put("/cold.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/cold.bin", pattern(1201, 8 * MIB)).data;
     let m = Mount::builder(origin.url())
         .opt("block_size=1M,passthrough=false")
         .mount();
@@ -2035,9 +1971,8 @@ fn c12_cold_reads_are_misses_warm_reads_hits_and_purged_reads_misses_again() {
 
 #[test]
 fn c12_passthrough_opens_are_counted() {
-    let origin = Origin::start();
-    let data = pattern(1211, 3 * MIB);
-    origin.put("/p.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/p.bin", pattern(1211, 3 * MIB)).data;
     let m = Mount::new(origin.url());
     let path = m.path("p.bin");
     assert_file_matches(&path, &data, MIB);
@@ -2063,6 +1998,7 @@ fn c12_passthrough_opens_are_counted() {
 
 #[test]
 fn c12_a_dead_origin_is_not_shown_healthy() {
+    common::require_mount!();
     let port = closed_port();
     let m = Mount::builder(format!("http://127.0.0.1:{port}/"))
         .opt("connect_timeout=0.5,receive_timeout=1")
@@ -2107,6 +2043,7 @@ fn id_of(file: &str, name: &str) -> Option<u32> {
 
 #[test]
 fn c13_uid_and_gid_take_user_and_group_names() {
+    common::require_mount!();
     let (user, group) = match (
         id_of("/etc/passwd", "nobody"),
         id_of("/etc/group", "nogroup"),
@@ -2157,6 +2094,7 @@ fn c13_uid_and_gid_take_user_and_group_names() {
 
 #[test]
 fn c14_warm_refuses_paths_that_are_not_on_a_mount() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-c14-");
     fs::write(tmp.path().join("x.bin"), b"local").unwrap();
     let out = run_cli([OsStr::new("warm"), tmp.path().as_os_str()], CLI_BOUND);
@@ -2184,9 +2122,8 @@ fn c14_warm_refuses_paths_that_are_not_on_a_mount() {
 
 #[test]
 fn c15_a_crashed_mount_is_replaced_without_umount() {
-    let origin = Origin::start();
-    let data = pattern(1501, 400 * KIB);
-    origin.put("/c.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/c.bin", pattern(1501, 400 * KIB)).data;
     let tmp = tempdir("ston-fs-hard-c15-");
     let cache = tmp.path().join("cache");
     let mut m = Mount::builder(origin.url()).cache_dir(&cache).mount();
@@ -2222,7 +2159,7 @@ fn c15_a_crashed_mount_is_replaced_without_umount() {
 
 #[test]
 fn c16_a_daemon_without_log_file_logs_to_syslog() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/y.bin", pattern(1601, 1000));
     let tmp = tempdir("ston-fs-hard-c16-");
     let sock_path = tmp.path().join("syslog.sock");
@@ -2267,6 +2204,7 @@ fn c16_a_daemon_without_log_file_logs_to_syslog() {
 
 #[test]
 fn c16_an_unreachable_origin_is_warned_about_and_the_mount_goes_ahead() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-c16-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
@@ -2301,6 +2239,7 @@ fn c16_an_unreachable_origin_is_warned_about_and_the_mount_goes_ahead() {
 
 #[test]
 fn c17_cli_errors_are_clear_and_mount_nothing() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-hard-c17-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
@@ -2369,6 +2308,7 @@ fn c17_cli_errors_are_clear_and_mount_nothing() {
 
 #[test]
 fn c17_help_lists_every_key_and_install_help_installs_nothing() {
+    common::require_mount!();
     let out = run_cli(["--help"], CLI_BOUND);
     assert!(out.success(), "{}", out.describe());
     let help = &out.stdout;
@@ -2493,7 +2433,7 @@ fn c17_help_lists_every_key_and_install_help_installs_nothing() {
 
 #[test]
 fn c18_ro_shows_in_mountinfo() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/r.bin", pattern(1801, 100));
     for (opt, want) in [(Some("ro"), "ro"), (None, "rw")] {
         let mut b = Mount::builder(origin.url());
@@ -2520,9 +2460,8 @@ fn c18_ro_shows_in_mountinfo() {
 
 #[test]
 fn c18_a_non_empty_mount_point_is_accepted_with_a_note() {
-    let origin = Origin::start();
-    let data = pattern(1811, 5000);
-    origin.put("/n.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/n.bin", pattern(1811, 5000)).data;
     let tmp = tempdir("ston-fs-hard-c18-");
     let mp = tmp.path().join("mnt");
     fs::create_dir(&mp).unwrap();
@@ -2559,12 +2498,7 @@ impl Demo {
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGINT);
         }
-        let status = wait_timeout(&mut child, Duration::from_secs(15));
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = wait_timeout(&mut child, Duration::from_secs(5));
-        }
-        status
+        wait_or_kill(&mut child, Duration::from_secs(15))
     }
 }
 
@@ -2577,6 +2511,7 @@ impl Drop for Demo {
 
 #[test]
 fn c18_the_demo_starts_with_an_empty_cache_each_time() {
+    common::require_mount!();
     const README_START: &str = "This file comes from ston-fs's built-in demo origin.";
     let tmp = tempdir("ston-fs-hard-c18-");
     let mp = tmp.path().join("demo");
@@ -2968,30 +2903,8 @@ fn d7_a_crash_loop_never_ends_a_live_mount_and_the_logs_say_so() {
     );
     let mut killed = Vec::new();
     for round in 0..11 {
-        let worker = bounded("a worker serves the mount", Duration::from_secs(45), {
-            let mp = mp.clone();
-            let killed = killed.clone();
-            move || loop {
-                let pids = ston_fs_pids_with_arg(&mp);
-                let fresh: Vec<u32> = pids
-                    .iter()
-                    .copied()
-                    .filter(|p| !killed.contains(p))
-                    .filter(|p| {
-                        fs::read(format!("/proc/{p}/cmdline"))
-                            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--worker"))
-                    })
-                    .collect();
-                if let Some(pid) = fresh.first() {
-                    return *pid;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
+        kill_next(&mp, true, &mut killed);
         assert!(is_fuse_mounted(&mp), "round {round}: the mount is gone");
-        // SAFETY: kill sends a signal to a pid we just read; nothing else is touched.
-        unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) };
-        killed.push(worker);
     }
     // The eleventh death in a minute is a crash loop: the mount is kept, the next worker
     // comes after the loop's pause, and reads work again.
@@ -3007,7 +2920,7 @@ fn d7_a_crash_loop_never_ends_a_live_mount_and_the_logs_say_so() {
 }
 
 /// The pids of the processes serving `mountpoint` in one role, leaving out `dead`.
-fn role_pids(mountpoint: &Path, worker: bool, dead: &[u32]) -> Vec<u32> {
+fn role_pids(mountpoint: &Path, worker: bool, dead: &[i32]) -> Vec<i32> {
     ston_fs_pids_with_arg(mountpoint)
         .into_iter()
         .filter(|pid| !dead.contains(pid))
@@ -3020,7 +2933,7 @@ fn role_pids(mountpoint: &Path, worker: bool, dead: &[u32]) -> Vec<u32> {
 }
 
 /// Waits (bounded) for a process of that role that is not among `dead`, and kills it.
-fn kill_next(mountpoint: &Path, worker: bool, dead: &mut Vec<u32>) {
+fn kill_next(mountpoint: &Path, worker: bool, dead: &mut Vec<i32>) {
     let (mp, gone) = (mountpoint.to_path_buf(), dead.clone());
     let what = if worker { "a worker" } else { "a supervisor" };
     let pid = bounded(what, Duration::from_secs(20), move || loop {
@@ -3030,7 +2943,7 @@ fn kill_next(mountpoint: &Path, worker: bool, dead: &mut Vec<u32>) {
         std::thread::sleep(Duration::from_millis(20));
     });
     // SAFETY: kill sends a signal to a pid just read from /proc; nothing else is touched.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    unsafe { libc::kill(pid, libc::SIGKILL) };
     dead.push(pid);
 }
 

@@ -13,102 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::layer::{config, origin_and_cache_dir, Layer, BLOCK, CALL};
 use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
 use common::{assert_bytes_eq, Rng};
-use ston_fs::base::{FsError, FsResult, Invalidation, ObjectKind};
+use ston_fs::base::{FsError, Invalidation, ObjectKind};
 use ston_fs::cache::{Cache, Object};
-use ston_fs::config::Config;
-
-const BLOCK: u64 = 64 * 1024;
-/// The deadline of one cache call; generous, since a hang is what it detects.
-const CALL: Duration = Duration::from_secs(15);
-
-/// A cache opened on its own runtime, as a mount holds it.
-struct Layer {
-    cache: Arc<Cache>,
-    runtime: tokio::runtime::Runtime,
-}
-
-fn config(origin: &Origin, dir: &Path, settings: &[(&str, &str)]) -> Config {
-    let mut config = Config::default();
-    config.set("origin", &origin.url()).expect("origin");
-    config.cache_dir = dir.to_path_buf();
-    config.set("block_size", "64K").expect("block_size");
-    config.set("connect_timeout", "2").expect("connect_timeout");
-    config.set("receive_timeout", "5").expect("receive_timeout");
-    for (key, value) in settings {
-        config.set(key, value).expect(key);
-    }
-    config.validate().expect("valid config");
-    config
-}
-
-impl Layer {
-    fn open(config: Config) -> Layer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let cache = {
-            let _inside = runtime.enter();
-            Arc::new(Cache::open(config).expect("cache opens"))
-        };
-        Layer { cache, runtime }
-    }
-
-    /// Stops everything and releases the cache folder's lock (as a crash would, minus the
-    /// journal records that only `flush` writes).
-    fn close(self) {
-        let Layer { cache, runtime } = self;
-        drop(cache);
-        drop(runtime);
-    }
-
-    fn resolve(&self, path: &str) -> FsResult<Arc<Object>> {
-        let deadline = Instant::now() + CALL;
-        self.runtime
-            .block_on(self.cache.resolve(0, Arc::from(path), deadline))
-    }
-
-    fn file(&self, path: &str) -> Arc<Object> {
-        self.resolve(path)
-            .unwrap_or_else(|e| panic!("resolve {path}: {e}"))
-    }
-
-    fn read(&self, object: &Arc<Object>, range: std::ops::Range<u64>) -> FsResult<(Bytes, bool)> {
-        let deadline = Instant::now() + CALL;
-        self.runtime
-            .block_on(self.cache.read(object, range, deadline))
-    }
-
-    /// Reads the whole object in one call; returns the bytes and whether it was a hit.
-    fn read_all(&self, object: &Arc<Object>) -> (Bytes, bool) {
-        self.read(object, 0..object.size())
-            .unwrap_or_else(|e| panic!("read {}: {e}", object.path()))
-    }
-
-    /// Waits until every block of `object` reached the cache file (write-behind is async).
-    fn wait_cached(&self, object: &Object) {
-        let give_up = Instant::now() + CALL;
-        while !object.fully_cached() {
-            assert!(
-                Instant::now() < give_up,
-                "{} never fully cached",
-                object.path()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn used(&self) -> u64 {
-        self.cache.usage().0
-    }
-
-    fn objects(&self) -> u64 {
-        self.cache.usage().2
-    }
-}
 
 /// Every file under `dir` whose name ends in `.ext`.
 fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -182,13 +91,12 @@ fn cache_and_close(origin: &Origin, dir: &Path, path: &str) {
     assert_bytes_eq(&bytes, &origin.content(path), path);
     layer.wait_cached(&object);
     layer.cache.flush();
-    layer.close();
+    layer.crash();
 }
 
 #[test]
 fn resolve_and_read_give_exact_bytes_and_cached_blocks_cost_no_request() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let len = 5 * BLOCK + 100;
     let data = origin.put("/a.bin", pattern(1, len as usize)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
@@ -227,8 +135,7 @@ fn resolve_and_read_give_exact_bytes_and_cached_blocks_cost_no_request() {
 
 #[test]
 fn reads_at_and_past_the_end_are_cut_at_the_size() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let len = 2 * BLOCK + 10;
     let data = origin.put("/end.bin", pattern(2, len as usize)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
@@ -249,8 +156,7 @@ fn reads_at_and_past_the_end_are_cut_at_the_size() {
 
 #[test]
 fn lookups_answer_from_memory_and_not_found_is_remembered() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     origin.put("/here", pattern(3, 1000));
     let layer = Layer::open(config(&origin, dir.path(), &[]));
     let here: Arc<str> = Arc::from("/here");
@@ -286,8 +192,7 @@ fn lookups_answer_from_memory_and_not_found_is_remembered() {
 
 #[test]
 fn concurrent_callers_share_one_probe_and_one_fetch() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin
         .put("/shared.bin", pattern(5, 6 * BLOCK as usize))
         .data;
@@ -372,13 +277,12 @@ fn concurrent_callers_share_one_probe_and_one_fetch() {
 
 #[test]
 fn a_new_version_replaces_the_old_one_and_versions_never_mix() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let len = 4 * BLOCK as usize;
     let old_data = origin.put("/v.bin", pattern(10, len)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
     let old = layer.file("/v.bin");
-    old.open_handle(); // a file is open on the old version
+    let _open = old.open_handle(); // a file is open on the old version
     let (bytes, _) = layer.read(&old, BLOCK..2 * BLOCK).expect("read v1");
     assert_bytes_eq(
         &bytes,
@@ -437,8 +341,7 @@ fn a_new_version_replaces_the_old_one_and_versions_never_mix() {
 
 #[test]
 fn revalidation_with_a_304_keeps_every_block() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin
         .put("/same.bin", pattern(12, 3 * BLOCK as usize))
         .data;
@@ -467,8 +370,7 @@ fn revalidation_with_a_304_keeps_every_block() {
 
 #[test]
 fn purge_drops_the_object_and_its_files_and_the_next_read_refetches() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin.put("/p.bin", pattern(13, 3 * BLOCK as usize)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
     let object = layer.file("/p.bin");
@@ -505,8 +407,7 @@ fn purge_drops_the_object_and_its_files_and_the_next_read_refetches() {
 
 #[test]
 fn a_subtree_purge_covers_what_lies_below_and_nothing_else() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     for (i, path) in ["/d/x", "/d/sub/y", "/dx", "/e"].iter().enumerate() {
         origin.put(path, pattern(20 + i as u64, 5000));
     }
@@ -532,8 +433,7 @@ fn a_subtree_purge_covers_what_lies_below_and_nothing_else() {
 
 #[test]
 fn the_origin_failing_serves_the_cached_copy() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin.put("/s.bin", pattern(30, 2 * BLOCK as usize)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
     let object = layer.file("/s.bin");
@@ -557,8 +457,7 @@ fn the_origin_failing_serves_the_cached_copy() {
 
 #[test]
 fn a_broken_fetch_fails_its_reader_and_caches_nothing_wrong() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin.put("/cut.bin", pattern(31, 4 * BLOCK as usize)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
     let object = layer.file("/cut.bin");
@@ -578,8 +477,7 @@ fn a_broken_fetch_fails_its_reader_and_caches_nothing_wrong() {
 
 #[test]
 fn prefetched_blocks_are_read_from_the_cache_and_counted_as_misses_once() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin.put("/ra.bin", pattern(32, 6 * BLOCK as usize)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[]));
     let object = layer.file("/ra.bin");
@@ -608,8 +506,7 @@ fn prefetched_blocks_are_read_from_the_cache_and_counted_as_misses_once() {
 #[test]
 fn eviction_keeps_usage_under_the_cap_while_reading_more_than_it() {
     const CAP: u64 = 512 * 1024;
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let files: Vec<(String, Bytes)> = (0..8)
         .map(|i| {
             let path = format!("/e{i}.bin");
@@ -680,8 +577,7 @@ fn eviction_keeps_usage_under_the_cap_while_reading_more_than_it() {
 #[test]
 fn a_file_bigger_than_the_cap_is_still_read_exactly() {
     const CAP: u64 = 256 * 1024;
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let len = 16 * BLOCK as usize;
     let data = origin.put("/huge.bin", pattern(50, len)).data;
     let layer = Layer::open(config(&origin, dir.path(), &[("max_cache_size", "256K")]));
@@ -707,8 +603,7 @@ fn a_file_bigger_than_the_cap_is_still_read_exactly() {
 
 #[test]
 fn a_restart_serves_journaled_blocks_without_the_origin() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin
         .put("/keep.bin", pattern(60, 3 * BLOCK as usize + 5))
         .data;
@@ -730,8 +625,7 @@ fn a_restart_serves_journaled_blocks_without_the_origin() {
 
 #[test]
 fn a_restart_refetches_a_corrupt_block_and_ignores_a_torn_record() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin
         .put("/crash.bin", pattern(61, 5 * BLOCK as usize))
         .data;
@@ -786,8 +680,7 @@ fn a_restart_refetches_a_corrupt_block_and_ignores_a_torn_record() {
 
 #[test]
 fn metadata_claiming_an_absurd_size_is_dropped_at_load() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin
         .put("/absurd.bin", pattern(62, 2 * BLOCK as usize))
         .data;
@@ -816,8 +709,7 @@ fn metadata_claiming_an_absurd_size_is_dropped_at_load() {
 
 #[test]
 fn metadata_that_fails_any_check_is_dropped_at_load() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let paths = [
         "/ok",
         "/crc",
@@ -838,7 +730,7 @@ fn metadata_that_fails_any_check_is_dropped_at_load() {
             layer.wait_cached(&object);
         }
         layer.cache.flush();
-        layer.close();
+        layer.crash();
     }
     let metas = files_with(dir.path(), "meta");
     assert_eq!(metas.len(), paths.len());
@@ -905,8 +797,7 @@ fn metadata_that_fails_any_check_is_dropped_at_load() {
 
 #[test]
 fn a_second_cache_cannot_open_a_folder_in_use() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let first = Layer::open(config(&origin, dir.path(), &[]));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -918,7 +809,7 @@ fn a_second_cache_cannot_open_a_folder_in_use() {
     };
     let error = second.err().expect("the folder is locked");
     assert!(error.contains("in use"), "{error}");
-    first.close();
+    first.crash();
     let _inside = runtime.enter();
     assert!(
         Cache::open(config(&origin, dir.path(), &[])).is_ok(),
@@ -928,8 +819,7 @@ fn a_second_cache_cannot_open_a_folder_in_use() {
 
 #[test]
 fn an_expiry_is_journaled_and_survives_a_restart() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin.put("/x.bin", pattern(63, 2 * BLOCK as usize)).data;
     {
         let layer = Layer::open(config(&origin, dir.path(), &[]));
@@ -939,7 +829,7 @@ fn an_expiry_is_journaled_and_survives_a_restart() {
         layer.cache.flush();
         let report = layer.cache.invalidate(0, "/x.bin", Invalidation::Expire);
         assert_eq!(report.objects, 1);
-        layer.close();
+        layer.crash();
     }
     origin.reset();
     let layer = Layer::open(config(&origin, dir.path(), &[]));
@@ -957,8 +847,7 @@ fn an_expiry_is_journaled_and_survives_a_restart() {
 
 #[test]
 fn a_lost_data_file_means_refetching_never_zeros() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin
         .put("/lost.bin", pattern(64, 3 * BLOCK as usize))
         .data;
@@ -982,8 +871,7 @@ fn a_lost_data_file_means_refetching_never_zeros() {
 
 #[test]
 fn a_symlink_in_place_of_a_data_file_is_removed_never_followed() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let data = origin
         .put("/link.bin", pattern(65, 2 * BLOCK as usize))
         .data;
@@ -1009,8 +897,7 @@ fn a_symlink_in_place_of_a_data_file_is_removed_never_followed() {
 
 #[test]
 fn a_version_without_validators_is_compared_and_never_spliced() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let len = 4 * BLOCK as usize;
     let first = origin.put("/nv.bin", pattern(66, len)).data;
     origin.add_fault(Fault::path(
@@ -1057,8 +944,7 @@ fn a_version_without_validators_is_compared_and_never_spliced() {
 #[test]
 fn random_concurrent_reads_under_a_small_cap_are_always_exact() {
     const CAP: u64 = 384 * 1024;
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let files: Arc<Vec<(String, Bytes)>> = Arc::new(
         (0..4)
             .map(|i| {
@@ -1120,8 +1006,7 @@ fn random_concurrent_reads_under_a_small_cap_are_always_exact() {
 #[test]
 fn after_a_crash_the_cache_folder_still_stays_under_the_cap() {
     const CAP: u64 = 512 * 1024;
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     for i in 0..6 {
         origin.put(&format!("/u{i}.bin"), pattern(90 + i, 2 * BLOCK as usize));
     }
@@ -1134,7 +1019,7 @@ fn after_a_crash_the_cache_folder_still_stays_under_the_cap() {
             layer.wait_cached(&object);
         }
         // A crash: no flush, and the recorder has not had its quiet moment yet.
-        layer.close();
+        layer.crash();
     }
     let site_dir = std::fs::read_dir(dir.path())
         .unwrap()
@@ -1161,8 +1046,7 @@ fn after_a_crash_the_cache_folder_still_stays_under_the_cap() {
 /// the other's charge is never given back and its files are never removed.
 #[test]
 fn two_metadata_files_for_one_path_do_not_leak_charge() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     origin.put("/dup.bin", pattern(99, 2 * BLOCK as usize));
     cache_and_close(&origin, dir.path(), "/dup.bin");
     let meta = files_with(dir.path(), "meta").remove(0);

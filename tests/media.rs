@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::mount::{run_cli, Mount};
+use common::mount_origin;
 use common::nginx::{Autoindex, Nginx};
 use common::origin::Origin;
 use common::{
@@ -64,8 +65,8 @@ fn open_tempdir() -> tempfile::TempDir {
 
 #[test]
 fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() {
+    let Some(origin) = mount_origin() else { return };
     let originals = tempfile::tempdir().unwrap();
-    let origin = Origin::start();
     let samples = [
         (Sample::Plain, "plain.mp4"),
         (Sample::BFrames, "bframes.mp4"),
@@ -116,7 +117,7 @@ fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() 
 
 #[test]
 fn faststart_fragmented_and_broken_files_are_served_byte_for_byte() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let broken = b"not a movie at all, whatever its name says\n".repeat(500);
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("/front.mp4", Sample::Front.bytes().to_vec()),
@@ -163,7 +164,7 @@ fn faststart_fragmented_and_broken_files_are_served_byte_for_byte() {
 
 #[test]
 fn the_rewritten_header_survives_a_restart_without_an_origin_request() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/plain.mp4", Sample::Plain.bytes().to_vec());
     let (want, _) = expected_whole(Sample::Plain.bytes());
     let cache = tempfile::tempdir().unwrap();
@@ -199,7 +200,7 @@ fn the_rewritten_header_survives_a_restart_without_an_origin_request() {
 
 #[test]
 fn a_new_version_at_the_origin_is_presented_afresh() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/v.mp4", Sample::Plain.bytes().to_vec());
     let cache = tempfile::tempdir().unwrap();
     let mount = Mount::builder(origin.url())
@@ -278,12 +279,12 @@ fn check_video_clip(clip: &Path, original: &Path, name: &str) {
 
 #[test]
 fn a_clip_by_name_plays_the_interval_and_costs_only_its_share_of_the_file() {
-    let originals = tempfile::tempdir().unwrap();
-    let origin = Origin::start();
     let samples = [
         (Sample::BFrames, "bframes.mp4"),
         (Sample::Plain, "plain.mp4"),
     ];
+    let Some(origin) = mount_origin() else { return };
+    let originals = tempfile::tempdir().unwrap();
     for (sample, name) in samples {
         origin.put(&format!("/{name}"), sample.bytes().to_vec());
     }
@@ -345,7 +346,7 @@ fn a_clip_by_name_plays_the_interval_and_costs_only_its_share_of_the_file() {
 
 #[test]
 fn audio_clips_and_clips_that_cannot_exist() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     origin.put("/audio.m4a", Sample::Audio.bytes().to_vec());
     origin.put("/bframes.mp4", Sample::BFrames.bytes().to_vec());
     origin.put("/frag.mp4", Sample::Fragmented.bytes().to_vec());
@@ -504,6 +505,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
+    common::require_mount!();
     const MUTANTS: usize = 48;
     let original = Sample::Small.bytes();
     let spans = box_spans(original);
@@ -572,6 +574,7 @@ fn rewrite_config(docroot: &Path) -> String {
 
 #[test]
 fn apache_serves_a_clip_from_the_mount_and_listings_never_show_clip_names() {
+    common::require_mount!();
     let root = open_tempdir();
     let bytes = Sample::BFrames.bytes();
     fs::write(root.path().join("movie.mp4"), bytes).unwrap();

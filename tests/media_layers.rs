@@ -11,118 +11,12 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::assert_bytes_eq;
-use common::origin::Origin;
-use ston_fs::base::{FsError, FsResult, Invalidation};
-use ston_fs::cache::{Cache, Object};
-use ston_fs::config::Config;
-use ston_fs::media::{Media, MediaRequest, MediaView, Presentation, TrimSpan};
+use common::layer::{config, origin_and_cache_dir, Layer, BLOCK};
+use ston_fs::base::{FsError, Invalidation};
+use ston_fs::media::{MediaRequest, Presentation, TrimSpan};
 use support::{assert_moov_first, expected_clip, expected_whole, Sample};
-
-const BLOCK: u64 = 64 * 1024;
-/// The deadline of one cache call; generous, since a hang is what it detects.
-const CALL: Duration = Duration::from_secs(20);
-
-struct Layer {
-    cache: Arc<Cache>,
-    media: Arc<Media>,
-    runtime: tokio::runtime::Runtime,
-}
-
-fn config(origin: &Origin, dir: &Path, settings: &[(&str, &str)]) -> Config {
-    let mut config = Config::default();
-    config.set("origin", &origin.url()).expect("origin");
-    config.cache_dir = dir.to_path_buf();
-    config.set("block_size", "64K").expect("block_size");
-    for (key, value) in settings {
-        config.set(key, value).expect(key);
-    }
-    config.validate().expect("valid config");
-    config
-}
-
-impl Layer {
-    fn open(config: Config) -> Layer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let cache = {
-            let _inside = runtime.enter();
-            Arc::new(Cache::open(config).expect("cache opens"))
-        };
-        let media = Arc::new(Media::new(cache.clone()));
-        Layer {
-            cache,
-            media,
-            runtime,
-        }
-    }
-
-    /// Journals what is cached and closes, as an unmount does.
-    fn close(self) {
-        self.cache.flush();
-        let Layer {
-            cache,
-            media,
-            runtime,
-        } = self;
-        drop(media);
-        drop(cache);
-        drop(runtime);
-    }
-
-    fn file(&self, path: &str) -> Arc<Object> {
-        let deadline = Instant::now() + CALL;
-        self.runtime
-            .block_on(self.cache.resolve(0, Arc::from(path), deadline))
-            .unwrap_or_else(|e| panic!("resolve {path}: {e}"))
-    }
-
-    fn present(&self, object: &Arc<Object>, request: &MediaRequest) -> FsResult<Presentation> {
-        let deadline = Instant::now() + CALL;
-        self.runtime
-            .block_on(self.media.present(object, request, deadline))
-    }
-
-    fn view(&self, object: &Arc<Object>, request: &MediaRequest) -> MediaView {
-        match self.present(object, request) {
-            Ok(Presentation::View(view)) => view,
-            Ok(Presentation::Unchanged) => panic!("{} is presented unchanged", object.path()),
-            Err(e) => panic!("present {}: {e}", object.path()),
-        }
-    }
-
-    /// Waits until every block of `object` reached the cache file (write-behind is async).
-    fn wait_cached(&self, object: &Object) {
-        let give_up = Instant::now() + CALL;
-        while !object.fully_cached() {
-            assert!(
-                Instant::now() < give_up,
-                "{} never fully cached",
-                object.path()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn read_view(
-        &self,
-        object: &Arc<Object>,
-        view: &MediaView,
-        range: std::ops::Range<u64>,
-    ) -> Bytes {
-        let deadline = Instant::now() + CALL;
-        self.runtime
-            .block_on(self.media.read_view(object, view, range, deadline))
-            .unwrap_or_else(|e| panic!("read {}: {e}", object.path()))
-            .0
-    }
-}
 
 fn clip(start: Option<f64>, end: Option<f64>) -> MediaRequest {
     MediaRequest::Trim(TrimSpan { start, end })
@@ -165,8 +59,7 @@ fn a_moov_at_end_file_costs_two_requests_and_is_presented_byte_exact() {
         (Sample::BFrames, "/v/bframes.mp4"),
         (Sample::Audio, "/a/audio.m4a"),
     ] {
-        let origin = Origin::start();
-        let dir = tempfile::tempdir().unwrap();
+        let (origin, dir) = origin_and_cache_dir();
         origin.put(path, sample.bytes().to_vec());
         let (want, is_view) = expected_whole(sample.bytes());
         assert!(is_view, "{sample:?} has its moov at the end");
@@ -207,8 +100,7 @@ fn a_moov_at_end_file_costs_two_requests_and_is_presented_byte_exact() {
 
 #[test]
 fn the_rewritten_header_survives_a_restart_and_is_checked_when_read_back() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let path = "/plain.mp4";
     origin.put(path, Sample::Plain.bytes().to_vec());
     let (want, _) = expected_whole(Sample::Plain.bytes());
@@ -282,8 +174,7 @@ fn the_rewritten_header_survives_a_restart_and_is_checked_when_read_back() {
 
 #[test]
 fn a_new_version_is_presented_afresh_and_its_old_record_goes() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let path = "/v.mp4";
     origin.put(path, Sample::Plain.bytes().to_vec());
     let layer = Layer::open(config(&origin, dir.path(), &[]));
@@ -316,8 +207,7 @@ fn a_clip_fetches_only_its_header_and_its_own_media_bytes() {
     let file = Sample::BFrames.bytes();
     let (want, data) = expected_clip(file, Some(2.0), Some(5.0)).expect("a clip");
     assert_moov_first(&want, "clip");
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     let path = "/clip.mp4";
     origin.put(path, file.to_vec());
     let layer = Layer::open(config(&origin, dir.path(), &[("block_size", "16K")]));
@@ -359,8 +249,7 @@ fn a_clip_fetches_only_its_header_and_its_own_media_bytes() {
 
 #[test]
 fn files_that_cannot_be_rewritten_are_unchanged_and_bad_clips_do_not_exist() {
-    let origin = Origin::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = origin_and_cache_dir();
     origin.put("/front.mp4", Sample::Front.bytes().to_vec());
     origin.put("/frag.mp4", Sample::Fragmented.bytes().to_vec());
     origin.put("/text.mp4", b"hello, this is not a movie\n".repeat(100));

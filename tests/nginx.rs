@@ -13,6 +13,7 @@ use common::{assert_file_matches, assert_random_preads, errno, MIB};
 
 #[test]
 fn nginx_origin_serves_exact_bytes_with_one_request_per_small_file() {
+    common::require_mount!();
     let root = tempfile::tempdir().expect("tempdir");
     let big = pattern(41, 64 * MIB + 12_345);
     let small = pattern(42, 3000);
@@ -75,6 +76,7 @@ fn nginx_origin_serves_exact_bytes_with_one_request_per_small_file() {
 
 #[test]
 fn nginx_cache_survives_remount_with_zero_origin_requests() {
+    common::require_mount!();
     let root = tempfile::tempdir().expect("tempdir");
     let data = pattern(43, 5 * MIB + 3);
     fs::create_dir(root.path().join("media")).unwrap();

@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mount::{force_unmount_all, is_mounted, tail, umount2, wait_timeout, Mount, BIN};
+use common::mount_origin;
 use common::nginx::{Autoindex, Nginx};
-use common::origin::{pattern, Origin};
+use common::origin::pattern;
 use common::{assert_bytes_eq, pread_full, Rng, KIB, MIB};
 use support::{ston_fs_pids_with_arg, wait_gone, workers, Apache, STEP_TIMEOUT};
 
@@ -252,7 +253,7 @@ struct Download {
 
 #[test]
 fn kill_9_five_times_during_8_apache_downloads_every_download_completes_byte_exact() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let sizes_mib = [64usize, 96, 128, 160, 192, 224, 256, 80];
     let files: Vec<(String, Bytes)> = sizes_mib
         .iter()
@@ -267,8 +268,9 @@ fn kill_9_five_times_during_8_apache_downloads_every_download_completes_byte_exa
     for (path, data) in &files {
         origin.put(path, data.clone());
     }
-    let direct = pattern(1299, 64 * MIB);
-    origin.put("/media/direct.bin", direct.clone());
+    let direct = origin
+        .put("/media/direct.bin", pattern(1299, 64 * MIB))
+        .data;
     let mount = Supervised::mount(Path::new(BIN), &origin.url(), "allow_other");
     let log = mount.log();
     assert_eq!(
@@ -446,9 +448,8 @@ fn install_copy(dest: &Path) {
 
 #[test]
 fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
-    let origin = Origin::start();
-    let data = pattern(1301, 48 * MIB + 777);
-    origin.put("/big.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/big.bin", pattern(1301, 48 * MIB + 777)).data;
     let bindir = tempdir("ston-fs-bin-");
     let installed = bindir.path().join("ston-fs");
     install_copy(&installed);
@@ -470,17 +471,8 @@ fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
             .arg(&mount.mountpoint),
         BOUND,
     );
-    assert!(
-        out.success(),
-        "ston-fs restart:\n{}\n{}",
-        out.describe(),
-        mount.log()
-    );
-    assert!(
-        out.stdout_text().contains("incarnation 2"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.success(), "ston-fs restart, log:\n{}", mount.log());
+    out.assert_printed("incarnation 2");
 
     assert_eq!(mount.worker(), pid, "the upgrade keeps the pid");
     assert_eq!(mount.supervisor(), supervisor);
@@ -509,12 +501,7 @@ fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
             .arg(&mount.mountpoint),
         BOUND,
     );
-    assert!(out.success(), "second restart:\n{}", out.describe());
-    assert!(
-        out.stdout_text().contains("incarnation 3"),
-        "{}",
-        out.describe()
-    );
+    out.assert_printed("incarnation 3");
     assert_bytes_eq(
         &fs::read(mount.path("big.bin")).unwrap(),
         &data,
@@ -528,7 +515,7 @@ fn ston_fs_restart_swaps_in_the_installed_binary_while_a_download_runs() {
 
 #[test]
 fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_bytes() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let old = pattern(1401, 6 * MIB);
     let new = pattern(1402, 6 * MIB);
     origin.put("/v.bin", old.clone());
@@ -578,7 +565,7 @@ fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_byt
 /// process that takes the mount over must serve their open files through the same views.
 #[test]
 fn open_mp4_views_and_clips_read_on_across_kill_9_with_the_presented_bytes() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let original = media_support::Sample::BFrames.bytes().to_vec();
     origin.put("/film.mp4", original.clone());
     let (whole, is_view) = media_support::expected_whole(&original);
@@ -887,6 +874,7 @@ fn stat_at(dir: &File, name: &str) -> std::io::Result<u64> {
 
 #[test]
 fn under_a_systemd_style_store_inodes_open_files_and_directory_handles_survive_kill_9() {
+    common::require_mount!();
     let tmp = tempdir("ston-fs-fdstore-");
     let root = tmp.path().join("www");
     let (a, b, pt) = (
@@ -1041,9 +1029,8 @@ fn under_a_systemd_style_store_inodes_open_files_and_directory_handles_survive_k
 
 #[test]
 fn without_supervisor_or_systemd_one_line_says_so_and_the_mount_dies_with_its_process() {
-    let origin = Origin::start();
-    let data = pattern(1601, 300 * KIB);
-    origin.put("/f.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/f.bin", pattern(1601, 300 * KIB)).data;
     let mut mount = Mount::builder(origin.url()).mount();
     assert_bytes_eq(
         &fs::read(mount.path("f.bin")).unwrap(),

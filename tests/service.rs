@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::mount::{is_mounted, mounts_at, op_count, stats_json, Mount, BIN};
+use common::mount_origin;
 use common::nginx::{free_port, Autoindex, Nginx};
 use common::origin::{pattern, Fault, FaultAction, Origin};
 use common::{assert_bytes_eq, assert_file_matches, pread_full, KIB, MIB};
@@ -351,6 +352,7 @@ fn install(prefix: &Path, sbindir: &Path, unitdir: &Path) -> support::Outcome {
 
 #[test]
 fn install_sh_installs_the_binary_the_helpers_and_the_units() {
+    common::require_mount!();
     let _lock = system_lock();
     let _restore = SbinHelpers::save(); // install.sh also creates /etc/ston-fs
     let tmp = open_tempdir();
@@ -425,12 +427,7 @@ fn install_sh_installs_the_binary_the_helpers_and_the_units() {
             .arg("--help"),
         STEP_TIMEOUT,
     );
-    assert!(help.success(), "{}", help.describe());
-    assert!(
-        help.stdout_text().contains("--prefix"),
-        "{}",
-        help.describe()
-    );
+    help.assert_printed("--prefix");
     let bad = support::run_command(
         Command::new("bash")
             .arg(repo().join("mount-helpers/install.sh"))
@@ -447,8 +444,7 @@ fn install_sh_installs_the_binary_the_helpers_and_the_units() {
     // The installed helper, called the way mount(8) calls it, mounts with the installed
     // binary and returns only once the mount is live.
     let origin = Origin::start();
-    let data = pattern(401, 700_000);
-    origin.put("/clip.bin", data.clone());
+    let data = origin.put("/clip.bin", pattern(401, 700_000)).data;
     let dir = mkdir(&tmp.path().join("mnt"));
     let _cleanup = ExternalMount { dir: dir.clone() };
     let log = tmp.path().join("helper.log");
@@ -557,6 +553,7 @@ fn mount8_round_trip(
 
 #[test]
 fn mount_t_fuse_ston_fs_and_an_fstab_line_mount_and_umount_unmounts() {
+    common::require_mount!();
     let _lock = system_lock();
     let _restore = SbinHelpers::save();
     let tmp = open_tempdir();
@@ -652,8 +649,7 @@ fn mount_t_fuse_ston_fs_and_an_fstab_line_mount_and_umount_unmounts() {
 
 fn notify_round_trip(socket: UnixDatagram, notify_socket: &str) {
     let origin = Origin::start();
-    let data = pattern(410, 1_500_000);
-    origin.put("/ready.bin", data.clone());
+    let data = origin.put("/ready.bin", pattern(410, 1_500_000)).data;
     let tmp = open_tempdir();
     let mp = mkdir(&tmp.path().join("mnt"));
     let cache = tmp.path().join("cache");
@@ -710,6 +706,7 @@ fn notify_round_trip(socket: UnixDatagram, notify_socket: &str) {
 
 #[test]
 fn notify_socket_path_hears_ready_only_once_the_mount_is_live() {
+    common::require_mount!();
     let tmp = open_tempdir();
     let path = tmp.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).expect("bind notify socket");
@@ -741,6 +738,7 @@ fn notify_socket_path_hears_ready_only_once_the_mount_is_live() {
 
 #[test]
 fn notify_socket_abstract_name_hears_ready_only_once_the_mount_is_live() {
+    common::require_mount!();
     use std::os::linux::net::SocketAddrExt;
     let name = format!(
         "ston-fs-test-notify-{}-{}",
@@ -757,7 +755,7 @@ fn notify_socket_abstract_name_hears_ready_only_once_the_mount_is_live() {
 
 #[test]
 fn sigterm_unmounts_cleanly_and_a_remount_serves_the_cache_with_zero_origin_requests() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let big = pattern(420, 5 * MIB + 321);
     let small = pattern(421, 999);
     origin.put("/media/big.bin", big.clone());
@@ -861,6 +859,7 @@ fn check_listed_dir(nginx: &Nginx, mount: &Mount, tree: &Tree, dir: &str, what: 
 
 #[test]
 fn nginx_html_autoindex_gives_names_sizes_and_mtimes_and_find_walks_the_tree() {
+    common::require_mount!();
     let tree = listing_tree(0);
     let nginx = Nginx::start(tree.root(), Autoindex::Html);
     let mount = Mount::builder(nginx.url()).opt("block_size=256K").mount();
@@ -881,6 +880,7 @@ fn nginx_html_autoindex_gives_names_sizes_and_mtimes_and_find_walks_the_tree() {
 
 #[test]
 fn nginx_json_autoindex_gives_exact_sizes_and_second_mtimes() {
+    common::require_mount!();
     // Times with seconds: the JSON index carries them exactly.
     let tree = listing_tree(37);
     let nginx = Nginx::start(tree.root(), Autoindex::Json);
@@ -895,7 +895,7 @@ fn nginx_json_autoindex_gives_exact_sizes_and_second_mtimes() {
 
 #[test]
 fn manifest_listings_text_and_json() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let a = pattern(430, 4321);
     let b = pattern(431, 300_000);
     let c = pattern(432, 17);
@@ -975,7 +975,7 @@ fn manifest_listings_text_and_json() {
 
 #[test]
 fn a_directory_without_an_index_lists_empty_and_its_files_stay_reachable() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let x = pattern(440, 200_000);
     let y = pattern(441, 77);
     origin.put("/plain/x.bin", x.clone());
@@ -1050,9 +1050,8 @@ fn a_directory_without_an_index_lists_empty_and_its_files_stay_reachable() {
 
 #[test]
 fn dot_dir_answers_dotless_components_as_directories_without_origin_requests() {
-    let origin = Origin::start();
-    let data = pattern(450, 123_456);
-    origin.put("/a/b/c/file.bin", data.clone());
+    let Some(origin) = mount_origin() else { return };
+    let data = origin.put("/a/b/c/file.bin", pattern(450, 123_456)).data;
     let mount = Mount::builder(origin.url()).opt("dot_dir=true").mount();
     for rel in ["a", "a/b", "a/b/c", "not-on-origin", "a/b/c/d/e"] {
         let md = fs::metadata(mount.path(rel)).unwrap_or_else(|e| panic!("stat {rel}: {e}"));
@@ -1103,6 +1102,7 @@ fn apache_hrefs(page: &str) -> BTreeSet<String> {
 
 #[test]
 fn apache_serves_a_mount_byte_exact_with_ranges_and_an_autoindex_page() {
+    common::require_mount!();
     let mut tree = Tree::new();
     tree.file("movie.bin", pattern(460, 3 * MIB + 4321), T0);
     tree.file("notes.txt", pattern(461, 2500), T0 + 60);
@@ -1213,8 +1213,9 @@ const BLOCK: usize = 64 * KIB;
 
 fn known_reads(extra_opts: &[String]) -> KnownReads {
     let origin = Origin::start();
-    let data = pattern(470, 3 * BLOCK - 1234);
-    origin.put("/three.bin", data.clone());
+    let data = origin
+        .put("/three.bin", pattern(470, 3 * BLOCK - 1234))
+        .data;
     let mut builder =
         Mount::builder(origin.url()).opt("passthrough=false,readahead_max=0,block_size=64K");
     for o in extra_opts {
@@ -1239,6 +1240,7 @@ fn known_reads(extra_opts: &[String]) -> KnownReads {
 
 #[test]
 fn stats_json_counts_a_known_sequence_of_reads_exactly() {
+    common::require_mount!();
     let k = known_reads(&[]);
     let size = k.data.len() as u64;
     let (cold, warm) = (&k.cold, &k.warm);
@@ -1335,6 +1337,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_endpoint_and_access_log_agree_with_the_stats() {
+    common::require_mount!();
     let port = free_port();
     let logdir = open_tempdir();
     let access_log = logdir.path().join("access.log");
@@ -1443,6 +1446,7 @@ fn metrics_endpoint_and_access_log_agree_with_the_stats() {
 
 #[test]
 fn warm_prefetches_a_subtree_so_reading_it_costs_zero_origin_requests() {
+    common::require_mount!();
     let mut tree = Tree::new();
     tree.file("media/a.bin", pattern(480, 3 * MIB + 11), T0);
     tree.file("media/b.txt", pattern(481, 4000), T0);

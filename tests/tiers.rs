@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::mount::{run_cli, stats_json, Mount};
+use common::mount_origin;
 use common::nginx::free_port;
 use common::origin::{pattern, Fault, FaultAction, Origin, Stall};
 use common::tier::{
@@ -211,6 +212,20 @@ fn purge_everything(edges: &[Mount]) {
     }
 }
 
+/// Purges every edge and reads the whole set again through them: which parents served each
+/// path this time.
+fn reread_everywhere(
+    parents: &[Parent],
+    edges: &[Mount],
+    set: &Arc<Vec<Object>>,
+    seed: u64,
+) -> HashMap<String, Vec<usize>> {
+    let marks: Vec<usize> = parent_logs(parents).iter().map(Vec::len).collect();
+    purge_everything(edges);
+    read_everywhere(&mountpoints(edges), set, seed);
+    parents_by_uri(&since(&parent_logs(parents), &marks))
+}
+
 // ---------------------------------------------------------------------------
 // What the origin and the parents saw
 // ---------------------------------------------------------------------------
@@ -363,7 +378,7 @@ fn state_of(edge: &Mount, url: &str) -> String {
 /// the parents hold about one copy; round robin, in the same run, costs more of both.
 #[test]
 fn hashing_keeps_the_origin_at_one_fetch_per_slice_as_edges_grow() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = Arc::new(data_set("scale", 4 * MIB, 2, 11));
     put_all(&[&origin], &set);
     let mut rows = Vec::new();
@@ -425,7 +440,7 @@ fn hashing_keeps_the_origin_at_one_fetch_per_slice_as_edges_grow() {
 /// while another host of the same mounts, on the global round robin, spreads its objects.
 #[test]
 fn each_virtual_host_balances_over_its_own_parents() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = Arc::new(data_set("vhost", 4 * MIB, 2, 53));
     put_all(&[&origin], &set);
     let parents = start_parents(3, origin.addr());
@@ -481,7 +496,7 @@ fn each_virtual_host_balances_over_its_own_parents() {
 /// and the edges readmit it, exactly its keys come back to it.
 #[test]
 fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = Arc::new(data_set("kill", 2 * MIB, 6, 23));
     put_all(&[&origin], &set);
     let mut parents = start_parents(3, origin.addr());
@@ -537,13 +552,7 @@ fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
     }
 
     // Phase 2b: with the victim down, everything again: exactly its keys move.
-    let marks = parent_logs(&parents)
-        .iter()
-        .map(Vec::len)
-        .collect::<Vec<_>>();
-    purge_everything(&edges);
-    read_everywhere(&mountpoints(&edges), &set, 3);
-    let moved = parents_by_uri(&since(&parent_logs(&parents), &marks));
+    let moved = reread_everywhere(&parents, &edges, &set, 3);
     let mut moved_keys = 0;
     for object in set.iter() {
         let serving = &moved[&object.path];
@@ -582,13 +591,7 @@ fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
             || state_of(edge, &victim_url) != "excluded",
         );
     }
-    let marks = parent_logs(&parents)
-        .iter()
-        .map(Vec::len)
-        .collect::<Vec<_>>();
-    purge_everything(&edges);
-    read_everywhere(&mountpoints(&edges), &set, 4);
-    let back = parents_by_uri(&since(&parent_logs(&parents), &marks));
+    let back = reread_everywhere(&parents, &edges, &set, 4);
     for object in set.iter() {
         assert_eq!(
             back[&object.path],
@@ -603,7 +606,7 @@ fn a_parent_killed_mid_run_moves_only_its_keys_and_gets_them_back() {
 /// Once the parents are back and readmitted, data requests go through them again.
 #[test]
 fn a_standby_serves_only_while_every_parent_is_down() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let set = data_set("standby", MIB, 3, 37);
     let third = set.len() / 3;
     let parts: Vec<Arc<Vec<Object>>> = set
@@ -695,7 +698,7 @@ fn a_standby_serves_only_while_every_parent_is_down() {
 /// names the edge (and the parent, to the origin).
 #[test]
 fn conditional_probes_if_range_and_via_pass_through_the_tier() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let path = "/cond/movie.bin";
     let entry = origin.put(path, pattern(5, 3 * MIB + 512 * KIB));
     let parents = start_parents(3, origin.addr());
@@ -772,7 +775,7 @@ fn conditional_probes_if_range_and_via_pass_through_the_tier() {
 /// can only fail (EIO); it never returns the new bytes or a mix.
 #[test]
 fn a_version_change_inside_the_tier_is_never_served_mixed() {
-    let origin = Origin::start();
+    let Some(origin) = mount_origin() else { return };
     let path = "/change/obj.bin";
     let old = origin.put(path, pattern(61, 4 * MIB));
     let parents = start_parents(1, origin.addr());
@@ -815,6 +818,7 @@ fn a_version_change_inside_the_tier_is_never_served_mixed() {
 /// Prometheus show each parent's requests, bytes, failures and state.
 #[test]
 fn a_sick_parent_is_excluded_and_only_its_keys_move() {
+    common::require_mount!();
     let parents: Vec<Origin> = (0..3).map(|_| Origin::start()).collect();
     let set = Arc::new(data_set("sick", 256 * KIB, 5, 53));
     put_all(&parents.iter().collect::<Vec<_>>(), &set);
@@ -1014,6 +1018,7 @@ fn scrape_metrics(port: u16) -> String {
 /// The README shows the parent configuration these tests run, exactly.
 #[test]
 fn the_readme_shows_the_parent_configuration_the_tests_run() {
+    common::require_mount!();
     let readme = include_str!("../README.md");
     assert!(
         readme.contains(common::tier::PARENT_TEMPLATE),

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod flight;
 pub mod stats;
+pub mod sync;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

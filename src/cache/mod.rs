@@ -14,9 +14,9 @@
 //!
 //! Depends on `origin`, `store`, `config` and `base`; knows nothing of FUSE or of media.
 //!
-//! Lock order (outermost first): `Cache.probes` and `Cache.negative` and `Cache.listings` are
-//! leaf locks, never held across another lock or an await. Then: the index's `evict_lock`,
-//! an object's `state`, the index's `state` (see `index`). A write queue's lock is a leaf.
+//! Lock order: see the crate's table (`src/lib.rs`). `Cache.probes`, `Cache.negative`,
+//! `Cache.listings` and a write queue's lock are leaves; the index's `evict_lock`, an
+//! object's `recording` and `state`, and the index's `state` are rows 6 to 10.
 
 mod blocks;
 mod fetch;
@@ -47,7 +47,7 @@ use crate::store::{self, SiteStore, OBJECT_OVERHEAD};
 pub use crate::origin::listing::Entry as ListedEntry;
 pub use index::ObjectKey;
 pub use invalidate::InvalidationReport;
-pub use object::Object;
+pub use object::{KeptRegistration, Object, OpenHandle};
 pub use readahead::ReadAhead;
 
 use fetch::FetchHost;

@@ -17,8 +17,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
+use crate::base::sync::Mutex;
 use bytes::Bytes;
-use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::blocks::Delivered;
@@ -219,6 +219,60 @@ mod tests {
             flight: None,
             _budget: None,
         }
+    }
+
+    /// Under shuttle's scheduler (feature `shuttle`), many interleavings of two producers and
+    /// the drainers their pushes start: never two writers at once, every write handled once,
+    /// each producer's writes in the order it pushed them.
+    #[cfg(feature = "shuttle")]
+    #[test]
+    fn shuttle_the_queue_has_exactly_one_writer_and_loses_nothing() {
+        use shuttle::sync::atomic::{AtomicBool, Ordering};
+        shuttle::check_random(
+            || {
+                let sink = Arc::new(NullSink::default());
+                let writing = Arc::new(AtomicBool::new(false));
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                let drainers = Arc::new(Mutex::new(Vec::new()));
+                let producers: Vec<_> = (0..2u64)
+                    .map(|p| {
+                        let (sink, writing) = (sink.clone(), writing.clone());
+                        let (seen, drainers) = (seen.clone(), drainers.clone());
+                        shuttle::thread::spawn(move || {
+                            for i in 0..3u64 {
+                                if !sink.writes.push(write(p * 10 + i), None) {
+                                    continue;
+                                }
+                                let (sink, writing) = (sink.clone(), writing.clone());
+                                let seen = seen.clone();
+                                let drainer = shuttle::thread::spawn(move || {
+                                    while let Some((w, _)) = sink.writes.next() {
+                                        let alone = !writing.swap(true, Ordering::SeqCst);
+                                        assert!(alone, "two writers at once");
+                                        seen.lock().push(w.block);
+                                        writing.store(false, Ordering::SeqCst);
+                                    }
+                                });
+                                drainers.lock().push(drainer);
+                            }
+                        })
+                    })
+                    .collect();
+                for producer in producers {
+                    producer.join().expect("producer");
+                }
+                while let Some(drainer) = drainers.lock().pop() {
+                    drainer.join().expect("drainer");
+                }
+                let seen = seen.lock();
+                assert_eq!(seen.len(), 6, "every write handled once: {seen:?}");
+                for p in 0..2u64 {
+                    let mine: Vec<u64> = seen.iter().copied().filter(|b| b / 10 == p).collect();
+                    assert_eq!(mine, vec![p * 10, p * 10 + 1, p * 10 + 2]);
+                }
+            },
+            2000,
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! Every key goes through [`Config::set`], so the TOML file and `-o` accept exactly the same
 //! keys and values, and an unknown key is rejected in one place with its name.
+//!
+//! Depends on `base` only.
 
 mod keys;
 mod media;

@@ -10,9 +10,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use super::journal::{Journal, NodeKind};
-use super::passthrough::Backing;
 use crate::base::{ObjectKind, SiteId};
-use crate::cache::{ListedEntry, Object};
+use crate::cache::{KeptRegistration, ListedEntry, Object};
 use crate::media::{MediaRequest, MediaView};
 
 pub const ROOT_INO: u64 = 1;
@@ -151,7 +150,7 @@ pub enum Revalidated {
 struct Opens {
     cached: usize,
     passthrough: usize,
-    backing: Option<Arc<Backing>>,
+    backing: Option<Arc<dyn KeptRegistration>>,
 }
 
 /// How one open of a file is served.
@@ -159,7 +158,7 @@ pub enum OpenMode {
     /// Reads come to the daemon (and the kernel page cache).
     Cached,
     /// Reads go straight to the cache file; the id stays registered while any such open lasts.
-    Passthrough(Arc<Backing>),
+    Passthrough(Arc<dyn KeptRegistration>),
 }
 
 struct Table {
@@ -212,8 +211,9 @@ impl InodeTable {
     }
 
     /// Writes every inode number and lookup count to `journal` from now on.
-    pub fn set_journal(&self, journal: Arc<Journal>) {
-        let _ = self.journal.set(journal);
+    /// Fails (giving `journal` back) when the table records to a journal already.
+    pub fn set_journal(&self, journal: Arc<Journal>) -> Result<(), Arc<Journal>> {
+        self.journal.set(journal)
     }
 
     /// Puts back the inodes a previous process handed to the kernel, parents first, and
@@ -252,7 +252,7 @@ impl InodeTable {
         &self,
         ino: u64,
         cached: usize,
-        passthrough: Option<(usize, Arc<Backing>)>,
+        passthrough: Option<(usize, Arc<dyn KeptRegistration>)>,
     ) {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
@@ -360,7 +360,7 @@ impl InodeTable {
         &self,
         ino: u64,
         wanted: bool,
-        open_backing: impl FnOnce() -> std::io::Result<Arc<Backing>>,
+        open_backing: impl FnOnce() -> std::io::Result<Arc<dyn KeptRegistration>>,
     ) -> OpenMode {
         let mut table = self.table.lock();
         let Some(entry) = table.entries.get_mut(&ino) else {
@@ -438,7 +438,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuse::passthrough::Backings;
+    use crate::fuse::passthrough::{Backing, Backings};
     use crate::store::{LoadedObject, MetaHeader, ObjectLocation};
 
     /// Registrations without a kernel: ids handed out and the ones still open.
@@ -475,8 +475,9 @@ mod tests {
             }
         }
 
-        fn register(&self) -> std::io::Result<Arc<Backing>> {
-            Backing::register(&self.owner, &self.file)
+        fn register(&self) -> std::io::Result<Arc<dyn KeptRegistration>> {
+            let backing = Backing::register(&self.owner, &self.file)?;
+            Ok(backing)
         }
 
         fn live(&self) -> usize {
@@ -685,7 +686,10 @@ mod tests {
         let file = crate::fuse::journal::sealed_memfd("inodes-test").unwrap();
         let journal = Arc::new(Journal::create(file, b"init", b"reply").unwrap());
         let table = InodeTable::new(Some(0));
-        table.set_journal(journal.clone());
+        assert!(
+            table.set_journal(journal.clone()).is_ok(),
+            "the first journal"
+        );
         let dir = Node {
             listed: Some(ListedEntry {
                 name: "d".into(),
@@ -775,7 +779,7 @@ mod tests {
             let table = InodeTable::new(Some(0));
             let (ino, _) = table.attach(ROOT_INO, "f", node(None));
             // Handles still open: `Some(backing)` for passthrough ones.
-            let mut handles: Vec<Option<Arc<Backing>>> = Vec::new();
+            let mut handles: Vec<Option<Arc<dyn KeptRegistration>>> = Vec::new();
             for op in ops {
                 let passthrough = handles.iter().filter(|h| h.is_some()).count();
                 let cached = handles.len() - passthrough;

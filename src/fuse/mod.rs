@@ -8,7 +8,8 @@
 //! - [`init`]: the INIT exchange as bytes, and `FUSE_NOTIFY_RESEND`;
 //! - [`journal`]: the kernel state a process that takes over the mount needs.
 //!
-//! Depends on `cache`, `config` and `base`. fuser types never leave this layer.
+//! Depends on `media`, `cache`, `store` (its tests build cache files) and `base`. fuser types
+//! never leave this layer.
 
 pub mod adapter;
 pub mod fs;
@@ -19,5 +20,5 @@ pub mod passthrough;
 pub mod session;
 
 pub use adapter::{FuseAdapter, SessionCache};
-pub use fs::{KernelFeatures, StonFs, TakeoverReport, SOCKET_XATTR};
+pub use fs::{KernelFeatures, StonFs, TakeoverReport, Wiring, SOCKET_XATTR};
 pub use session::{FuseSession, SessionOptions};

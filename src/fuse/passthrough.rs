@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::journal::Journal;
+use crate::cache::KeptRegistration;
 
 /// Registers files with the FUSE connection for passthrough, and closes registrations.
 pub trait Backings: Send + Sync {
@@ -46,6 +47,12 @@ impl Backing {
     }
 
     pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl KeptRegistration for Backing {
+    fn id(&self) -> u32 {
         self.id
     }
 }

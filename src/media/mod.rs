@@ -15,6 +15,8 @@
 //! A presentation belongs to one object version: a new version is a new `Object`, which has
 //! no record on disk and matches no kept view. Lock order: `Media.flights` and the
 //! views' lock are leaf locks.
+//!
+//! Depends on `cache`, `origin` (an object's `Version`), `store` (its tests), `config` and `base`.
 
 pub mod mp4;
 

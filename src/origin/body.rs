@@ -13,6 +13,8 @@ use super::health::{Member, Traffic};
 use crate::base::stats::Stats;
 use crate::base::{FsError, FsResult};
 
+use super::failure::map_reqwest_error;
+
 /// Bytes a second an answer must keep up over each window; `limit == 0` turns the rule off.
 #[derive(Debug, Clone, Copy)]
 pub struct SpeedRule {
@@ -155,24 +157,4 @@ impl RangeBody<'_> {
     pub fn succeeded(&self) {
         self.member.record_success();
     }
-}
-
-pub(super) fn map_reqwest_error(err: reqwest::Error) -> FsError {
-    let err = err.without_url();
-    if err.is_timeout() {
-        FsError::Timeout
-    } else {
-        FsError::Unreachable(error_chain(&err))
-    }
-}
-
-pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -22,7 +22,8 @@ use crate::config::{Config, HealthPolicy, Origin};
 use super::answer::{
     check_encoding, partial_range, unsatisfiable_version, version_of, CacheControl, Probe, Version,
 };
-use super::body::{error_chain, map_reqwest_error, BodyReader, RangeBody, SpeedRule};
+use super::body::{BodyReader, RangeBody, SpeedRule};
+use super::failure::{error_chain, map_reqwest_error};
 
 /// Everything outside RFC 3986's unreserved set is escaped, so no byte of a file name
 /// (`%`, `?`, `#`, space, CR/LF, unicode) can change the meaning of a request.

@@ -3,6 +3,7 @@
 //! - [`client`]: requests to a site's origins, with one deadline, retries and hedging;
 //! - [`answer`]: what an answer says (version, size, freshness) and whether it can be trusted;
 //! - [`body`]: reading an answer's body under the low-speed rule;
+//! - `failure`: what a failed exchange means (a timeout, an unreachable origin);
 //! - [`tls`]: certificate pins for origins with self-signed certificates;
 //! - [`health`]: which origins are in rotation, standbys, and the order a request tries them;
 //! - [`listing`]: directory listings parsed from index pages and manifests.
@@ -12,6 +13,7 @@
 mod answer;
 mod body;
 mod client;
+mod failure;
 pub mod health;
 pub mod listing;
 mod tls;

@@ -12,7 +12,7 @@
 //! - [`lograte`]: the cap on repeated log lines;
 //! - [`mountinfo`]: the kernel's table of mounts.
 //!
-//! Depends on `fuse`, `cache`, `config` and `base`.
+//! Depends on `fuse`, `cache`, `store`, `config` and `base`.
 
 pub mod control;
 pub mod daemon;

@@ -26,7 +26,7 @@ use crate::config::{redact_url, Config};
 use crate::fuse::init::{accepted_features, InitRequest};
 use crate::fuse::journal::{sealed_memfd, Dropped, Journal};
 use crate::fuse::passthrough::DevFuseBackings;
-use crate::fuse::{FuseSession, SessionOptions, StonFs, TakeoverReport};
+use crate::fuse::{FuseSession, SessionOptions, StonFs, TakeoverReport, Wiring};
 
 /// Largest FUSE read the kernel may send (bytes); matches the raised bdi read-ahead.
 const MAX_READ: u32 = 1 << 20;
@@ -155,7 +155,8 @@ fn start(config: Config, mountpoint: &Path, lifetime: Lifetime) -> Result<Mounte
             (connection, PathBuf::from("/"))
         }
     };
-    fs.set_kernel_cache(connection.session.kernel_cache());
+    fs.set_kernel_cache(connection.session.kernel_cache())
+        .map_err(|e| e.to_string())?;
     keep_a_holder(&connection, &handle, &kernel, &launch_dir, log_to_stderr);
     let (journal, upgrade) = upgrade_service(&connection, &cache, launch_dir);
     start_services(&runtime, &fs, upgrade.clone());
@@ -279,7 +280,9 @@ fn plain_mount(
     let backings = device
         .try_clone()
         .map_err(|e| format!("cannot duplicate the FUSE descriptor: {e}"))?;
-    fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
+    let backings = Arc::new(DevFuseBackings::new(backings));
+    fs.wire(Wiring::Unjournaled { backings })
+        .map_err(|e| e.to_string())?;
     let session = FuseSession::handshake(fs.clone(), runtime.clone(), device, options)
         .map_err(|e| handshake_failed(kernel, e))?;
     raise_read_ahead(&kernel.mountpoint);
@@ -312,7 +315,9 @@ fn restartable_mount(
         .map_err(|e| format!("cannot duplicate the FUSE descriptor: {e}"))?;
     let resend = InitRequest::parse(&init).is_some_and(|offered| offered.can_resend());
     if !resend {
-        fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
+        let backings = Arc::new(DevFuseBackings::new(backings));
+        fs.wire(Wiring::Unjournaled { backings })
+            .map_err(|e| e.to_string())?;
         raise_read_ahead(&kernel.mountpoint);
         let why = "the kernel cannot resend what a dead daemon had read \
                    (FUSE_NOTIFY_RESEND needs Linux 6.9)"
@@ -329,8 +334,13 @@ fn restartable_mount(
         .and_then(|file| Journal::create(file, &init, &reply).map_err(|e| e.to_string()))
         .map_err(|e| format!("cannot create the restart journal: {e}"))?;
     let journal = Arc::new(journal);
-    fs.set_journal(journal.clone());
-    fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
+    let backings = Arc::new(DevFuseBackings::new(backings));
+    let journal_too = journal.clone();
+    fs.wire(Wiring::Journaled {
+        backings,
+        journal: journal_too,
+    })
+    .map_err(|e| e.to_string())?;
     raise_read_ahead(&kernel.mountpoint);
     let restart = match hand_to_holder(&session, &journal) {
         Ok(()) => {
@@ -429,12 +439,13 @@ fn take_over(
     }
     fs.set_kernel_features(features);
     let journal = Arc::new(journal);
-    fs.set_journal(journal.clone());
     let backings = session
         .duplicate_device()
         .map_err(|e| format!("cannot duplicate the FUSE descriptor: {e}"))?;
-    fs.set_backings(Arc::new(DevFuseBackings::new(backings)));
-    let report = fs.take_over(restored.carried);
+    let backings = Arc::new(DevFuseBackings::new(backings));
+    let report = fs
+        .take_over(backings, journal.clone(), restored.carried)
+        .map_err(|e| e.to_string())?;
     if let Err(e) = session.request_resend() {
         tracing::error!(
             "FUSE_NOTIFY_RESEND failed ({e}): requests the previous process had read may \
@@ -492,7 +503,9 @@ fn start_services(runtime: &tokio::runtime::Runtime, fs: &Arc<StonFs>, upgrade: 
     let cache = fs.cache();
     if let Some(path) = control::socket_path(&cache.config().cache_dir) {
         control::serve(cache.clone(), path.clone(), upgrade);
-        fs.set_control_socket(path);
+        if let Err(e) = fs.set_control_socket(path) {
+            tracing::error!("the control socket's path is not published: {e}");
+        }
     }
     if let Some(addr) = cache.config().metrics_addr {
         super::metrics::serve(cache.clone(), addr);

@@ -9,6 +9,8 @@
 //! has been made durable with `fdatasync`, and each record carries the block's CRC32C. After a
 //! crash, a block is either listed with a checksum that its bytes match, or not listed at all;
 //! torn records at the tail fail their own checksum and are ignored.
+//!
+//! Depends on `base` only.
 
 pub mod descriptors;
 mod files;

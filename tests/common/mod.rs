@@ -2,23 +2,95 @@
 //!
 //! - `origin`: in-process HTTP/1.1 test origin with request recording and
 //!   fault knobs, plus the `pattern` content generator.
+//! - `certs`: certificates for the https test origins.
+//! - `kernel`: a fake kernel driving `StonFs` with FUSE-shaped calls, without FUSE.
+//! - `layer`: a cache and the media layer on their own runtime, driven without FUSE.
 //! - `mount`: runs the real binary on a fresh mount point and cleans up.
 //! - `nginx`: a private nginx that logs every request, and process helpers for servers.
+//! - `process`: `ston-fs` processes found by their command line, and waited for.
 //! - `tier`: parent caches (private nginx with proxy_cache and slices) for a cache tier.
-//! - this module: small read/compare helpers and a seeded RNG.
+//! - this module: small read/compare helpers, a seeded RNG, and [`require_mount!`] (or
+//!   [`mount_origin`]), which every test that mounts FUSE starts with.
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod kernel;
+pub mod layer;
 pub mod mount;
 pub mod nginx;
 pub mod origin;
+pub mod process;
 pub mod tier;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// Starts a test that mounts FUSE: without root or `/dev/fuse` the test is skipped, saying
+/// so on the terminal, so that a plain `cargo test` passes for anyone. Where skipping is
+/// forbidden (`CI` set, or `STON_FS_REQUIRE_MOUNT=1`, which `tests/run.sh` exports) the test
+/// fails instead: there every mount test must run.
+#[allow(unused_macros)]
+macro_rules! require_mount {
+    () => {
+        if $crate::common::skip_without_mount() {
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_mount;
+
+/// A test origin for a test that mounts FUSE, or `None` when the test is skipped (see
+/// [`require_mount!`]): `let Some(origin) = mount_origin() else { return };`.
+pub fn mount_origin() -> Option<origin::Origin> {
+    (!skip_without_mount()).then(origin::Origin::start)
+}
+
+/// Whether the running test must be skipped for want of a mount (see [`require_mount!`]).
+pub fn skip_without_mount() -> bool {
+    let Some(missing) = mount_missing() else {
+        return false;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    if skipping_forbidden() {
+        panic!(
+            "{test} needs a FUSE mount, but {missing}; skipping is forbidden here \
+             (CI or STON_FS_REQUIRE_MOUNT is set)"
+        );
+    }
+    // Straight to the terminal: the test harness captures `eprintln!` of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs a FUSE mount, but {missing} (`sudo bash tests/run.sh` runs all)"
+    );
+    true
+}
+
+/// Why this process cannot mount FUSE, if it cannot.
+fn mount_missing() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("this user is not root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("there is no /dev/fuse");
+    }
+    None
+}
+
+fn skipping_forbidden() -> bool {
+    let set = |name: &str| {
+        std::env::var(name).is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"))
+    };
+    set("CI") || set("STON_FS_REQUIRE_MOUNT")
+}
 
 pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
@@ -76,6 +148,14 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
             show(want)
         );
     }
+}
+
+/// The value of header `name` (any case) among `headers`.
+pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// `pread` until `len` bytes or EOF.

@@ -127,6 +127,16 @@ pub fn force_unmount_all(path: &Path) -> usize {
 // Child process helpers
 // ---------------------------------------------------------------------------
 
+/// Waits (bounded) for `child` to exit; kills it when it has not. `None`: it was killed.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let status = wait_timeout(child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = wait_timeout(child, Duration::from_secs(5));
+    }
+    status
+}
+
 /// Waits (bounded) for `child` to exit.
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
@@ -216,11 +226,7 @@ where
         .env("RUST_BACKTRACE", "1")
         .spawn()
         .expect("spawn ston-fs");
-    let status = wait_timeout(&mut child, timeout);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    }
+    let status = wait_or_kill(&mut child, timeout);
     CliOutcome {
         status,
         stdout: read_lossy(&out_path),

@@ -341,10 +341,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::header_value(&self.headers, name)
     }
 
     /// Sets `name` to `value`, replacing any earlier value.
@@ -630,6 +627,42 @@ fn etag_matches_weak(header: &str, etag: &str) -> bool {
 // The server
 // ---------------------------------------------------------------------------
 
+/// A runtime of its own for a test server, and a listener on a free loopback port.
+pub fn loopback_server(
+    name: &str,
+) -> (tokio::runtime::Runtime, tokio::net::TcpListener, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("bound address");
+    (rt, listener, addr)
+}
+
+/// Serves HTTP/1.1 on one accepted connection, each request answered by `answer`.
+pub async fn serve_http1<I, A, F, B>(io: I, answer: A)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A: Fn(Request<Incoming>) -> F + Send + 'static,
+    F: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let answered = answer(req);
+        async move { Ok::<_, std::convert::Infallible>(answered.await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
+}
+
 /// A running test origin. Dropping it shuts the server down.
 pub struct Origin {
     shared: Arc<Shared>,
@@ -646,16 +679,7 @@ impl Default for Origin {
 impl Origin {
     /// Binds 127.0.0.1:0 and starts serving on a private runtime.
     pub fn start() -> Origin {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("test-origin")
-            .enable_all()
-            .build()
-            .expect("origin runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind origin");
-        let addr = listener.local_addr().unwrap();
+        let (rt, listener, addr) = loopback_server("test-origin");
         let shared = Arc::new(Shared {
             files: Mutex::new(HashMap::new()),
             version: AtomicU64::new(0),
@@ -682,15 +706,9 @@ impl Origin {
                 let _ = stream.set_nodelay(true);
                 let conn_no = sh.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 let sh2 = sh.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let sh3 = sh2.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(sh3, conn_no, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
+                tokio::spawn(serve_http1(stream, move |req| {
+                    handle(sh2.clone(), conn_no, req)
+                }));
             }
         });
         Origin {
@@ -773,10 +791,15 @@ impl Origin {
     }
 
     pub fn request_count_for(&self, path: &str) -> u64 {
-        lock(&self.shared.per_path)
+        self.count_for(path, |s| &s.requests)
+    }
+
+    /// One of `path`'s counters (0 when no request named it).
+    fn count_for(&self, path: &str, counter: impl Fn(&PathStats) -> &AtomicU64) -> u64 {
+        let per_path = lock(&self.shared.per_path);
+        per_path
             .get(path)
-            .map(|s| s.requests.load(Ordering::SeqCst))
-            .unwrap_or(0)
+            .map_or(0, |s| counter(s).load(Ordering::SeqCst))
     }
 
     /// Response body bytes handed to the connection, in total.
@@ -785,10 +808,7 @@ impl Origin {
     }
 
     pub fn bytes_sent_for(&self, path: &str) -> u64 {
-        lock(&self.shared.per_path)
-            .get(path)
-            .map(|s| s.bytes.load(Ordering::SeqCst))
-            .unwrap_or(0)
+        self.count_for(path, |s| &s.bytes)
     }
 
     /// TCP connections accepted so far (not reset by `reset`).

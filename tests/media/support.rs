@@ -14,7 +14,7 @@ use ston_fs::media::mp4::{
     self as media, Layout, Limits, Piece, Presented, ScanStep, TopLevelScan,
 };
 
-use crate::common::mount::wait_timeout;
+use crate::common::mount::wait_or_kill;
 
 /// Longest any one ffmpeg or ffprobe run may take; a hang is what it catches.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,11 +42,7 @@ pub fn tool(program: &str, args: &[&str]) -> ToolRun {
         .unwrap_or_else(|e| {
             panic!("{program} cannot start ({e}): run the suite with `bash tests/run.sh`")
         });
-    let status = wait_timeout(&mut child, TOOL_TIMEOUT);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    }
+    let status = wait_or_kill(&mut child, TOOL_TIMEOUT);
     let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).unwrap_or_default()).into_owned();
     ToolRun {
         ok: status.is_some_and(|s| s.success()),
@@ -286,8 +282,9 @@ pub fn assert_moov_first(file: &[u8], what: &str) {
 // What decoders see
 // ---------------------------------------------------------------------------
 
-/// `ffmpeg -i FILE -f framemd5 -` for every stream, without the header lines.
-pub fn framemd5(path: &Path) -> Vec<String> {
+/// `ffmpeg -i FILE -map MAP -f framemd5 -`: one line per decoded frame of the streams `map`
+/// selects, after `#` header lines.
+fn framemd5_lines(path: &Path, map: &str) -> String {
     let p = path.to_str().expect("utf-8 path");
     let args = [
         "-v",
@@ -295,12 +292,17 @@ pub fn framemd5(path: &Path) -> Vec<String> {
         "-i",
         p,
         "-map",
-        "0",
+        map,
         "-fps_mode",
         "passthrough",
     ];
-    let out = tool_ok("ffmpeg", &[&args[..], &["-f", "framemd5", "-"]].concat());
-    out.lines()
+    tool_ok("ffmpeg", &[&args[..], &["-f", "framemd5", "-"]].concat())
+}
+
+/// `ffmpeg -i FILE -f framemd5 -` for every stream, without the header lines.
+pub fn framemd5(path: &Path) -> Vec<String> {
+    framemd5_lines(path, "0")
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .map(String::from)
         .collect()
@@ -308,18 +310,7 @@ pub fn framemd5(path: &Path) -> Vec<String> {
 
 /// The decoded video frames in presentation order: (seconds, md5).
 pub fn video_frames(path: &Path) -> Vec<(f64, String)> {
-    let p = path.to_str().expect("utf-8 path");
-    let args = [
-        "-v",
-        "error",
-        "-i",
-        p,
-        "-map",
-        "0:v:0",
-        "-fps_mode",
-        "passthrough",
-    ];
-    let out = tool_ok("ffmpeg", &[&args[..], &["-f", "framemd5", "-"]].concat());
+    let out = framemd5_lines(path, "0:v:0");
     let mut timebase = 1.0;
     let mut frames = Vec::new();
     for line in out.lines() {

@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::mount::{force_unmount_all, is_mounted, mounts_at, tail, wait_timeout, BIN};
+use crate::common::mount::{
+    force_unmount_all, is_mounted, mounts_at, tail, wait_or_kill, wait_timeout, BIN,
+};
 use crate::common::nginx::{free_port, wait_listening, which};
+#[allow(unused_imports)]
+pub use crate::common::process::{ston_fs_pids_with_arg, wait_gone, workers};
 
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -189,6 +193,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Asserts the command succeeded and printed `want`.
+    #[track_caller]
+    pub fn assert_printed(&self, want: &str) {
+        let printed = self.success() && self.stdout_text().contains(want);
+        assert!(
+            printed,
+            "expected success and {want:?}:\n{}",
+            self.describe()
+        );
+    }
+
     pub fn success(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
@@ -221,11 +236,7 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
         .stderr(File::create(&err).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {command}: {e}"));
-    let status = wait_timeout(&mut child, timeout);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = wait_timeout(&mut child, Duration::from_secs(5));
-    }
+    let status = wait_or_kill(&mut child, timeout);
     Outcome {
         command,
         status,
@@ -396,69 +407,6 @@ pub fn describe_status(status: &ExitStatus) -> String {
 // ---------------------------------------------------------------------------
 // Daemons started by mount(8)
 // ---------------------------------------------------------------------------
-
-/// Processes (not zombies) whose argv[0] ends in `ston-fs` and that have `arg` among their
-/// arguments.
-pub fn ston_fs_pids_with_arg(arg: &Path) -> Vec<i32> {
-    let wanted = arg.as_os_str().as_encoded_bytes();
-    let mut pids = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_ston = args.first().is_some_and(|a0| a0.ends_with(b"ston-fs"));
-        if is_ston && args.contains(&wanted) && is_alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// The daemons among `pids` that serve the mount: a daemonized mount runs a supervisor,
-/// and the worker it starts has `--worker` on its command line.
-pub fn workers(pids: &[i32]) -> Vec<i32> {
-    pids.iter()
-        .copied()
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--worker"))
-        })
-        .collect()
-}
-
-/// Running (exists and is not a zombie).
-pub fn is_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-/// Waits (bounded) until `pid` is no longer running.
-pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while is_alive(pid) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
 
 /// Cleanup for a mount made by mount(8): detaches whatever is left on `dir` and kills, by
 /// pid, any ston-fs daemon still serving it.

@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
@@ -56,16 +56,7 @@ pub struct TlsOrigin {
 /// A fresh CA and a server certificate (for 127.0.0.1 and localhost) signed
 /// by it. Returns (CA PEM, server chain DER, server key DER).
 fn make_certs() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "ston-fs edge test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let ca_params = crate::common::certs::ca_params(&[], "ston-fs edge test CA");
     let ca_key = KeyPair::generate().expect("CA key");
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("self-signed CA");
 
@@ -109,16 +100,7 @@ impl TlsOrigin {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .thread_name("tls-origin")
-            .build()
-            .expect("tokio runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().unwrap();
+        let (rt, listener, addr) = crate::common::origin::loopback_server("tls-origin");
         let shared = Arc::new(Shared {
             files: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
@@ -143,13 +125,8 @@ impl TlsOrigin {
                         }
                     };
                     sh2.handshakes_ok.fetch_add(1, Ordering::SeqCst);
-                    let svc = hyper::service::service_fn(move |req| {
-                        let sh3 = sh2.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&sh3, req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                        .await;
+                    let answer = move |req| std::future::ready(handle(&sh2, req));
+                    crate::common::origin::serve_http1(tls, answer).await;
                 });
             }
         });

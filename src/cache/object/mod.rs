@@ -8,10 +8,21 @@
 //!   the block waits on that fetch's [`Flight`].
 //! - Once detached (evicted or superseded), an object never writes to the cache again.
 //!
-//! Lock order: an object's `state` may be held while the index's `state` lock is taken
-//! (giving charge back), never the other way round; see [`super::index`].
+//! Its API, by who calls it (the rest is `pub(in crate::cache)`: planning, fetch claims,
+//! storing and reading blocks, charge, detaching):
+//! - everyone: what the version is (`site`, `path`, `kind`, `version`, `size`, `mtime`, the
+//!   block geometry) and its freshness (`is_fresh`, `fresh_for`, `expire`, `is_detached`);
+//! - the FUSE layer: open handles ([`OpenHandle`]), the passthrough registration it keeps
+//!   with the object ([`KeptRegistration`], `keep_with`, `drop_kept`), whether the file is
+//!   whole and verified (`fully_cached`, `fully_verified`, `verify_all`, `take_fresh`,
+//!   `record_now`) and the hit path (`read_cached`);
+//! - the media layer: the view record (`save_view`, `load_view`, `drop_view`) and the hit path;
+//! - loading a cache folder: `restore`.
+//!
+//! Lock order (rows 6, 8 of the crate's table, `src/lib.rs`): `recording`, then `state`; under
+//! `state` the index's `state` (giving charge back) and, through [`Object::keep_with`], the
+//! passthrough registration's ioctl and its journal record (the journal's lock).
 
-use std::any::Any;
 use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,9 +61,9 @@ struct ObjectState {
     /// The cache file, kept open while handles are (within the process-wide bound).
     data: Option<HeldFile>,
     open_handles: usize,
-    /// What the layer above keeps with the object while it is cached (a passthrough
-    /// registration of its cache file); dropped when the object leaves the cache.
-    kept: Option<Arc<dyn Any + Send + Sync>>,
+    /// The layer above's registration of the cache file, kept while the object is cached;
+    /// dropped when the object leaves the cache.
+    kept: Option<Arc<dyn KeptRegistration>>,
     /// Stored blocks waiting for `fdatasync` and their journal record.
     unrecorded: Vec<(u64, u32)>,
     recorder_running: bool,
@@ -113,7 +124,7 @@ pub struct Object {
 
 impl Object {
     /// A new version. Without a `location` it lives in memory only (no-store, or no room).
-    pub fn new(
+    pub(in crate::cache) fn new(
         identity: Identity,
         freshness: (Duration, u64),
         location: Option<ObjectLocation>,
@@ -222,13 +233,13 @@ impl Object {
     }
 
     /// Byte range of a block within the object.
-    pub fn block_range(&self, block: u64) -> Range<u64> {
+    pub(in crate::cache) fn block_range(&self, block: u64) -> Range<u64> {
         let start = block * self.block_size;
         start..(start + self.block_size).min(self.version.size)
     }
 
     /// Bytes charged against the cap for caching one block.
-    pub fn block_charge(&self, block: u64) -> u64 {
+    pub(in crate::cache) fn block_charge(&self, block: u64) -> u64 {
         let range = self.block_range(block);
         disk_bytes(range.end - range.start) + BLOCK_OVERHEAD
     }
@@ -255,7 +266,7 @@ impl Object {
     }
 
     /// The origin confirmed this version again: it is fresh for another TTL.
-    pub fn renew(&self, now: u64) {
+    pub(in crate::cache) fn renew(&self, now: u64) {
         self.fetched_at.store(now, Ordering::Relaxed);
         if let Some(location) = self.persistent_location() {
             if let Err(e) = location.append_renewal(now) {
@@ -270,7 +281,7 @@ impl Object {
     }
 
     /// Bytes of the object's data held in the cache.
-    pub fn cached_bytes(&self) -> u64 {
+    pub(in crate::cache) fn cached_bytes(&self) -> u64 {
         let state = self.state.lock();
         state
             .blocks
@@ -283,7 +294,7 @@ impl Object {
     }
 
     /// Bytes charged against the cap for the blocks and view record on disk now (at restore).
-    pub fn cached_charge(&self) -> u64 {
+    pub(in crate::cache) fn cached_charge(&self) -> u64 {
         let state = self.state.lock();
         let blocks: u64 = state
             .blocks
@@ -328,7 +339,7 @@ impl Object {
                 .filter(|(_, _, verified)| !verified)
                 .map(|(block, crc, _)| (block, crc))
                 .collect();
-            (unverified, self.data_file(&mut state))
+            (unverified, self.data_file_locked(&mut state))
         };
         let Ok(file) = file else { return };
         for (block, crc) in unverified {
@@ -336,19 +347,21 @@ impl Object {
         }
     }
 
-    /// Something the layer above keeps with this object while it is cached, made from the
-    /// cache file by `make` the first time (a passthrough registration, which reopening a hot
-    /// file then does not pay again). It is dropped when the object leaves the cache, so an
-    /// evicted file gives up what pins it. Returns whether it was made now.
-    pub fn keep_with<T: Any + Send + Sync>(
+    /// The registration of this object's cache file, made by `make` the first time (a
+    /// passthrough registration, which reopening a hot file then does not pay again). It is
+    /// dropped when the object leaves the cache, so an evicted file gives up what pins it.
+    /// Returns whether it was made now.
+    pub fn keep_with(
         &self,
-        make: impl FnOnce(&File) -> std::io::Result<Arc<T>>,
-    ) -> std::io::Result<(Arc<T>, bool)> {
+        make: impl FnOnce(&File) -> std::io::Result<Arc<dyn KeptRegistration>>,
+    ) -> std::io::Result<(Arc<dyn KeptRegistration>, bool)> {
         let mut state = self.state.lock();
-        if let Some(kept) = state.kept.clone().and_then(|k| k.downcast::<T>().ok()) {
+        if let Some(kept) = state.kept.clone() {
             return Ok((kept, false));
         }
-        let file = self.data_file(&mut state).map_err(std::io::Error::other)?;
+        let file = self
+            .data_file_locked(&mut state)
+            .map_err(std::io::Error::other)?;
         let kept = make(&file)?;
         state.kept = Some(kept.clone());
         Ok((kept, true))
@@ -364,12 +377,22 @@ impl Object {
         self.state.lock().blocks.is_cached(block)
     }
 
-    pub fn open_handle(&self) {
+    /// Counts one open file handle on this object until the returned guard drops.
+    #[must_use = "the handle closes when the guard drops"]
+    pub fn open_handle(self: &Arc<Self>) -> OpenHandle {
         self.state.lock().open_handles += 1;
+        OpenHandle {
+            object: self.clone(),
+        }
+    }
+
+    /// How many [`OpenHandle`]s of this object are alive.
+    pub fn open_handles(&self) -> usize {
+        self.state.lock().open_handles
     }
 
     /// The last handle closing releases the data file descriptor: idle objects hold no fds.
-    pub fn close_handle(&self) {
+    fn close_handle(&self) {
         let mut state = self.state.lock();
         state.open_handles = state.open_handles.saturating_sub(1);
         if state.open_handles == 0 {
@@ -377,7 +400,7 @@ impl Object {
         }
     }
 
-    fn data_file(&self, state: &mut ObjectState) -> FsResult<Arc<File>> {
+    fn data_file_locked(&self, state: &mut ObjectState) -> FsResult<Arc<File>> {
         if let Some(held) = &state.data {
             return Ok(held.file().clone());
         }
@@ -410,7 +433,7 @@ impl Object {
             if !state.blocks.all_verified(blocks.clone()) {
                 return None;
             }
-            let file = self.data_file(&mut state).ok()?;
+            let file = self.data_file_locked(&mut state).ok()?;
             (file, state.blocks.take_fresh(blocks))
         };
         let len = (range.end - range.start) as usize;
@@ -419,21 +442,25 @@ impl Object {
     }
 
     /// Reads part of a block if it is cached now (checking it as [`Object::read_from_disk`]).
-    pub fn read_block(&self, block: u64, within: Range<u64>) -> Option<FsResult<Vec<u8>>> {
+    pub(in crate::cache) fn read_block(
+        &self,
+        block: u64,
+        within: Range<u64>,
+    ) -> Option<FsResult<Vec<u8>>> {
         let (file, crc, verified) = {
             let mut state = self.state.lock();
             let Some(BlockState::Cached { crc, verified, .. }) = state.blocks.get(block).cloned()
             else {
                 return None;
             };
-            (self.data_file(&mut state).ok()?, crc, verified)
+            (self.data_file_locked(&mut state).ok()?, crc, verified)
         };
         Some(self.read_from_disk(block, &file, crc, verified, within))
     }
 
     /// Reads part of a cached block, checking its CRC32C on the first read back from disk.
     /// A mismatch drops the block and reports `Corrupt`; the caller refetches it.
-    pub fn read_from_disk(
+    pub(in crate::cache) fn read_from_disk(
         &self,
         block: u64,
         file: &File,
@@ -490,7 +517,7 @@ impl Object {
     /// `claim` is the flight that owns the block; without one, the block must be absent.
     /// A block whose flight already handed it to readers is not `fresh`: its first read
     /// from the cache is a hit.
-    pub fn store_block(
+    pub(in crate::cache) fn store_block(
         self: &Arc<Self>,
         block: u64,
         pieces: &[Bytes],
@@ -530,7 +557,7 @@ impl Object {
             (None, None) => true,
             _ => false,
         };
-        match (state.detached || !owned, self.data_file(&mut state)) {
+        match (state.detached || !owned, self.data_file_locked(&mut state)) {
             (false, Ok(file)) => {
                 state.charged += charge;
                 Some(file)
@@ -601,7 +628,7 @@ impl Object {
             if state.unrecorded.is_empty() || state.detached {
                 return;
             }
-            let file = self.data_file(&mut state);
+            let file = self.data_file_locked(&mut state);
             (std::mem::take(&mut state.unrecorded), file)
         };
         let (Ok(file), Some(location)) = (file, &self.location) else {
@@ -629,14 +656,17 @@ impl Object {
     /// With `keep_open_readable` (the origin has a new version), files still open keep reading
     /// this version's cached blocks from the removed file: an open file keeps the version it
     /// opened. Otherwise (eviction, purge) they fetch again, pinned to this same version.
-    pub fn detach(&self, keep_open_readable: bool) -> u64 {
+    pub(in crate::cache) fn detach(&self, keep_open_readable: bool) -> u64 {
         let mut state = self.state.lock();
         if state.detached && state.charged == 0 {
             return 0;
         }
         let keep = keep_open_readable && state.open_handles > 0;
         if keep && state.data.is_none() {
-            state.data = self.data_file(&mut state).ok().map(HeldFile::hold_anyway);
+            state.data = self
+                .data_file_locked(&mut state)
+                .ok()
+                .map(HeldFile::hold_anyway);
         }
         state.detached = true;
         let kept = state.kept.take();
@@ -657,13 +687,39 @@ impl Object {
     }
 
     /// Adds bytes (taken from the index already) to this object's charge.
-    pub fn add_charge(&self, charge: u64) -> bool {
+    pub(in crate::cache) fn add_charge(&self, charge: u64) -> bool {
         let mut state = self.state.lock();
         if state.detached {
             return false;
         }
         state.charged += charge;
         true
+    }
+}
+
+/// A registration of an object's cache file with the kernel, made by the layer above (a FUSE
+/// passthrough backing) and kept by the object while it is cached (see [`Object::keep_with`]).
+pub trait KeptRegistration: Send + Sync {
+    /// The kernel's id of the registration.
+    fn id(&self) -> u32;
+}
+
+/// One open file handle of an object (see [`Object::open_handle`]). Counting by a guard,
+/// not by paired calls, means no path (a replaced implicit handle, an adopted handle, a
+/// release racing a read) can leave the count, and so the object's data descriptor, behind.
+pub struct OpenHandle {
+    object: Arc<Object>,
+}
+
+impl OpenHandle {
+    pub fn object(&self) -> &Arc<Object> {
+        &self.object
+    }
+}
+
+impl Drop for OpenHandle {
+    fn drop(&mut self) {
+        self.object.close_handle();
     }
 }
 

@@ -63,7 +63,7 @@ impl Run {
     }
 
     /// Blocks this run owns.
-    pub fn owned(&self) -> usize {
+    pub(in crate::cache) fn owned(&self) -> usize {
         self.flights.iter().flatten().count()
     }
 }
@@ -92,15 +92,15 @@ fn add_to_runs(runs: &mut Vec<Run>, block: u64, flight: Arc<Flight<Delivered>>, 
 impl Object {
     /// Classifies the blocks of a read. Absent blocks become `Fetching` with flights owned by
     /// the caller, grouped into runs of adjacent blocks for one range request each.
-    pub fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
+    pub(in crate::cache) fn plan(&self, blocks: Range<u64>) -> (Vec<BlockSource>, Vec<Run>) {
         let mut state = self.state.lock();
         if !self.version.is_pinned() {
-            return self.plan_unpinned(&mut state, blocks);
+            return self.plan_unpinned_locked(&mut state, blocks);
         }
         let mut sources = Vec::with_capacity((blocks.end - blocks.start) as usize);
         let mut runs: Vec<Run> = Vec::new();
         for block in blocks {
-            if let Some(source) = self.existing_source(&mut state, block) {
+            if let Some(source) = self.existing_source_locked(&mut state, block) {
                 sources.push(source);
                 continue;
             }
@@ -116,13 +116,13 @@ impl Object {
 
     /// Where a block comes from if no new fetch is needed: disk or a flight.
     /// `None` for an absent block (a cached block whose file is gone becomes absent).
-    fn existing_source(&self, state: &mut ObjectState, block: u64) -> Option<BlockSource> {
+    fn existing_source_locked(&self, state: &mut ObjectState, block: u64) -> Option<BlockSource> {
         match state.blocks.get(block).cloned() {
             Some(BlockState::Cached {
                 crc,
                 verified,
                 fresh,
-            }) => match self.data_file(state) {
+            }) => match self.data_file_locked(state) {
                 Ok(file) => Some(BlockSource::Disk {
                     file,
                     crc,
@@ -142,7 +142,7 @@ impl Object {
     /// Plans a read of a version without validators: its missing blocks come from one answer
     /// that starts at byte 0 and covers every block handed out before, so each is compared.
     /// Only one such fetch runs at a time, and every reader waits for it to end.
-    fn plan_unpinned(
+    fn plan_unpinned_locked(
         &self,
         state: &mut ObjectState,
         blocks: Range<u64>,
@@ -158,7 +158,7 @@ impl Object {
         let mut sources = Vec::new();
         let mut run = Run::new(blocks.start);
         for block in blocks.clone() {
-            if let Some(source) = self.existing_source(state, block) {
+            if let Some(source) = self.existing_source_locked(state, block) {
                 sources.push(source);
                 run.flights.push(None);
             } else {
@@ -186,7 +186,7 @@ impl Object {
     }
 
     /// The unpinned fetch that `gate` stands for has ended: the next one may start.
-    pub fn end_unpinned_fetch(&self, gate: &Arc<Flight<()>>) {
+    pub(in crate::cache) fn end_unpinned_fetch(&self, gate: &Arc<Flight<()>>) {
         let mut state = self.state.lock();
         if state
             .unpinned
@@ -202,7 +202,7 @@ impl Object {
 
     /// Whether a block of a version without validators agrees with what this version handed
     /// out or cached before. Records it as seen when it does.
-    pub fn agrees_unpinned(&self, block: u64, bytes: &[u8]) -> bool {
+    pub(in crate::cache) fn agrees_unpinned(&self, block: u64, bytes: &[u8]) -> bool {
         let hash = xxhash_rust::xxh3::xxh3_64(bytes);
         let mut state = self.state.lock();
         let agrees = match (state.unpinned.seen.get(&block), state.blocks.get(block)) {
@@ -220,7 +220,7 @@ impl Object {
 
     /// Claims absent blocks in `blocks` for a fetch the caller will run (no reader waits yet).
     /// Versions without validators are never prefetched: their fetches must not overlap.
-    pub fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
+    pub(in crate::cache) fn claim_absent(&self, blocks: Range<u64>) -> Vec<Run> {
         let mut runs: Vec<Run> = Vec::new();
         if !self.version.is_pinned() {
             return runs;
@@ -240,7 +240,7 @@ impl Object {
     }
 
     /// A fetch gave up on a block it owned: the next reader will try again.
-    pub fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
+    pub(in crate::cache) fn abandon(&self, block: u64, flight: &Arc<Flight<Delivered>>) {
         let mut state = self.state.lock();
         let owned = matches!(state.blocks.get(block), Some(BlockState::Fetching(f)) if Arc::ptr_eq(f, flight));
         if owned {

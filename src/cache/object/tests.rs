@@ -245,7 +245,7 @@ fn an_open_file_of_a_replaced_version_keeps_reading_it() {
     let fx = fixture(1 << 20);
     let _enter = fx.runtime.enter();
     let old = fx.object("/r", 2, "\"v1\"");
-    old.open_handle();
+    let _open = old.open_handle();
     let old_bytes = block_bytes(6, 0);
     old.store_block(0, from_ref(&old_bytes), None)
         .expect("stored");

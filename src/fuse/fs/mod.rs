@@ -6,9 +6,8 @@
 //! I/O runtime, so a slow origin never holds a FUSE thread. Nothing here names fuser: the
 //! adapter owns that, and this logic runs in tests without a kernel.
 //!
-//! Lock order: `handles` (then `adopted`) and `kept` are leaf locks; the inode table's lock
-//! is taken without either held, and may call into an object (its `state` lock) or the
-//! restart journal while held.
+//! Its locks (`handles`, `adopted`, `implicit`, `kept`) are rows 1, 2, 3 and 5 of the crate's
+//! lock-order table (`src/lib.rs`).
 
 mod attr;
 mod lookup;
@@ -16,6 +15,7 @@ mod media;
 mod open;
 mod read;
 mod restore;
+mod wiring;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -28,8 +28,6 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 
 use super::inodes::{InodeTable, ROOT_INO};
-use super::journal::Journal;
-use super::passthrough::{Backings, JournaledBackings};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult};
 use crate::cache::{Cache, Object};
@@ -39,9 +37,11 @@ pub use attr::{Attr, EntryKind};
 pub use lookup::Entry;
 pub use open::{OpenIo, Opened};
 pub use restore::TakeoverReport;
+pub use wiring::Wiring;
 
 use read::OpenFile;
 use restore::AdoptedHandle;
+use wiring::Wired;
 
 /// Extended attribute of the mount root that holds the control socket's path.
 pub const SOCKET_XATTR: &str = "user.stonfs.control";
@@ -124,11 +124,10 @@ pub struct StonFs {
     direct_io: AtomicBool,
     /// Objects that keep a passthrough registration between opens, oldest first.
     kept: Mutex<VecDeque<Weak<Object>>>,
-    backings: OnceLock<Arc<dyn Backings>>,
+    /// The connection's registrations and restart journal (see `wiring`).
+    wired: OnceLock<Wired>,
     kernel: OnceLock<Arc<dyn KernelCache>>,
     control_socket: OnceLock<PathBuf>,
-    /// Where inodes and handles are recorded for a process that takes over the mount.
-    journal: OnceLock<Arc<Journal>>,
 }
 
 impl StonFs {
@@ -149,10 +148,9 @@ impl StonFs {
             passthrough: AtomicBool::new(false),
             direct_io: AtomicBool::new(false),
             kept: Mutex::new(VecDeque::new()),
-            backings: OnceLock::new(),
+            wired: OnceLock::new(),
             kernel: OnceLock::new(),
             control_socket: OnceLock::new(),
-            journal: OnceLock::new(),
             cache,
         }
     }
@@ -167,35 +165,23 @@ impl StonFs {
         self.direct_io.store(direct_io, Ordering::Relaxed);
     }
 
-    /// Where passthrough registrations are made (set once the connection exists). With a
-    /// restart journal, every registration is recorded there too.
-    pub fn set_backings(&self, backings: Arc<dyn Backings>) {
-        let backings: Arc<dyn Backings> = match self.journal.get() {
-            Some(journal) => Arc::new(JournaledBackings::new(backings, journal.clone())),
-            None => backings,
-        };
-        let _ = self.backings.set(backings);
-    }
-
-    /// How the kernel's caches are invalidated (set once the session exists).
-    pub fn set_kernel_cache(&self, kernel: Arc<dyn KernelCache>) {
-        let _ = self.kernel.set(kernel);
-    }
-
-    /// The control socket's path, published on the mount root as [`SOCKET_XATTR`].
-    pub fn set_control_socket(&self, path: PathBuf) {
-        let _ = self.control_socket.set(path);
-    }
-
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
+    /// Handles the kernel holds open: opened here, or carried over a restart and not yet
+    /// read (handle 0 of `zero_message_opens` is not counted).
+    pub fn open_handles(&self) -> usize {
+        let handles = self.handles.lock();
+        // `handles` before `adopted`, as everywhere.
+        handles.len() + self.adopted.lock().len()
+    }
+
     pub fn forget(&self, ino: u64, count: u64) {
         if self.inodes.forget(ino, count) {
-            if let Some(file) = self.implicit.lock().remove(&ino) {
-                file.object.close_handle();
-            }
+            // Its handle closes when the last read in flight on it ends.
+            let implicit = self.implicit.lock().remove(&ino);
+            drop(implicit);
             // A handle journaled just before a crash, whose open never reached the kernel.
             self.adopted.lock().retain(|_, handle| handle.ino() != ino);
         }

@@ -5,14 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
 use super::lookup::needs_origin;
 use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::{FsError, FsResult, ObjectKind};
-use crate::cache::{Object, ReadAhead};
+use crate::cache::{KeptRegistration, Object};
 use crate::fuse::inodes::OpenMode;
 use crate::fuse::passthrough::Backing;
 use crate::media::MediaView;
@@ -93,7 +91,6 @@ impl StonFs {
         // Opening counts as use: it keeps the object at the recent end of the LRU.
         self.cache.touch(&object);
         let mode = self.begin_open(ino, &object, view.is_some())?;
-        object.open_handle();
         let (io, from_cache) = self.open_io(ino, &object, &mode);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let backing_id = match io {
@@ -101,14 +98,8 @@ impl StonFs {
             OpenIo::Cached { .. } => 0,
         };
         self.journal_handle(fh, ino, &object, view.as_ref(), backing_id);
-        let file = OpenFile {
-            passthrough: matches!(mode, OpenMode::Passthrough(_)),
-            object,
-            view,
-            ino,
-            readahead: Mutex::new(ReadAhead::default()),
-            failed_read: Mutex::new(None),
-        };
+        let passthrough = matches!(mode, OpenMode::Passthrough(_));
+        let file = OpenFile::new(object.open_handle(), view, ino, passthrough);
         self.handles.lock().insert(fh, Arc::new(file));
         Ok((Opened { fh, io }, from_cache))
     }
@@ -117,7 +108,7 @@ impl StonFs {
     fn begin_open(&self, ino: u64, object: &Arc<Object>, has_view: bool) -> FsResult<OpenMode> {
         // A view's bytes are not the cache file's: the kernel must never read that instead.
         let wanted = !has_view && self.passthrough_wanted(object);
-        if wanted && self.journal.get().is_some() {
+        if wanted && self.journal().is_some() {
             // A process that takes the mount over frees the blocks it finds unrecorded when
             // it loads the cache: the kernel, reading this file directly, would read holes.
             object.record_now();
@@ -164,12 +155,14 @@ impl StonFs {
 
     /// The object's passthrough registration: kept with the object between opens (at most
     /// `KEPT_BACKINGS` objects keep one), made now if it has none.
-    fn register(&self, object: &Arc<Object>) -> std::io::Result<Arc<Backing>> {
+    fn register(&self, object: &Arc<Object>) -> std::io::Result<Arc<dyn KeptRegistration>> {
         let backings = self
-            .backings
-            .get()
+            .backings()
             .ok_or_else(|| std::io::Error::other("no passthrough on this connection"))?;
-        let (backing, new) = object.keep_with(|file| Backing::register(backings, file))?;
+        let register = |file: &std::fs::File| -> std::io::Result<Arc<dyn KeptRegistration>> {
+            Ok(Backing::register(backings, file)?)
+        };
+        let (backing, new) = object.keep_with(register)?;
         if new {
             let evicted: Vec<Arc<Object>> = {
                 let mut kept = self.kept.lock();
@@ -217,10 +210,7 @@ impl StonFs {
         self.forget_journaled_handle(fh);
         let file = self.handles.lock().remove(&fh);
         match file {
-            Some(file) => {
-                file.object.close_handle();
-                self.inodes.end_open(file.ino, file.passthrough);
-            }
+            Some(file) => self.inodes.end_open(file.ino, file.passthrough),
             None => {
                 self.release_adopted(fh);
             }

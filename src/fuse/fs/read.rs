@@ -14,7 +14,7 @@ use super::lookup::needs_origin;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::FsError;
-use crate::cache::{Object, ReadAhead};
+use crate::cache::{Object, OpenHandle, ReadAhead};
 use crate::fuse::inodes::Node;
 use crate::media::MediaView;
 
@@ -23,7 +23,8 @@ const KERNEL_RETRY_WINDOW: Duration = Duration::from_secs(1);
 
 /// One open file: the version it opened, how it is served, and its read-ahead state.
 pub(super) struct OpenFile {
-    pub(super) object: Arc<Object>,
+    /// The version it opened, counted open while this file lives.
+    handle: OpenHandle,
     /// How the file is presented when not byte for byte as the object.
     pub(super) view: Option<MediaView>,
     pub(super) ino: u64,
@@ -36,6 +37,26 @@ pub(super) struct OpenFile {
 }
 
 impl OpenFile {
+    pub(super) fn new(
+        handle: OpenHandle,
+        view: Option<MediaView>,
+        ino: u64,
+        passthrough: bool,
+    ) -> OpenFile {
+        OpenFile {
+            handle,
+            view,
+            ino,
+            passthrough,
+            readahead: Mutex::new(ReadAhead::default()),
+            failed_read: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn object(&self) -> &Arc<Object> {
+        self.handle.object()
+    }
+
     /// Whether `range` is the kernel's immediate retry of the last failed read (asked once).
     fn is_retry_of_failure(&self, range: &Range<u64>) -> bool {
         let mut failed = self.failed_read.lock();
@@ -99,30 +120,26 @@ impl StonFs {
         let mut implicit = self.implicit.lock();
         if let Some(file) = implicit
             .get(&ino)
-            .filter(|f| Arc::ptr_eq(&f.object, &object))
+            .filter(|f| Arc::ptr_eq(f.object(), &object))
         {
             return Some(file.clone());
         }
-        object.open_handle();
-        let file = Arc::new(OpenFile {
-            object,
-            view: node.view.clone(),
+        let file = Arc::new(OpenFile::new(
+            object.open_handle(),
+            node.view.clone(),
             ino,
-            passthrough: false,
-            readahead: Mutex::new(ReadAhead::default()),
-            failed_read: Mutex::new(None),
-        });
+            false,
+        ));
         let replaced = implicit.insert(ino, file.clone());
         drop(implicit);
         // The kernel keeps a file's pages across opens it is not told of: pages of another
         // version (before a takeover, the pages were made by another process) must go.
         let other_pages = match &replaced {
-            Some(old) => old.object.version() != file.object.version(),
+            Some(old) => old.object().version() != file.object().version(),
             None => self.taken_over.load(Ordering::Relaxed),
         };
-        if let Some(old) = replaced {
-            old.object.close_handle();
-        }
+        // The replaced file's handle closes when its last in-flight read ends.
+        drop(replaced);
         if other_pages {
             self.invalidate_pages(ino);
         }
@@ -141,7 +158,7 @@ impl StonFs {
             return Answer::Now(Err(FsError::Timeout));
         }
         self.read_ahead(&file, &range);
-        let object = file.object.clone();
+        let object = file.object().clone();
         let cached = match &file.view {
             None => object
                 .read_cached(range.clone())
@@ -181,7 +198,7 @@ impl StonFs {
     /// A view's reads count where their bytes lie in the original, and never prefetch past
     /// what the view shows; reads of its rewritten header are not counted.
     fn read_ahead(&self, file: &OpenFile, range: &Range<u64>) {
-        let object = &file.object;
+        let object = file.object();
         let max_window = self.cache.config().readahead_max / object.block_size();
         if max_window == 0 {
             return;

@@ -6,22 +6,22 @@
 //! the version had no validators to prove it by) answers EIO; an inode or handle the journal
 //! did not carry answers ESTALE. Neither ever reads another file's bytes.
 //!
-//! Lock order: `handles` before `adopted`; both are leaf locks otherwise.
+//! Locks: `handles` before `adopted`, which may take the inode table's and the journal's
+//! (the crate's lock-order table, `src/lib.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::read::OpenFile;
 use super::{Answer, StonFs};
 use crate::base::{FsError, FsResult, ObjectKind, SiteId};
-use crate::cache::{Object, ReadAhead};
+use crate::cache::{KeptRegistration, Object};
 use crate::fuse::inodes::{CarriedInode, Node, ROOT_INO};
-use crate::fuse::journal::{Carried, HandleState, Journal, NodeKind};
+use crate::fuse::journal::{Carried, HandleState, NodeKind};
 use crate::fuse::passthrough::Backing;
 use crate::media::{MediaView, NameKind};
 
@@ -54,16 +54,8 @@ pub struct TakeoverReport {
 }
 
 impl StonFs {
-    /// Writes every inode, handle and passthrough registration to `journal` from now on.
-    /// Set before [`StonFs::set_backings`], which then records registrations too.
-    pub fn set_journal(&self, journal: Arc<Journal>) {
-        self.inodes.set_journal(journal.clone());
-        let _ = self.journal.set(journal);
-    }
-
-    /// Puts back what a previous process handed to the kernel. Call once, after
-    /// [`StonFs::set_journal`] and [`StonFs::set_backings`], before serving.
-    pub fn take_over(&self, carried: Carried) -> TakeoverReport {
+    /// Puts back what a previous process handed to the kernel (see [`StonFs::take_over`]).
+    pub(super) fn restore(&self, carried: Carried) -> TakeoverReport {
         let mut report = TakeoverReport::default();
         self.taken_over
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -170,7 +162,7 @@ impl StonFs {
     }
 
     fn forget_carried_inode(&self, ino: u64) {
-        if let Some(journal) = self.journal.get() {
+        if let Some(journal) = self.journal() {
             journal.set_lookups(ino, 0);
         }
     }
@@ -182,7 +174,7 @@ impl StonFs {
         let mut adopted = self.adopted.lock();
         for handle in handles {
             if self.inodes.get(handle.ino).is_none() {
-                if let Some(journal) = self.journal.get() {
+                if let Some(journal) = self.journal() {
                     journal.forget_handle(handle.fh);
                 }
                 continue;
@@ -209,9 +201,12 @@ impl StonFs {
         report.handles = adopted.len();
         drop(adopted);
         for (ino, (cached, passthrough, id)) in per_inode {
-            let backing = match (passthrough, self.backings.get()) {
+            let backing = match (passthrough, self.backings()) {
                 (0, _) | (_, None) => None,
-                (count, Some(owner)) => Some((count, Backing::adopt(owner, id))),
+                (count, Some(owner)) => {
+                    let adopted: Arc<dyn KeptRegistration> = Backing::adopt(owner, id);
+                    Some((count, adopted))
+                }
             };
             self.inodes.restore_opens(ino, cached, backing);
         }
@@ -222,7 +217,7 @@ impl StonFs {
     fn close_unused_backings(&self, carried: &Carried, report: &mut TakeoverReport) {
         let used: std::collections::HashSet<u32> =
             carried.handles.iter().map(|h| h.backing).collect();
-        let Some(owner) = self.backings.get() else {
+        let Some(owner) = self.backings() else {
             return;
         };
         for id in &carried.backings {
@@ -337,15 +332,7 @@ impl StonFs {
         let Some(adopted) = self.adopted.lock().remove(&fh) else {
             return; // released meanwhile
         };
-        object.open_handle();
-        let file = OpenFile {
-            object,
-            view,
-            ino: adopted.ino,
-            passthrough: adopted.passthrough,
-            readahead: Mutex::new(ReadAhead::default()),
-            failed_read: Mutex::new(None),
-        };
+        let file = OpenFile::new(object.open_handle(), view, adopted.ino, adopted.passthrough);
         handles.insert(fh, Arc::new(file));
     }
 
@@ -367,7 +354,7 @@ impl StonFs {
         view: Option<&MediaView>,
         backing: u32,
     ) {
-        let Some(journal) = self.journal.get() else {
+        let Some(journal) = self.journal() else {
             return;
         };
         journal.reserve_handles(fh + 1);
@@ -381,7 +368,7 @@ impl StonFs {
     }
 
     pub(super) fn forget_journaled_handle(&self, fh: u64) {
-        if let Some(journal) = self.journal.get() {
+        if let Some(journal) = self.journal() {
             journal.forget_handle(fh);
         }
     }

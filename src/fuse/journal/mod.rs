@@ -9,7 +9,8 @@
 //! and read back with [`check`]: a record that is damaged or at odds with the others is
 //! dropped, and the inode or handle it described answers ESTALE.
 //!
-//! Lock order: the journal's lock is a leaf; callers may hold the inode table's lock.
+//! Lock order: the journal's lock is a leaf (row 9 of the crate's table, `src/lib.rs`);
+//! callers may hold the inode table's lock and an object's `state`.
 
 mod check;
 mod layout;
