@@ -1,0 +1,17 @@
+//! MP3 clips: Layer III frames of an interval behind the original's ID3v2 tag and a Xing/Info
+//! frame rewritten for the clip, computed without I/O from bytes the caller reads.
+
+mod clip;
+mod frame;
+mod stream;
+mod tags;
+mod xing;
+
+pub use clip::{assemble, frame_span, sync_in, sync_window, ClipFrames, Walker, SYNC_WINDOW};
+pub use frame::FrameHeader;
+pub use stream::Stream;
+pub use tags::{id3v2_len, is_id3v1, ID3V1_LEN};
+pub use xing::XingTag;
+
+/// Bytes at a file's start searched for its first frame, after any ID3v2 tag.
+pub const FIRST_FRAME_WINDOW: u64 = 64 << 10;
