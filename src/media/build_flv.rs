@@ -1,19 +1,125 @@
-//! Cutting an FLV clip with cache reads.
+//! Cutting an FLV clip with cache reads: the file's front (header, metadata, set-up), the
+//! start's key frame from the keyframe index or a bounded walk, then the clip's tags walked.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Media, Presentation, TrimSpan};
+use super::clip_error::ClipError;
+use super::flv::{self, Head, HeadStep, Purpose, Tag, TagWalk};
+use super::mp4::Presented;
+use super::{Media, MediaView, Presentation, TrimSpan};
 use crate::base::{FsError, FsResult};
 use crate::cache::Object;
+
+/// What a cut needs beyond the reads: a clip that cannot be made is the outer `Ok(Err)`.
+type Cut<T> = FsResult<Result<T, ClipError>>;
 
 impl Media {
     pub(super) async fn build_flv_clip(
         self: &Arc<Self>,
-        _object: &Arc<Object>,
-        _span: TrimSpan,
-        _deadline: Instant,
+        object: &Arc<Object>,
+        span: TrimSpan,
+        deadline: Instant,
     ) -> FsResult<Presentation> {
-        Err(FsError::NotFound)
+        match self.cut_flv(object, span, deadline).await? {
+            Ok(presented) => Ok(Presentation::View(MediaView::new(presented))),
+            Err(e) => {
+                let path = object.path();
+                tracing::info!(%path, "no clip: not an FLV interval that can be cut: {e}");
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
+    async fn cut_flv(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        span: TrimSpan,
+        deadline: Instant,
+    ) -> Cut<Presented> {
+        let head = match self.flv_head(object, deadline).await? {
+            Ok(head) => head,
+            Err(e) => return Ok(Err(e)),
+        };
+        let start = span.start.unwrap_or(0.0);
+        let from = match start > 0.0 {
+            false => Some(head.media_start),
+            true => flv::indexed_start(&head, start, object.size()),
+        };
+        let from = match from {
+            Some(from) => from,
+            None => match self.flv_scan_start(object, &head, start, deadline).await? {
+                Some(tag) => tag.offset,
+                None => return Ok(Err(ClipError::Empty)),
+            },
+        };
+        let purpose = Purpose::Clip {
+            end_ms: span.end.map(|end| (end * 1000.0).ceil() as u64),
+            from_key: from != head.media_start,
+        };
+        let tags = match self
+            .walk_flv(object, &head, purpose, from, deadline)
+            .await?
+        {
+            Ok(tags) => tags,
+            Err(e) => return Ok(Err(e)),
+        };
+        let last_ms = tags.iter().map(|t| t.timestamp).max().unwrap_or(0);
+        if f64::from(last_ms) < start * 1000.0 {
+            let duration = f64::from(last_ms) / 1000.0;
+            return Ok(Err(ClipError::StartPastEnd { start, duration }));
+        }
+        Ok(flv::assemble(&head, &tags))
+    }
+
+    /// The file's front: its first bytes, more when the metadata runs past them.
+    async fn flv_head(self: &Arc<Self>, object: &Arc<Object>, deadline: Instant) -> Cut<Head> {
+        let size = object.size();
+        let mut len = size.min(flv::FIRST_READ);
+        // Each step reads further, and a front never needs more than its bounded tags.
+        for _ in 0..4 {
+            let bytes = self.read_exactly(object, 0..len, deadline).await?;
+            match flv::parse_head(&bytes, size) {
+                HeadStep::Done(head) => return Ok(head),
+                HeadStep::Need(more) => len = more.max(len),
+            }
+        }
+        Ok(Err(ClipError::malformed("FLV: its front keeps growing")))
+    }
+
+    /// The key frame at or before `start` seconds, walking from the media's start.
+    async fn flv_scan_start(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        head: &Head,
+        start: f64,
+        deadline: Instant,
+    ) -> FsResult<Option<Tag>> {
+        let purpose = Purpose::FindStart {
+            at_ms: (start * 1000.0) as u64,
+        };
+        let found = self
+            .walk_flv(object, head, purpose, head.media_start, deadline)
+            .await?;
+        Ok(found.ok().and_then(|tags| tags.first().copied()))
+    }
+
+    async fn walk_flv(
+        self: &Arc<Self>,
+        object: &Arc<Object>,
+        head: &Head,
+        purpose: Purpose,
+        from: u64,
+        deadline: Instant,
+    ) -> Cut<Vec<Tag>> {
+        let mut walk = TagWalk::new(purpose, head.has_video(), from, object.size());
+        // Each read walks at least one tag or ends the walk.
+        while let Some(range) = walk.need() {
+            let bytes = self.read_exactly(object, range.clone(), deadline).await?;
+            if let Err(e) = walk.feed(range.start, &bytes) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(walk.finish()))
     }
 }

@@ -1,1 +1,18 @@
-//! FLV clips.
+//! FLV clips: the header, `onMetaData` rewritten for the clip and the decoder set-up, then the
+//! original's tags from a key frame with their timestamps rebased, computed without I/O from
+//! bytes the caller reads.
+
+mod amf;
+mod clip;
+mod head;
+mod tag;
+mod walk;
+
+pub use amf::{Amf, AmfReader};
+pub use clip::{assemble, indexed_start};
+pub use head::{parse_head, Head, HeadStep};
+pub use tag::Tag;
+pub use walk::{Purpose, TagWalk};
+
+/// Bytes of a file's front read first; a bigger `onMetaData` asks for more.
+pub const FIRST_READ: u64 = 64 << 10;
