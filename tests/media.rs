@@ -6,6 +6,8 @@
 //! ffmpeg at test time; what each presented file must be is computed from the original's
 //! bytes with the crate's MP4 library.
 
+#[path = "media/clips.rs"]
+mod clip_support;
 mod common;
 #[path = "media/support.rs"]
 mod media_support;
@@ -17,6 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use clip_support::{assert_one_audio_run, assert_one_frame_run, decoded_audio, ClipSample};
 use common::mount::{run_cli, Mount};
 use common::nginx::{Autoindex, Nginx};
 use common::origin::Origin;
@@ -28,6 +31,7 @@ use media_support::{
     framemd5, key_frame_at_or_before, start_time, top_level_boxes, video_frames, Sample,
     GOP_SECONDS,
 };
+use ston_fs::media::mp3::{id3v2_len, FrameHeader, XingTag};
 use support::{curl, Apache};
 
 const KIB: u64 = 1024;
@@ -393,6 +397,212 @@ fn audio_clips_and_clips_that_cannot_exist() {
     );
     assert!(
         said("/bframes.mp4", "past the end"),
+        "the log says why:\n{log}"
+    );
+}
+
+// ===========================================================================
+// MP3 and FLV clips
+// ===========================================================================
+
+/// The Layer III frames of an MP3 (after its ID3v2 tag, before an ID3v1 tag): (offset, header).
+fn mp3_frames(file: &[u8]) -> Vec<(usize, FrameHeader)> {
+    let mut at = id3v2_len(file).unwrap_or(0) as usize;
+    let mut frames = Vec::new();
+    while let Some(header) = file.get(at..).and_then(FrameHeader::parse) {
+        if at + header.len() > file.len() {
+            break;
+        }
+        frames.push((at, header));
+        at += header.len();
+    }
+    frames
+}
+
+/// Checks one MP3 clip of `[start, end)` seconds against its original, written at `original`.
+fn check_mp3_clip(mount: &Mount, sample: ClipSample, name: &str, original: &Path) {
+    let (start, end) = (5.0, 12.0);
+    let clip_path = mount.path(&format!("{name}?start={start}&end={end}"));
+    let clip = fs::read(&clip_path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        fs::metadata(&clip_path).unwrap().len(),
+        clip.len() as u64,
+        "{name}: stat size"
+    );
+    let bytes = sample.bytes();
+    let id3 = id3v2_len(bytes).unwrap_or(0) as usize;
+    assert_eq!(
+        clip[..id3],
+        bytes[..id3],
+        "{name}: the ID3v2 tag stays in front"
+    );
+    let frames = mp3_frames(&clip);
+    let (first_at, first) = frames[0];
+    let frame_seconds = f64::from(first.samples()) / f64::from(first.sample_rate);
+    let original_tag = XingTag::parse(&bytes[mp3_frames(bytes)[0].0..], &mp3_frames(bytes)[0].1);
+    let clip_tag = XingTag::parse(&clip[first_at..], &first);
+    assert_eq!(
+        original_tag.is_some(),
+        clip_tag.is_some(),
+        "{name}: a Xing frame only if the original has one"
+    );
+    let audio_frames = match &clip_tag {
+        Some(tag) => {
+            let audio = (frames.len() - 1) as u32;
+            assert_eq!(tag.frames, Some(audio), "{name}: Xing frame count");
+            assert_eq!(
+                tag.bytes,
+                Some((clip.len() - first_at) as u32),
+                "{name}: Xing bytes"
+            );
+            audio
+        }
+        None => frames.len() as u32,
+    };
+    let want = ((end - start) / frame_seconds).round();
+    assert!(
+        (f64::from(audio_frames) - want).abs() <= 2.0,
+        "{name}: {audio_frames} frames, want {want}"
+    );
+    let d = duration(text(&clip_path));
+    assert!(
+        (d - (end - start)).abs() <= 2.0 * frame_seconds,
+        "{name}: lasts {d} s"
+    );
+    let channels = if first.mono { 1 } else { 2 };
+    let run = assert_one_audio_run(
+        &decoded_audio(&clip_path),
+        &decoded_audio(original),
+        first.samples() as usize,
+        channels,
+        (4, 2),
+    );
+    assert!(
+        run as f64 >= (end - start - 8.0 * frame_seconds) * f64::from(first.sample_rate),
+        "{name}: run of {run}"
+    );
+}
+
+#[test]
+fn mp3_clips_cut_on_frames_keep_their_tags_and_decode_to_one_run_of_the_original() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = Origin::start();
+    let samples = [
+        (ClipSample::Mp3Cbr, "cbr.mp3"),
+        (ClipSample::Mp3Vbr, "vbr.mp3"),
+        (ClipSample::Mp3Bare, "bare.mp3"),
+    ];
+    for (sample, name) in samples {
+        origin.put(&format!("/{name}"), sample.bytes().to_vec());
+    }
+    origin.put("/text.mp3", b"plain text\n".repeat(300));
+    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    for (sample, name) in samples {
+        let original = dir.path().join(name);
+        fs::write(&original, sample.bytes()).unwrap();
+        check_mp3_clip(&mount, sample, name, &original);
+        assert_file_matches(&mount.path(name), sample.bytes(), 64 * KIB as usize);
+    }
+    // A clip to the end keeps the original's last frame; one from the start its first.
+    let tail = fs::read(mount.path("vbr.mp3?start=15")).unwrap();
+    let bytes = ClipSample::Mp3Vbr.bytes();
+    assert_eq!(tail[tail.len() - 1000..], bytes[bytes.len() - 1000..]);
+    assert!(fs::metadata(mount.path("cbr.mp3?end=3")).unwrap().len() > 0);
+    for name in [
+        "cbr.mp3?start=100",
+        "vbr.mp3?start=30",
+        "cbr.mp3?start=abc",
+        "cbr.mp3?start=5&end=5",
+        "text.mp3?start=1",
+        "missing.mp3?start=1",
+    ] {
+        let got = fs::metadata(mount.path(name));
+        assert_eq!(errno(&got), Some(libc::ENOENT), "{name}: {got:?}");
+    }
+    let log = mount.unmount();
+    let said = |path: &str, why: &str| log.lines().any(|l| l.contains(path) && l.contains(why));
+    assert!(
+        said("/text.mp3", "no run of Layer III frames"),
+        "the log says why:\n{log}"
+    );
+    assert!(said("/cbr.mp3", "past the end"), "the log says why:\n{log}");
+}
+
+/// Runs `flvmeta --check` on a file; its report when it finds an error.
+fn flvmeta_check(path: &Path) -> media_support::ToolRun {
+    media_support::tool("flvmeta", &["--check", "--level=error", text(path)])
+}
+
+#[test]
+fn flv_clips_start_on_a_key_frame_pass_flvmeta_and_play_one_run_of_the_original() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = Origin::start();
+    let samples = [
+        (ClipSample::FlvIndexed, "indexed.flv"),
+        (ClipSample::FlvPlain, "plain.flv"),
+    ];
+    for (sample, name) in samples {
+        origin.put(&format!("/{name}"), sample.bytes().to_vec());
+    }
+    origin.put("/text.flv", b"plain text\n".repeat(300));
+    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    let (start, end) = (5.0, 12.0);
+    for (sample, name) in samples {
+        let original = dir.path().join(name);
+        fs::write(&original, sample.bytes()).unwrap();
+        let clip_path = mount.path(&format!("{name}?start={start}&end={end}"));
+        let clip = fs::read(&clip_path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            fs::metadata(&clip_path).unwrap().len(),
+            clip.len() as u64,
+            "{name}: stat size"
+        );
+        let check = flvmeta_check(&clip_path);
+        assert!(
+            check.ok,
+            "{}:\n{}{}",
+            check.command, check.stdout, check.stderr
+        );
+        let key = key_frame_at_or_before(text(&original), start);
+        let frames: Vec<String> = video_frames(&clip_path).into_iter().map(|f| f.1).collect();
+        let all: Vec<String> = video_frames(&original).into_iter().map(|f| f.1).collect();
+        let at = assert_one_frame_run(&frames, &all);
+        assert_eq!(
+            at,
+            (key * 25.0).round() as usize,
+            "{name}: the clip starts at the key frame at or before {start} s"
+        );
+        assert_eq!(
+            frames.len(),
+            ((end - key) * 25.0).round() as usize,
+            "{name}: frames up to {end} s"
+        );
+        let d = duration(text(&clip_path));
+        assert!(
+            (d - (end - key)).abs() <= 0.1,
+            "{name}: lasts {d} s, want {}",
+            end - key
+        );
+        assert!(
+            decodes_from(text(&clip_path), "1").ok,
+            "{name}: ffmpeg plays the clip"
+        );
+        assert_file_matches(&mount.path(name), sample.bytes(), 64 * KIB as usize);
+    }
+    for name in [
+        "indexed.flv?start=100",
+        "plain.flv?start=30",
+        "plain.flv?end=abc",
+        "text.flv?start=1",
+    ] {
+        let got = fs::metadata(mount.path(name));
+        assert_eq!(errno(&got), Some(libc::ENOENT), "{name}: {got:?}");
+    }
+    let log = mount.unmount();
+    let said = |path: &str, why: &str| log.lines().any(|l| l.contains(path) && l.contains(why));
+    assert!(said("/text.flv", "not an FLV"), "the log says why:\n{log}");
+    assert!(
+        said("/indexed.flv", "past the end"),
         "the log says why:\n{log}"
     );
 }

@@ -139,7 +139,12 @@ impl Media {
             Ok(start) => start,
             Err(e) => return Ok(Err(e)),
         };
-        let mut walker = match Walker::new(stream, start, frames.end - frames.start) {
+        // The seek table only approximates the start's index: a clip to the end walks there.
+        let wanted = match frames.end >= total {
+            true => mp3::MAX_WALKED_FRAMES,
+            false => frames.end - frames.start,
+        };
+        let mut walker = match Walker::new(stream, start, wanted) {
             Ok(walker) => walker,
             Err(e) => return Ok(Err(e)),
         };
