@@ -177,3 +177,18 @@ pub fn assert_one_frame_run(clip: &[String], original: &[String]) -> usize {
             )
         })
 }
+
+/// The container's timestamps of the first video stream's packets, in file order (decode
+/// order, which is display order without B-frames).
+pub fn video_packet_times(input: &str) -> Vec<f64> {
+    let args = [
+        "-v",
+        "error",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "packet=pts_time",
+    ];
+    let out = tool_ok("ffprobe", &[&args[..], &["-of", "csv=p=0", input]].concat());
+    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
