@@ -412,11 +412,11 @@ fn mp3_frames(file: &[u8]) -> Vec<(usize, FrameHeader)> {
     let mut at = id3v2_len(file).unwrap_or(0) as usize;
     let mut frames = Vec::new();
     while let Some(header) = file.get(at..).and_then(FrameHeader::parse) {
-        if at + header.len() > file.len() {
+        if at + header.frame_len() > file.len() {
             break;
         }
         frames.push((at, header));
-        at += header.len();
+        at += header.frame_len();
     }
     frames
 }
@@ -773,16 +773,67 @@ fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
 // Apache, listings
 // ===========================================================================
 
-/// Apache with mod_rewrite: a player's `NAME.mp4?start=S&end=E` URL is served from the
-/// clip file of that name (the last `?` of the rewrite ends the file name).
+/// Apache with mod_rewrite, the README's rules: a player's `NAME.EXT?start=S&end=E` URL is
+/// served from the clip file of that name for every media extension (the last `?` of the
+/// rewrite ends the file name); a bound the mount refuses, or one with characters a file name
+/// should not get, is a 404.
 fn rewrite_config(docroot: &Path) -> String {
     let root = docroot.display();
     format!(
         "LoadModule rewrite_module /usr/lib/apache2/modules/mod_rewrite.so\n\
          RewriteEngine On\n\
-         RewriteCond %{{QUERY_STRING}} ^((start|end)=[0-9.]+(&(start|end)=[0-9.]+)?)$\n\
-         RewriteRule ^/(.+\\.mp4)$ {root}/$1?%1? [QSL,L]\n"
+         RewriteCond %{{QUERY_STRING}} (^|&)(start|end)=\n\
+         RewriteCond %{{QUERY_STRING}} ^([A-Za-z0-9_.=&-]+)$\n\
+         RewriteRule ^/(.+\\.(mp4|m4v|m4a|mov|mp3|flv))$ {root}/$1?%1? [NC,QSL,L]\n\
+         RewriteCond %{{QUERY_STRING}} (^|&)(start|end)=\n\
+         RewriteRule \\.(mp4|m4v|m4a|mov|mp3|flv)$ - [NC,R=404,L]\n"
     )
+}
+
+#[test]
+fn apache_serves_clips_of_every_media_extension_and_404s_bad_bounds() {
+    let root = open_tempdir();
+    let files = [
+        ("audio.mp3", ClipSample::Mp3Cbr.bytes()),
+        ("video.flv", ClipSample::FlvIndexed.bytes()),
+        ("audio.m4a", Sample::Audio.bytes()),
+        ("vod.mp4", Sample::Plain.bytes()),
+    ];
+    for (name, bytes) in files {
+        fs::write(root.path().join(name), bytes).unwrap();
+        fs::set_permissions(root.path().join(name), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let nginx = Nginx::start(root.path(), Autoindex::Html);
+    let mount = Mount::builder(nginx.url())
+        .opt("allow_other,block_size=64K")
+        .mount();
+    fs::set_permissions(mount.tmp_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut apache = Apache::start_with(mount.mountpoint(), &rewrite_config(mount.mountpoint()));
+    for (name, bytes) in files {
+        let clip = fs::read(mount.path(&format!("{name}?start=2&end=5"))).unwrap();
+        assert!(clip.len() < bytes.len(), "{name}: the clip is shorter");
+        let url = apache.url(&format!("/{name}?start=2&end=5"));
+        let got = curl(&url, &[]);
+        assert_eq!(got.code, 200, "GET {url}\n{}", apache.logs());
+        assert_bytes_eq(&got.body, &clip, &url);
+        let url = apache.url(&format!("/{name}?v=3"));
+        let got = curl(&url, &[]);
+        assert_eq!(got.code, 200, "GET {url}\n{}", apache.logs());
+        let whole = fs::read(mount.path(name)).unwrap();
+        assert_bytes_eq(&got.body, &whole, "another query gets the whole file");
+        for query in [
+            "start=abc",
+            "start=5&end=2",
+            "start=100",
+            "start=%2F1",
+            "end=1/2",
+        ] {
+            let url = apache.url(&format!("/{name}?{query}"));
+            assert_eq!(curl(&url, &[]).code, 404, "GET {url}\n{}", apache.logs());
+        }
+    }
+    assert!(apache.stop().is_some(), "apache2 did not stop");
+    mount.unmount();
 }
 
 #[test]

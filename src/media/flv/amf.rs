@@ -263,8 +263,7 @@ mod tests {
     fn lying_counts_and_deep_nesting_are_refused() {
         let huge = [10, 0xFF, 0xFF, 0xFF, 0xFF, 0];
         assert!(AmfReader::new(&huge).value(0).is_err());
-        let deep: Vec<u8> = std::iter::repeat([10u8, 0, 0, 0, 1])
-            .take(64)
+        let deep: Vec<u8> = std::iter::repeat_n([10u8, 0, 0, 0, 1], 64)
             .flatten()
             .collect();
         assert!(AmfReader::new(&deep).value(0).is_err());

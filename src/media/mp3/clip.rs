@@ -124,7 +124,7 @@ impl Walker {
             }
             let end = FrameHeader::parse(&bytes[here..])
                 .filter(|header| header.same_stream(&self.header))
-                .map(|header| self.next + header.len() as u64)
+                .map(|header| self.next + header.frame_len() as u64)
                 .filter(|&end| end <= self.audio_end);
             // A header that is not the stream's ends the clip at the last whole frame.
             let Some(end) = end else {

@@ -74,7 +74,7 @@ impl FrameHeader {
     }
 
     /// The whole frame's length in bytes, header included.
-    pub fn len(&self) -> usize {
+    pub fn frame_len(&self) -> usize {
         let bytes_per_frame = self.samples() / 8 * self.bitrate_kbps * 1000 / self.sample_rate;
         bytes_per_frame as usize + usize::from(self.padding)
     }
@@ -114,7 +114,7 @@ pub fn chains(bytes: &[u8], mut at: usize, stream: &FrameHeader, at_end: bool) -
         if !header.same_stream(stream) {
             return false;
         }
-        at += header.len();
+        at += header.frame_len();
     }
     true
 }
@@ -131,22 +131,22 @@ mod tests {
             (h.version, h.bitrate_kbps, h.sample_rate),
             (Version::Mpeg1, 128, 44100)
         );
-        assert_eq!(h.len(), 417);
+        assert_eq!(h.frame_len(), 417);
         assert_eq!(h.side_info_end(), 36);
         let padded = FrameHeader::parse(&[0xFF, 0xFB, 0x92, 0x64]).unwrap();
-        assert_eq!(padded.len(), 418);
+        assert_eq!(padded.frame_len(), 418);
         // MPEG-2 Layer III, 64 kb/s, 22.05 kHz, mono.
         let h = FrameHeader::parse(&[0xFF, 0xF3, 0x80, 0xC4]).unwrap();
         assert_eq!(
             (h.version, h.sample_rate, h.samples()),
             (Version::Mpeg2, 22050, 576)
         );
-        assert_eq!(h.len(), 208);
+        assert_eq!(h.frame_len(), 208);
         assert_eq!(h.side_info_end(), 13);
         // MPEG-2.5 at 8 kHz, 8 kb/s.
         let h = FrameHeader::parse(&[0xFF, 0xE3, 0x18, 0xC4]).unwrap();
         assert_eq!(
-            (h.version, h.sample_rate, h.len()),
+            (h.version, h.sample_rate, h.frame_len()),
             (Version::Mpeg25, 8000, 72)
         );
     }

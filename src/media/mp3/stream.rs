@@ -32,11 +32,11 @@ impl Stream {
                 chains(window, i, &header, near_end).then_some((i, header))
             })
             .ok_or_else(|| ClipError::malformed("MP3: no run of Layer III frames at its start"))?;
-        let frame = window.get(offset..offset + header.len());
+        let frame = window.get(offset..offset + header.frame_len());
         let tag = frame.and_then(|frame| XingTag::parse(frame, &header));
         let first_frame = at + offset as u64;
         let data_start = match tag {
-            Some(_) => first_frame + header.len() as u64,
+            Some(_) => first_frame + header.frame_len() as u64,
             None => first_frame,
         };
         if data_start >= audio_end {
