@@ -769,6 +769,83 @@ fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
 }
 
+/// A hostile copy of an MP3 or FLV: a few bytes set to 0, 0xFF or noise, mostly in the first
+/// 4 KiB where the tags, headers, metadata and seek tables are; sometimes cut short.
+fn mutate_front(rng: &mut Rng, original: &[u8]) -> Vec<u8> {
+    let mut file = original.to_vec();
+    for _ in 0..1 + rng.below(8) {
+        let span = if rng.below(2) == 0 {
+            4096
+        } else {
+            file.len() as u64
+        };
+        let at = rng.below(span.min(file.len() as u64)) as usize;
+        file[at] = match rng.below(3) {
+            0 => 0,
+            1 => 0xFF,
+            _ => rng.below(256) as u8,
+        };
+    }
+    if rng.below(10) == 0 {
+        file.truncate(rng.below(file.len() as u64) as usize);
+    }
+    file
+}
+
+#[test]
+fn mutated_mp3_and_flv_files_never_crash_hang_or_bloat_the_daemon() {
+    const MUTANTS: usize = 24;
+    let mut rng = Rng::new(0x0a11_ce5e);
+    let origin = Origin::start();
+    let mut names = Vec::new();
+    for sample in [
+        ClipSample::Mp3Vbr,
+        ClipSample::Mp3Cbr,
+        ClipSample::FlvIndexed,
+        ClipSample::FlvPlain,
+    ] {
+        for i in 0..MUTANTS {
+            let name = format!("fuzz/{i}-{sample:?}.{}", sample.extension());
+            origin.put(&format!("/{name}"), mutate_front(&mut rng, sample.bytes()));
+            names.push(name);
+        }
+    }
+    let mut mount = Mount::builder(origin.url()).opt("block_size=16K").mount();
+    let pid = mount.pid().expect("daemon pid");
+    let mut clips = 0;
+    for name in &names {
+        for query in ["start=5&end=12", "start=0.5", "end=3"] {
+            let path = mount.path(&format!("{name}?{query}"));
+            let what = format!("a clip of {name}?{query}");
+            let got = bounded(&what, CALL_BOUND, move || {
+                let size = fs::metadata(&path)?.len();
+                fs::read(&path).map(|bytes| (size, bytes))
+            });
+            match got {
+                Ok((size, bytes)) => {
+                    assert_eq!(
+                        size,
+                        bytes.len() as u64,
+                        "{what}: stat gives the exact size"
+                    );
+                    clips += 1;
+                }
+                Err(e) => assert!(
+                    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EIO)),
+                    "{what}: {e}"
+                ),
+            }
+        }
+    }
+    eprintln!("{} mutants: {clips} clips made", names.len());
+    assert!(clips > 0, "some mutants still have clips");
+    assert!(mount.is_running(), "the daemon died:\n{}", mount.log());
+    let peak = peak_rss_kib(pid);
+    assert!(peak < 256 * 1024, "the daemon's peak RSS is {peak} KiB");
+    let log = mount.unmount();
+    assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+}
+
 // ===========================================================================
 // Apache, listings
 // ===========================================================================
