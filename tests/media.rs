@@ -466,6 +466,18 @@ fn check_mp3_clip(mount: &Mount, sample: ClipSample, name: &str, original: &Path
         (f64::from(audio_frames) - want).abs() <= 2.0,
         "{name}: {audio_frames} frames, want {want}"
     );
+    // The same as of the original (a file without a Xing frame has its duration estimated).
+    let complaints = |input: &str| -> Vec<String> {
+        let said = ffprobe_complaints(input);
+        said.lines()
+            .map(|l| l.split_once("] ").map_or(l, |(_, what)| what).to_string())
+            .collect()
+    };
+    assert_eq!(
+        complaints(text(&clip_path)),
+        complaints(text(original)),
+        "ffprobe of {name}'s clip"
+    );
     let d = duration(text(&clip_path));
     assert!(
         (d - (end - start)).abs() <= 2.0 * frame_seconds,
@@ -558,6 +570,11 @@ fn flv_clips_start_on_a_key_frame_pass_flvmeta_and_play_one_run_of_the_original(
             fs::metadata(&clip_path).unwrap().len(),
             clip.len() as u64,
             "{name}: stat size"
+        );
+        assert_eq!(
+            ffprobe_complaints(text(&clip_path)),
+            "",
+            "ffprobe of {name}'s clip"
         );
         let check = flvmeta_check(&clip_path);
         assert!(
