@@ -11,6 +11,8 @@ mod clip_support;
 mod common;
 #[path = "media/support.rs"]
 mod media_support;
+#[path = "media/servers.rs"]
+mod servers;
 #[path = "service/support.rs"]
 mod support;
 
@@ -33,6 +35,7 @@ use media_support::{
     framemd5, key_frame_at_or_before, start_time, top_level_boxes, video_frames, Sample,
     GOP_SECONDS,
 };
+use servers::StreamingNginx;
 use ston_fs::media::mp3::{id3v2_len, FrameHeader, XingTag};
 use support::{curl, Apache};
 
@@ -861,6 +864,104 @@ fn mutated_mp3_and_flv_files_never_crash_hang_or_bloat_the_daemon() {
     assert!(peak < 256 * 1024, "the daemon's peak RSS is {peak} KiB");
     let log = mount.unmount();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
+}
+
+// ===========================================================================
+// Streaming servers on the mount
+// ===========================================================================
+
+/// The codecs ffprobe finds in an input, in stream order.
+fn codecs(input: &str) -> String {
+    let args = [
+        "-v",
+        "error",
+        "-show_entries",
+        "stream=codec_name",
+        "-of",
+        "csv=p=0",
+        input,
+    ];
+    let run = media_support::tool("ffprobe", &args);
+    assert!(run.ok, "{} failed:\n{}", run.command, run.stderr);
+    run.stdout.split_whitespace().collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn nginx_rtmp_plays_a_moov_at_end_mp4_and_an_flv_from_the_mount() {
+    let origin = Origin::start();
+    origin.put("/movie.mp4", Sample::Plain.bytes().to_vec());
+    origin.put("/video.flv", ClipSample::FlvIndexed.bytes().to_vec());
+    let mount = Mount::builder(origin.url())
+        .opt("allow_other,block_size=64K")
+        .mount();
+    assert!(
+        layout_is_moov_at_end(Sample::Plain.bytes()),
+        "the origin's MP4 has its moov at the end"
+    );
+    let nginx = StreamingNginx::start(mount.mountpoint());
+    for name in ["movie.mp4", "video.flv"] {
+        let url = nginx.rtmp_url(name);
+        let found = codecs(&url);
+        assert!(
+            found.contains("h264") && found.contains("aac"),
+            "{url}: streams {found}\n{}",
+            nginx.errors()
+        );
+        let played = media_support::tool(
+            "ffmpeg",
+            &[
+                "-v", "error", "-xerror", "-i", &url, "-t", "3", "-f", "null", "-",
+            ],
+        );
+        assert!(
+            played.ok,
+            "ffmpeg plays {url}:\n{}\n{}",
+            played.stderr,
+            nginx.errors()
+        );
+    }
+    drop(nginx);
+    mount.unmount();
+}
+
+/// Whether the MP4's top-level boxes put `moov` after `mdat`.
+fn layout_is_moov_at_end(file: &[u8]) -> bool {
+    let boxes = top_level_boxes(file);
+    let at = |kind: &str| boxes.iter().position(|b| b == kind);
+    matches!((at("mdat"), at("moov")), (Some(mdat), Some(moov)) if mdat < moov)
+}
+
+#[test]
+fn nginx_mp4_pseudo_streaming_serves_clips_from_the_mount() {
+    let origin = Origin::start();
+    origin.put("/movie.mp4", Sample::Plain.bytes().to_vec());
+    let mount = Mount::builder(origin.url())
+        .opt("allow_other,block_size=64K")
+        .mount();
+    let nginx = StreamingNginx::start(mount.mountpoint());
+    let whole = curl(&nginx.http_url("movie.mp4"), &[]);
+    assert_eq!(whole.code, 200, "{}", nginx.errors());
+    assert_bytes_eq(
+        &whole.body,
+        &fs::read(mount.path("movie.mp4")).unwrap(),
+        "the whole file",
+    );
+    assert_moov_first(&whole.body, "nginx's copy of the mount's file");
+    let url = nginx.http_url("movie.mp4?start=2&end=5");
+    let clip = curl(&url, &[]);
+    assert_eq!(clip.code, 200, "{url}\n{}", nginx.errors());
+    assert!(
+        clip.body.len() < whole.body.len() / 2,
+        "{url}: {} bytes",
+        clip.body.len()
+    );
+    assert_moov_first(&clip.body, "nginx's clip");
+    assert_eq!(ffprobe_complaints(&url), "", "ffprobe of {url}");
+    let d = duration(&url);
+    assert!((d - 3.0).abs() <= GOP_SECONDS, "{url}: duration {d} s");
+    assert!(decodes_from(&url, "1").ok, "ffmpeg plays {url}");
+    drop(nginx);
+    mount.unmount();
 }
 
 // ===========================================================================
