@@ -8,6 +8,9 @@ mod head;
 mod tag;
 mod walk;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use amf::{Amf, AmfReader};
 pub use clip::{assemble, indexed_start};
 pub use head::{parse_head, Head, HeadStep};

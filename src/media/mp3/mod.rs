@@ -7,6 +7,9 @@ mod stream;
 mod tags;
 mod xing;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use clip::{
     assemble, frame_span, sync_in, sync_window, ClipFrames, Walker, MAX_WALKED_FRAMES, SYNC_WINDOW,
 };
