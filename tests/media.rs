@@ -1,8 +1,9 @@
-//! MP4 files through real mounts: moov-at-end files presented with their header first (and
-//! played by ffmpeg exactly like the originals), files served unchanged, clips by name
-//! (`NAME.mp4?start=S&end=E`) checked frame by frame against the original, what they cost
-//! at the origin, restarts and new versions, mutated files that must never crash, hang or
-//! bloat the daemon, and Apache serving a clip from the mount. Test media are made with
+//! MP4, MP3 and FLV files through real mounts: moov-at-end files presented with their header
+//! first (and played by ffmpeg exactly like the originals), files served unchanged, clips by
+//! name (`NAME.mp4?start=S&end=E`, `.mp3`, `.flv`) checked frame by frame or sample by sample
+//! against the original, what they cost at the origin, restarts and new versions, mutated
+//! files that must never crash, hang or bloat the daemon, Apache serving clips from the mount,
+//! and nginx-rtmp and nginx's mp4 module streaming from it. Test media are made with
 //! ffmpeg at test time; what each presented file must be is computed from the original's
 //! bytes with the crate's MP4 library.
 
@@ -424,6 +425,41 @@ fn mp3_frames(file: &[u8]) -> Vec<(usize, FrameHeader)> {
     frames
 }
 
+/// That the clip has a Xing frame where the original has one, counting the clip's frames
+/// and bytes; returns the clip's audio frames.
+fn check_xing(clip: &[u8], bytes: &[u8], frames: &[(usize, FrameHeader)], name: &str) -> u32 {
+    let (first_at, first) = frames[0];
+    let original_first = mp3_frames(bytes)[0];
+    let original_tag = XingTag::parse(&bytes[original_first.0..], &original_first.1);
+    let clip_tag = XingTag::parse(&clip[first_at..], &first);
+    assert_eq!(
+        original_tag.is_some(),
+        clip_tag.is_some(),
+        "{name}: a Xing frame only if the original has one"
+    );
+    match &clip_tag {
+        Some(tag) => {
+            let audio = (frames.len() - 1) as u32;
+            assert_eq!(tag.frames, Some(audio), "{name}: Xing frame count");
+            assert_eq!(
+                tag.bytes,
+                Some((clip.len() - first_at) as u32),
+                "{name}: Xing bytes"
+            );
+            audio
+        }
+        None => frames.len() as u32,
+    }
+}
+
+/// What ffprobe says of an input, without the addresses it prints.
+fn complaints(input: &str) -> Vec<String> {
+    let said = ffprobe_complaints(input);
+    said.lines()
+        .map(|l| l.split_once("] ").map_or(l, |(_, what)| what).to_string())
+        .collect()
+}
+
 /// Checks one MP3 clip of `[start, end)` seconds against its original, written at `original`.
 fn check_mp3_clip(mount: &Mount, sample: ClipSample, name: &str, original: &Path) {
     let (start, end) = (5.0, 12.0);
@@ -442,40 +478,15 @@ fn check_mp3_clip(mount: &Mount, sample: ClipSample, name: &str, original: &Path
         "{name}: the ID3v2 tag stays in front"
     );
     let frames = mp3_frames(&clip);
-    let (first_at, first) = frames[0];
+    let first = frames[0].1;
     let frame_seconds = f64::from(first.samples()) / f64::from(first.sample_rate);
-    let original_tag = XingTag::parse(&bytes[mp3_frames(bytes)[0].0..], &mp3_frames(bytes)[0].1);
-    let clip_tag = XingTag::parse(&clip[first_at..], &first);
-    assert_eq!(
-        original_tag.is_some(),
-        clip_tag.is_some(),
-        "{name}: a Xing frame only if the original has one"
-    );
-    let audio_frames = match &clip_tag {
-        Some(tag) => {
-            let audio = (frames.len() - 1) as u32;
-            assert_eq!(tag.frames, Some(audio), "{name}: Xing frame count");
-            assert_eq!(
-                tag.bytes,
-                Some((clip.len() - first_at) as u32),
-                "{name}: Xing bytes"
-            );
-            audio
-        }
-        None => frames.len() as u32,
-    };
+    let audio_frames = check_xing(&clip, bytes, &frames, name);
     let want = ((end - start) / frame_seconds).round();
     assert!(
         (f64::from(audio_frames) - want).abs() <= 2.0,
         "{name}: {audio_frames} frames, want {want}"
     );
     // The same as of the original (a file without a Xing frame has its duration estimated).
-    let complaints = |input: &str| -> Vec<String> {
-        let said = ffprobe_complaints(input);
-        said.lines()
-            .map(|l| l.split_once("] ").map_or(l, |(_, what)| what).to_string())
-            .collect()
-    };
     assert_eq!(
         complaints(text(&clip_path)),
         complaints(text(original)),
@@ -550,6 +561,56 @@ fn flvmeta_check(path: &Path) -> media_support::ToolRun {
     media_support::tool("flvmeta", &["--check", "--level=error", text(path)])
 }
 
+/// Checks one FLV clip of 5 to 12 s against its original, written at `original`.
+fn check_flv_clip(mount: &Mount, name: &str, original: &Path) {
+    let (start, end) = (5.0, 12.0);
+    let clip_path = mount.path(&format!("{name}?start={start}&end={end}"));
+    let clip = fs::read(&clip_path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        fs::metadata(&clip_path).unwrap().len(),
+        clip.len() as u64,
+        "{name}: stat size"
+    );
+    assert_eq!(
+        ffprobe_complaints(text(&clip_path)),
+        "",
+        "ffprobe of {name}'s clip"
+    );
+    let check = flvmeta_check(&clip_path);
+    assert!(
+        check.ok,
+        "{}:\n{}{}",
+        check.command, check.stdout, check.stderr
+    );
+    let key = key_frame_at_or_before(text(original), start);
+    let frames: Vec<String> = video_frames(&clip_path).into_iter().map(|f| f.1).collect();
+    let hashes: Vec<String> = video_frames(original).into_iter().map(|f| f.1).collect();
+    let at = assert_one_frame_run(&frames, &hashes);
+    // The FLV's own millisecond timestamps: decoded frames are on a 1/25 s grid.
+    let times = video_packet_times(text(original));
+    let in_clip = |t: &f64| *t >= key - 1e-6 && *t < end;
+    let first = times
+        .iter()
+        .position(in_clip)
+        .expect("a frame at the key frame");
+    assert_eq!(
+        at, first,
+        "{name}: the clip starts at the key frame at or before {start} s"
+    );
+    let want = times.iter().filter(|t| in_clip(t)).count();
+    assert_eq!(frames.len(), want, "{name}: every frame up to {end} s");
+    let d = duration(text(&clip_path));
+    assert!(
+        (d - (end - key)).abs() <= 0.1,
+        "{name}: lasts {d} s, want {}",
+        end - key
+    );
+    assert!(
+        decodes_from(text(&clip_path), "1").ok,
+        "{name}: ffmpeg plays the clip"
+    );
+}
+
 #[test]
 fn flv_clips_start_on_a_key_frame_pass_flvmeta_and_play_one_run_of_the_original() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -563,55 +624,10 @@ fn flv_clips_start_on_a_key_frame_pass_flvmeta_and_play_one_run_of_the_original(
     }
     origin.put("/text.flv", b"plain text\n".repeat(300));
     let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
-    let (start, end) = (5.0, 12.0);
     for (sample, name) in samples {
         let original = dir.path().join(name);
         fs::write(&original, sample.bytes()).unwrap();
-        let clip_path = mount.path(&format!("{name}?start={start}&end={end}"));
-        let clip = fs::read(&clip_path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            fs::metadata(&clip_path).unwrap().len(),
-            clip.len() as u64,
-            "{name}: stat size"
-        );
-        assert_eq!(
-            ffprobe_complaints(text(&clip_path)),
-            "",
-            "ffprobe of {name}'s clip"
-        );
-        let check = flvmeta_check(&clip_path);
-        assert!(
-            check.ok,
-            "{}:\n{}{}",
-            check.command, check.stdout, check.stderr
-        );
-        let key = key_frame_at_or_before(text(&original), start);
-        let frames: Vec<String> = video_frames(&clip_path).into_iter().map(|f| f.1).collect();
-        let hashes: Vec<String> = video_frames(&original).into_iter().map(|f| f.1).collect();
-        let at = assert_one_frame_run(&frames, &hashes);
-        // The FLV's own millisecond timestamps: decoded frames are on a 1/25 s grid.
-        let times = video_packet_times(text(&original));
-        let in_clip = |t: &f64| *t >= key - 1e-6 && *t < end;
-        let first = times
-            .iter()
-            .position(in_clip)
-            .expect("a frame at the key frame");
-        assert_eq!(
-            at, first,
-            "{name}: the clip starts at the key frame at or before {start} s"
-        );
-        let want = times.iter().filter(|t| in_clip(t)).count();
-        assert_eq!(frames.len(), want, "{name}: every frame up to {end} s");
-        let d = duration(text(&clip_path));
-        assert!(
-            (d - (end - key)).abs() <= 0.1,
-            "{name}: lasts {d} s, want {}",
-            end - key
-        );
-        assert!(
-            decodes_from(text(&clip_path), "1").ok,
-            "{name}: ffmpeg plays the clip"
-        );
+        check_flv_clip(&mount, name, &original);
         assert_file_matches(&mount.path(name), sample.bytes(), 64 * KIB as usize);
     }
     for name in [
@@ -1104,6 +1120,8 @@ fn help_lists_the_media_keys() {
         "mp4_max_moov",
         "mp4_start_param",
         "mp4_extensions",
+        "mp3_extensions",
+        "flv_extensions",
     ] {
         assert!(
             out.stdout.contains(key),

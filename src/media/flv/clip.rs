@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::amf::{self, Amf};
 use super::head::{Head, FILE_HEADER_LEN};
-use super::tag::{Tag, BACK_POINTER_LEN, TAG_HEADER_LEN};
+use super::tag::{Tag, BACK_POINTER_LEN, SCRIPT, TAG_HEADER_LEN};
 use crate::media::clip_error::ClipError;
 use crate::media::mp4::{Presented, Segment};
 
@@ -39,7 +39,6 @@ pub fn assemble(head: &Head, tags: &[Tag]) -> Result<Presented, ClipError> {
     let first = tags.first().ok_or(ClipError::Empty)?;
     let base = first.timestamp;
     let rebased = |tag: &Tag| tag.timestamp.saturating_sub(base);
-    let setup_len: u64 = head.setup.iter().map(tag_len).sum();
     let mut keys = Vec::new();
     let mut media_len = 0u64;
     for tag in tags {
@@ -49,20 +48,6 @@ pub fn assemble(head: &Head, tags: &[Tag]) -> Result<Presented, ClipError> {
         media_len += tag_len(tag);
     }
     let last_ms = tags.iter().map(rebased).max().unwrap_or(0);
-    let meta = head.meta.as_ref().map(|meta| {
-        // Numbers have one length whatever their value: measure, then place.
-        let measured = meta_body(meta, &Edits::measuring(&keys, last_ms));
-        let prefix = FILE_HEADER_LEN
-            + BACK_POINTER_LEN
-            + measured.len() as u64
-            + TAG_HEADER_LEN
-            + BACK_POINTER_LEN
-            + setup_len;
-        meta_body(
-            meta,
-            &Edits::placed(&keys, last_ms, prefix, prefix + media_len),
-        )
-    });
     let mut out = Assembly::default();
     out.synthetic(&[
         b'F',
@@ -76,22 +61,18 @@ pub fn assemble(head: &Head, tags: &[Tag]) -> Result<Presented, ClipError> {
         FILE_HEADER_LEN as u8,
     ]);
     out.synthetic(&[0; BACK_POINTER_LEN as usize]);
-    if let Some(body) = meta {
-        let len = u32::try_from(body.len())
-            .ok()
-            .filter(|&len| len < 1 << 24)
-            .ok_or_else(|| ClipError::malformed("FLV: rewritten metadata too long"))?;
-        let script = Tag {
-            offset: 0,
-            kind: super::tag::SCRIPT,
-            body_len: len,
-            timestamp: 0,
-            video_key: false,
-            sequence_header: false,
-        };
-        out.synthetic(&script.header_at(0));
-        out.synthetic(&body);
-        out.synthetic(&(TAG_HEADER_LEN as u32 + len).to_be_bytes());
+    if let Some(meta) = &head.meta {
+        let setup_len: u64 = head.setup.iter().map(tag_len).sum();
+        // Numbers have one length whatever their value: measure, then place.
+        let measured = meta_body(meta, &Edits::measuring(&keys, last_ms));
+        let prefix = FILE_HEADER_LEN
+            + BACK_POINTER_LEN
+            + TAG_HEADER_LEN
+            + measured.len() as u64
+            + BACK_POINTER_LEN
+            + setup_len;
+        let edits = Edits::placed(&keys, last_ms, prefix, prefix + media_len);
+        out.script(&meta_body(meta, &edits))?;
     }
     for tag in &head.setup {
         out.tag(tag, 0);
@@ -179,6 +160,26 @@ impl Assembly {
             self.parts.push(Part::Synthetic(self.run_start..end));
         }
         self.run_start = end;
+    }
+
+    /// A script tag of `body`, at time 0, all of it synthetic.
+    fn script(&mut self, body: &[u8]) -> Result<(), ClipError> {
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|&len| len < 1 << 24)
+            .ok_or_else(|| ClipError::malformed("FLV: rewritten metadata too long"))?;
+        let script = Tag {
+            offset: 0,
+            kind: SCRIPT,
+            body_len: len,
+            timestamp: 0,
+            video_key: false,
+            sequence_header: false,
+        };
+        self.synthetic(&script.header_at(0));
+        self.synthetic(body);
+        self.synthetic(&(TAG_HEADER_LEN as u32 + len).to_be_bytes());
+        Ok(())
     }
 
     /// A tag: its header at `timestamp`, its body from the original, its back pointer.
