@@ -169,7 +169,9 @@ impl<'a> AmfReader<'a> {
         if count > self.data.len() - self.pos {
             return Err(truncated());
         }
-        let mut values = Vec::with_capacity(count.min(MAX_VALUES));
+        // Grown as values are read, never sized by the count: nested arrays that each claim
+        // the bytes left would otherwise reserve them all at once.
+        let mut values = Vec::new();
         for _ in 0..count {
             values.push(self.value(depth + 1)?);
         }
