@@ -556,6 +556,62 @@ fn mp3_clips_cut_on_frames_keep_their_tags_and_decode_to_one_run_of_the_original
     assert!(said("/cbr.mp3", "past the end"), "the log says why:\n{log}");
 }
 
+#[test]
+fn mp3_and_flv_clips_cost_only_their_share_of_the_file() {
+    let origin = Origin::start();
+    let samples = [
+        (ClipSample::Mp3Cbr, "cbr.mp3"),
+        (ClipSample::Mp3Vbr, "vbr.mp3"),
+        (ClipSample::FlvIndexed, "indexed.flv"),
+    ];
+    for (sample, name) in samples {
+        origin.put(&format!("/{name}"), sample.bytes().to_vec());
+    }
+    let block = 16 * KIB;
+    let mount = Mount::builder(origin.url())
+        .opt("block_size=16K,readahead_max=0")
+        .mount();
+    for (sample, name) in samples {
+        let whole = sample.bytes().len() as u64;
+        // Cold: the clip is the first thing read of this file.
+        let clip = mount.path(&format!("{name}?start=8&end=11"));
+        let size = fs::metadata(&clip).unwrap().len();
+        let at_stat = origin.bytes_sent_for(&format!("/{name}"));
+        let bytes = fs::read(&clip).unwrap();
+        assert_eq!(bytes.len() as u64, size, "{name}");
+        let fetched = origin.bytes_sent_for(&format!("/{name}"));
+        // The front (64 KiB), the last block (an ID3v1 tag), a block or two at each end of
+        // the clip, and the clip itself.
+        let budget = 64 * KIB + block + 4 * block + size;
+        assert!(
+            fetched <= budget && fetched < whole / 2,
+            "{name}: the origin sent {fetched} bytes ({at_stat} at stat) for a {size}-byte \
+             clip of a {whole}-byte file (budget {budget})\n{}",
+            origin.describe_requests()
+        );
+        eprintln!("{name}: a {size}-byte clip cost {at_stat} origin bytes at stat, {fetched} read");
+    }
+    let cbr_at_stat = {
+        let name = "cbr.mp3?start=15&end=16";
+        let before = origin.bytes_sent_for("/cbr.mp3");
+        fs::metadata(mount.path(name)).unwrap();
+        origin.bytes_sent_for("/cbr.mp3") - before
+    };
+    // Two 8 KiB windows, each within one or two blocks.
+    assert!(
+        cbr_at_stat <= 4 * block,
+        "a warm CBR clip's stat reads two windows: {cbr_at_stat}"
+    );
+    for request in origin.requests() {
+        assert!(
+            request.query.is_none() && !request.path.contains('?'),
+            "a clip name reached the origin: {}",
+            request.target
+        );
+    }
+    mount.unmount();
+}
+
 /// Runs `flvmeta --check` on a file; its report when it finds an error.
 fn flvmeta_check(path: &Path) -> media_support::ToolRun {
     media_support::tool("flvmeta", &["--check", "--level=error", text(path)])

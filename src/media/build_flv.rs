@@ -57,10 +57,11 @@ impl Media {
             end_ms: span.end.map(|end| (end * 1000.0).ceil() as u64),
             from_key: from != head.media_start,
         };
-        let tags = match self
-            .walk_flv(object, &head, purpose, from, deadline)
-            .await?
-        {
+        let horizon = span
+            .end
+            .and_then(|end| flv::indexed_end(&head, end, object.size()));
+        let walk = TagWalk::new(purpose, head.has_video(), from, object.size()).ending_by(horizon);
+        let tags = match self.walk_flv(object, walk, deadline).await? {
             Ok(tags) => tags,
             Err(e) => return Ok(Err(e)),
         };
@@ -98,21 +99,17 @@ impl Media {
         let purpose = Purpose::FindStart {
             at_ms: (start * 1000.0) as u64,
         };
-        let found = self
-            .walk_flv(object, head, purpose, head.media_start, deadline)
-            .await?;
+        let walk = TagWalk::new(purpose, head.has_video(), head.media_start, object.size());
+        let found = self.walk_flv(object, walk, deadline).await?;
         Ok(found.ok().and_then(|tags| tags.first().copied()))
     }
 
     async fn walk_flv(
         self: &Arc<Self>,
         object: &Arc<Object>,
-        head: &Head,
-        purpose: Purpose,
-        from: u64,
+        mut walk: TagWalk,
         deadline: Instant,
     ) -> Cut<Vec<Tag>> {
-        let mut walk = TagWalk::new(purpose, head.has_video(), from, object.size());
         // Each read walks at least one tag or ends the walk.
         while let Some(range) = walk.need() {
             let bytes = self.read_exactly(object, range.clone(), deadline).await?;

@@ -73,9 +73,16 @@ impl Media {
                 audio_end = tail.start;
             }
         }
-        let window = audio_start..audio_end.min(audio_start + mp3::FIRST_FRAME_WINDOW);
-        let bytes = self.read_exactly(object, window, deadline).await?;
-        Ok(Stream::find(audio_start, &bytes, audio_end))
+        let mut found = Err(ClipError::malformed("MP3: no audio"));
+        for window in mp3::FIRST_FRAME_WINDOWS {
+            let window = audio_start..audio_end.min(audio_start + window);
+            let bytes = self.read_exactly(object, window, deadline).await?;
+            found = Stream::find(audio_start, &bytes, audio_end);
+            if found.is_ok() {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     /// The first frame at or after the estimate for frame `index`.

@@ -13,20 +13,42 @@ use crate::media::mp4::{Presented, Segment};
 /// The offset of the key frame at or before `start` seconds by the file's keyframe index,
 /// when it has a usable one.
 pub fn indexed_start(head: &Head, start: f64, size: u64) -> Option<u64> {
-    let index = head.meta.as_ref()?.get("keyframes")?;
-    let (Some(Amf::StrictArray(times)), Some(Amf::StrictArray(positions))) =
-        (index.get("times"), index.get("filepositions"))
-    else {
-        return None;
-    };
-    let usable = |p: f64| p.fract() == 0.0 && p >= head.media_start as f64 && p < size as f64;
+    let (times, positions) = index_of(head)?;
     times
         .iter()
         .zip(positions)
         .filter_map(|(t, p)| Some((t.number()?, p.number()?)))
-        .filter(|&(t, p)| t.is_finite() && t <= start && usable(p))
+        .filter(|&(t, p)| t.is_finite() && t <= start && usable(head, p, size))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, p)| p as u64)
+}
+
+/// The offset of the first key frame at or after `end` seconds by the file's keyframe
+/// index: a clip to `end` ends by there.
+pub fn indexed_end(head: &Head, end: f64, size: u64) -> Option<u64> {
+    let (times, positions) = index_of(head)?;
+    times
+        .iter()
+        .zip(positions)
+        .filter_map(|(t, p)| Some((t.number()?, p.number()?)))
+        .filter(|&(t, p)| t >= end && usable(head, p, size))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, p)| p as u64)
+}
+
+fn index_of(head: &Head) -> Option<(&Vec<Amf>, &Vec<Amf>)> {
+    let index = head.meta.as_ref()?.get("keyframes")?;
+    match (index.get("times"), index.get("filepositions")) {
+        (Some(Amf::StrictArray(times)), Some(Amf::StrictArray(positions))) => {
+            Some((times, positions))
+        }
+        _ => None,
+    }
+}
+
+/// Whether an index position can be a tag of the media.
+fn usable(head: &Head, position: f64, size: u64) -> bool {
+    position.fract() == 0.0 && position >= head.media_start as f64 && position < size as f64
 }
 
 /// A tag's whole length in a file: header, body and back pointer.

@@ -12,10 +12,10 @@ mod walk;
 mod fuzz;
 
 pub use amf::{Amf, AmfReader};
-pub use clip::{assemble, indexed_start};
+pub use clip::{assemble, indexed_end, indexed_start};
 pub use head::{parse_head, Head, HeadStep};
 pub use tag::Tag;
 pub use walk::{Purpose, TagWalk};
 
 /// Bytes of a file's front read first; a bigger `onMetaData` asks for more.
-pub const FIRST_READ: u64 = 64 << 10;
+pub const FIRST_READ: u64 = 16 << 10;

@@ -6,7 +6,9 @@ use std::ops::Range;
 use super::tag::{Tag, AUDIO, TAG_HEADER_LEN, TAG_PEEK_LEN};
 use crate::media::clip_error::ClipError;
 
-/// Bytes read at once while walking.
+/// Bytes read at once while walking: the first read, then twice the last, to at most
+/// `WALK_CHUNK`, so a short clip reads little past its end and a long one reads in big steps.
+const FIRST_CHUNK: u64 = 32 << 10;
 pub const WALK_CHUNK: u64 = 1 << 20;
 /// Bytes scanned for the start's key frame without a keyframe index.
 pub const MAX_START_SCAN: u64 = 256 << 20;
@@ -32,6 +34,9 @@ pub struct TagWalk {
     size: u64,
     tags: Vec<Tag>,
     stopped: bool,
+    chunk: u64,
+    /// Where the walk is known to end, at the latest: reads go there at once.
+    horizon: Option<u64>,
 }
 
 impl TagWalk {
@@ -44,14 +49,31 @@ impl TagWalk {
             size,
             tags: Vec::new(),
             stopped: false,
+            chunk: FIRST_CHUNK,
+            horizon: None,
         }
+    }
+
+    /// A walk that will end by `horizon` (the header of a tag past its end, from the
+    /// keyframe index): it reads up to there in one step, then as usual.
+    pub fn ending_by(mut self, horizon: Option<u64>) -> TagWalk {
+        self.horizon = horizon.map(|h| h.saturating_add(TAG_PEEK_LEN as u64));
+        self
     }
 
     /// The next bytes to read, or `None` once the walk is over.
     pub fn need(&self) -> Option<Range<u64>> {
         match self.stopped || self.next + TAG_HEADER_LEN > self.size {
             true => None,
-            false => Some(self.next..(self.next + WALK_CHUNK).min(self.size)),
+            false => {
+                let end = match self.horizon {
+                    Some(horizon) if horizon > self.next + TAG_PEEK_LEN as u64 => {
+                        horizon.min(self.next + WALK_CHUNK)
+                    }
+                    _ => self.next + self.chunk,
+                };
+                Some(self.next..end.min(self.size))
+            }
         }
     }
 
@@ -67,6 +89,7 @@ impl TagWalk {
     /// Walks the tags whose headers are in `bytes`, read at `at` (= the last `need()`).
     /// Each call walks at least one tag or ends the walk.
     pub fn feed(&mut self, at: u64, bytes: &[u8]) -> Result<(), ClipError> {
+        self.chunk = (self.chunk * 2).min(WALK_CHUNK);
         let chunk_end = at + bytes.len() as u64;
         while !self.stopped {
             let here = (self.next - at) as usize;

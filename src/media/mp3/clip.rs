@@ -11,11 +11,13 @@ use super::xing::{linear_toc, toc_of, ClipTag};
 use crate::media::clip_error::ClipError;
 use crate::media::mp4::{Presented, Segment};
 
-/// Bytes read around an estimated frame start to find the frame: a few of the longest
-/// frames (1441 bytes), and the seek table's error on a VBR stream.
-pub const SYNC_WINDOW: u64 = 16 << 10;
-/// Bytes read at once while walking a VBR clip's frames.
+/// Bytes read from an estimated frame start to find the frame: room for the chain of the
+/// longest frames (1441 bytes) a sync needs, twice over.
+pub const SYNC_WINDOW: u64 = 8 << 10;
+/// Bytes read at once while walking a VBR clip's frames, at most; a walk reads what the
+/// frames it still wants take at the stream's mean frame length, and a little more.
 pub const WALK_CHUNK: u64 = 1 << 20;
+const WALK_SLACK: u64 = 4 << 10;
 /// Frames of a VBR clip walked at most (a frame offset each is kept for the seek table).
 pub const MAX_WALKED_FRAMES: u64 = 1 << 20;
 
@@ -77,6 +79,7 @@ pub struct Walker {
     next: u64,
     audio_end: u64,
     wanted: u64,
+    mean_frame_len: u64,
     offsets: Vec<u64>,
     stopped: bool,
 }
@@ -94,6 +97,7 @@ impl Walker {
             next: start,
             audio_end: stream.audio_end,
             wanted,
+            mean_frame_len: stream.mean_frame_len(),
             offsets: Vec::new(),
             stopped: false,
         })
@@ -104,7 +108,14 @@ impl Walker {
         let done = self.stopped || self.offsets.len() as u64 >= self.wanted;
         match done || self.next >= self.audio_end {
             true => None,
-            false => Some(self.next..(self.next + WALK_CHUNK).min(self.audio_end)),
+            false => {
+                let left = self.wanted - self.offsets.len() as u64;
+                let chunk = left
+                    .saturating_mul(self.mean_frame_len)
+                    .saturating_add(WALK_SLACK);
+                let end = self.next + chunk.min(WALK_CHUNK);
+                Some(self.next..end.min(self.audio_end))
+            }
         }
     }
 

@@ -41,7 +41,7 @@ fn clip(file: &[u8], start: Option<f64>, end: Option<f64>) -> Result<Presented, 
     if size - audio_start >= ID3V1_LEN && is_id3v1(read(size - ID3V1_LEN, size)) {
         audio_end = size - ID3V1_LEN;
     }
-    let window = read(audio_start, audio_start + FIRST_FRAME_WINDOW).to_vec();
+    let window = read(audio_start, audio_start + FIRST_FRAME_WINDOWS[1]).to_vec();
     let stream = Stream::find(audio_start, &window, audio_end)?;
     let frames = frame_span(&stream, start, end)?;
     let total = stream.frame_count()?;

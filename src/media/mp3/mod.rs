@@ -18,5 +18,6 @@ pub use stream::Stream;
 pub use tags::{id3v2_len, is_id3v1, ID3V1_LEN};
 pub use xing::XingTag;
 
-/// Bytes at a file's start searched for its first frame, after any ID3v2 tag.
-pub const FIRST_FRAME_WINDOW: u64 = 64 << 10;
+/// Bytes after any ID3v2 tag searched for the first frame: first a few frames' worth, then,
+/// for a file with other bytes before its audio, more.
+pub const FIRST_FRAME_WINDOWS: [u64; 2] = [8 << 10, 64 << 10];

@@ -70,6 +70,15 @@ impl Stream {
         Ok(frames)
     }
 
+    /// A frame's mean length in bytes: by the tag's counts, else the first frame's.
+    pub fn mean_frame_len(&self) -> u64 {
+        let counted = self.tag.as_ref().and_then(|t| Some((t.bytes?, t.frames?)));
+        match counted {
+            Some((bytes, frames)) if frames > 0 => u64::from(bytes / frames).max(1),
+            _ => self.header.frame_len() as u64,
+        }
+    }
+
     /// Seconds of one frame.
     pub fn frame_seconds(&self) -> f64 {
         f64::from(self.header.samples()) / f64::from(self.header.sample_rate)
