@@ -556,6 +556,66 @@ fn mp3_clips_cut_on_frames_keep_their_tags_and_decode_to_one_run_of_the_original
     assert!(said("/cbr.mp3", "past the end"), "the log says why:\n{log}");
 }
 
+/// Where the audio frames of `clip` (after its Xing frame, if any) begin among `original`'s,
+/// and how many there are.
+fn frame_run_in(clip: &[u8], original: &[u8]) -> (usize, usize) {
+    let frame_bytes = |file: &[u8]| -> Vec<Vec<u8>> {
+        let frames = mp3_frames(file);
+        let skip = usize::from(XingTag::parse(&file[frames[0].0..], &frames[0].1).is_some());
+        frames[skip..]
+            .iter()
+            .map(|&(at, h)| file[at..at + h.frame_len()].to_vec())
+            .collect()
+    };
+    let (ours, all) = (frame_bytes(clip), frame_bytes(original));
+    let at = all
+        .windows(ours.len())
+        .position(|w| w == ours.as_slice())
+        .expect("the clip's frames are one run of the original's");
+    (at, ours.len())
+}
+
+#[test]
+fn mp3_clips_cut_on_the_frames_mp3splt_cuts_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = Origin::start();
+    let samples = [
+        (ClipSample::Mp3Cbr, "cbr.mp3"),
+        (ClipSample::Mp3Vbr, "vbr.mp3"),
+    ];
+    for (sample, name) in samples {
+        origin.put(&format!("/{name}"), sample.bytes().to_vec());
+    }
+    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    for (sample, name) in samples {
+        let original = dir.path().join(name);
+        fs::write(&original, sample.bytes()).unwrap();
+        // Frame mode, 5.00 s to 12.00 s (mm.ss.hh).
+        let out = dir.path().join(format!("splt-{name}"));
+        let stem = format!("splt-{}", name.trim_end_matches(".mp3"));
+        let args = ["-q", "-f", "-d", text(dir.path()), "-o", &stem];
+        let run = media_support::tool(
+            "mp3splt",
+            &[&args[..], &[text(&original), "0.05.00", "0.12.00"]].concat(),
+        );
+        let split = fs::read(&out)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}{}", run.command, run.stdout, run.stderr));
+        let ours = fs::read(mount.path(&format!("{name}?start=5&end=12"))).unwrap();
+        let (our_start, our_len) = frame_run_in(&ours, sample.bytes());
+        let (splt_start, splt_len) = frame_run_in(&split, sample.bytes());
+        eprintln!("{name}: frames {our_start}+{our_len}, mp3splt's {splt_start}+{splt_len}");
+        assert!(
+            our_start.abs_diff(splt_start) <= 1,
+            "{name}: starts at frame {our_start}, mp3splt at {splt_start}"
+        );
+        assert!(
+            our_len.abs_diff(splt_len) <= 2,
+            "{name}: {our_len} frames, mp3splt's {splt_len}"
+        );
+    }
+    mount.unmount();
+}
+
 #[test]
 fn mp3_and_flv_clips_cost_only_their_share_of_the_file() {
     let origin = Origin::start();
