@@ -42,16 +42,9 @@ impl Media {
             Err(e) => return Ok(Err(e)),
         };
         let start = span.start.unwrap_or(0.0);
-        let from = match start > 0.0 {
-            false => Some(head.media_start),
-            true => flv::indexed_start(&head, start, object.size()),
-        };
-        let from = match from {
+        let from = match self.flv_start(object, &head, start, deadline).await? {
             Some(from) => from,
-            None => match self.flv_scan_start(object, &head, start, deadline).await? {
-                Some(tag) => tag.offset,
-                None => return Ok(Err(ClipError::Empty)),
-            },
+            None => return Ok(Err(ClipError::Empty)),
         };
         let purpose = Purpose::Clip {
             end_ms: span.end.map(|end| (end * 1000.0).ceil() as u64),
@@ -88,20 +81,29 @@ impl Media {
         Ok(Err(ClipError::malformed("FLV: its front keeps growing")))
     }
 
-    /// The key frame at or before `start` seconds, walking from the media's start.
-    async fn flv_scan_start(
+    /// Where the clip starts: the media's start for a start of 0, else the key frame at or
+    /// before `start` seconds, by the keyframe index or a walk from the media's start.
+    async fn flv_start(
         self: &Arc<Self>,
         object: &Arc<Object>,
         head: &Head,
         start: f64,
         deadline: Instant,
-    ) -> FsResult<Option<Tag>> {
+    ) -> FsResult<Option<u64>> {
+        if start <= 0.0 {
+            return Ok(Some(head.media_start));
+        }
+        if let Some(from) = flv::indexed_start(head, start, object.size()) {
+            return Ok(Some(from));
+        }
         let purpose = Purpose::FindStart {
             at_ms: (start * 1000.0) as u64,
         };
         let walk = TagWalk::new(purpose, head.has_video(), head.media_start, object.size());
         let found = self.walk_flv(object, walk, deadline).await?;
-        Ok(found.ok().and_then(|tags| tags.first().copied()))
+        Ok(found
+            .ok()
+            .and_then(|tags| tags.first().map(|tag| tag.offset)))
     }
 
     async fn walk_flv(
