@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::amf::{self, Amf};
 use super::head::{Head, FILE_HEADER_LEN};
-use super::tag::{Tag, BACK_POINTER_LEN, SCRIPT, TAG_HEADER_LEN};
+use super::tag::{Tag, AUDIO, BACK_POINTER_LEN, SCRIPT, TAG_HEADER_LEN, VIDEO};
 use crate::media::clip_error::ClipError;
 use crate::media::mp4::{Presented, Segment};
 
@@ -58,20 +58,10 @@ fn tag_len(tag: &Tag) -> u64 {
 
 /// The clip of `tags` (the first a point to start from), with `head`'s front.
 pub fn assemble(head: &Head, tags: &[Tag]) -> Result<Presented, ClipError> {
-    let first = tags.first().ok_or(ClipError::Empty)?;
-    let base = first.timestamp;
+    let base = tags.first().ok_or(ClipError::Empty)?.timestamp;
     let rebased = |tag: &Tag| tag.timestamp.saturating_sub(base);
-    let mut keys = Vec::new();
-    let mut media_len = 0u64;
-    for tag in tags {
-        if tag.video_key && !tag.sequence_header {
-            keys.push((f64::from(rebased(tag)) / 1000.0, media_len));
-        }
-        media_len += tag_len(tag);
-    }
-    let last_ms = tags.iter().map(rebased).max().unwrap_or(0);
     let mut out = Assembly::default();
-    out.synthetic(&[
+    let header = [
         b'F',
         b'L',
         b'V',
@@ -81,19 +71,19 @@ pub fn assemble(head: &Head, tags: &[Tag]) -> Result<Presented, ClipError> {
         0,
         0,
         FILE_HEADER_LEN as u8,
-    ]);
+    ];
+    out.synthetic(&header);
     out.synthetic(&[0; BACK_POINTER_LEN as usize]);
     if let Some(meta) = &head.meta {
-        let setup_len: u64 = head.setup.iter().map(tag_len).sum();
+        let summary = summarize(&head.setup, tags, base);
         // Numbers have one length whatever their value: measure, then place.
-        let measured = meta_body(meta, &Edits::measuring(&keys, last_ms));
-        let prefix = FILE_HEADER_LEN
-            + BACK_POINTER_LEN
-            + TAG_HEADER_LEN
-            + measured.len() as u64
-            + BACK_POINTER_LEN
-            + setup_len;
-        let edits = Edits::placed(&keys, last_ms, prefix, prefix + media_len);
+        let measured = meta_body(meta, &Edits::new(&summary, 0, 0)).len() as u64;
+        let prefix = FILE_HEADER_LEN + BACK_POINTER_LEN + TAG_HEADER_LEN + measured;
+        let edits = Edits::new(
+            &summary,
+            prefix + BACK_POINTER_LEN,
+            TAG_HEADER_LEN + measured,
+        );
         out.script(&meta_body(meta, &edits))?;
     }
     for tag in &head.setup {
@@ -105,37 +95,99 @@ pub fn assemble(head: &Head, tags: &[Tag]) -> Result<Presented, ClipError> {
     out.finish()
 }
 
+/// What the tags after the metadata add up to, as `onMetaData` describes them.
+struct Summary {
+    /// Video key frames: seconds, and offset from the first tag after the metadata.
+    keys: Vec<(f64, u64)>,
+    tags_len: u64,
+    /// Header and body bytes of the video and audio tags (`videosize`, `audiosize`).
+    video_len: u64,
+    audio_len: u64,
+    last_ms: u32,
+    ends_on_key: bool,
+}
+
+fn summarize(setup: &[Tag], tags: &[Tag], base: u32) -> Summary {
+    let mut summary = Summary {
+        keys: Vec::new(),
+        tags_len: 0,
+        video_len: 0,
+        audio_len: 0,
+        last_ms: 0,
+        ends_on_key: false,
+    };
+    let setup = setup.iter().map(|tag| (tag, 0));
+    let clip = tags
+        .iter()
+        .map(|tag| (tag, tag.timestamp.saturating_sub(base)));
+    for (tag, ms) in setup.chain(clip) {
+        let time = f64::from(ms) / 1000.0;
+        if tag.kind == VIDEO {
+            // One entry per key frame time, at its first tag (a sequence header before its
+            // key frame), as flvmeta indexes a file.
+            if tag.video_key && summary.keys.last().is_none_or(|&(last, _)| last != time) {
+                summary.keys.push((time, summary.tags_len));
+            }
+            summary.video_len += TAG_HEADER_LEN + u64::from(tag.body_len);
+            summary.ends_on_key = tag.video_key;
+        } else if tag.kind == AUDIO {
+            summary.audio_len += TAG_HEADER_LEN + u64::from(tag.body_len);
+        }
+        summary.tags_len += tag_len(tag);
+        summary.last_ms = summary.last_ms.max(ms);
+    }
+    summary
+}
+
 /// What a clip changes in `onMetaData`.
 struct Edits {
     duration: f64,
     /// Key frames: seconds, and offset in the clip.
     keys: Vec<(f64, f64)>,
     filesize: f64,
+    datasize: f64,
+    videosize: f64,
+    audiosize: f64,
+    ends_on_key: bool,
 }
 
 impl Edits {
-    fn measuring(keys: &[(f64, u64)], last_ms: u32) -> Edits {
-        Edits::placed(keys, last_ms, 0, 0)
-    }
-
-    fn placed(keys: &[(f64, u64)], last_ms: u32, prefix: u64, size: u64) -> Edits {
+    /// The edits for a clip whose tags after the metadata start at `prefix`, with a
+    /// metadata tag of `meta_tag` header and body bytes (`datasize`; zeros to measure).
+    fn new(summary: &Summary, prefix: u64, meta_tag: u64) -> Edits {
         Edits {
-            duration: f64::from(last_ms) / 1000.0,
-            keys: keys
+            duration: f64::from(summary.last_ms) / 1000.0,
+            keys: summary
+                .keys
                 .iter()
                 .map(|&(t, at)| (t, (prefix + at) as f64))
                 .collect(),
-            filesize: size as f64,
+            filesize: (prefix + summary.tags_len) as f64,
+            datasize: meta_tag as f64,
+            videosize: summary.video_len as f64,
+            audiosize: summary.audio_len as f64,
+            ends_on_key: summary.ends_on_key,
         }
     }
 }
 
-/// The script tag body: `onMetaData` and the value with the clip's edits.
+/// The script tag body: `onMetaData` and the value with the clip's edits, to the members
+/// the original has.
 fn meta_body(meta: &Amf, edits: &Edits) -> Vec<u8> {
     let mut meta = meta.clone();
-    meta.set_number("duration", edits.duration);
-    meta.set_number("filesize", edits.filesize);
-    meta.set_number("lasttimestamp", edits.duration);
+    for (name, value) in [
+        ("duration", edits.duration),
+        ("filesize", edits.filesize),
+        ("lasttimestamp", edits.duration),
+        ("datasize", edits.datasize),
+        ("videosize", edits.videosize),
+        ("audiosize", edits.audiosize),
+    ] {
+        meta.set_number(name, value);
+    }
+    if let Some(Amf::Bool(seekable)) = meta.get_mut("canSeekToEnd") {
+        *seekable = edits.ends_on_key;
+    }
     if let Some(&(time, at)) = edits.keys.last() {
         meta.set_number("lastkeyframetimestamp", time);
         meta.set_number("lastkeyframelocation", at);
