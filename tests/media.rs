@@ -511,6 +511,54 @@ fn check_mp3_clip(mount: &Mount, sample: ClipSample, name: &str, original: &Path
     );
 }
 
+/// CRC-16/ARC, written out here apart from the crate's, for the LAME tag's checksum.
+fn crc16_arc(data: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &byte in data {
+        crc ^= u16::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// A clip's LAME tag: its delay and padding, with its tag CRC checked.
+fn lame_delay_padding(clip: &[u8]) -> (u32, u32) {
+    let (at, header) = mp3_frames(clip)[0];
+    let tag = XingTag::parse(&clip[at..], &header).expect("a Xing frame");
+    let crc_at = at + tag.lame_crc_at().expect("a LAME tag");
+    let stored = u16::from_be_bytes([clip[crc_at], clip[crc_at + 1]]);
+    assert_eq!(stored, crc16_arc(&clip[at..crc_at]), "the LAME tag's CRC");
+    tag.delay_padding().expect("a LAME tag")
+}
+
+#[test]
+fn mp3_clips_keep_the_encoder_delay_and_padding_only_at_the_original_ends() {
+    let origin = Origin::start();
+    let bytes = ClipSample::Mp3Vbr.bytes();
+    origin.put("/vbr.mp3", bytes.to_vec());
+    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    let (delay, padding) = lame_delay_padding(bytes);
+    assert!(
+        delay > 0 && padding > 0,
+        "the original has both: {delay}, {padding}"
+    );
+    for (query, want) in [
+        ("start=5&end=12", (0, 0)),
+        ("end=3", (delay, 0)),
+        ("start=15", (0, padding)),
+    ] {
+        let clip = fs::read(mount.path(&format!("vbr.mp3?{query}"))).unwrap();
+        assert_eq!(lame_delay_padding(&clip), want, "{query}");
+    }
+    mount.unmount();
+}
+
 #[test]
 fn mp3_clips_cut_on_frames_keep_their_tags_and_decode_to_one_run_of_the_original() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -93,6 +93,19 @@ impl XingTag {
         })
     }
 
+    /// The LAME extension's encoder delay and padding, in samples, where there is one.
+    pub fn delay_padding(&self) -> Option<(u32, u32)> {
+        let at = self.fields.lame? + LAME_DELAY_AT;
+        let bytes = self.frame.get(at..at + 3)?;
+        let packed = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
+        Some((packed >> 12, packed & 0xFFF))
+    }
+
+    /// Where the LAME extension's tag CRC is, which covers the frame's bytes before it.
+    pub fn lame_crc_at(&self) -> Option<usize> {
+        Some(self.fields.lame? + LAME_TAG_CRC_AT)
+    }
+
     /// The byte offset, from the tag frame's start, of the point `fraction` (0 to 1) of the
     /// way through the stream's time, by the table of contents.
     pub fn seek(&self, fraction: f64) -> Option<u64> {
