@@ -146,12 +146,7 @@ impl Media {
             Ok(start) => start,
             Err(e) => return Ok(Err(e)),
         };
-        // The seek table only approximates the start's index: a clip to the end walks there.
-        let wanted = match frames.end >= total {
-            true => mp3::MAX_WALKED_FRAMES,
-            false => frames.end - frames.start,
-        };
-        let mut walker = match Walker::new(stream, start, wanted) {
+        let mut walker = match Walker::new(stream, start, &frames, total) {
             Ok(walker) => walker,
             Err(e) => return Ok(Err(e)),
         };

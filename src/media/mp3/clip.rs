@@ -63,12 +63,18 @@ pub fn sync_window(stream: &Stream, index: u64, total: u64) -> Range<u64> {
     from..(from + SYNC_WINDOW).min(stream.audio_end)
 }
 
-/// The first frame of `stream` in `window` (read at `at`), as an absolute offset.
+/// The first frame of `stream` in `window` (read at `at`), as an absolute offset. A window
+/// that runs to the audio's end and holds no whole run of frames (a file cut short in its
+/// last frame) finds the end.
 pub fn sync_in(stream: &Stream, at: u64, window: &[u8]) -> Result<u64, ClipError> {
     let at_end = at + window.len() as u64 >= stream.audio_end;
-    super::frame::find_sync(window, 0, &stream.header, at_end)
-        .map(|found| at + found as u64)
-        .ok_or_else(|| ClipError::malformed(format!("MP3: no frame near byte {at}")))
+    match super::frame::find_sync(window, 0, &stream.header, at_end) {
+        Some(found) => Ok(at + found as u64),
+        None if at_end => Ok(stream.audio_end),
+        None => Err(ClipError::malformed(format!(
+            "MP3: no frame near byte {at}"
+        ))),
+    }
 }
 
 /// Walks a VBR clip's frames from `start`, chunk by chunk, until it has `wanted` of them or
@@ -85,7 +91,18 @@ pub struct Walker {
 }
 
 impl Walker {
-    pub fn new(stream: &Stream, start: u64, wanted: u64) -> Result<Walker, ClipError> {
+    /// A walk from `start`, the frame found for the first of `frames` (of `total`).
+    pub fn new(
+        stream: &Stream,
+        start: u64,
+        frames: &Range<u64>,
+        total: u64,
+    ) -> Result<Walker, ClipError> {
+        // The seek table only approximates the start's index: a clip to the end walks there.
+        let wanted = match frames.end >= total {
+            true => MAX_WALKED_FRAMES,
+            false => frames.end - frames.start,
+        };
         ClipError::check(
             "MP3 frames walked for a VBR clip",
             wanted,

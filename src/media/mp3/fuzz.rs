@@ -7,12 +7,17 @@ use crate::media::mp4::Presented;
 
 /// A small VBR stream: ID3v2 tag, a Xing/LAME frame, then frames of changing bitrate.
 fn sample() -> Vec<u8> {
+    stream(b"Xing", &[0x90, 0xA0, 0x50, 0xB0, 0x92])
+}
+
+/// A stream with a Xing (`kind`) or Info frame, and frames of `bitrates` in turn.
+fn stream(kind: &[u8; 4], bitrates: &[u8]) -> Vec<u8> {
     let mut file = b"ID3\x04\x00\x00\x00\x00\x00\x20".to_vec();
     file.resize(10 + 32, 0);
-    let bitrates = [0x90u8, 0xA0, 0x50, 0xB0, 0x92];
     let mut xing = vec![0xFF, 0xFB, 0x90, 0x64];
     xing.resize(36, 0);
-    xing.extend_from_slice(b"Xing\x00\x00\x00\x07");
+    xing.extend_from_slice(kind);
+    xing.extend_from_slice(b"\x00\x00\x00\x07");
     xing.extend_from_slice(&200u32.to_be_bytes());
     xing.extend_from_slice(&80_000u32.to_be_bytes());
     xing.extend((0..100).map(|i| (i * 256 / 100) as u8));
@@ -49,7 +54,7 @@ fn clip(file: &[u8], start: Option<f64>, end: Option<f64>) -> Result<Presented, 
     let first = sync_in(&stream, window.start, read(window.start, window.end))?;
     let clip = match stream.is_vbr() {
         true => {
-            let mut walker = Walker::new(&stream, first, frames.end - frames.start)?;
+            let mut walker = Walker::new(&stream, first, &frames, total)?;
             while let Some(range) = walker.need() {
                 walker.feed(range.start, read(range.start, range.end));
             }
@@ -77,6 +82,26 @@ fn the_sample_cuts_into_a_clip_with_a_rewritten_xing_frame() {
     let frames = (2.0f64 / (1152.0 / 44100.0)).ceil() as u64;
     let walked = presented.size() - 42 - tag_len as u64;
     assert!(walked > frames * 150, "{walked} bytes for {frames} frames");
+}
+
+#[test]
+fn a_file_cut_short_in_its_last_frame_still_has_clips_to_its_end() {
+    // VBR: the walk ends at the last whole frame.
+    let mut file = sample();
+    file.truncate(file.len() - 100);
+    let extent = clip(&file, Some(4.0), Some(5.5)).unwrap().source_extent();
+    assert!(
+        file.len() as u64 - extent < 626,
+        "the clip runs to the last whole frame"
+    );
+    // CBR: the end is computed, and found where the frames stop chaining.
+    let mut file = stream(b"Info", &[0x90]);
+    file.truncate(file.len() - 100);
+    let near_end = 198.5 * 1152.0 / 44100.0;
+    let extent = clip(&file, Some(4.0), Some(near_end))
+        .unwrap()
+        .source_extent();
+    assert_eq!(extent, file.len() as u64, "the clip runs to the end");
 }
 
 #[test]

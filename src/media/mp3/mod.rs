@@ -10,9 +10,7 @@ mod xing;
 #[cfg(test)]
 mod fuzz;
 
-pub use clip::{
-    assemble, frame_span, sync_in, sync_window, ClipFrames, Walker, MAX_WALKED_FRAMES, SYNC_WINDOW,
-};
+pub use clip::{assemble, frame_span, sync_in, sync_window, ClipFrames, Walker, SYNC_WINDOW};
 pub use frame::FrameHeader;
 pub use stream::Stream;
 pub use tags::{id3v2_len, is_id3v1, ID3V1_LEN};
