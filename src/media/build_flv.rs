@@ -1,5 +1,4 @@
-//! Cutting an FLV clip with cache reads: the file's front (header, metadata, set-up), the
-//! start's key frame from the keyframe index or a bounded walk, then the clip's tags walked.
+//! Cutting an FLV clip with cache reads: the front, the start's key frame, then the clip's tags.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,6 +1,4 @@
-//! Cutting an MP3 clip with cache reads: the ID3v2 header, a window for the first frame and
-//! the ID3v1 tail, a window at the start frame (computed, or from the seek table), then the
-//! end frame's window (constant bitrate) or the clip's frames walked (VBR).
+//! Cutting an MP3 clip with cache reads: the tags, the first frame, then both ends computed or walked.
 
 use std::ops::Range;
 use std::sync::Arc;

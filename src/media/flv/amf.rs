@@ -1,5 +1,4 @@
-//! AMF0, the encoding of FLV script tags: the values `onMetaData` holds, read with bounds on
-//! depth and count, and written back.
+//! AMF0, the encoding of FLV script tags: read with bounds on depth and count, and written back.
 
 use crate::media::clip_error::ClipError;
 

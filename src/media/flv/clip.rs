@@ -1,6 +1,4 @@
-//! An FLV clip assembled: the header, `onMetaData` rewritten (duration, size, the keyframe
-//! index), the set-up tags, then the clip's tags with rebased timestamps over the
-//! original's bodies.
+//! An FLV clip assembled: header, rewritten onMetaData, set-up tags, then rebased tags over the original's bodies.
 
 use bytes::{Bytes, BytesMut};
 

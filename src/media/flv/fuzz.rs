@@ -1,5 +1,4 @@
-//! Hostile FLVs through every step a clip takes, with the reads the media layer would make:
-//! no panic, no unbounded allocation, and a clip only ever maps onto the file's bytes.
+//! Hostile FLVs through every step of a clip: no panic, bounded memory, clips only map onto the file.
 
 use super::amf::{write, Amf};
 use super::*;

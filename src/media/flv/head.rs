@@ -1,5 +1,4 @@
-//! The front of an FLV file: its header, the `onMetaData` script tag and the decoder set-up
-//! (AVC and AAC sequence headers) that every clip repeats.
+//! The front of an FLV file: header, onMetaData and the decoder set-up every clip repeats.
 
 use super::amf::{Amf, AmfReader};
 use super::tag::{Tag, SCRIPT, TAG_HEADER_LEN, TAG_PEEK_LEN};

@@ -1,6 +1,4 @@
-//! FLV clips: the header, `onMetaData` rewritten for the clip and the decoder set-up, then the
-//! original's tags from a key frame with their timestamps rebased, computed without I/O from
-//! bytes the caller reads.
+//! FLV clips from a key frame with rebased timestamps, computed without I/O from bytes the caller reads.
 
 mod amf;
 mod clip;

@@ -1,5 +1,4 @@
-//! FLV tags: the 11-byte header, what the first body bytes say (key frame, sequence header),
-//! and the header written back with a new timestamp.
+//! FLV tags: the 11-byte header, the role its first body bytes give it, and the header rewritten.
 
 /// A tag's header, and the `PreviousTagSize` after its body.
 pub const TAG_HEADER_LEN: u64 = 11;

@@ -1,5 +1,4 @@
-//! Walking FLV tags chunk by chunk: to the key frame at or before the start when there is no
-//! keyframe index, and over a clip's tags to its end.
+//! Walking FLV tags chunk by chunk: to the start's key frame without an index, and over a clip to its end.
 
 use std::ops::Range;
 

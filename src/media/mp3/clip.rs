@@ -1,5 +1,4 @@
-//! Cutting an MP3 clip: the frames of an interval, walked where the bitrate varies, and the
-//! clip as the original's ID3v2 tag, a rewritten Xing/Info frame and a run of its frames.
+//! Cutting an MP3 clip: the interval's frames (walked where the bitrate varies) behind a rewritten Xing frame.
 
 use std::ops::Range;
 

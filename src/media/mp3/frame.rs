@@ -1,4 +1,4 @@
-//! MPEG audio Layer III frame headers (MPEG-1, 2 and 2.5), and finding a run of frames in bytes.
+//! MPEG-1/2/2.5 Layer III frame headers, and finding a run of frames in bytes.
 
 /// Frames in a row, each where the one before says, that make a sync trustworthy: a stray
 /// `FF Fx` inside audio data rarely chains this far.

@@ -1,5 +1,4 @@
-//! MP3 clips: Layer III frames of an interval behind the original's ID3v2 tag and a Xing/Info
-//! frame rewritten for the clip, computed without I/O from bytes the caller reads.
+//! MP3 clips, computed without I/O from bytes the caller reads: ID3v2 tag, rewritten Xing frame, frames.
 
 mod clip;
 mod frame;

@@ -1,5 +1,4 @@
-//! Where an MP3's audio is and how long it plays: the first frame, its Xing/Info tag, and
-//! the arithmetic from seconds to frames to bytes.
+//! Where an MP3's audio is and how long it plays: seconds to frames to bytes.
 
 use super::frame::{chains, FrameHeader};
 use super::xing::XingTag;

@@ -1,4 +1,4 @@
-//! ID3 tags around the audio: the ID3v2 tag kept at a clip's front, the ID3v1 tag at the end.
+//! ID3 tags around the audio: ID3v2 kept at a clip's front, ID3v1 left out at the end.
 
 /// Bytes of an ID3v2 header, and of an ID3v1 tag.
 pub const ID3V2_HEADER_LEN: usize = 10;

@@ -1,5 +1,4 @@
-//! The Xing/Info tag (with its LAME extension) in a stream's first frame: read, and rewritten
-//! to describe a clip.
+//! The Xing/Info frame and its LAME extension: read, and rewritten for a clip.
 
 use super::frame::FrameHeader;
 
