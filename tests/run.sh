@@ -16,6 +16,11 @@ command -v apache2 >/dev/null 2>&1 || [ -x /usr/sbin/apache2 ] || missing+=(apac
 command -v umount >/dev/null 2>&1 || missing+=(mount)
 # ffmpeg and ffprobe make the test media and check what the mount presents.
 { command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
+# flvmeta and mp3splt check FLV and MP3 clips; nginx-rtmp plays MP4 and FLV files from the
+# mount over RTMP.
+command -v flvmeta >/dev/null 2>&1 || missing+=(flvmeta)
+command -v mp3splt >/dev/null 2>&1 || missing+=(mp3splt)
+[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(libnginx-mod-rtmp)
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test dependencies: ${missing[*]}"

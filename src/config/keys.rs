@@ -65,11 +65,13 @@ pub const KEYS: &[KeyDoc] = &[
     doc("metrics_addr", "-", "loopback address serving Prometheus text at /metrics"),
     doc("mp4_faststart", "true", "present moov-at-end MP4 files with the moov first (also per [[vhost]] and mp4_faststart_rule)"),
     doc("mp4_faststart_rule", "-", "per-path faststart: `-o mp4_faststart_rule=/raw/*:off` or TOML [[mp4_faststart_rule]]"),
-    doc("mp4_trim", "true", "serve NAME.mp4?start=S&end=E as a trimmed clip of that interval"),
-    doc("mp4_start_param", "start", "name of the trim start parameter (seconds)"),
-    doc("mp4_end_param", "end", "name of the trim end parameter (seconds)"),
+    doc("mp4_trim", "true", "serve NAME.mp4?start=S&end=E (and .mp3, .flv) as a clip of that interval"),
+    doc("mp4_start_param", "start", "name of the clip start parameter (seconds), for every media format"),
+    doc("mp4_end_param", "end", "name of the clip end parameter (seconds), for every media format"),
     doc("mp4_max_moov", "64M", "largest MP4 header (moov) accepted, 4K to 1G; bigger files are served unchanged"),
     doc("mp4_extensions", "mp4:m4v:m4a:mov", "extensions of the files treated as MP4 (TOML: a list)"),
+    doc("mp3_extensions", "mp3", "extensions of the files treated as MP3, cut into clips by name (TOML: a list)"),
+    doc("flv_extensions", "flv", "extensions of the files treated as FLV, cut into clips by name (TOML: a list)"),
 ];
 
 /// The key table as `--help` prints it.

@@ -1,4 +1,5 @@
-//! The media keys: which names are MP4 files, where faststart applies, and how trims are named.
+//! The media keys: which names are MP4, MP3 and FLV files, where faststart applies, and how
+//! clips are named.
 
 use super::parse::{parse_bool, parse_size, toml_scalar};
 use super::ttl::glob_match;
@@ -22,14 +23,22 @@ impl FaststartRule {
     }
 }
 
-/// How MP4 files are presented.
+/// A media format ston-fs cuts clips of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MediaFormat {
+    Mp4,
+    Mp3,
+    Flv,
+}
+
+/// How media files are presented.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
     /// Present moov-at-end MP4 files with the moov first (`mp4_faststart`).
     pub faststart: bool,
     /// Per-path overrides of `faststart`; the first match wins over the vhost and the default.
     pub faststart_rules: Vec<FaststartRule>,
-    /// Serve `NAME.mp4?start=S&end=E` as a trimmed clip (`mp4_trim`).
+    /// Serve `NAME.EXT?start=S&end=E` as a clip of every media format (`mp4_trim`).
     pub trim: bool,
     pub start_param: String,
     pub end_param: String,
@@ -37,6 +46,9 @@ pub struct MediaConfig {
     pub max_moov: u64,
     /// Lower-case extensions, without the dot, of the files treated as MP4.
     pub extensions: Vec<String>,
+    /// Likewise for MP3 (`mp3_extensions`) and FLV (`flv_extensions`).
+    pub mp3_extensions: Vec<String>,
+    pub flv_extensions: Vec<String>,
 }
 
 impl Default for MediaConfig {
@@ -49,6 +61,8 @@ impl Default for MediaConfig {
             end_param: "end".into(),
             max_moov: 64 << 20,
             extensions: ["mp4", "m4v", "m4a", "mov"].map(String::from).to_vec(),
+            mp3_extensions: vec!["mp3".into()],
+            flv_extensions: vec!["flv".into()],
         }
     }
 }
@@ -56,8 +70,33 @@ impl Default for MediaConfig {
 impl MediaConfig {
     /// Whether a file name ends in one of the media extensions (case-insensitive).
     pub fn is_media_name(&self, name: &str) -> bool {
-        name.rsplit_once('.').is_some_and(|(stem, ext)| {
-            !stem.is_empty() && self.extensions.iter().any(|e| e.eq_ignore_ascii_case(ext))
+        self.format_of(name).is_some()
+    }
+
+    /// The media format a file name's extension names (case-insensitive), if any.
+    pub fn format_of(&self, name: &str) -> Option<MediaFormat> {
+        let (stem, ext) = name.rsplit_once('.')?;
+        if stem.is_empty() || stem.ends_with('/') {
+            return None;
+        }
+        let listed = |list: &[String]| list.iter().any(|e| e.eq_ignore_ascii_case(ext));
+        [
+            (MediaFormat::Mp4, &self.extensions),
+            (MediaFormat::Mp3, &self.mp3_extensions),
+            (MediaFormat::Flv, &self.flv_extensions),
+        ]
+        .into_iter()
+        .find(|(_, list)| listed(list))
+        .map(|(format, _)| format)
+    }
+
+    /// An extension listed for two formats, which would make a name mean two things.
+    pub fn shared_extension(&self) -> Option<&str> {
+        let lists = [&self.extensions, &self.mp3_extensions, &self.flv_extensions];
+        lists.iter().enumerate().find_map(|(i, list)| {
+            list.iter()
+                .find(|ext| lists[i + 1..].iter().any(|other| other.contains(ext)))
+                .map(String::as_str)
         })
     }
 
@@ -172,6 +211,14 @@ mod tests {
         assert!(!media.is_media_name(".mp4"), "a dot file has no extension");
         assert!(!media.is_media_name("mp4"));
         assert!(!media.is_media_name("a.mp4.txt"));
+        assert_eq!(media.format_of("a.MP3"), Some(MediaFormat::Mp3));
+        assert_eq!(media.format_of("d/a.flv"), Some(MediaFormat::Flv));
+        assert_eq!(media.format_of("d/.flv"), None);
+        assert_eq!(media.format_of("a.m4a"), Some(MediaFormat::Mp4));
+        assert_eq!(media.shared_extension(), None);
+        let mut shared = media.clone();
+        shared.flv_extensions.push("mp4".into());
+        assert_eq!(shared.shared_extension(), Some("mp4"));
     }
 
     #[test]

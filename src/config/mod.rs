@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::base::Invalidation;
 
 pub use keys::{keys_help, KeyDoc, KEYS};
-pub use media::{FaststartRule, MediaConfig};
+pub use media::{FaststartRule, MediaConfig, MediaFormat};
 pub use origins::{cache_folder_name, parse_origin_list, redact_url, Balance, Origin, Vhost};
 pub use parse::{parse_duration, parse_size};
 pub use ttl::TtlRule;
@@ -365,6 +365,8 @@ impl Config {
             "mp4_end_param" => media.end_param = parse_param_name(key, value)?,
             "mp4_max_moov" => media.max_moov = parse_max_moov(key, value)?,
             "mp4_extensions" => media.extensions = parse_extensions(key, value)?,
+            "mp3_extensions" => media.mp3_extensions = parse_extensions(key, value)?,
+            "flv_extensions" => media.flv_extensions = parse_extensions(key, value)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -445,7 +447,10 @@ impl Config {
                         self.media.faststart_rules.push(rule);
                     }
                 }
-                ("mp4_extensions", toml::Value::Array(items)) => {
+                (
+                    "mp4_extensions" | "mp3_extensions" | "flv_extensions",
+                    toml::Value::Array(items),
+                ) => {
                     let words = items
                         .iter()
                         .map(|item| toml_scalar(key, item))
@@ -522,6 +527,12 @@ impl Config {
         }
         if self.media.start_param == self.media.end_param {
             return Err(bad("mp4_end_param", "must differ from mp4_start_param"));
+        }
+        if let Some(ext) = self.media.shared_extension() {
+            return Err(bad(
+                "mp3_extensions",
+                format!("`{ext}` is listed for two formats"),
+            ));
         }
         Ok(())
     }
@@ -815,6 +826,7 @@ mod tests {
             dir_status = [301, 403]
             headers = ["Authorization: Bearer x"]
             mp4_extensions = ["mp4", ".M4A"]
+            flv_extensions = ["flv", "F4V"]
             [[mp4_faststart_rule]]
             pattern = "/raw/*"
             faststart = false
@@ -831,6 +843,7 @@ mod tests {
         assert_eq!(config.vhosts.len(), 1);
         assert_eq!(config.vhosts[0].mp4_faststart, Some(false));
         assert_eq!(config.media.extensions, ["mp4", "m4a"]);
+        assert_eq!(config.media.flv_extensions, ["flv", "f4v"]);
         assert!(!config.media.faststart_for(None, "/raw/a.mp4"));
         assert!(config.validate().is_err(), "origin and vhosts together");
         let table: toml::Table = "cache_size = 5".parse().unwrap();

@@ -13,6 +13,7 @@ use super::Media;
 use super::{record, MediaRequest, MediaView, Presentation, TrimSpan};
 use crate::base::{FsError, FsResult};
 use crate::cache::Object;
+use crate::config::MediaFormat;
 
 /// The top-level layout of a file, and the last bytes read to find it (often the moov).
 struct Scanned {
@@ -46,7 +47,13 @@ impl Media {
         };
         let built = match request {
             MediaRequest::Faststart => self.build_whole(object, deadline).await,
-            MediaRequest::Trim(span) => self.build_clip(object, *span, deadline).await,
+            MediaRequest::Trim(span) => {
+                match self.cache.config().media.format_of(&object.path()[..]) {
+                    Some(MediaFormat::Mp3) => self.build_mp3_clip(object, *span, deadline).await,
+                    Some(MediaFormat::Flv) => self.build_flv_clip(object, *span, deadline).await,
+                    Some(MediaFormat::Mp4) | None => self.build_clip(object, *span, deadline).await,
+                }
+            }
         };
         drop(_permit);
         self.give_memory_back();
@@ -242,7 +249,9 @@ impl Media {
 }
 
 /// Runs CPU-bound or disk work on the blocking pool, so it never holds an I/O thread.
-async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> FsResult<T> {
+pub(super) async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> FsResult<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| FsError::Io(format!("media work failed: {e}")))

@@ -1,13 +1,17 @@
 //! Media layer: MP4 files presented with their header in front, and clips of an interval by
-//! name (`NAME.mp4?start=S&end=E`), as views over the cached original's blocks.
+//! name (`NAME.mp4?start=S&end=E`, likewise MP3 and FLV), as views over the cached
+//! original's blocks.
 //!
 //! It sits between the FUSE adapter and the cache: it reads the original through the cache's
 //! own API and keeps its records in the object's opaque view record; the cache knows nothing
 //! of it.
 //!
 //! - `mp4`: the MP4 library, pure computation on bytes (scan, faststart, trim, presented);
+//! - `mp3`, `flv`: the MP3 and FLV clip libraries, likewise pure, making `mp4::Presented`s;
+//! - `clip_error`: why an MP3 or FLV clip cannot be cut;
 //! - `name`: what a file name asks for;
 //! - `build`: finding the layout with cache reads, then `mp4`'s rewrite or cut;
+//! - `build_mp3`, `build_flv`: the cache reads that cut an MP3 or FLV clip;
 //! - `record`: the rewritten header kept with the object's files, so it survives restarts;
 //! - `views`: presentations kept in memory, within a byte budget;
 //! - `read`: presented bytes, from memory and the original's cached blocks.
@@ -18,9 +22,14 @@
 //!
 //! Depends on `cache`, `origin` (an object's `Version`), `store` (its tests), `config` and `base`.
 
+pub mod flv;
+pub mod mp3;
 pub mod mp4;
 
 mod build;
+mod build_flv;
+mod build_mp3;
+mod clip_error;
 mod name;
 mod read;
 mod record;
@@ -40,6 +49,7 @@ use crate::base::{FsError, FsResult, ObjectKind, SiteId};
 use crate::cache::{Cache, Object};
 use mp4::{Piece, Presented};
 
+pub use clip_error::ClipError;
 pub use name::{MediaRequest, NameKind, TrimSpan};
 
 use views::Views;

@@ -1,9 +1,9 @@
-//! What a file name asks of a media file: the file as it is, the file with its header in
-//! front, or a clip of an interval (`NAME.mp4?start=S&end=E`).
+//! What a file name asks of a media file: the file as it is, an MP4 with its header in
+//! front, or a clip of an interval (`NAME.mp4?start=S&end=E`, likewise `.mp3` and `.flv`).
 
 use std::hash::{Hash, Hasher};
 
-use crate::config::MediaConfig;
+use crate::config::{MediaConfig, MediaFormat};
 
 /// Longest number accepted as a trim bound: seconds with decimals, never more.
 const MAX_NUMBER_LEN: usize = 24;
@@ -72,7 +72,7 @@ pub fn classify(media: &MediaConfig, name: &str, faststart: impl Fn(&str) -> boo
             };
         }
     }
-    if media.is_media_name(name) && faststart(name) {
+    if media.format_of(name) == Some(MediaFormat::Mp4) && faststart(name) {
         return NameKind::Media {
             name: name.to_string(),
             request: MediaRequest::Faststart,
@@ -206,6 +206,28 @@ mod tests {
             NameKind::Plain
         );
         assert_eq!(classify(&media(), "a.txt", |_| true), NameKind::Plain);
+        // Header-first is MP4's alone; MP3 and FLV names are clips or plain files.
+        assert_eq!(classify(&media(), "a.mp3", |_| true), NameKind::Plain);
+        assert_eq!(classify(&media(), "a.flv", |_| true), NameKind::Plain);
+        let clip = |name: &str| NameKind::Media {
+            name: name.into(),
+            request: MediaRequest::Trim(TrimSpan {
+                start: Some(1.0),
+                end: Some(2.0),
+            }),
+        };
+        assert_eq!(
+            classify(&media(), "a.mp3?start=1&end=2", |_| true),
+            clip("a.mp3")
+        );
+        assert_eq!(
+            classify(&media(), "a.FLV?start=1&end=2", |_| true),
+            clip("a.FLV")
+        );
+        assert!(matches!(
+            classify(&media(), "a.mp3?start=abc", |_| true),
+            NameKind::Invalid(_)
+        ));
         let mut off = media();
         off.trim = false;
         assert_eq!(classify(&off, "a.mp4?start=1", |_| false), NameKind::Plain);

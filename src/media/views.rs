@@ -15,7 +15,7 @@ use crate::cache::Object;
 pub(super) const VIEW_MEMORY: u64 = 64 << 20;
 /// Most presentations kept, whatever their size.
 const VIEW_ENTRIES: usize = 16_384;
-/// What an entry costs beyond its header bytes: key, path and bookkeeping.
+/// What an entry costs beyond the bytes its view holds: key, path and bookkeeping.
 const ENTRY_OVERHEAD: u64 = 256;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -84,12 +84,12 @@ impl Views {
         request: &MediaRequest,
         presentation: &Presentation,
     ) {
-        let synthetic = match presentation {
+        let held = match presentation {
             Presentation::Unchanged => 0,
-            Presentation::View(view) => view.strong().map_or(0, |p| p.synthetic_len() as u64),
+            Presentation::View(view) => view.strong().map_or(0, |p| p.held_bytes()),
         };
         let key = key(object, request);
-        let cost = ENTRY_OVERHEAD + key.path.len() as u64 + synthetic;
+        let cost = ENTRY_OVERHEAD + key.path.len() as u64 + held;
         let kept = Kept {
             object: Arc::downgrade(object),
             presentation: presentation.clone(),

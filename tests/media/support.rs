@@ -53,7 +53,7 @@ pub fn tool(program: &str, args: &[&str]) -> ToolRun {
 }
 
 #[track_caller]
-fn tool_ok(program: &str, args: &[&str]) -> String {
+pub fn tool_ok(program: &str, args: &[&str]) -> String {
     let run = tool(program, args);
     assert!(
         run.ok,

@@ -104,6 +104,13 @@ impl Presented {
             .sum()
     }
 
+    /// Bytes this view holds in memory: its synthetic bytes and its segment table (a clip
+    /// of a long FLV has two segments per tag, which outweigh its synthetic bytes).
+    pub fn held_bytes(&self) -> u64 {
+        let per_segment = std::mem::size_of::<Segment>() + std::mem::size_of::<u64>();
+        (self.synthetic_len() + self.segments.len() * per_segment) as u64
+    }
+
     /// End of the furthest source range: the original file must be at least this long.
     pub fn source_extent(&self) -> u64 {
         self.segments
