@@ -365,7 +365,7 @@ EOF
 
 # wrk on side l or m; prints "req_per_s non2xx errors".
 wrk_run() {
-    local side=$1 out rps non2xx errs
+    local side=$1 out rps non2xx errs kinds
     out=$(timeout -k 5 $((DURATION + 60)) wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --timeout 10s \
         -s "$TMP/random.lua" "$APACHE" -- "/$side/")
     echo "$out" >>"$TMP/logs/wrk.log"
@@ -373,7 +373,9 @@ wrk_run() {
     [[ -n $rps ]] || { echo "$out" >&2; return 1; }
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
     errs=$(awk '/Socket errors:/ { s = 0; for (i = 3; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) s += $i; print s }' <<<"$out"); errs=${errs:-0}
-    echo "$rps $non2xx $errs"
+    # wrk's own breakdown, e.g. "connect 0, read 2, write 0, timeout 0"
+    kinds=$(sed -n 's/^ *Socket errors: *//p' <<<"$out" | tr -s ' ' '_')
+    echo "$rps $non2xx $errs ${kinds:-none}"
 }
 
 # Every file once, CONNS at a time; prints "req_per_s non200".
@@ -395,18 +397,18 @@ hot_all() {   # both sides read once more (all files in the page cache)
 }
 
 # sample PHASE SIDE RUN VALUE [non2xx errors]
-sample() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-0}" "${6:-0}" >>"$TMP/samples.tsv"; }
+sample() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-0}" "${6:-0}" "${7:-none}" >>"$TMP/samples.tsv"; }
 
 measure() {   # PHASE SIDE RUN
     local phase=$1 side=$2 r=$3 out
     case $phase in
         hot)
             out=$(wrk_run "$side") || { sample "$phase" "$side" "$r" error; return 0; }
-            read -r rps n2 er <<<"$out"; sample "$phase" "$side" "$r" "$rps" "$n2" "$er" ;;
+            read -r rps n2 er kinds <<<"$out"; sample "$phase" "$side" "$r" "$rps" "$n2" "$er" "$kinds" ;;
         warm)
             drop_caches
             out=$(wrk_run "$side") || { sample "$phase" "$side" "$r" error; return 0; }
-            read -r rps n2 er <<<"$out"; sample "$phase" "$side" "$r" "$rps" "$n2" "$er" ;;
+            read -r rps n2 er kinds <<<"$out"; sample "$phase" "$side" "$r" "$rps" "$n2" "$er" "$kinds" ;;
         first)
             drop_caches
             out=$(first_pass "$side") || { sample "$phase" "$side" "$r" error; return 0; }
@@ -437,8 +439,8 @@ samples, loadf, metaf = sys.argv[1:4]
 meta = dict(l.rstrip("\n").split("\t", 1) for l in open(metaf) if "\t" in l)
 data = {}
 for line in open(samples):
-    phase, side, run, v, n2, er = line.rstrip("\n").split("\t")
-    data.setdefault(phase, {}).setdefault(side, {})[int(run)] = (v, int(n2), int(er))
+    phase, side, run, v, n2, er, kinds = line.rstrip("\n").split("\t")
+    data.setdefault(phase, {}).setdefault(side, {})[int(run)] = (v, int(n2), int(er), kinds.replace("_", " "))
 def num(x):
     try: return float(x)
     except ValueError: return None
@@ -463,10 +465,10 @@ for phase in ("hot", "warm", "first"):
     errs = []
     for side, nm in (("m", "mount"), ("l", "local")):
         for r in runs:
-            v, n2, er = d.get(side, {}).get(r, ("missing", 0, 0))
+            v, n2, er, kinds = d.get(side, {}).get(r, ("missing", 0, 0, ""))
             if num(v) is None: errs.append(f"{nm} run {r}: {v}")
             if n2: errs.append(f"{nm} run {r}: {n2} non-2xx")
-            if er: errs.append(f"{nm} run {r}: {er} socket errors")
+            if er: errs.append(f"{nm} run {r}: {er} socket errors ({kinds})")
     out.append(f"| {names[phase]} | {fmt(m)} | {fmt(l)} | {fmt(ratio, 2)} | {len(runs)} | {'; '.join(errs) or 'none'} |")
 out.append("")
 out.append("Per run (mount / local req/s, ratio):")
@@ -481,7 +483,7 @@ for phase in ("hot", "warm", "first"):
     out.append(f"- {phase}: " + "; ".join(parts))
 out.append("")
 loads = [l.split() for l in open(loadf)]
-out.append("Load average (1, 5, 15 min) at the start / end of each run: "
+out.append("Load average (1, 5, 15 min) at the start / end of each run (the end one includes this benchmark's own wrk and Apache threads): "
            + "; ".join(f"run {x[0]} {x[1]} {' '.join(x[2:5])}" for x in loads))
 body = "\n".join(out)
 head = [f"### ston-fs -o {meta['mount_opts']}", "",
