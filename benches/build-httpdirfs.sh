@@ -27,7 +27,7 @@ set -euo pipefail
 
 log() { printf '[build-httpdirfs %(%T)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-trap 'rc=$?; ((rc == 0)) || log "failed (exit $rc) at line $LINENO"' EXIT
+trap 'rc=$?; ((rc == 0)) || log "failed (exit $rc)"' EXIT
 
 (($# >= 1 && $# <= 2)) || die "usage: $0 SRC_DIR [OUT_DIR]"
 SRC=$(readlink -f "$1")
