@@ -513,7 +513,9 @@ section = os.environ["SECTION"]
 begin, end = f"<!-- section: {key} -->", f"<!-- end: {key} -->"
 header = ("# Apache serving small files: ston-fs mount ÷ local copy\n\n"
           "Written by `benches/apache_small.sh` (read its header for the method). One section per ston-fs\n"
-          "option set; a run replaces its own section. Ratios are mount ÷ local from the same run.\n")
+          "option set; a run replaces its own section. Ratios are mount ÷ local from the same run.\n"
+          "ston-fs always gets -o allow_other (Apache's workers run as www-data); the rest is its defaults\n"
+          "plus the section's STON_FS_OPTS.\n")
 text = open(path).read() if os.path.exists(path) else header
 block = f"{begin}\n{section}\n{end}"
 if begin in text and end in text:
