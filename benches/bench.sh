@@ -6,9 +6,10 @@
 #
 # Root is needed: FUSE mounts, /proc/sys/vm/drop_caches and apt-get.
 #
-# ston-fs and its peers (httpdirfs, rclone mount --vfs-cache-mode full) mount
-# the same private nginx on 127.0.0.1, one at a time, each with its own fresh
-# cache dir, and go through the same workloads. Every figure is also measured
+# ston-fs and its peers (httpdirfs 1.3.3 built from source, Debian's httpdirfs
+# 1.2.5, rclone mount --vfs-cache-mode full) mount the same private nginx on
+# 127.0.0.1, one at a time, each with its own fresh cache dir, and go through
+# the same workloads. Every figure is also measured
 # against a baseline taken in the same run on the same machine (curl from the
 # same nginx, or a local copy written in the same run), and the ratio is what
 # matters: absolute numbers on a 2-core VM mean little alone. nginx's access
@@ -21,7 +22,8 @@
 #               dropped, then hot; 4 KiB random reads of it; fio on it (warm,
 #               hot); the small files' local copies, dropped then hot; then a
 #               5 s pause, so the fresh state is not right after a drop_caches
-#   fresh       each system: fresh mount, empty cache, cold sequential read
+#   fresh       each system: fresh mount, empty cache (emptied right before the
+#               mount, and checked empty), cold sequential read
 #   heavy       curl and each system: a big local file read hot, a short fio,
 #               drop_caches, then the same cold read ("after a memory-heavy
 #               workload")
@@ -30,6 +32,13 @@
 #               cache dropped, read again (warm); a third read (hot); the
 #               small files cold, hot, then warm; fio warm and hot; 16
 #               concurrent readers of another cold file; daemon RSS
+# The random reads of the sequence are of the same file as its sequential read
+# on purpose (figure 6, cold-after-random). No other cold sequential read can
+# be warmed by them: the fresh and heavy cold reads each start a new daemon on
+# a cache dir emptied just before (a check records that it was empty), after
+# the previous daemon has exited, so neither a cache file nor a prefetch still
+# running can carry over; the kernel's page cache of a FUSE file goes with its
+# mount.
 # Every read is checked against the origin file (cksum of the whole file,
 # byte compare for random reads and small files).
 #
@@ -42,12 +51,19 @@
 #   BENCH_QUICK=1          256 MiB file, 200 small files, 3 s fio, 2 runs
 #   BENCH_REPS=N           runs; every figure is the median over them (default 5, quick 2)
 #   BENCH_SYSTEMS="..."    systems to measure, in this order for run 1
-#                          (default "ston-fs httpdirfs rclone")
+#                          (default "ston-fs httpdirfs httpdirfs-1.2.5 rclone"):
+#                          httpdirfs is the binary in HTTPDIRFS (1.3.3), and is
+#                          "unavailable" when HTTPDIRFS is not set;
+#                          httpdirfs-1.2.5 is Debian's package (/usr/bin/httpdirfs,
+#                          apt-get installed when missing)
+#   HTTPDIRFS=PATH         the httpdirfs binary of the "httpdirfs" column, e.g.
+#                          $(bash benches/build-httpdirfs.sh SRC_DIR) for 1.3.3
 #   BENCH_NO_PEERS=1       same as BENCH_SYSTEMS=ston-fs
 #   STON_FS_BIN=PATH       use this binary; otherwise `cargo build --release`
 #   BENCH_BLOCK_SIZE=1M    ston-fs block_size (figure 4's target is in these blocks)
 #   STON_FS_OPTS=...       extra ston-fs -o options (default max_cache_size=8G)
-#   BENCH_HTTPDIRFS_OPTS   extra httpdirfs flags (default none: --cache and its defaults)
+#   BENCH_HTTPDIRFS_OPTS   extra flags of both httpdirfs columns (default none:
+#                          --cache and its defaults)
 #   BENCH_RCLONE_OPTS      extra rclone mount flags (default none beyond --vfs-cache-mode full)
 #   BENCH_HEAVY_MIB=N      size of the memory-heavy workload's file (default 2x the
 #                          big file, at most a quarter of MemAvailable)
@@ -77,7 +93,7 @@ else
     REPS=${BENCH_REPS:-5}; SMALL_BUDGET=${BENCH_SMALL_BUDGET:-90}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-10800}
 fi
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_REPS must be a positive integer" >&2; exit 2; }
-KNOWN_SYSTEMS="ston-fs httpdirfs rclone"
+KNOWN_SYSTEMS="ston-fs httpdirfs httpdirfs-1.2.5 rclone"
 if [[ ${BENCH_NO_PEERS:-0} == 1 ]]; then
     SYSTEMS_REQ=ston-fs
 else
@@ -93,6 +109,8 @@ BLOCK_SIZE_OPT=${BENCH_BLOCK_SIZE:-1M}
 EXTRA_OPTS=${STON_FS_OPTS:-max_cache_size=8G}
 MOUNT_OPTS="block_size=${BLOCK_SIZE_OPT}${EXTRA_OPTS:+,$EXTRA_OPTS}"
 read -r -a HTTPDIRFS_OPTS <<<"${BENCH_HTTPDIRFS_OPTS:-}"
+HTTPDIRFS_NEW=""      # the "httpdirfs" column's binary (HTTPDIRFS), resolved in setup_systems
+HTTPDIRFS_DEB=/usr/bin/httpdirfs   # the "httpdirfs-1.2.5" column: Debian's package
 read -r -a RCLONE_OPTS <<<"${BENCH_RCLONE_OPTS:-}"
 RESULTS_DIR=${BENCH_RESULTS_DIR:-$BENCH_DIR/results}
 # Upper bounds so that a hung mount can never hang the benchmark.
@@ -470,7 +488,9 @@ sys_mount() {
         ston-fs)
             cmd=("$BIN" -f --cache-dir "$cache" -o "$MOUNT_OPTS${STON_FS_MORE_OPTS:-}" "$ORIGIN" "$mnt") ;;
         httpdirfs)
-            cmd=(httpdirfs -f --cache --cache-location "$cache" "${HTTPDIRFS_OPTS[@]}" "$ORIGIN" "$mnt") ;;
+            cmd=("$HTTPDIRFS_NEW" -f --cache --cache-location "$cache" "${HTTPDIRFS_OPTS[@]}" "$ORIGIN" "$mnt") ;;
+        httpdirfs-1.2.5)
+            cmd=("$HTTPDIRFS_DEB" -f --cache --cache-location "$cache" "${HTTPDIRFS_OPTS[@]}" "$ORIGIN" "$mnt") ;;
         rclone)
             cmd=(rclone mount :http: "$mnt" --http-url "$ORIGIN" --read-only --vfs-cache-mode full
                  --cache-dir "$cache" --log-level NOTICE "${RCLONE_OPTS[@]}") ;;
@@ -485,7 +505,7 @@ sys_mount() {
             awk '/^VmRSS/ {print $2}' "/proc/$pid/status" >"$TMP/state/rss_at_mount.$sys" 2>/dev/null || true
             local type
             type=$(awk -v m="$mnt" '$2 == m { print $3 }' /proc/mounts)
-            [[ $type == "fuse.$sys" ]] || log "warning: mount type of $sys is $type, expected fuse.$sys"
+            [[ $type == "fuse.${sys%-1.2.5}" ]] || log "warning: mount type of $sys is $type, expected fuse.${sys%-1.2.5}"
             return 0
         fi
         if ! pid_running "$pid"; then
@@ -555,7 +575,8 @@ sys_alive() {
 sys_version() {
     case $1 in
         ston-fs) "$BIN" --version 2>&1 | head -n1 ;;
-        httpdirfs) httpdirfs --version 2>&1 | grep -m1 -i 'version' ;;
+        httpdirfs) "$HTTPDIRFS_NEW" --version 2>&1 | grep -m1 -i 'version' ;;
+        httpdirfs-1.2.5) "$HTTPDIRFS_DEB" --version 2>&1 | grep -m1 -i 'version' ;;
         rclone) rclone version 2>/dev/null | head -n1 ;;
     esac
 }
@@ -563,7 +584,8 @@ sys_version() {
 sys_command() {
     case $1 in
         ston-fs) echo "ston-fs -f --cache-dir DIR -o $MOUNT_OPTS ORIGIN MNT" ;;
-        httpdirfs) echo "httpdirfs -f --cache --cache-location DIR${HTTPDIRFS_OPTS[*]:+ ${HTTPDIRFS_OPTS[*]}} ORIGIN MNT" ;;
+        httpdirfs) echo "$HTTPDIRFS_NEW -f --cache --cache-location DIR${HTTPDIRFS_OPTS[*]:+ ${HTTPDIRFS_OPTS[*]}} ORIGIN MNT" ;;
+        httpdirfs-1.2.5) echo "$HTTPDIRFS_DEB -f --cache --cache-location DIR${HTTPDIRFS_OPTS[*]:+ ${HTTPDIRFS_OPTS[*]}} ORIGIN MNT" ;;
         rclone) echo "rclone mount :http: MNT --http-url ORIGIN --read-only --vfs-cache-mode full --cache-dir DIR${RCLONE_OPTS[*]:+ ${RCLONE_OPTS[*]}}" ;;
     esac
 }
@@ -583,7 +605,28 @@ setup_systems() {
         for k in $KNOWN_SYSTEMS; do [[ $s == "$k" ]] && known=1; done
         if ((known == 0)); then unavailable "$s" "unknown system (known: $KNOWN_SYSTEMS)"; continue; fi
         if [[ " ${AVAIL[*]} " == *" $s "* ]]; then continue; fi
-        if [[ $s != ston-fs ]] && ! command -v "$s" >/dev/null 2>&1; then
+        if [[ $s == httpdirfs ]]; then
+            # Never installed: HTTPDIRFS points at a build (benches/build-httpdirfs.sh).
+            if [[ -z ${HTTPDIRFS:-} ]]; then
+                unavailable "$s" "HTTPDIRFS not set (build 1.3.3 with: bash benches/build-httpdirfs.sh SRC_DIR)"; continue
+            fi
+            HTTPDIRFS_NEW=$(readlink -f "$HTTPDIRFS" || true)
+            if [[ -z $HTTPDIRFS_NEW || ! -x $HTTPDIRFS_NEW ]]; then
+                unavailable "$s" "HTTPDIRFS=$HTTPDIRFS is not an executable file"; continue
+            fi
+        elif [[ $s == httpdirfs-1.2.5 ]]; then
+            if [[ ! -x $HTTPDIRFS_DEB ]]; then
+                if [[ ${BENCH_NO_INSTALL:-0} == 1 ]]; then
+                    unavailable "$s" "Debian's httpdirfs not installed (BENCH_NO_INSTALL=1)"; continue
+                fi
+                log "installing httpdirfs (Debian's package) for $s"
+                if ! apt_install httpdirfs || [[ ! -x $HTTPDIRFS_DEB ]]; then
+                    unavailable "$s" "not installed, and apt-get install httpdirfs failed"; continue
+                fi
+            fi
+            [[ $(sys_version "$s") == *"version 1.2.5"* ]] ||
+                log "warning: $HTTPDIRFS_DEB is not 1.2.5 ($(sys_version "$s")); the column keeps its name, the systems table shows the version"
+        elif [[ $s != ston-fs ]] && ! command -v "$s" >/dev/null 2>&1; then
             if [[ ${BENCH_NO_INSTALL:-0} == 1 ]]; then
                 unavailable "$s" "not installed (BENCH_NO_INSTALL=1)"; continue
             fi
@@ -720,6 +763,16 @@ heavy_curl() {
 cold_read() {
     local sys=$1 r=$2 key=$3 mnt v mark inflight reqs bytes bad out
     mnt=$(mnt_of "$sys")
+    # Nothing of an earlier phase (the sequence's random reads of this file,
+    # a previous run) may warm this read: no daemon of this system is left,
+    # and its cache dir is emptied now and checked empty.
+    [[ -z $(pid_of "$sys") ]] || { log "$sys daemon $(pid_of "$sys") still running before a cold read"; return 1; }
+    wipe_cache "$sys"
+    if [[ -z $(find "$(cache_of "$sys")" -mindepth 1 -print -quit) ]]; then
+        check "cache dir of $sys empty before every cold read" ok
+    else
+        check "cache dir of $sys empty before every cold read" FAIL "run $r, $key"
+    fi
     prime_origin; sync
     mark=$(log_mark)
     sys_mount "$sys"
@@ -1108,6 +1161,7 @@ main() {
     [[ $QUICK == 1 ]] && runcmd+=" BENCH_QUICK=1"
     [[ -n ${BENCH_REPS:-} ]] && runcmd+=" BENCH_REPS=$REPS"
     [[ -n ${BENCH_SYSTEMS:-} || ${BENCH_NO_PEERS:-0} == 1 ]] && runcmd+=" BENCH_SYSTEMS=\"${SYSTEMS_REQ[*]}\""
+    [[ -n ${HTTPDIRFS:-} ]] && runcmd+=" HTTPDIRFS=$HTTPDIRFS"
     meta command "$runcmd bash benches/bench.sh"
 
     gen_files

@@ -197,7 +197,10 @@ def figure_defs(meta):
              detail="mean time of one pread", targets=[]),
         dict(key="after_random", id="6", workload="sequential read after the random reads (cold-after-random)",
              unit="MB/s", better="higher", baseline="curl (fresh state)",
-             detail="same mount, right after 5", targets=[]),
+             detail="same mount, right after 5, of the same file on purpose: what the random reads "
+                    "(and any prefetch they started) left in the cache counts here, and only here (the cold "
+                    "reads 1-2 use a fresh daemon on an emptied cache dir); origin MiB 0 = the file was "
+                    "already whole after 5, so this was not a cold read", targets=[]),
         dict(key="warm", id="7", workload="warm sequential read (page cache dropped)",
              unit="MB/s", better="higher", baseline="local copy, page cache dropped",
              detail="data in the system's cache dir; the local copy was written in the same run",

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"ston-fs": "#2f7d32", "httpdirfs": "#e08a1e", "rclone": "#6a4fb0"}
+COLORS = {"ston-fs": "#2f7d32", "httpdirfs": "#e08a1e", "httpdirfs-1.2.5": "#b5651d", "rclone": "#6a4fb0"}
 EXTRA_COLORS = ["#1f77b4", "#d62728", "#8c564b", "#17becf"]
 FLOOR = 1e-3   # log axes: a ratio of 0 (no traffic) is drawn at the floor
 
