@@ -34,7 +34,7 @@ use common::mount::{
 use common::mount_origin;
 use common::nginx::{which, Autoindex, Nginx};
 use common::origin::{parse_range, pattern, Fault, FaultAction, Gate, Origin, RangeSpec, Stall};
-use common::process::{ston_fs_pids_with_arg, wait_gone, workers};
+use common::process::{memory_bytes, ston_fs_pids_with_arg, wait_gone, workers};
 use common::{assert_bytes_eq, assert_file_matches, drop_page_cache, errno, no_kernel_readahead};
 use common::{bounded, pread_full, KIB, MIB};
 
@@ -192,21 +192,6 @@ fn star(dir: &Path) -> PathBuf {
 
 fn log_lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
-}
-
-/// VmRSS of a process in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS value");
-    kb * 1024
 }
 
 // ---------------------------------------------------------------------------
@@ -725,7 +710,7 @@ fn a1_max_object_size_bounds_claims_and_a_sparse_object_costs_no_memory() {
     assert_bytes_eq(&got, &head[12345..16345], "pread inside the first block");
     drop(f);
 
-    let rss = rss_bytes(pid);
+    let rss = memory_bytes(pid, "VmRSS");
     assert!(
         rss < 200 * MIB as u64,
         "daemon RSS {} MiB after a claimed 512 MiB object",
@@ -2602,6 +2587,7 @@ fn splice_206s(origin: &Origin, path: &str, seed: u64, other_date: Option<String
 
 #[test]
 fn d1_a_206_without_the_pinned_validator_is_a_version_change_never_a_splice() {
+    common::require_mount!();
     const BLOCK: usize = 256 * KIB;
     let origin = Origin::start();
     let no_etag = pattern(2001, 4 * BLOCK + 11);
@@ -2654,6 +2640,7 @@ fn d1_a_206_without_the_pinned_validator_is_a_version_change_never_a_splice() {
 
 #[test]
 fn d8_a_shorter_honest_206_is_served_and_the_rest_fetched() {
+    common::require_mount!();
     const BLOCK: usize = 64 * KIB;
     let origin = Origin::start();
     let data = pattern(2081, 40 * BLOCK + 5);
@@ -2694,6 +2681,7 @@ fn d8_a_shorter_honest_206_is_served_and_the_rest_fetched() {
 
 #[test]
 fn d6_unsupported_calls_are_quiet_and_a_repeated_warning_is_capped() {
+    common::require_mount!();
     const BLOCK: usize = 64 * KIB;
     let origin = Origin::start();
     for i in 0..25 {
@@ -2747,6 +2735,7 @@ fn d6_unsupported_calls_are_quiet_and_a_repeated_warning_is_capped() {
 
 #[test]
 fn d2_thousands_of_open_files_never_exhaust_the_daemons_descriptors() {
+    common::require_mount!();
     const FILES: usize = 400;
     let origin = Origin::start();
     let files: Vec<Bytes> = (0..FILES)
@@ -2790,6 +2779,7 @@ fn d2_thousands_of_open_files_never_exhaust_the_daemons_descriptors() {
 
 #[test]
 fn d3_the_control_socket_outlives_an_accept_that_fails() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/x.bin", pattern(2301, 1000));
     let m = Mount::builder(origin.url()).mount();
@@ -2827,6 +2817,7 @@ fn d3_the_control_socket_outlives_an_accept_that_fails() {
 
 #[test]
 fn d9_only_root_and_the_mounting_user_purge_through_unlink() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(2901, 100 * KIB);
     origin.put("/p.bin", data.clone());
@@ -2879,6 +2870,7 @@ fn d9_only_root_and_the_mounting_user_purge_through_unlink() {
 
 #[test]
 fn d7_a_crash_loop_never_ends_a_live_mount_and_the_logs_say_so() {
+    common::require_mount!();
     let origin = Origin::start();
     let data = pattern(2701, 300 * KIB);
     origin.put("/loop.bin", data.clone());
@@ -2949,6 +2941,7 @@ fn kill_next(mountpoint: &Path, worker: bool, dead: &mut Vec<i32>) {
 
 #[test]
 fn f3_the_supervisor_is_no_single_point_of_failure() {
+    common::require_mount!();
     const FILE: usize = 8 * MIB;
     let origin = Origin::start();
     let files: Vec<Bytes> = (0..4).map(|i| pattern(2500 + i, FILE)).collect();
@@ -3028,19 +3021,9 @@ fn f3_the_supervisor_is_no_single_point_of_failure() {
     drop(daemon);
 }
 
-/// Peak resident memory (VmHWM) of a process in bytes.
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmHWM line");
-    kb * 1024
-}
-
 #[test]
 fn d5_answers_without_a_length_share_one_memory_budget() {
+    common::require_mount!();
     const EACH: usize = 100 * MIB;
     const LOOKUPS: usize = 6;
     let body = pattern(2501, EACH);
@@ -3069,7 +3052,7 @@ fn d5_answers_without_a_length_share_one_memory_budget() {
             Err(e) => assert_eq!(e.raw_os_error(), Some(EIO), "{e}"),
         }
     }
-    let peak = peak_rss_bytes(m.pid().expect("pid"));
+    let peak = memory_bytes(m.pid().expect("pid"), "VmHWM");
     assert!(
         (1..LOOKUPS).contains(&served),
         "{served} of {LOOKUPS} unsized answers of 100 MiB were held at once"

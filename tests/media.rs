@@ -29,6 +29,7 @@ use common::mount::{run_cli, Mount};
 use common::mount_origin;
 use common::nginx::{Autoindex, Nginx};
 use common::origin::Origin;
+use common::process::memory_bytes;
 use common::{
     assert_bytes_eq, assert_file_matches, bounded, errno, no_kernel_readahead, pread_full, Rng,
 };
@@ -540,6 +541,7 @@ fn lame_delay_padding(clip: &[u8]) -> (u32, u32) {
 
 #[test]
 fn mp3_clips_keep_the_encoder_delay_and_padding_only_at_the_original_ends() {
+    common::require_mount!();
     let origin = Origin::start();
     let bytes = ClipSample::Mp3Vbr.bytes();
     origin.put("/vbr.mp3", bytes.to_vec());
@@ -560,49 +562,77 @@ fn mp3_clips_keep_the_encoder_delay_and_padding_only_at_the_original_ends() {
     mount.unmount();
 }
 
-#[test]
-fn mp3_clips_cut_on_frames_keep_their_tags_and_decode_to_one_run_of_the_original() {
+/// Mounts an origin holding `samples` and a text file named `text`, checks each sample's clips
+/// with `check` (given the original written to a local file) and that the sample itself reads
+/// byte for byte; returns the origin and the mount for the test's own checks.
+fn check_each_sample(
+    samples: &[(ClipSample, &str)],
+    text: &str,
+    check: impl Fn(&Mount, ClipSample, &str, &Path),
+) -> (Origin, Mount) {
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = Origin::start();
+    for (sample, name) in samples {
+        origin.put(&format!("/{name}"), sample.bytes().to_vec());
+    }
+    origin.put(&format!("/{text}"), b"plain text\n".repeat(300));
+    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    for &(sample, name) in samples {
+        let original = dir.path().join(name);
+        fs::write(&original, sample.bytes()).unwrap();
+        check(&mount, sample, name, &original);
+        assert_file_matches(&mount.path(name), sample.bytes(), 64 * KIB as usize);
+    }
+    (origin, mount)
+}
+
+#[test]
+fn mp3_clips_cut_on_frames_keep_their_tags_and_decode_to_one_run_of_the_original() {
+    common::require_mount!();
     let samples = [
         (ClipSample::Mp3Cbr, "cbr.mp3"),
         (ClipSample::Mp3Vbr, "vbr.mp3"),
         (ClipSample::Mp3Bare, "bare.mp3"),
     ];
-    for (sample, name) in samples {
-        origin.put(&format!("/{name}"), sample.bytes().to_vec());
-    }
-    origin.put("/text.mp3", b"plain text\n".repeat(300));
-    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
-    for (sample, name) in samples {
-        let original = dir.path().join(name);
-        fs::write(&original, sample.bytes()).unwrap();
-        check_mp3_clip(&mount, sample, name, &original);
-        assert_file_matches(&mount.path(name), sample.bytes(), 64 * KIB as usize);
-    }
+    let (_origin, mount) =
+        check_each_sample(&samples, "text.mp3", |mount, sample, name, original| {
+            check_mp3_clip(mount, sample, name, original)
+        });
     // A clip to the end keeps the original's last frame; one from the start its first.
     let tail = fs::read(mount.path("vbr.mp3?start=15")).unwrap();
     let bytes = ClipSample::Mp3Vbr.bytes();
     assert_eq!(tail[tail.len() - 1000..], bytes[bytes.len() - 1000..]);
     assert!(fs::metadata(mount.path("cbr.mp3?end=3")).unwrap().len() > 0);
-    for name in [
-        "cbr.mp3?start=100",
-        "vbr.mp3?start=30",
-        "cbr.mp3?start=abc",
-        "cbr.mp3?start=5&end=5",
-        "text.mp3?start=1",
-        "missing.mp3?start=1",
-    ] {
+    assert_no_such_clips(
+        mount,
+        &[
+            "cbr.mp3?start=100",
+            "vbr.mp3?start=30",
+            "cbr.mp3?start=abc",
+            "cbr.mp3?start=5&end=5",
+            "text.mp3?start=1",
+            "missing.mp3?start=1",
+        ],
+        &[
+            ("/text.mp3", "no run of Layer III frames"),
+            ("/cbr.mp3", "past the end"),
+        ],
+    );
+}
+
+/// Each of `names` is ENOENT, and after unmounting, the log says `why` of each `(path, why)`.
+fn assert_no_such_clips(mount: Mount, names: &[&str], reasons: &[(&str, &str)]) {
+    for name in names {
         let got = fs::metadata(mount.path(name));
         assert_eq!(errno(&got), Some(libc::ENOENT), "{name}: {got:?}");
     }
     let log = mount.unmount();
-    let said = |path: &str, why: &str| log.lines().any(|l| l.contains(path) && l.contains(why));
-    assert!(
-        said("/text.mp3", "no run of Layer III frames"),
-        "the log says why:\n{log}"
-    );
-    assert!(said("/cbr.mp3", "past the end"), "the log says why:\n{log}");
+    for (path, why) in reasons {
+        assert!(
+            log.lines().any(|l| l.contains(path) && l.contains(why)),
+            "the log says why {path} has no clip ({why}):\n{log}"
+        );
+    }
 }
 
 /// Where the audio frames of `clip` (after its Xing frame, if any) begin among `original`'s,
@@ -626,6 +656,7 @@ fn frame_run_in(clip: &[u8], original: &[u8]) -> (usize, usize) {
 
 #[test]
 fn mp3_clips_cut_on_the_frames_mp3splt_cuts_on() {
+    common::require_mount!();
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = Origin::start();
     let samples = [
@@ -667,6 +698,7 @@ fn mp3_clips_cut_on_the_frames_mp3splt_cuts_on() {
 
 #[test]
 fn mp3_and_flv_clips_cost_only_their_share_of_the_file() {
+    common::require_mount!();
     let origin = Origin::start();
     let samples = [
         (ClipSample::Mp3Cbr, "cbr.mp3"),
@@ -806,38 +838,26 @@ fn check_flv_clip(mount: &Mount, name: &str, original: &Path) {
 
 #[test]
 fn flv_clips_start_on_a_key_frame_pass_flvmeta_and_play_one_run_of_the_original() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let origin = Origin::start();
+    common::require_mount!();
     let samples = [
         (ClipSample::FlvIndexed, "indexed.flv"),
         (ClipSample::FlvPlain, "plain.flv"),
     ];
-    for (sample, name) in samples {
-        origin.put(&format!("/{name}"), sample.bytes().to_vec());
-    }
-    origin.put("/text.flv", b"plain text\n".repeat(300));
-    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
-    for (sample, name) in samples {
-        let original = dir.path().join(name);
-        fs::write(&original, sample.bytes()).unwrap();
-        check_flv_clip(&mount, name, &original);
-        assert_file_matches(&mount.path(name), sample.bytes(), 64 * KIB as usize);
-    }
-    for name in [
-        "indexed.flv?start=100",
-        "plain.flv?start=30",
-        "plain.flv?end=abc",
-        "text.flv?start=1",
-    ] {
-        let got = fs::metadata(mount.path(name));
-        assert_eq!(errno(&got), Some(libc::ENOENT), "{name}: {got:?}");
-    }
-    let log = mount.unmount();
-    let said = |path: &str, why: &str| log.lines().any(|l| l.contains(path) && l.contains(why));
-    assert!(said("/text.flv", "not an FLV"), "the log says why:\n{log}");
-    assert!(
-        said("/indexed.flv", "past the end"),
-        "the log says why:\n{log}"
+    let (_origin, mount) = check_each_sample(&samples, "text.flv", |mount, _, name, original| {
+        check_flv_clip(mount, name, original)
+    });
+    assert_no_such_clips(
+        mount,
+        &[
+            "indexed.flv?start=100",
+            "plain.flv?start=30",
+            "plain.flv?end=abc",
+            "text.flv?start=1",
+        ],
+        &[
+            ("/text.flv", "not an FLV"),
+            ("/indexed.flv", "past the end"),
+        ],
     );
 }
 
@@ -935,17 +955,6 @@ fn mutate(rng: &mut Rng, original: &[u8], spans: &[(usize, usize, usize)]) -> Ve
     f
 }
 
-/// The daemon's peak resident memory, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
-}
-
 #[test]
 fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
     common::require_mount!();
@@ -993,7 +1002,7 @@ fn mutated_mp4_files_never_crash_hang_or_bloat_the_daemon() {
     }
     eprintln!("{MUTANTS} mutants: {views} presented through a view, {clips} with a clip");
     assert!(mount.is_running(), "the daemon died:\n{}", mount.log());
-    let peak = peak_rss_kib(pid);
+    let peak = memory_bytes(pid, "VmHWM") / 1024;
     assert!(peak < 256 * 1024, "the daemon's peak RSS is {peak} KiB");
     let log = mount.unmount();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
@@ -1024,6 +1033,7 @@ fn mutate_front(rng: &mut Rng, original: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutated_mp3_and_flv_files_never_crash_hang_or_bloat_the_daemon() {
+    common::require_mount!();
     const MUTANTS: usize = 24;
     let mut rng = Rng::new(0x0a11_ce5e);
     let origin = Origin::start();
@@ -1070,7 +1080,7 @@ fn mutated_mp3_and_flv_files_never_crash_hang_or_bloat_the_daemon() {
     eprintln!("{} mutants: {clips} clips made", names.len());
     assert!(clips > 0, "some mutants still have clips");
     assert!(mount.is_running(), "the daemon died:\n{}", mount.log());
-    let peak = peak_rss_kib(pid);
+    let peak = memory_bytes(pid, "VmHWM") / 1024;
     assert!(peak < 256 * 1024, "the daemon's peak RSS is {peak} KiB");
     let log = mount.unmount();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
@@ -1098,6 +1108,7 @@ fn codecs(input: &str) -> String {
 
 #[test]
 fn nginx_rtmp_plays_a_moov_at_end_mp4_and_an_flv_from_the_mount() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/movie.mp4", Sample::Plain.bytes().to_vec());
     origin.put("/video.flv", ClipSample::FlvIndexed.bytes().to_vec());
@@ -1143,6 +1154,7 @@ fn layout_is_moov_at_end(file: &[u8]) -> bool {
 
 #[test]
 fn nginx_mp4_pseudo_streaming_serves_clips_from_the_mount() {
+    common::require_mount!();
     let origin = Origin::start();
     origin.put("/movie.mp4", Sample::Plain.bytes().to_vec());
     let mount = Mount::builder(origin.url())
@@ -1197,6 +1209,7 @@ fn rewrite_config(docroot: &Path) -> String {
 
 #[test]
 fn apache_serves_clips_of_every_media_extension_and_404s_bad_bounds() {
+    common::require_mount!();
     let root = open_tempdir();
     let files = [
         ("audio.mp3", ClipSample::Mp3Cbr.bytes()),
@@ -1330,29 +1343,14 @@ fn help_lists_the_media_keys() {
 // Memory of presented headers (issue 20, item 4)
 // ===========================================================================
 
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn clip_names_the_kernel_keeps_share_one_header_budget_and_rebuild_exactly() {
+    common::require_mount!();
     const NAMES: usize = 800;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("long.mp4");
     // Ten minutes of tiny video and audio: 15,000 + 28,125 samples, so every clip of nearly
     // all of it has a header of a few hundred KB.
-    let made = media_support::tool(
-        "ffmpeg",
+    let file = media_support::ffmpeg_output(
         &[
-            "-v",
-            "error",
-            "-y",
             "-f",
             "lavfi",
             "-i",
@@ -1373,11 +1371,9 @@ fn clip_names_the_kernel_keeps_share_one_header_budget_and_rebuild_exactly() {
             "aac",
             "-b:a",
             "16k",
-            path.to_str().unwrap(),
         ],
+        "mp4",
     );
-    assert!(made.ok, "{}\n{}", made.command, made.stderr);
-    let file = fs::read(&path).unwrap();
     let origin = Origin::start();
     origin.put("/long.mp4", file.clone());
     let mount = Mount::builder(origin.url()).mount();
@@ -1387,7 +1383,7 @@ fn clip_names_the_kernel_keeps_share_one_header_budget_and_rebuild_exactly() {
     for i in 0..NAMES {
         fs::metadata(mount.path(&name(i))).unwrap_or_else(|e| panic!("{}: {e}", name(i)));
     }
-    let rss = rss_kib(pid);
+    let rss = memory_bytes(pid, "VmRSS") / 1024;
     let headers_mib = (NAMES as u64 * header_len(&first) as u64) >> 20;
     eprintln!(
         "{NAMES} clip names, {headers_mib} MiB of headers: daemon RSS {} MiB",

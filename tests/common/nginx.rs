@@ -123,18 +123,7 @@ impl Nginx {
             log = access_log.display(),
             root = root.display(),
         );
-        let config_path = dir.path().join("nginx.conf");
-        fs::write(&config_path, config).expect("write nginx.conf");
-        let mut child = Command::new(nginx)
-            .arg("-c")
-            .arg(&config_path)
-            .arg("-p")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
+        let mut child = spawn_nginx(&nginx, &config, dir.path());
         wait_listening(port, "nginx", &mut child, &error_log);
         Nginx {
             child,
@@ -207,4 +196,20 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `config` to `dir/nginx.conf` and starts `nginx` on it, with `dir` as its prefix.
+pub fn spawn_nginx(nginx: &Path, config: &str, dir: &Path) -> Child {
+    let config_path = dir.join("nginx.conf");
+    fs::write(&config_path, config).expect("write nginx.conf");
+    Command::new(nginx)
+        .arg("-c")
+        .arg(&config_path)
+        .arg("-p")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx")
 }

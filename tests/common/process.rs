@@ -66,3 +66,14 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     }
     true
 }
+
+/// A memory figure of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...) in bytes.
+pub fn memory_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kib * 1024
+}

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::media_support::tool_ok;
+use crate::media_support::{ffmpeg_output, tool_ok};
 
 /// The MP3 and FLV test files, each made once per test binary.
 #[derive(Clone, Copy, Debug)]
@@ -97,15 +97,8 @@ impl ClipSample {
 
     /// The file's bytes (made with ffmpeg the first time).
     pub fn bytes(self) -> &'static [u8] {
-        self.slot().get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let out = dir.path().join(format!("sample.{}", self.extension()));
-            let mut args = vec!["-v", "error", "-y"];
-            args.extend(self.args());
-            args.push(out.to_str().expect("utf-8 temp path"));
-            tool_ok("ffmpeg", &args);
-            fs::read(&out).expect("ffmpeg output")
-        })
+        self.slot()
+            .get_or_init(|| ffmpeg_output(&self.args(), self.extension()))
     }
 }
 

@@ -5,9 +5,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
-use crate::common::nginx::{free_port, wait_listening, which};
+use crate::common::nginx::{free_port, spawn_nginx, wait_listening, which};
 
 /// Where Debian's libnginx-mod-rtmp puts the module.
 const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
@@ -48,18 +48,7 @@ impl StreamingNginx {
             err = error_log.display(),
             root = root.display(),
         );
-        let config_path = dir.path().join("nginx.conf");
-        fs::write(&config_path, config).expect("write nginx.conf");
-        let mut child = Command::new(nginx)
-            .arg("-c")
-            .arg(&config_path)
-            .arg("-p")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
+        let mut child = spawn_nginx(&nginx, &config, dir.path());
         wait_listening(rtmp_port, "nginx-rtmp", &mut child, &error_log);
         wait_listening(http_port, "nginx", &mut child, &error_log);
         StreamingNginx {

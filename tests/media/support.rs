@@ -52,6 +52,18 @@ pub fn tool(program: &str, args: &[&str]) -> ToolRun {
     }
 }
 
+/// What `ffmpeg -v error -y ARGS OUT` writes to a file named with `extension`.
+#[track_caller]
+pub fn ffmpeg_output(args: &[&str], extension: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join(format!("sample.{extension}"));
+    let mut all = vec!["-v", "error", "-y"];
+    all.extend(args);
+    all.push(out.to_str().expect("utf-8 temp path"));
+    tool_ok("ffmpeg", &all);
+    fs::read(&out).expect("ffmpeg output")
+}
+
 #[track_caller]
 pub fn tool_ok(program: &str, args: &[&str]) -> String {
     let run = tool(program, args);
@@ -154,16 +166,8 @@ impl Sample {
 
     /// The file's bytes (made with ffmpeg the first time).
     pub fn bytes(self) -> &'static [u8] {
-        self.slot().get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let out = dir.path().join(format!("sample.{}", self.extension()));
-            let mut args = vec!["-v", "error", "-y"];
-            args.extend(self.args());
-            let out_text = out.to_str().expect("utf-8 temp path");
-            args.push(out_text);
-            tool_ok("ffmpeg", &args);
-            fs::read(&out).expect("ffmpeg output")
-        })
+        self.slot()
+            .get_or_init(|| ffmpeg_output(&self.args(), self.extension()))
     }
 
     /// Writes the file to `dir` as `name` (for tools that compare with the original).
