@@ -74,6 +74,14 @@ fn open_tempdir() -> tempfile::TempDir {
 // Header in front
 // ===========================================================================
 
+/// Puts each `(bytes, name)` on `origin` and mounts it with 64 KiB blocks.
+fn mount_files<'a>(origin: &Origin, files: impl IntoIterator<Item = (&'a [u8], &'a str)>) -> Mount {
+    for (bytes, name) in files {
+        origin.put(&format!("/{name}"), bytes.to_vec());
+    }
+    Mount::builder(origin.url()).opt("block_size=64K").mount()
+}
+
 #[test]
 fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() {
     let Some(origin) = mount_origin() else { return };
@@ -83,10 +91,10 @@ fn moov_at_end_files_are_presented_header_first_and_decode_like_the_originals() 
         (Sample::BFrames, "bframes.mp4"),
         (Sample::Audio, "audio.m4a"),
     ];
-    for (sample, name) in samples {
-        origin.put(&format!("/{name}"), sample.bytes().to_vec());
-    }
-    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    let mount = mount_files(
+        &origin,
+        samples.map(|(sample, name)| (sample.bytes(), name)),
+    );
     for (sample, name) in samples {
         let (want, is_view) = expected_whole(sample.bytes());
         assert!(is_view, "{name} has its moov at the end");
@@ -572,11 +580,8 @@ fn check_each_sample(
 ) -> (Origin, Mount) {
     let dir = tempfile::tempdir().expect("tempdir");
     let origin = Origin::start();
-    for (sample, name) in samples {
-        origin.put(&format!("/{name}"), sample.bytes().to_vec());
-    }
     origin.put(&format!("/{text}"), b"plain text\n".repeat(300));
-    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    let mount = mount_files(&origin, samples.iter().map(|&(s, name)| (s.bytes(), name)));
     for &(sample, name) in samples {
         let original = dir.path().join(name);
         fs::write(&original, sample.bytes()).unwrap();
@@ -663,10 +668,10 @@ fn mp3_clips_cut_on_the_frames_mp3splt_cuts_on() {
         (ClipSample::Mp3Cbr, "cbr.mp3"),
         (ClipSample::Mp3Vbr, "vbr.mp3"),
     ];
-    for (sample, name) in samples {
-        origin.put(&format!("/{name}"), sample.bytes().to_vec());
-    }
-    let mount = Mount::builder(origin.url()).opt("block_size=64K").mount();
+    let mount = mount_files(
+        &origin,
+        samples.map(|(sample, name)| (sample.bytes(), name)),
+    );
     for (sample, name) in samples {
         let original = dir.path().join(name);
         fs::write(&original, sample.bytes()).unwrap();

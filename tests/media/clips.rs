@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::media_support::{ffmpeg_output, tool_ok};
+use crate::media_support::{made_once, tool_ok};
 
 /// The MP3 and FLV test files, each made once per test binary.
 #[derive(Clone, Copy, Debug)]
@@ -97,8 +97,7 @@ impl ClipSample {
 
     /// The file's bytes (made with ffmpeg the first time).
     pub fn bytes(self) -> &'static [u8] {
-        self.slot()
-            .get_or_init(|| ffmpeg_output(&self.args(), self.extension()))
+        made_once(self.slot(), &self.args(), self.extension())
     }
 }
 

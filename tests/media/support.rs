@@ -52,6 +52,15 @@ pub fn tool(program: &str, args: &[&str]) -> ToolRun {
     }
 }
 
+/// The bytes in `slot`, made by `ffmpeg_output(args, extension)` the first time.
+pub fn made_once(
+    slot: &'static OnceLock<Vec<u8>>,
+    args: &[&str],
+    extension: &str,
+) -> &'static [u8] {
+    slot.get_or_init(|| ffmpeg_output(args, extension))
+}
+
 /// What `ffmpeg -v error -y ARGS OUT` writes to a file named with `extension`.
 #[track_caller]
 pub fn ffmpeg_output(args: &[&str], extension: &str) -> Vec<u8> {
@@ -166,8 +175,7 @@ impl Sample {
 
     /// The file's bytes (made with ffmpeg the first time).
     pub fn bytes(self) -> &'static [u8] {
-        self.slot()
-            .get_or_init(|| ffmpeg_output(&self.args(), self.extension()))
+        made_once(self.slot(), &self.args(), self.extension())
     }
 
     /// Writes the file to `dir` as `name` (for tools that compare with the original).
