@@ -948,7 +948,7 @@ fn cli_rejects_unwritable_cache_dir() {
 #[test]
 fn cli_accepts_standard_mount_words() {
     let Some(origin) = mount_origin() else { return };
-    let data = origin.put("/f.bin", pattern(110, 200 * KIB + 3)).data;
+    let data = origin.put_pattern("/f.bin", 110, 200 * KIB + 3);
     let m = Mount::builder(origin.url())
         .opt("ro")
         .opt("allow_other")

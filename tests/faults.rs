@@ -457,10 +457,8 @@ fn with_every_origin_down_cached_files_stay_readable_past_their_ttl() {
 #[test]
 fn a_revalidation_answered_5xx_keeps_the_cached_copy() {
     let Some(origin) = mount_origin() else { return };
-    let data = pattern(341, 8 * BLOCK + 77);
-    let part = pattern(342, 8 * BLOCK + 77);
-    origin.put("/c.bin", data.clone());
-    origin.put("/p.bin", part.clone());
+    let data = origin.put_pattern("/c.bin", 341, 8 * BLOCK + 77);
+    let part = origin.put_pattern("/p.bin", 342, 8 * BLOCK + 77);
     let mount = Mount::builder(origin.url())
         .opt(format!(
             "ttl=1,block_size=256K,passthrough=false,readahead_max=0,{TIMEOUTS}"

@@ -750,6 +750,11 @@ impl Origin {
         entry
     }
 
+    /// Puts `pattern(seed, len)` at `path` and returns those bytes.
+    pub fn put_pattern(&self, path: &str, seed: u64, len: usize) -> Bytes {
+        self.put(path, pattern(seed, len)).data
+    }
+
     /// Same as `put` (named for tests that change content under a mount).
     pub fn replace(&self, path: &str, data: impl Into<Bytes>) -> FileEntry {
         self.put(path, data)
