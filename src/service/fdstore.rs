@@ -57,19 +57,27 @@ impl Holder {
     }
 }
 
-/// Where notifications go once the holder was replaced (see `holder`); `$NOTIFY_SOCKET`
-/// until then.
-static REDIRECTED: parking_lot::RwLock<Option<std::ffi::OsString>> = parking_lot::RwLock::new(None);
+/// Where notifications go once the holder was replaced (see `holder`), and the new
+/// supervisor's pid; `$NOTIFY_SOCKET` until then.
+static REDIRECTED: parking_lot::RwLock<Option<(std::ffi::OsString, u32)>> =
+    parking_lot::RwLock::new(None);
 
-/// Sends every later notification to `socket` (`@name` for an abstract socket).
-pub fn redirect_notifications(socket: &str) {
-    *REDIRECTED.write() = Some(socket.into());
+/// Sends every later notification to `socket` (`@name` for an abstract socket), the
+/// notification socket of the supervisor with pid `supervisor`.
+pub fn redirect_notifications(socket: &str, supervisor: u32) {
+    *REDIRECTED.write() = Some((socket.into(), supervisor));
+}
+
+/// The replacement holder's socket and pid, if the holder was replaced: what a new image of
+/// this process (an in-place upgrade) must be told instead of its own environment's.
+pub fn redirected() -> Option<(std::ffi::OsString, u32)> {
+    REDIRECTED.read().clone()
 }
 
 /// Sends one notification, with `fds` attached. Returns `Ok(false)` when nobody listens
 /// (no `$NOTIFY_SOCKET`).
 pub fn notify(state: &str, fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
-    let target = REDIRECTED.read().clone();
+    let target = redirected().map(|(socket, _)| socket);
     let Some(path) = target.or_else(|| std::env::var_os("NOTIFY_SOCKET")) else {
         return Ok(false);
     };

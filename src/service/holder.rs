@@ -11,7 +11,7 @@
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -58,21 +58,17 @@ pub struct Handover {
 pub fn keep_a_holder(runtime: &tokio::runtime::Handle, supervisor: u32, handover: Handover) {
     runtime.spawn(async move {
         let mut current = supervisor;
-        let mut child: Option<Child> = None;
         loop {
-            wait_for_exit(current, child.is_none()).await;
-            if let Some(mut dead) = child.take() {
-                let _ = dead.try_wait(); // ours to reap
-            }
+            wait_for_exit(current).await;
+            reap_if_ours(current);
             match start_supervisor(&handover).await {
-                Ok((started, pid)) => {
+                Ok(pid) => {
                     tracing::warn!(
                         dead = current,
                         new = pid,
                         "the supervisor died; a new one holds the mount's descriptors"
                     );
                     current = pid;
-                    child = Some(started);
                 }
                 Err(e) => {
                     tracing::error!(
@@ -87,13 +83,15 @@ pub fn keep_a_holder(runtime: &tokio::runtime::Handle, supervisor: u32, handover
     });
 }
 
-/// Returns once process `pid` has exited (at once if it is gone already). `is_parent`: it
-/// was this process's parent, whose pid may be reused once it is gone.
-async fn wait_for_exit(pid: u32, is_parent: bool) {
+/// Returns once process `pid` has exited (at once if it is gone already). It must be this
+/// process's parent (the first supervisor) or child (one it started, before or after an
+/// in-place upgrade): those are the only pids that cannot be another process's meanwhile.
+async fn wait_for_exit(pid: u32) {
     let Ok(pidfd) = pidfd_open(pid) else { return };
     // SAFETY: getppid has no preconditions.
-    if is_parent && unsafe { libc::getppid() } as u32 != pid {
-        return; // it died before the pidfd was opened: the pid may be another process's
+    let is_parent = unsafe { libc::getppid() } as u32 == pid;
+    if !is_parent && !is_our_child(pid) {
+        return; // gone before the pidfd was opened: the pid may be another process's
     }
     // SAFETY: the pidfd is owned by the AsyncFd, which neither replaces nor closes it early.
     match unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
@@ -106,6 +104,25 @@ async fn wait_for_exit(pid: u32, is_parent: bool) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// Whether `pid` is a child of this process (a zombie included).
+fn is_our_child(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        parent == Some(std::process::id())
+    })
+}
+
+/// A supervisor this process started is its child, and its to reap.
+fn reap_if_ours(pid: u32) {
+    if is_our_child(pid) {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
     }
 }
 
@@ -130,8 +147,8 @@ pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
 }
 
 /// Starts a supervisor that adopts this process, and sends notifications to it once it
-/// listens. Returns it (ours to reap) and its pid.
-async fn start_supervisor(handover: &Handover) -> std::io::Result<(Child, u32)> {
+/// listens. Returns its pid (a child of this process, ours to reap).
+async fn start_supervisor(handover: &Handover) -> std::io::Result<u32> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -165,11 +182,11 @@ async fn start_supervisor(handover: &Handover) -> std::io::Result<(Child, u32)> 
         .map(|(_, fd)| fd.as_raw_fd())
         .collect();
     place_at_exec(&mut command, fds);
-    let child = command.spawn()?;
-    let pid = child.id();
+    // Reaped by pid (`reap_if_ours`), which works after an in-place upgrade too.
+    let pid = command.spawn()?.id();
     wait_until_listening(&adoption.socket).await;
-    fdstore::redirect_notifications(&format!("@{}", adoption.socket));
-    Ok((child, pid))
+    fdstore::redirect_notifications(&format!("@{}", adoption.socket), pid);
+    Ok(pid)
 }
 
 /// Puts `fds` at 3, 4, ... in the child, open across exec.

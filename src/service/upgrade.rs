@@ -100,6 +100,13 @@ impl Reexec {
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_FDNAMES");
+        // A supervisor that replaced a dead one is the holder now, whatever the environment
+        // this process started with says.
+        if let Some((socket, supervisor)) = super::fdstore::redirected() {
+            command
+                .env("NOTIFY_SOCKET", socket)
+                .env(super::fdstore::SUPERVISOR_ENV, supervisor.to_string());
+        }
         let error = command.exec();
         for fd in fds {
             let _ = set_cloexec(fd, true);
