@@ -42,7 +42,10 @@
 //! `Cache.probes`, `Cache.negative`, `Cache.listings` and a write queue's `WriteQueue.state`
 //! (`cache`); `Media.flights` and the views' `Views.state` (`media`); an origin's
 //! `Member.last_error` (`origin::health`); `Stats.access_log` (`base`); `Upgrade.error`
-//! (`service`). Rows 6 and 8 are taken by `cache::object` as 6 then 8, and row 8 is also
+//! (`service`); a media view's header reference `ViewParts.held` and `Media.trimmed_at`
+//! (`media`); the log cap's `Limiter.windows` (`service::lograte`) and the replaced holder's
+//! socket `REDIRECTED` (`service::fdstore`, a read-write lock). The packed store
+//! (`store::packed`, not used by the daemon yet) documents its own two locks. Rows 6 and 8 are taken by `cache::object` as 6 then 8, and row 8 is also
 //! reached without 6 or 7.
 //!
 //! Calls into the kernel and the disk under a lock:
