@@ -151,3 +151,38 @@ pub(super) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
         _ => Err(io::Error::last_os_error()),
     }
 }
+
+/// How long taking a folder's lock waits before it says another process holds it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens `dir/lock` (0600, never through a symlink) and takes its exclusive lock; `None`
+/// when another process holds it. A lock can outlive its holder for a moment (a process that
+/// forks shares the descriptor until its child execs; one that exits takes time to close
+/// it), so only a lock still held after `LOCK_WAIT` counts as taken.
+pub(super) fn lock_folder(dir: &Path) -> io::Result<Option<File>> {
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join("lock"))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own has no memory-safety requirements.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked == 0 {
+            return Ok(Some(lock));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -254,29 +254,14 @@ impl SiteStore {
     pub fn open(cache_dir: &Path, name: &str) -> Result<SiteStore, String> {
         let dir = cache_dir.join(name);
         create_private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        // SAFETY: flock on a descriptor we own has no memory-safety requirements.
-        if unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        } != 0
-        {
-            return Err(format!(
-                "cache folder {} is in use by another ston-fs process",
-                dir.display()
-            ));
-        }
+        let lock = files::lock_folder(&dir)
+            .map_err(|e| format!("cannot open {}: {e}", dir.join("lock").display()))?
+            .ok_or_else(|| {
+                format!(
+                    "cache folder {} is in use by another ston-fs process",
+                    dir.display()
+                )
+            })?;
         Ok(SiteStore {
             name: name.to_string(),
             dir,

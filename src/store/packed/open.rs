@@ -9,9 +9,8 @@
 //! (segment id, offset) order, which is the order they were written in, so the newest
 //! version of a key and its tombstones win.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,38 +35,9 @@ pub(super) struct Recovered {
 /// Creates the folder (0700) if needed and takes its exclusive lock.
 pub(super) fn lock_folder(dir: &Path) -> Result<File, PackedError> {
     crate::store::create_private_dir(dir)?;
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir.join("lock"))?;
-    // A lock can outlive its holder for a moment: a process that forks (to exec anything)
-    // shares the descriptor until its child execs, and a process that exits takes time to
-    // close it. Only a lock held for longer means another store has the folder.
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        // SAFETY: flock on a descriptor we own has no memory-safety requirements.
-        let locked = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        };
-        if locked == 0 {
-            return Ok(lock);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(PackedError::Locked(dir.display().to_string()));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    crate::store::files::lock_folder(dir)?
+        .ok_or_else(|| PackedError::Locked(dir.display().to_string()))
 }
-
-/// How long an open waits for the folder's lock before it says another store holds it.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Opens every segment in `dir` (oldest first), charging what each takes on disk.
 fn open_segments(dir: &Path, budget: &Arc<Budget>) -> io::Result<Vec<Arc<Segment>>> {
