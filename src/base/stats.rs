@@ -133,6 +133,12 @@ pub struct Snapshot {
     pub cache_bytes: u64,
     pub cache_cap: u64,
     pub cache_objects: u64,
+    /// Of `cache_objects`, those kept as records of the packed small-object store, and the
+    /// bytes of `cache_bytes` its segments take.
+    #[serde(default)]
+    pub small_objects: u64,
+    #[serde(default)]
+    pub small_bytes: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -358,11 +364,13 @@ impl Snapshot {
         self.write_origins(&mut text);
         let _ = writeln!(
             text,
-            "cache: {} of {} bytes ({:.1}%), {} objects",
+            "cache: {} of {} bytes ({:.1}%), {} objects ({} small, in {} bytes of packed segments)",
             self.cache_bytes,
             self.cache_cap,
             ratio(self.cache_bytes, self.cache_cap) * 100.0,
-            self.cache_objects
+            self.cache_objects,
+            self.small_objects,
+            self.small_bytes
         );
         text
     }
@@ -539,8 +547,20 @@ impl Snapshot {
             Family::plain(
                 "cache_objects",
                 "gauge",
-                "Objects in the cache index.",
+                "Objects in the cache, small ones included.",
                 self.cache_objects as f64,
+            ),
+            Family::plain(
+                "cache_small_objects",
+                "gauge",
+                "Objects kept as records of the packed small-object store.",
+                self.small_objects as f64,
+            ),
+            Family::plain(
+                "cache_small_bytes",
+                "gauge",
+                "Bytes the packed store's segments take (part of cache_bytes).",
+                self.small_bytes as f64,
             ),
             Family::plain(
                 "request_hit_ratio",

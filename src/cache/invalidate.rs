@@ -29,6 +29,9 @@ impl Cache {
             false => p == path,
         };
         let mut report = InvalidationReport::default();
+        let purge = !matches!(action, Invalidation::Expire);
+        let only = (!subtree).then_some(path);
+        (report.objects, report.bytes) = self.invalidate_small(site, covers, only, purge);
         for object in self.index.matching(site, covers) {
             report.objects += 1;
             report.bytes += object.cached_bytes();

@@ -27,6 +27,7 @@ mod object;
 mod read;
 mod readahead;
 mod resolve;
+mod small;
 mod writer;
 
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ use crate::store::{self, SiteStore, OBJECT_OVERHEAD};
 pub use crate::origin::listing::Entry as ListedEntry;
 pub use index::ObjectKey;
 pub use invalidate::InvalidationReport;
-pub use object::{KeptRegistration, Object, OpenHandle};
+pub use object::{KeptRegistration, Object, OpenHandle, SmallSite};
 pub use readahead::ReadAhead;
 
 use fetch::FetchHost;
@@ -76,6 +77,8 @@ pub struct SiteEntry {
     /// The name a virtual host is listed under at the mount root.
     name: String,
     store: SiteStore,
+    /// The packed store of the site's small objects (`None`: they are kept as files).
+    small: Option<Arc<SmallSite>>,
 }
 
 impl SiteEntry {
@@ -98,6 +101,7 @@ impl SiteEntry {
             },
             name,
             store: SiteStore::open(&config.cache_dir, &folder)?,
+            small: None,
         })
     }
 }
@@ -180,7 +184,7 @@ impl Cache {
         let dir = &config.cache_dir;
         store::create_private_dir(dir)
             .map_err(|e| format!("cannot create cache dir {}: {e}", dir.display()))?;
-        let cache = Cache {
+        let mut cache = Cache {
             stats,
             index: Arc::new(CacheIndex::new(config.max_cache_size)),
             readahead: Arc::new(Budget::new(config.readahead_budget)),
@@ -195,6 +199,9 @@ impl Cache {
             config,
         };
         cache.load();
+        for entry in &mut cache.sites {
+            entry.small = small::open_site(&cache.config, &entry.store, &cache.index);
+        }
         Ok(cache)
     }
 
@@ -226,13 +233,15 @@ impl Cache {
         );
     }
 
-    /// Records every stored but not yet journaled block, so an unmount loses nothing.
+    /// Records every stored but not yet journaled block, and saves the small objects'
+    /// index, so an unmount loses nothing and the next mount is ready at once.
     pub fn flush(&self) {
         for entry in 0..self.sites.len() {
             for object in self.index.matching(entry, |_| true) {
                 object.record_now();
             }
         }
+        self.sync_small(true);
     }
 
     /// Every figure of `ston-fs stats`, as of now.
@@ -240,7 +249,10 @@ impl Cache {
         let mut snapshot = self.stats.snapshot();
         snapshot.cache_bytes = self.index.used();
         snapshot.cache_cap = self.index.cap();
-        snapshot.cache_objects = self.index.object_count() as u64;
+        let (small_objects, small_bytes) = self.small_usage();
+        snapshot.cache_objects = self.index.object_count() as u64 + small_objects;
+        snapshot.small_objects = small_objects;
+        snapshot.small_bytes = small_bytes;
         for entry in &self.sites {
             for member in &entry.site.pool.members {
                 let state = member.state();
@@ -283,6 +295,15 @@ impl Cache {
     /// standbys, and handing
     /// memory freed after bursts of traffic back to the system.
     pub fn start_background(self: &Arc<Self>) {
+        let cache = self.clone();
+        self.runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(small::SYNC_INTERVAL);
+            loop {
+                ticks.tick().await;
+                let cache = cache.clone();
+                let _ = tokio::task::spawn_blocking(move || cache.sync_small(false)).await;
+            }
+        });
         self.runtime.spawn(async {
             let mut ticks = tokio::time::interval(MEMORY_TRIM_INTERVAL);
             loop {
@@ -344,13 +365,17 @@ impl Cache {
     /// Bytes used, the cap, and the number of cached objects.
     pub fn usage(&self) -> (u64, u64, u64) {
         let index = &self.index;
-        (index.used(), index.cap(), index.object_count() as u64)
+        let objects = index.object_count() as u64 + self.small_usage().0;
+        (index.used(), index.cap(), objects)
     }
 
     /// The object the cache holds at a path, fresh or not (a process that takes over a mount
     /// checks it against the version a file was open on).
     pub fn cached_object(&self, site: SiteId, path: &Arc<str>) -> Option<Arc<Object>> {
-        self.index.get(&(site, path.clone()))
+        let key = (site, path.clone());
+        self.index
+            .get(&key)
+            .or_else(|| self.small_object(site, path))
     }
 
     /// Marks an object as just used (it moves to the recent end of the LRU).
@@ -374,7 +399,7 @@ impl Cache {
     /// The origin has a new version: the cached one goes, so the next lookup probes afresh.
     pub fn version_changed(&self, object: &Arc<Object>) {
         tracing::info!(path = %object.path(), "object changed at the origin");
-        self.index.retire_replaced(object);
+        self.retire(object);
     }
 }
 

@@ -89,6 +89,10 @@ impl Cache {
         if range.is_empty() {
             return Ok((Bytes::new(), true));
         }
+        if let Some(bytes) = object.small_bytes() {
+            let within = range.start as usize..range.end as usize;
+            return Ok((bytes.slice(within), true));
+        }
         let blocks = range.start / object.block_size()..(range.end - 1) / object.block_size() + 1;
         for _ in 0..READ_ATTEMPTS {
             let (sources, runs) = object.plan(blocks.clone());

@@ -34,6 +34,9 @@ impl Cache {
         if let Some(object) = self.index.get(&key) {
             return object.is_fresh(now).then_some(Ok(object));
         }
+        if let Some(object) = self.small_object(site, path) {
+            return object.is_fresh(now).then_some(Ok(object));
+        }
         let mut negative = self.negative.lock();
         match negative.get(&key) {
             Some(expires) if *expires > Instant::now() => Some(Err(FsError::NotFound)),
@@ -92,7 +95,10 @@ impl Cache {
         deadline: Instant,
     ) -> FsResult<Arc<Object>> {
         let key = (site, path.clone());
-        let existing = self.index.get(&key);
+        let existing = self
+            .index
+            .get(&key)
+            .or_else(|| self.small_object(site, &path));
         let known = existing.as_ref().map(|o| o.version());
         let block_size = self.config.block_size;
         let probe = self
@@ -123,7 +129,7 @@ impl Cache {
             }
             Ok(Probe::NotFound) => {
                 if let Some(old) = existing {
-                    self.index.retire_replaced(&old);
+                    self.retire(&old);
                 }
                 let expires = Instant::now() + self.config.negative_ttl;
                 self.negative.lock().put(key, expires);
@@ -160,6 +166,15 @@ impl Cache {
         Err(error)
     }
 
+    /// A version the origin replaced (or no longer has) leaves the cache, from the index or
+    /// the packed store.
+    pub(super) fn retire(&self, old: &Arc<Object>) {
+        match old.is_small() {
+            true => self.forget_small(old.site(), old.path()),
+            false => self.index.retire_replaced(old),
+        }
+    }
+
     fn record_file(
         &self,
         site: SiteId,
@@ -169,6 +184,16 @@ impl Cache {
         head: Bytes,
         now: u64,
     ) -> Arc<Object> {
+        if let Some(object) = self.record_small(site, &path, &found, &head, now) {
+            if let Some(old) = existing.filter(|old| !old.is_small()) {
+                self.index.retire_replaced(&old);
+            }
+            return object;
+        }
+        if existing.as_ref().is_some_and(|old| old.is_small()) {
+            self.forget_small(site, &path);
+        }
+        let existing = existing.filter(|old| !old.is_small());
         let block_size = self.config.block_size as usize;
         let first_block = head.slice(..head.len().min(block_size));
         let object = match existing {
@@ -233,7 +258,7 @@ impl Cache {
             }
             other => {
                 if let Some(old) = other {
-                    self.index.retire_replaced(&old);
+                    self.retire(&old);
                 }
                 let version = Version {
                     size: 0,

@@ -34,6 +34,10 @@ use ttl::{parse_ttl_rule, ttl_rule_from_table};
 /// Where the daemon looks for a config file when no ORIGIN is given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ston-fs/ston-fs.toml";
 
+/// Largest `small_object_max`: a packed record holds at most about 500 KiB, and objects
+/// this big already amortise a file of their own.
+pub const MAX_SMALL_OBJECT: u64 = 256 << 10;
+
 /// A configuration or command-line mistake, reported to the user before anything is mounted.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -146,6 +150,13 @@ pub struct Config {
     /// Opens and closes cost no message to the daemon (the kernel keeps the page cache and
     /// serves hot files alone); passthrough is off, and an open file follows its inode.
     pub zero_message_opens: bool,
+    /// Objects up to this size go to the packed small-object store; 0 turns it off.
+    pub small_object_max: u64,
+    /// Percent of `max_cache_size` the packed store may take at most.
+    pub small_object_share: u64,
+    /// Memory the packed store's index may take (16 bytes an object): bounds the count of
+    /// small objects cached, as `max_cache_size` bounds their bytes.
+    pub index_memory_limit: u64,
     /// Largest object size an origin may claim; above it the object answers EIO.
     pub max_object_size: u64,
     /// Largest body read to learn the size of an answer that has no Content-Length.
@@ -213,6 +224,9 @@ impl Default for Config {
             passthrough: true,
             direct_io_min_size: 32 << 20,
             zero_message_opens: false,
+            small_object_max: 64 << 10,
+            small_object_share: 50,
+            index_memory_limit: 256 << 20,
             max_object_size: 1 << 40,
             max_unsized_object: 64 << 20,
             request_timeout: None,
@@ -298,6 +312,9 @@ impl Config {
             "readahead_max" => self.readahead_max = parse_size_or_zero(key, value)?,
             "passthrough" => self.passthrough = parse_bool(key, value)?,
             "zero_message_opens" => self.zero_message_opens = parse_bool(key, value)?,
+            "small_object_max" => self.small_object_max = parse_size_or_zero(key, value)?,
+            "small_object_share" => self.small_object_share = parse_percent(key, value)?,
+            "index_memory_limit" => self.index_memory_limit = parse_size(key, value)?,
             "direct_io_min_size" => self.direct_io_min_size = parse_size_or_zero(key, value)?,
             "unlink" => self.unlink = value.parse().map_err(|e: String| bad(key, e))?,
             "dot_dir" => self.dot_dir = parse_bool(key, value)?,
@@ -516,6 +533,12 @@ impl Config {
                     "must hold at least 4 blocks ({} bytes)",
                     4 * self.block_size
                 ),
+            ));
+        }
+        if self.small_object_max > MAX_SMALL_OBJECT {
+            return Err(bad(
+                "small_object_max",
+                format!("must be at most {MAX_SMALL_OBJECT} bytes (256K)"),
             ));
         }
         let overlap = self

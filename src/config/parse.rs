@@ -68,6 +68,19 @@ pub(super) fn parse_size_or_zero(key: &str, value: &str) -> Result<u64, ConfigEr
     }
 }
 
+/// Parses a whole percentage from 1 to 100.
+pub(super) fn parse_percent(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let number: u64 = value
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| bad(key, format!("`{value}` is not a percentage")))?;
+    match number {
+        1..=100 => Ok(number),
+        _ => Err(bad(key, "must be between 1 and 100")),
+    }
+}
+
 pub(super) fn parse_block_size(key: &str, value: &str) -> Result<u64, ConfigError> {
     let size = parse_size(key, value)?;
     if !(4096..=(64 << 20)).contains(&size) || size % 4096 != 0 {

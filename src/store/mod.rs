@@ -242,6 +242,9 @@ impl ObjectLocation {
     }
 }
 
+/// The folder of a site's packed small-object store, inside the site's folder.
+pub const PACKED_FOLDER: &str = "packed";
+
 /// The cache folder of one site, locked against a second daemon using it at the same time.
 pub struct SiteStore {
     pub name: String,
@@ -267,6 +270,11 @@ impl SiteStore {
             dir,
             _lock: lock,
         })
+    }
+
+    /// The site's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where an object's files live; creates its fan-out folder when `create` is set.
@@ -335,12 +343,14 @@ impl SiteStore {
         self.dir.join("listings").join(format!("{hash:032x}.json"))
     }
 
-    /// Bytes the site's own folders take on disk (charged against the cap).
+    /// Bytes the site's own folders take on disk (charged against the cap). The packed
+    /// store charges its own folder.
     pub fn folder_bytes(&self) -> u64 {
         let mut total = dir_blocks(&self.dir) + 4096; // the lock file's share
         if let Ok(entries) = fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) && entry.file_name() != PACKED_FOLDER
+                {
                     total += dir_blocks(&entry.path());
                 }
             }
@@ -355,7 +365,10 @@ impl SiteStore {
             return objects;
         };
         for fan_out in fan_outs.flatten() {
-            if !fan_out.file_type().is_ok_and(|t| t.is_dir()) {
+            // The packed store's files are its own to check (its temporaries included).
+            if !fan_out.file_type().is_ok_and(|t| t.is_dir())
+                || fan_out.file_name() == PACKED_FOLDER
+            {
                 continue;
             }
             let Ok(entries) = fs::read_dir(fan_out.path()) else {

@@ -42,11 +42,15 @@ use crate::store::descriptors::HeldFile;
 use crate::store::{self, disk_bytes, ObjectLocation, BLOCK_OVERHEAD};
 
 mod plan;
+mod small;
 #[cfg(test)]
 mod tests;
 mod view;
 
 pub use plan::{BlockSource, Run, UnpinnedRun};
+pub use small::SmallSite;
+
+use small::SmallHome;
 
 /// How long an object must go without new blocks before its journal is synced.
 const RECORD_QUIET: Duration = Duration::from_millis(250);
@@ -72,6 +76,8 @@ struct ObjectState {
     unpinned: Unpinned,
     /// Bytes of `charged` that the view record takes (see `view`).
     view_charged: u64,
+    /// A small object's record, kept readable while handles are open (see `small`).
+    small_pin: Option<crate::store::packed::PinnedRecord>,
 }
 
 /// What keeps a version without validators from being served as a splice of two versions.
@@ -120,6 +126,8 @@ pub struct Object {
     writes: WriteQueue<Object>,
     /// The index that charges this object's bytes (weak: the index holds the object).
     index: Weak<CacheIndex<Object>>,
+    /// Set for a small object: its bytes are a packed record, not files (see `small`).
+    small: Option<SmallHome>,
 }
 
 impl Object {
@@ -158,12 +166,14 @@ impl Object {
                 last_stored: None,
                 unpinned: Unpinned::default(),
                 view_charged: 0,
+                small_pin: None,
             }),
             location,
             version,
             recording: Mutex::new(()),
             writes: WriteQueue::default(),
             index,
+            small: None,
         }
     }
 
@@ -268,6 +278,7 @@ impl Object {
     /// The origin confirmed this version again: it is fresh for another TTL.
     pub(in crate::cache) fn renew(&self, now: u64) {
         self.fetched_at.store(now, Ordering::Relaxed);
+        self.renew_small(now);
         if let Some(location) = self.persistent_location() {
             if let Err(e) = location.append_renewal(now) {
                 tracing::warn!(path = %self.path, "cannot record renewal: {e}");
@@ -282,6 +293,9 @@ impl Object {
 
     /// Bytes of the object's data held in the cache.
     pub(in crate::cache) fn cached_bytes(&self) -> u64 {
+        if self.is_small() {
+            return self.size();
+        }
         let state = self.state.lock();
         state
             .blocks
@@ -313,7 +327,7 @@ impl Object {
     }
 
     pub fn is_detached(&self) -> bool {
-        self.state.lock().detached
+        self.state.lock().detached || self.small_outdated()
     }
 
     /// Whether every block is cached and has passed its checksum in this process: only then
@@ -380,7 +394,17 @@ impl Object {
     /// Counts one open file handle on this object until the returned guard drops.
     #[must_use = "the handle closes when the guard drops"]
     pub fn open_handle(self: &Arc<Self>) -> OpenHandle {
-        self.state.lock().open_handles += 1;
+        // Outside the lock: pinning reads the record back.
+        let pin = match self.is_small() && self.open_handles() == 0 {
+            true => self.pin_small(),
+            false => None,
+        };
+        let mut state = self.state.lock();
+        state.open_handles += 1;
+        if state.small_pin.is_none() {
+            state.small_pin = pin;
+        }
+        drop(state);
         OpenHandle {
             object: self.clone(),
         }
@@ -397,6 +421,7 @@ impl Object {
         state.open_handles = state.open_handles.saturating_sub(1);
         if state.open_handles == 0 {
             state.data = None;
+            state.small_pin = None;
         }
     }
 
@@ -427,6 +452,11 @@ impl Object {
         if range.is_empty() {
             return Some(Ok((Vec::new(), true)));
         }
+        if self.is_small() {
+            let bytes = self.small_bytes()?;
+            let within = bytes.get(range.start as usize..range.end as usize)?;
+            return Some(Ok((within.to_vec(), true)));
+        }
         let (file, fresh) = {
             let mut state = self.state.lock();
             let blocks = range.start / self.block_size..(range.end - 1) / self.block_size + 1;
@@ -447,6 +477,11 @@ impl Object {
         block: u64,
         within: Range<u64>,
     ) -> Option<FsResult<Vec<u8>>> {
+        if self.is_small() {
+            let bytes = self.small_bytes()?;
+            let within = bytes.get(within.start as usize..within.end as usize)?;
+            return Some(Ok(within.to_vec()));
+        }
         let (file, crc, verified) = {
             let mut state = self.state.lock();
             let Some(BlockState::Cached { crc, verified, .. }) = state.blocks.get(block).cloned()
@@ -740,6 +775,12 @@ impl BlockSink for Object {
         pieces: &[Bytes],
         claim: Option<&Arc<Flight<Delivered>>>,
     ) -> bool {
+        if self.is_small() {
+            // Kept as a record, not a cached block: readers get the bytes from the flight,
+            // and later reads from the record.
+            self.put_small(&pieces.concat());
+            return false;
+        }
         self.store_block(block, pieces, claim).is_some()
     }
 

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+pub use budget::SharedSpace;
 pub use error::PackedError;
 pub use record::{MAX_DATA_LEN, MAX_KEY_LEN, MAX_VALIDATORS_LEN};
 
@@ -235,9 +236,19 @@ impl PackedStore {
     /// after it, and reclaims down to the cap if it shrank. Nothing in the folder can make
     /// this fail; only I/O on the folder itself, its lock, or a bad `config`.
     pub fn open(dir: &Path, config: PackedConfig) -> Result<PackedStore, PackedError> {
+        Self::open_sharing(dir, config, None)
+    }
+
+    /// Like [`open`](PackedStore::open), with every byte also counted against `shared`
+    /// (the whole cache's cap, which other objects use too).
+    pub fn open_sharing(
+        dir: &Path,
+        config: PackedConfig,
+        shared: Option<Arc<dyn SharedSpace>>,
+    ) -> Result<PackedStore, PackedError> {
         config.check()?;
         let lock = open::lock_folder(dir)?;
-        let budget = Arc::new(Budget::new(config.cap_bytes));
+        let budget = Arc::new(Budget::new(config.cap_bytes, shared));
         budget.charge_found(FOLDER_BYTES);
         let recovered = open::recover(dir, &config, &budget)?;
         let store = PackedStore {
@@ -375,6 +386,33 @@ impl PackedStore {
         bump(&self.counters.removes, 1);
         self.after_append(&mut writer, bytes.len() as u64);
         Ok(true)
+    }
+
+    /// The keys of every cached object that `matches` (a sweep of the store: each record's
+    /// header and key are read back and checked, so it costs a read per object).
+    pub fn keys_matching(&self, matches: impl Fn(&[u8]) -> bool) -> Vec<Box<[u8]>> {
+        let located: Vec<(Arc<Segment>, Location)> = {
+            let shared = self.shared.lock();
+            let entries = shared.index.entries();
+            let with_segment = |e: index::Entry| {
+                let location = e.location();
+                let segment = shared.segments.get(location.segment)?.clone();
+                Some((segment, location))
+            };
+            entries.filter_map(with_segment).collect()
+        };
+        let key_of = |(segment, location): (Arc<Segment>, Location)| {
+            let bytes = segment
+                .read_at(location.offset, location.len as usize)
+                .ok()?;
+            let decoded = record::decode(&bytes)?;
+            (decoded.header.kind == RecordKind::Object).then(|| Box::from(decoded.key))
+        };
+        located
+            .into_iter()
+            .filter_map(key_of)
+            .filter(|key: &Box<[u8]>| matches(key))
+            .collect()
     }
 
     /// Makes every record put so far durable.

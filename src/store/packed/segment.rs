@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn a_scan_stops_at_a_torn_record_and_charges_are_returned() {
         let dir = tempfile::tempdir().unwrap();
-        let budget = Arc::new(Budget::new(1 << 20));
+        let budget = Arc::new(Budget::new(1 << 20, None));
         assert!(budget.reserve(head_charge(1 << 16)));
         let segment = Segment::create(dir.path(), 1, &budget, head_charge(1 << 16)).unwrap();
         let mut at = 0;

@@ -1,0 +1,330 @@
+//! Small objects: a version kept whole as one record of its site's packed store, with no
+//! file, no block table and no index entry of its own.
+//!
+//! The record's validators carry what the metadata file carries for a large object (size,
+//! ETag, Last-Modified, when the origin last confirmed it, its TTL), so a lookup after a
+//! restart rebuilds the object from the record alone. A read takes the record back and
+//! serves it only if it still names this object's version; anything else is a miss, and the
+//! read fetches this version from the origin as it would an evicted block.
+//!
+//! Invariants:
+//! - Never a wrong byte: the store checks each record (CRC32C, key, length) and this module
+//!   checks its version and length before a byte is served.
+//! - One version a record: a fetch of an object that is no longer the cached version never
+//!   replaces the record (a newer version, or a purge, wins).
+//! - Invalidations move the site's generation; an object made before sees itself as detached
+//!   (left the cache), so the next use resolves it again from the store or the origin.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Identity, Object};
+use crate::base::ObjectKind;
+use crate::origin::Version;
+use crate::store::packed::{PackedObject, PackedStore, PinnedRecord};
+
+/// The packed store of one site, and its invalidation generation.
+pub struct SmallSite {
+    pub store: PackedStore,
+    generation: AtomicU64,
+}
+
+impl SmallSite {
+    pub fn new(store: PackedStore) -> SmallSite {
+        SmallSite {
+            store,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes every small object made before now re-resolve at its next use.
+    pub fn invalidate_all_made(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// Where a small object's bytes live: its site's store, as of a generation.
+pub(super) struct SmallHome {
+    site: Arc<SmallSite>,
+    generation: u64,
+}
+
+/// What a record says of the version it holds.
+pub struct RecordedVersion {
+    pub version: Version,
+    pub fetched_at: u64,
+    pub ttl: Duration,
+    pub block_size: u64,
+}
+
+const FORMAT: u8 = 1;
+/// Length that stands for "no such validator" (an empty one is a different answer).
+const ABSENT: u16 = u16::MAX;
+
+fn put_text(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => {
+            out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        None => out.extend_from_slice(&ABSENT.to_le_bytes()),
+    }
+}
+
+/// Encodes a version for a record; `None` when a validator is too long to keep.
+pub fn encode_version(recorded: &RecordedVersion) -> Option<Vec<u8>> {
+    let version = &recorded.version;
+    let too_long = |t: &Option<String>| t.as_ref().is_some_and(|t| t.len() >= ABSENT as usize);
+    if too_long(&version.etag) || too_long(&version.last_modified) {
+        return None;
+    }
+    let mut out = vec![FORMAT];
+    for number in [
+        version.size,
+        recorded.fetched_at,
+        recorded.ttl.as_secs(),
+        recorded.block_size,
+    ] {
+        out.extend_from_slice(&number.to_le_bytes());
+    }
+    put_text(&mut out, version.etag.as_deref());
+    put_text(&mut out, version.last_modified.as_deref());
+    Some(out)
+}
+
+/// Reads what [`encode_version`] wrote; `None` for anything else (the bytes come from disk).
+pub fn decode_version(bytes: &[u8]) -> Option<RecordedVersion> {
+    let (&format, mut rest) = bytes.split_first()?;
+    if format != FORMAT {
+        return None;
+    }
+    let mut number = || {
+        let (head, tail) = rest.split_first_chunk::<8>()?;
+        rest = tail;
+        Some(u64::from_le_bytes(*head))
+    };
+    let (size, fetched_at, ttl, block_size) = (number()?, number()?, number()?, number()?);
+    let mut text = || -> Option<Option<String>> {
+        let (len, tail) = rest.split_first_chunk::<2>()?;
+        let len = u16::from_le_bytes(*len);
+        if len == ABSENT {
+            rest = tail;
+            return Some(None);
+        }
+        let (text, tail) = tail.split_at_checked(len as usize)?;
+        rest = tail;
+        Some(Some(String::from_utf8(text.to_vec()).ok()?))
+    };
+    let (etag, last_modified) = (text()?, text()?);
+    let valid = rest.is_empty() && block_size > 0 && size <= block_size;
+    valid.then_some(RecordedVersion {
+        version: Version {
+            size,
+            etag,
+            last_modified,
+        },
+        fetched_at,
+        ttl: Duration::from_secs(ttl),
+        block_size,
+    })
+}
+
+impl Object {
+    /// An object whose bytes are the record of `path` in `site`'s packed store.
+    pub(in crate::cache) fn new_small(
+        identity: Identity,
+        freshness: (Duration, u64),
+        site: Arc<SmallSite>,
+    ) -> Object {
+        let mut object = Object::new(identity, freshness, None, 0, std::sync::Weak::new());
+        object.state.get_mut().detached = false;
+        let generation = site.generation();
+        object.small = Some(SmallHome { site, generation });
+        object
+    }
+
+    /// Rebuilds the object a record describes (a lookup that found no object in memory).
+    pub(in crate::cache) fn from_record(
+        site_id: crate::base::SiteId,
+        path: Arc<str>,
+        site: &Arc<SmallSite>,
+        validators: &[u8],
+    ) -> Option<Object> {
+        let recorded = decode_version(validators)?;
+        let identity = Identity {
+            site: site_id,
+            path,
+            kind: ObjectKind::File,
+            version: recorded.version,
+            block_size: recorded.block_size,
+        };
+        let freshness = (recorded.ttl, recorded.fetched_at);
+        Some(Object::new_small(identity, freshness, site.clone()))
+    }
+
+    pub fn is_small(&self) -> bool {
+        self.small.is_some()
+    }
+
+    /// Whether an invalidation came after this object was made (see the module header).
+    pub(super) fn small_outdated(&self) -> bool {
+        self.small
+            .as_ref()
+            .is_some_and(|home| home.site.generation() != home.generation)
+    }
+
+    fn recorded(&self, fetched_at: u64) -> RecordedVersion {
+        RecordedVersion {
+            version: self.version.clone(),
+            fetched_at,
+            ttl: self.ttl,
+            block_size: self.block_size,
+        }
+    }
+
+    /// Whether `found` holds exactly this version, whole.
+    fn is_this_version(&self, found: &PackedObject) -> bool {
+        decode_version(&found.validators).is_some_and(|r| r.version == self.version)
+            && found.data.len() as u64 == self.version.size
+    }
+
+    /// This version's bytes from the store, or `None` (gone, replaced, or failed a check).
+    /// The pin of an open file comes first: it outlives newer versions and reclamation.
+    pub(in crate::cache) fn small_bytes(&self) -> Option<Bytes> {
+        let home = self.small.as_ref()?;
+        let pinned = self.state.lock().small_pin.as_ref().map(PinnedRecord::read);
+        if let Some(Ok(Some(found))) = pinned {
+            if self.is_this_version(&found) {
+                return Some(found.data);
+            }
+        }
+        match home.site.store.get(self.path.as_bytes()) {
+            Ok(Some(found)) if self.is_this_version(&found) => Some(found.data),
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(path = %self.path, "packed store read failed: {e}");
+                }
+                // It left the cache: the next open resolves again; this read fetches.
+                self.state.lock().detached = true;
+                None
+            }
+        }
+    }
+
+    /// Keeps this version's record readable while a file has it open.
+    pub(super) fn pin_small(&self) -> Option<PinnedRecord> {
+        let home = self.small.as_ref()?;
+        match home.site.store.pin(self.path.as_bytes()) {
+            Ok(Some((found, pinned))) if self.is_this_version(&found) => Some(pinned),
+            _ => None,
+        }
+    }
+
+    /// Keeps a version fetched whole (a probe's answer, or a refetch) as the record of its
+    /// path, unless the object left the cache or another version took the record meanwhile.
+    pub(in crate::cache) fn put_small(&self, data: &[u8]) -> bool {
+        let Some(home) = self.small.as_ref() else {
+            return false;
+        };
+        if data.len() as u64 != self.version.size || self.is_detached() {
+            return false;
+        }
+        let key = self.path.as_bytes();
+        if let Ok(Some(found)) = home.site.store.get(key) {
+            if !self.is_this_version(&found) {
+                return false;
+            }
+        }
+        self.write_record(&home.site.store, self.fetched_at(), data)
+    }
+
+    fn write_record(&self, store: &PackedStore, fetched_at: u64, data: &[u8]) -> bool {
+        let Some(validators) = encode_version(&self.recorded(fetched_at)) else {
+            return false;
+        };
+        match store.put(self.path.as_bytes(), &validators, data) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(path = %self.path, "small object not kept: {e}");
+                false
+            }
+        }
+    }
+
+    /// The origin confirmed the version (or it was expired): the record says so too.
+    pub(super) fn renew_small(&self, fetched_at: u64) {
+        let Some(home) = self.small.as_ref() else {
+            return;
+        };
+        let store = &home.site.store;
+        if let Ok(Some(found)) = store.get(self.path.as_bytes()) {
+            if self.is_this_version(&found) {
+                self.write_record(store, fetched_at, &found.data);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(etag: Option<&str>, last_modified: Option<&str>) -> RecordedVersion {
+        RecordedVersion {
+            version: Version {
+                size: 1000,
+                etag: etag.map(str::to_string),
+                last_modified: last_modified.map(str::to_string),
+            },
+            fetched_at: 1_700_000_000,
+            ttl: Duration::from_secs(1800),
+            block_size: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn versions_round_trip_and_an_empty_validator_is_not_an_absent_one() {
+        for (etag, date) in [
+            (Some("\"abc\""), Some("Sun, 06 Dec 2026 10:00:00 GMT")),
+            (None, Some("")),
+            (Some(""), None),
+            (None, None),
+        ] {
+            let encoded = encode_version(&recorded(etag, date)).unwrap();
+            let decoded = decode_version(&encoded).unwrap();
+            assert_eq!(decoded.version, recorded(etag, date).version);
+            assert_eq!(decoded.fetched_at, 1_700_000_000);
+            assert_eq!(decoded.ttl, Duration::from_secs(1800));
+        }
+    }
+
+    #[test]
+    fn every_cut_or_extension_of_the_validators_is_refused() {
+        let encoded = encode_version(&recorded(Some("\"e\""), Some("d"))).unwrap();
+        for cut in 0..encoded.len() {
+            assert!(decode_version(&encoded[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(decode_version(&longer).is_none());
+        let mut other_format = encoded;
+        other_format[0] = 2;
+        assert!(decode_version(&other_format).is_none());
+    }
+
+    #[test]
+    fn a_size_above_the_block_or_validators_too_long_are_refused() {
+        let mut too_big = recorded(None, None);
+        too_big.version.size = (1 << 20) + 1;
+        assert!(decode_version(&encode_version(&too_big).unwrap()).is_none());
+        let long = "x".repeat(70_000);
+        assert!(encode_version(&recorded(Some(&long), None)).is_none());
+    }
+}
