@@ -33,6 +33,8 @@
 //! | 4 | `fuse::inodes` `InodeTable.table` | inodes, names, open counts | 5; 8 (registering a cache file); 9 |
 //! | 5 | `fuse::fs` `StonFs.kept` | objects keeping a registration | leaf |
 //! | 6 | `cache::object` `Object.recording` | one journal round of an object | 7 |
+//! | 6a | `store::packed` `PackedStore.writer` | appends, rolls, reclamation, checkpoints of small objects | 6b; 7 (room for a segment, through `SharedSpace`); 10 |
+//! | 6b | `store::packed` `PackedStore.shared` | the packed index and segment table | 10 (a dropped segment gives its charge back) |
 //! | 7 | `cache::index` `CacheIndex.evict_lock` | eviction and retirement | 8 |
 //! | 8 | `cache::object` `Object.state` | block table, charge, data file, kept registration | 9; 10 |
 //! | 9 | `fuse::journal` `Journal.inner` | the restart journal's slots | leaf |
@@ -44,9 +46,10 @@
 //! `Member.last_error` (`origin::health`); `Stats.access_log` (`base`); `Upgrade.error`
 //! (`service`); a media view's header reference `ViewParts.held` and `Media.trimmed_at`
 //! (`media`); the log cap's `Limiter.windows` (`service::lograte`) and the replaced holder's
-//! socket `REDIRECTED` (`service::fdstore`, a read-write lock). The packed store
-//! (`store::packed`, not used by the daemon yet) documents its own two locks. Rows 6 and 8 are taken by `cache::object` as 6 then 8, and row 8 is also
-//! reached without 6 or 7.
+//! socket `REDIRECTED` (`service::fdstore`, a read-write lock); the small objects in use,
+//! `SmallSite.live` (`cache::object::small`). Rows 6 and 8 are taken by `cache::object` as 6
+//! then 8, and row 8 is also reached without 6 or 7. Rows 6a and 6b are never taken under
+//! 6 to 10: a small object calls its store with no lock of its own held.
 //!
 //! Calls into the kernel and the disk under a lock:
 //! - the passthrough registration ioctl runs under 4 and 8 (`Object::keep_with` makes the
@@ -56,6 +59,8 @@
 //!   holder drops it: under 4 when an inode's last passthrough handle is released or the
 //!   inode forgotten, never under 8 (`Object::detach` and `drop_kept` drop it after `state`);
 //! - `fsync` of a cache file and the append of its metadata record run under 6 only;
+//!   appends to packed segments, their `fsync` and checkpoints run under 6a; a small
+//!   object's pinned record is read back (one `pread`) under 8;
 //! - invalidating the kernel's caches never runs under a lock, nor on the calling thread:
 //!   the kernel may hold its own locks while it waits for this daemon.
 //!

@@ -110,7 +110,7 @@ fn passthrough() -> KernelFeatures {
 /// A mount granted passthrough, whose `a.bin` of `len` bytes is wholly cached and verified
 /// and looked up: the fixture and its inode.
 fn verified(len: usize) -> (Fixture, u64) {
-    let fx = fixture_with(&[("a.bin", 1, len)], &[], passthrough());
+    let fx = fixture_with(&[("a.bin", 1, len)], FILES_ONLY, passthrough());
     fx.make_verified("a.bin");
     let ino = fx.ino("a.bin");
     (fx, ino)
@@ -126,6 +126,9 @@ fn backing_of(opened: &ston_fs::fuse::fs::Opened) -> u32 {
 }
 
 const SMALL: usize = 10_000;
+/// Passthrough needs a cache file: small objects are packed records, so these mounts keep
+/// every object as files.
+const FILES_ONLY: &[(&str, &str)] = &[("small_object_max", "0")];
 const MULTI: usize = 3 * BLOCK as usize + 1234;
 
 // ---------------------------------------------------------------------------------------
@@ -849,7 +852,7 @@ fn after_a_takeover_handle_zero_drops_the_pages_of_the_previous_process() {
 
 #[test]
 fn wiring_a_file_system_twice_is_an_error_and_keeps_the_first() {
-    let fx = fixture_with(&[("a.bin", 1, SMALL)], &[], passthrough());
+    let fx = fixture_with(&[("a.bin", 1, SMALL)], FILES_ONLY, passthrough());
     let other = Arc::new(common::kernel::FakeBackings::default());
     let twice = fx.fs.wire(Wiring::Unjournaled {
         backings: other.clone(),
@@ -870,7 +873,7 @@ fn wiring_a_file_system_twice_is_an_error_and_keeps_the_first() {
 
 #[test]
 fn registrations_are_journaled_because_the_journal_comes_with_them() {
-    let fx = fixture_with(&[("a.bin", 1, SMALL)], &[], passthrough());
+    let fx = fixture_with(&[("a.bin", 1, SMALL)], FILES_ONLY, passthrough());
     fx.make_verified("a.bin");
     let ino = fx.ino("a.bin");
     let id = backing_of(&fx.open(ino).expect("open"));

@@ -91,7 +91,7 @@ impl Cache {
         }
         if let Some(bytes) = object.small_bytes() {
             let within = range.start as usize..range.end as usize;
-            return Ok((bytes.slice(within), true));
+            return Ok((bytes.slice(within), object.take_small_hit()));
         }
         let blocks = range.start / object.block_size()..(range.end - 1) / object.block_size() + 1;
         for _ in 0..READ_ATTEMPTS {

@@ -91,6 +91,9 @@ impl Cache {
     /// The version the packed store keeps at `path`, fresh or not.
     pub(super) fn small_object(&self, site: SiteId, path: &Arc<str>) -> Option<Arc<Object>> {
         let small = self.small_site(site)?;
+        if let Some(object) = small.live(path) {
+            return Some(object);
+        }
         let found = match small.store.get(path.as_bytes()) {
             Ok(found) => found?,
             Err(e) => {
@@ -103,7 +106,9 @@ impl Cache {
             tracing::warn!(path = %path, "packed record with unknown validators; dropped");
             let _ = small.store.remove(path.as_bytes());
         }
-        object.map(Arc::new)
+        let object = Arc::new(object?);
+        small.keep_live(&object);
+        Some(object)
     }
 
     /// Keeps a file found by a probe as a small object, when its whole version came with the
@@ -131,7 +136,13 @@ impl Cache {
             block_size: self.config.block_size,
         };
         let object = Object::new_small(identity, (found.freshness.ttl, now), small.clone());
-        object.put_small(head).then(|| Arc::new(object))
+        if !object.put_small(head) {
+            return None;
+        }
+        object.mark_small_fetched();
+        let object = Arc::new(object);
+        small.keep_live(&object);
+        Some(object)
     }
 
     /// Forgets the small record at `path` (its version is gone, or is now cached as files).
@@ -212,8 +223,10 @@ mod tests {
 
     #[test]
     fn segments_shrink_with_small_caps_and_never_below_two_records() {
-        let mut config = Config::default();
-        config.max_cache_size = 8 << 20;
+        let mut config = Config {
+            max_cache_size: 8 << 20,
+            ..Config::default()
+        };
         let packed = packed_config(&config).unwrap();
         assert_eq!(packed.cap_bytes, 4 << 20);
         assert!(packed.segment_size >= 2 * (64 << 10));
@@ -226,8 +239,10 @@ mod tests {
 
     #[test]
     fn objects_never_outgrow_one_block() {
-        let mut config = Config::default();
-        config.block_size = 16 << 10;
+        let config = Config {
+            block_size: 16 << 10,
+            ..Config::default()
+        };
         assert_eq!(packed_config(&config).unwrap().max_object, 16 << 10);
     }
 }

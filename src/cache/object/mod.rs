@@ -78,6 +78,8 @@ struct ObjectState {
     view_charged: u64,
     /// A small object's record, kept readable while handles are open (see `small`).
     small_pin: Option<crate::store::packed::PinnedRecord>,
+    /// A small object's bytes came from the origin and no read has used them yet.
+    small_fetched: bool,
 }
 
 /// What keeps a version without validators from being served as a splice of two versions.
@@ -167,6 +169,7 @@ impl Object {
                 unpinned: Unpinned::default(),
                 view_charged: 0,
                 small_pin: None,
+                small_fetched: false,
             }),
             location,
             version,
@@ -455,7 +458,7 @@ impl Object {
         if self.is_small() {
             let bytes = self.small_bytes()?;
             let within = bytes.get(range.start as usize..range.end as usize)?;
-            return Some(Ok((within.to_vec(), true)));
+            return Some(Ok((within.to_vec(), self.take_small_hit())));
         }
         let (file, fresh) = {
             let mut state = self.state.lock();

@@ -15,34 +15,61 @@
 //! - Invalidations move the site's generation; an object made before sees itself as detached
 //!   (left the cache), so the next use resolves it again from the store or the origin.
 
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
 
 use super::{Identity, Object};
 use crate::base::ObjectKind;
 use crate::origin::Version;
 use crate::store::packed::{PackedObject, PackedStore, PinnedRecord};
 
-/// The packed store of one site, and its invalidation generation.
+/// Small objects in use that a lookup finds again without reading their record (weakly
+/// held: the inodes and open files own them; a dead one still keeps its allocation until
+/// it leaves, so this stays small: a few MiB at most).
+const LIVE_OBJECTS: usize = 8_192;
+
+/// The packed store of one site, its invalidation generation, and the objects in use.
+///
+/// Lock order: `live` is a leaf; the store's own locks are never taken under it.
 pub struct SmallSite {
     pub store: PackedStore,
     generation: AtomicU64,
+    live: Mutex<LruCache<Arc<str>, Weak<Object>>>,
 }
 
 impl SmallSite {
     pub fn new(store: PackedStore) -> SmallSite {
+        let live = NonZeroUsize::new(LIVE_OBJECTS).unwrap_or(NonZeroUsize::MIN);
         SmallSite {
             store,
             generation: AtomicU64::new(0),
+            live: Mutex::new(LruCache::new(live)),
         }
     }
 
     /// Makes every small object made before now re-resolve at its next use.
     pub fn invalidate_all_made(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.live.lock().clear();
+    }
+
+    /// The object of `path` still in use and still cached, if any.
+    pub fn live(&self, path: &Arc<str>) -> Option<Arc<Object>> {
+        let object = self.live.lock().get(path)?.upgrade()?;
+        (!object.is_detached()).then_some(object)
+    }
+
+    /// Remembers an object in use, so the next lookup of its path finds this one.
+    pub fn keep_live(&self, object: &Arc<Object>) {
+        self.live
+            .lock()
+            .put(object.path().clone(), Arc::downgrade(object));
     }
 
     fn generation(&self) -> u64 {
@@ -143,7 +170,7 @@ impl Object {
         freshness: (Duration, u64),
         site: Arc<SmallSite>,
     ) -> Object {
-        let mut object = Object::new(identity, freshness, None, 0, std::sync::Weak::new());
+        let mut object = Object::new(identity, freshness, None, 0, Weak::new());
         object.state.get_mut().detached = false;
         let generation = site.generation();
         object.small = Some(SmallHome { site, generation });
@@ -171,6 +198,22 @@ impl Object {
 
     pub fn is_small(&self) -> bool {
         self.small.is_some()
+    }
+
+    /// A small object just fetched whole by its probe: its first use is a miss.
+    pub(in crate::cache) fn mark_small_fetched(&self) {
+        self.state.lock().small_fetched = true;
+    }
+
+    /// Whether the bytes came from the origin for this object and no read has used them
+    /// yet (they are a miss, as a block fetched for a read is).
+    pub fn fetched_unread(&self) -> bool {
+        self.state.lock().small_fetched
+    }
+
+    /// Whether a read of the bytes is a cache hit; the first read after the fetch is not.
+    pub(in crate::cache) fn take_small_hit(&self) -> bool {
+        !std::mem::take(&mut self.state.lock().small_fetched)
     }
 
     /// Whether an invalidation came after this object was made (see the module header).

@@ -148,7 +148,8 @@ impl StonFs {
                     keep_cache: self.inodes.keep_page_cache(ino, object),
                     direct_io,
                 };
-                (io, true)
+                // A small file fetched whole by its lookup: the open carries the miss.
+                (io, !object.fetched_unread())
             }
         }
     }

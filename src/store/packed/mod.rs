@@ -401,18 +401,14 @@ impl PackedStore {
             };
             entries.filter_map(with_segment).collect()
         };
-        let key_of = |(segment, location): (Arc<Segment>, Location)| {
-            let bytes = segment
-                .read_at(location.offset, location.len as usize)
-                .ok()?;
+        let key_of = |(segment, location): (Arc<Segment>, Location)| -> Option<Box<[u8]>> {
+            let bytes = segment.read_at(location.offset, location.len as usize);
+            let bytes = bytes.ok()?;
             let decoded = record::decode(&bytes)?;
-            (decoded.header.kind == RecordKind::Object).then(|| Box::from(decoded.key))
+            let wanted = decoded.header.kind == RecordKind::Object && matches(decoded.key);
+            wanted.then(|| Box::from(decoded.key))
         };
-        located
-            .into_iter()
-            .filter_map(key_of)
-            .filter(|key: &Box<[u8]>| matches(key))
-            .collect()
+        located.into_iter().filter_map(key_of).collect()
     }
 
     /// Makes every record put so far durable.
@@ -755,6 +751,20 @@ mod tests {
         assert_eq!(store.get(b"/a").unwrap(), None);
         assert_eq!(store.stats().rejected, 1);
         assert_eq!(&store.get(b"/b").unwrap().unwrap().data[..], b"bytes of b");
+    }
+
+    #[test]
+    fn keys_matching_names_the_live_objects_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackedStore::open(dir.path(), small_config()).unwrap();
+        for key in ["/a/1", "/a/2", "/a/3", "/b/1"] {
+            store.put(key.as_bytes(), b"v", key.as_bytes()).unwrap();
+        }
+        store.put(b"/a/2", b"v2", b"newer").unwrap();
+        store.remove(b"/a/3").unwrap();
+        let mut keys = store.keys_matching(|k| k.starts_with(b"/a/"));
+        keys.sort();
+        assert_eq!(keys, [Box::from(&b"/a/1"[..]), Box::from(&b"/a/2"[..])]);
     }
 
     #[test]
