@@ -412,9 +412,24 @@ impl PackedStore {
     }
 
     /// Makes every record put so far durable.
+    ///
+    /// The `fsync`s run outside the writer lock, so puts go on meanwhile (a put that lands
+    /// during them is covered by the next sync, as one after it would be).
     pub fn sync(&self) -> Result<(), PackedError> {
-        let mut writer = self.writer.lock();
-        Self::sync_locked(&mut writer)
+        let (sealed, head) = {
+            let writer = self.writer.lock();
+            let head = writer.head.as_ref().map(|head| head.segment.clone());
+            (writer.unsynced.clone(), head)
+        };
+        for segment in sealed.iter().chain(&head) {
+            segment.sync()?;
+        }
+        let synced = |segment: &Arc<Segment>| sealed.iter().any(|done| done.id == segment.id);
+        self.writer
+            .lock()
+            .unsynced
+            .retain(|segment| !synced(segment));
+        Ok(())
     }
 
     /// Syncs the sealed segments not synced yet, then the head.
