@@ -1,0 +1,151 @@
+//! The cache layer's small objects, through `Cache`'s own API (no FUSE, no root): a small
+//! file becomes one packed record, survives a restart with no origin request, is never
+//! served from a damaged record, keeps its version while a handle is open, and leaves with
+//! a purge.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::assert_bytes_eq;
+use common::layer::{config, origin_and_cache_dir, Layer};
+use common::origin::pattern;
+use ston_fs::base::Invalidation;
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "pack") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn small_files_are_records_that_a_restart_serves_without_the_origin() {
+    let (origin, dir) = origin_and_cache_dir();
+    let files: Vec<(String, bytes::Bytes)> = (0..50)
+        .map(|i| {
+            let path = format!("/d/{i}.txt");
+            let data = origin.put_pattern(&path, 500 + i, 100 + 37 * i as usize);
+            (path, data)
+        })
+        .collect();
+    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    for (path, data) in &files {
+        let object = layer.file(path);
+        assert!(object.is_small(), "{path} is a packed record");
+        assert_bytes_eq(&layer.read_all(&object).0, data, path);
+    }
+    assert_eq!(origin.request_count(), 50, "one request a file");
+    assert_eq!(layer.objects(), 50);
+    layer.close();
+    assert_eq!(
+        common::mount::find_data_files(dir.path()).len(),
+        0,
+        "no file per object"
+    );
+
+    origin.reset();
+    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    for (path, data) in &files {
+        let object = layer
+            .cache
+            .lookup_fresh(0, &Arc::from(path.as_str()))
+            .expect("known from its record")
+            .expect("a file");
+        let (bytes, hit) = layer.read_all(&object);
+        assert_bytes_eq(&bytes, data, path);
+        assert!(hit, "{path} read from the cache");
+    }
+    assert_eq!(origin.request_count(), 0);
+    layer.close();
+}
+
+#[test]
+fn a_damaged_record_is_never_served_and_its_file_is_fetched_again() {
+    let (origin, dir) = origin_and_cache_dir();
+    let data = origin.put_pattern("/x.bin", 77, 3000);
+    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    layer.read_all(&layer.file("/x.bin"));
+    layer.close();
+
+    // Flip one byte of the object's data inside its segment.
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &data[1000..1064])
+        .expect("the data is in the segment");
+    bytes[at + 10] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    origin.reset();
+    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    let object = layer.file("/x.bin");
+    assert_bytes_eq(&layer.read_all(&object).0, &data, "after the damage");
+    assert_eq!(origin.request_count_for("/x.bin"), 1, "fetched again");
+    layer.close();
+}
+
+#[test]
+fn an_open_handle_keeps_its_version_while_the_record_moves_on() {
+    let (origin, dir) = origin_and_cache_dir();
+    let old = origin.put_pattern("/v.txt", 1, 2000);
+    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    let first = layer.file("/v.txt");
+    let handle = first.open_handle();
+    let new = origin.replace("/v.txt", pattern(2, 2100)).data;
+    layer.cache.invalidate(0, "/v.txt", Invalidation::Expire);
+    let second = layer.file("/v.txt");
+    assert_eq!(second.size(), 2100, "a lookup gets the new version");
+    assert_bytes_eq(&layer.read_all(&second).0, &new, "new version");
+    assert_bytes_eq(
+        &layer.read_all(handle.object()).0,
+        &old,
+        "the open handle's version, from its pinned record",
+    );
+    drop(handle);
+    layer.close();
+}
+
+#[test]
+fn a_purge_of_a_folder_takes_its_records_and_leaves_the_others() {
+    let (origin, dir) = origin_and_cache_dir();
+    for path in ["/a/x", "/a/y", "/b/z"] {
+        origin.put_pattern(path, 3, 1000);
+    }
+    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    for path in ["/a/x", "/a/y", "/b/z"] {
+        layer.read_all(&layer.file(path));
+    }
+    let report = layer.cache.invalidate(0, "/a/*", Invalidation::Purge);
+    assert_eq!((report.objects, report.bytes), (2, 2000));
+    let known = |path: &str| layer.cache.lookup_fresh(0, &Arc::from(path)).is_some();
+    assert!(!known("/a/x") && !known("/a/y"));
+    assert!(known("/b/z"));
+    assert_eq!(layer.objects(), 1);
+    layer.close();
+}
+
+#[test]
+fn with_small_objects_off_every_file_has_its_cache_files() {
+    let (origin, dir) = origin_and_cache_dir();
+    origin.put_pattern("/f", 4, 1000);
+    let layer = Layer::open(config(&origin, dir.path(), &[("small_object_max", "0")]));
+    let object = layer.file("/f");
+    layer.read_all(&object);
+    assert!(!object.is_small());
+    layer.wait_cached(&object);
+    layer.close();
+    assert_eq!(common::mount::find_data_files(dir.path()).len(), 1);
+    assert!(segments(dir.path()).is_empty());
+}
