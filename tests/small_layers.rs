@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::assert_bytes_eq;
@@ -13,20 +13,13 @@ use common::layer::{config, origin_and_cache_dir, Layer};
 use common::origin::pattern;
 use ston_fs::base::Invalidation;
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "pack") {
-                found.push(path);
-            }
-        }
-    }
-    found
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    common::mount::find_files_with_ext(dir, "pack")
+}
+
+/// A layer over `dir` with the default settings (small objects on).
+fn layer_over(origin: &common::origin::Origin, dir: &tempfile::TempDir) -> Layer {
+    Layer::open(config(origin, dir.path(), &[]))
 }
 
 #[test]
@@ -39,7 +32,7 @@ fn small_files_are_records_that_a_restart_serves_without_the_origin() {
             (path, data)
         })
         .collect();
-    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    let layer = layer_over(&origin, &dir);
     for (path, data) in &files {
         let object = layer.file(path);
         assert!(object.is_small(), "{path} is a packed record");
@@ -55,7 +48,7 @@ fn small_files_are_records_that_a_restart_serves_without_the_origin() {
     );
 
     origin.reset();
-    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    let layer = layer_over(&origin, &dir);
     for (path, data) in &files {
         let object = layer
             .cache
@@ -74,7 +67,7 @@ fn small_files_are_records_that_a_restart_serves_without_the_origin() {
 fn a_damaged_record_is_never_served_and_its_file_is_fetched_again() {
     let (origin, dir) = origin_and_cache_dir();
     let data = origin.put_pattern("/x.bin", 77, 3000);
-    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    let layer = layer_over(&origin, &dir);
     layer.read_all(&layer.file("/x.bin"));
     layer.close();
 
@@ -89,9 +82,12 @@ fn a_damaged_record_is_never_served_and_its_file_is_fetched_again() {
     std::fs::write(&segment, &bytes).unwrap();
 
     origin.reset();
-    let layer = Layer::open(config(&origin, dir.path(), &[]));
-    let object = layer.file("/x.bin");
-    assert_bytes_eq(&layer.read_all(&object).0, &data, "after the damage");
+    let layer = layer_over(&origin, &dir);
+    assert_bytes_eq(
+        &layer.read_all(&layer.file("/x.bin")).0,
+        &data,
+        "after the damage",
+    );
     assert_eq!(origin.request_count_for("/x.bin"), 1, "fetched again");
     layer.close();
 }
@@ -100,7 +96,7 @@ fn a_damaged_record_is_never_served_and_its_file_is_fetched_again() {
 fn an_open_handle_keeps_its_version_while_the_record_moves_on() {
     let (origin, dir) = origin_and_cache_dir();
     let old = origin.put_pattern("/v.txt", 1, 2000);
-    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    let layer = layer_over(&origin, &dir);
     let first = layer.file("/v.txt");
     let handle = first.open_handle();
     let new = origin.replace("/v.txt", pattern(2, 2100)).data;
@@ -123,7 +119,7 @@ fn a_purge_of_a_folder_takes_its_records_and_leaves_the_others() {
     for path in ["/a/x", "/a/y", "/b/z"] {
         origin.put_pattern(path, 3, 1000);
     }
-    let layer = Layer::open(config(&origin, dir.path(), &[]));
+    let layer = layer_over(&origin, &dir);
     for path in ["/a/x", "/a/y", "/b/z"] {
         layer.read_all(&layer.file(path));
     }

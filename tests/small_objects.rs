@@ -63,6 +63,12 @@ fn files_below(dir: &Path) -> usize {
     count
 }
 
+/// A mount of `origin` over the cache folder `cache`, with `opts`.
+fn mount_over(origin: &Origin, cache: &Path, opts: &[String]) -> Mount {
+    let builder = Mount::builder(origin.url()).cache_dir(cache);
+    opts.iter().fold(builder, |b, o| b.opt(o.clone())).mount()
+}
+
 fn num(stats: &serde_json::Value, key: &str) -> u64 {
     stats[key]
         .as_u64()
@@ -75,7 +81,7 @@ fn a_restart_serves_small_files_without_the_origin_and_keeps_no_file_per_object(
     const FILES: usize = 3_000;
     let want = put_small_files(&origin, FILES, 18_000);
     let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::builder(origin.url()).cache_dir(cache.path()).mount();
+    let mount = mount_over(&origin, cache.path(), &[]);
     read_all(&mount, &want, 0..FILES, 4);
     let stats = stats_json(mount.mountpoint());
     assert_eq!(num(&stats, "small_objects"), FILES as u64, "{stats:#}");
@@ -92,7 +98,7 @@ fn a_restart_serves_small_files_without_the_origin_and_keeps_no_file_per_object(
     );
 
     origin.reset();
-    let mount = Mount::builder(origin.url()).cache_dir(cache.path()).mount();
+    let mount = mount_over(&origin, cache.path(), &[]);
     read_all(&mount, &want, 0..FILES, 4);
     let files_requested = origin
         .requests()
@@ -110,7 +116,7 @@ fn kill_9_during_a_fill_of_20000_small_files_then_a_remount_serves_exact_bytes()
     const SYNCED: usize = 8_000;
     let want = put_small_files(&origin, FILES, 18_100);
     let cache = tempfile::tempdir().unwrap();
-    let mut mount = Mount::builder(origin.url()).cache_dir(cache.path()).mount();
+    let mut mount = mount_over(&origin, cache.path(), &[]);
     read_all(&mount, &want, 0..SYNCED, 4);
     // Records are synced every second: these are durable before the fill goes on.
     std::thread::sleep(Duration::from_millis(2_500));
@@ -147,7 +153,7 @@ fn kill_9_during_a_fill_of_20000_small_files_then_a_remount_serves_exact_bytes()
     drop(mount);
 
     origin.reset();
-    let mount = Mount::builder(origin.url()).cache_dir(cache.path()).mount();
+    let mount = mount_over(&origin, cache.path(), &[]);
     read_all(&mount, &want, 0..FILES, 4);
     let refetched = |range: std::ops::Range<usize>| {
         range
@@ -174,10 +180,7 @@ fn the_cap_holds_while_small_and_large_objects_compete() {
         .map(|i| origin.put_pattern(&format!("/large/{i}.bin"), 18_300 + i, 8 * MIB))
         .collect();
     let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::builder(origin.url())
-        .cache_dir(cache.path())
-        .opt(format!("max_cache_size={CAP}"))
-        .mount();
+    let mount = mount_over(&origin, cache.path(), &[format!("max_cache_size={CAP}")]);
     let over_cap = AtomicBool::new(false);
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -214,15 +217,16 @@ fn the_cap_holds_while_small_and_large_objects_compete() {
 #[test]
 fn purges_and_new_versions_reach_small_files() {
     let Some(origin) = mount_origin() else { return };
-    origin.put("/a/one.txt", pattern(18_400, 3000));
-    origin.put("/a/two.txt", pattern(18_401, 2000));
-    origin.put("/b/three.txt", pattern(18_402, 1000));
+    let names = ["a/one.txt", "a/two.txt", "b/three.txt"];
+    for (i, name) in names.iter().enumerate() {
+        origin.put(
+            &format!("/{name}"),
+            pattern(18_400 + i as u64, 3000 - 1000 * i),
+        );
+    }
     let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::builder(origin.url())
-        .cache_dir(cache.path())
-        .opt("ttl_rule=/a/*:1")
-        .mount();
-    for name in ["a/one.txt", "a/two.txt", "b/three.txt"] {
+    let mount = mount_over(&origin, cache.path(), &["ttl_rule=/a/*:1".to_string()]);
+    for name in names {
         fs::read(mount.path(name)).unwrap();
     }
 
