@@ -72,6 +72,8 @@ struct ObjectState {
     unpinned: Unpinned,
     /// Bytes of `charged` that the view record takes (see `view`).
     view_charged: u64,
+    /// What read-ahead may still spend on fetching cached blocks again (see `plan`).
+    bridge_credit: u64,
 }
 
 /// What keeps a version without validators from being served as a splice of two versions.
@@ -158,6 +160,7 @@ impl Object {
                 last_stored: None,
                 unpinned: Unpinned::default(),
                 view_charged: 0,
+                bridge_credit: 0,
             }),
             location,
             version,
