@@ -72,6 +72,11 @@ impl RunGuard {
         Some((flight, hold))
     }
 
+    /// Whether `block` lies between the run's first and last blocks.
+    fn spans(&self, block: u64) -> bool {
+        (self.first..self.first + self.flights.len() as u64).contains(&block)
+    }
+
     fn first_unfinished(&self) -> Option<u64> {
         let open = self.flights.iter().position(Option::is_some)?;
         Some(self.first + open as u64)
@@ -306,6 +311,12 @@ async fn deliver<H: FetchHost>(
         return deliver_unpinned(cache, guard, block, pieces).await;
     }
     let owned = guard.hand_on(block);
+    if owned.is_none() && guard.spans(block) {
+        // A cached block that read-ahead fetched again only to make one request of two
+        // (see `plan`), or one this run handed on before a retry: readers keep getting the
+        // cached copy, so these bytes are not stored twice.
+        return Ok(());
+    }
     hand_out(cache, &guard.object, block, pieces, owned).await;
     Ok(())
 }

@@ -80,6 +80,8 @@ struct ObjectState {
     small_pin: Option<crate::store::packed::PinnedRecord>,
     /// A small object's bytes came from the origin and no read has used them yet.
     small_fetched: bool,
+    /// What read-ahead may still spend on fetching cached blocks again (see `plan`).
+    bridge_credit: u64,
 }
 
 /// What keeps a version without validators from being served as a splice of two versions.
@@ -170,6 +172,7 @@ impl Object {
                 view_charged: 0,
                 small_pin: None,
                 small_fetched: false,
+                bridge_credit: 0,
             }),
             location,
             version,
