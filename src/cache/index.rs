@@ -642,12 +642,15 @@ mod tests {
         let sampler = {
             let (index, stop) = (index.clone(), stop.clone());
             std::thread::spawn(move || {
+                // At least one sample, however late this thread is scheduled on a busy machine.
                 let mut samples = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                loop {
                     assert!(index.used() <= index.cap(), "used passed the cap");
                     samples += 1;
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break samples;
+                    }
                 }
-                samples
             })
         };
         let workers: Vec<_> = (0..4)
