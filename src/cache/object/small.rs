@@ -261,13 +261,12 @@ impl Object {
         }
     }
 
-    /// Keeps this version's record readable while a file has it open.
+    /// Keeps the path's record readable while a file has it open. It is not read here (an
+    /// open of a hot file costs no I/O): reads check that it holds this version, and fall
+    /// back to the store if it does not.
     pub(super) fn pin_small(&self) -> Option<PinnedRecord> {
         let home = self.small.as_ref()?;
-        match home.site.store.pin(self.path.as_bytes()) {
-            Ok(Some((found, pinned))) if self.is_this_version(&found) => Some(pinned),
-            _ => None,
-        }
+        home.site.store.pin_unread(self.path.as_bytes())
     }
 
     /// Keeps a version fetched whole (a probe's answer, or a refetch) as the record of its

@@ -349,6 +349,17 @@ impl PackedStore {
         Ok(object.map(|object| (object, pinned)))
     }
 
+    /// Keeps the record `key` has now readable, without reading it: a hot open pins at no
+    /// I/O cost, and every [`PinnedRecord::read`] checks the record whole anyway.
+    pub fn pin_unread(&self, key: &[u8]) -> Option<PinnedRecord> {
+        let (segment, location) = self.locate(key)?;
+        Some(PinnedRecord {
+            segment,
+            location,
+            key: key.into(),
+        })
+    }
+
     fn locate(&self, key: &[u8]) -> Option<(Arc<Segment>, Location)> {
         let mut shared = self.shared.lock();
         let location = shared.index.touch(record::key_hash(key))?;
