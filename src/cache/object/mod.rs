@@ -77,7 +77,7 @@ struct ObjectState {
     /// Bytes of `charged` that the view record takes (see `view`).
     view_charged: u64,
     /// A small object's record, kept readable while handles are open (see `small`).
-    small_pin: Option<crate::store::packed::PinnedRecord>,
+    small_pin: Option<Box<crate::store::packed::PinnedRecord>>,
     /// A small object's bytes came from the origin and no read has used them yet.
     small_fetched: bool,
     /// What read-ahead may still spend on fetching cached blocks again (see `plan`).
@@ -121,7 +121,9 @@ pub struct Object {
     ttl: Duration,
     /// Seconds since the epoch when the origin last confirmed this version.
     fetched_at: AtomicU64,
-    location: Option<ObjectLocation>,
+    /// Boxed: small objects and memory-only ones have none, and every object in memory
+    /// pays for this field.
+    location: Option<Box<ObjectLocation>>,
     state: Mutex<ObjectState>,
     /// Held through one round of [`Object::record_now`], so that a round that returns has
     /// recorded every block stored before it began, even when another round was running.
@@ -174,7 +176,7 @@ impl Object {
                 small_fetched: false,
                 bridge_credit: 0,
             }),
-            location,
+            location: location.map(Box::new),
             version,
             recording: Mutex::new(()),
             writes: WriteQueue::default(),
@@ -328,7 +330,7 @@ impl Object {
         if self.state.lock().detached {
             None
         } else {
-            self.location.as_ref()
+            self.location.as_deref()
         }
     }
 
@@ -408,7 +410,7 @@ impl Object {
         let mut state = self.state.lock();
         state.open_handles += 1;
         if state.small_pin.is_none() {
-            state.small_pin = pin;
+            state.small_pin = pin.map(Box::new);
         }
         drop(state);
         OpenHandle {

@@ -242,7 +242,12 @@ impl Object {
     /// The pin of an open file comes first: it outlives newer versions and reclamation.
     pub(in crate::cache) fn small_bytes(&self) -> Option<Bytes> {
         let home = self.small.as_ref()?;
-        let pinned = self.state.lock().small_pin.as_ref().map(PinnedRecord::read);
+        let pinned = self
+            .state
+            .lock()
+            .small_pin
+            .as_deref()
+            .map(PinnedRecord::read);
         if let Some(Ok(Some(found))) = pinned {
             if self.is_this_version(&found) {
                 return Some(found.data);
