@@ -56,7 +56,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc("readahead_budget", "128M", "memory all open files together may hold in prefetched blocks"),
     doc("readahead_max", "32M", "largest read-ahead window of one sequentially read file (0: off)"),
     doc("passthrough", "true", "let the kernel read wholly cached files straight from the cache file"),
-    doc("zero_message_opens", "false", "opens and closes send nothing to the daemon: hot files are served by the kernel alone; no passthrough"),
+    doc("zero_message_opens", "false", "opens and closes send nothing to the daemon: hot files are served by the kernel alone; no passthrough, no direct I/O"),
     doc("direct_io_min_size", "32M", "files at least this big and not wholly cached use direct I/O (0: never)"),
     doc("unlink", "purge", "what unlink() of a cached file does: purge, expire or hardpurge"),
     doc("manifest", "-", "origin path of a manifest used for directory listings"),
