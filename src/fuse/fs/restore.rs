@@ -28,7 +28,7 @@ use super::read::OpenFile;
 use super::{Answer, KernelCache, StonFs};
 use crate::base::{now_secs, FsError, FsResult, ObjectKind, SiteId};
 use crate::cache::{KeptRegistration, Object};
-use crate::fuse::inodes::{CarriedInode, Node, Revalidated, ROOT_INO};
+use crate::fuse::inodes::{CarriedInode, Node, ROOT_INO};
 use crate::fuse::journal::{Carried, HandleState, NodeKind, PagesState};
 use crate::fuse::passthrough::Backing;
 use crate::media::{MediaView, NameKind};
@@ -111,21 +111,25 @@ impl StonFs {
         let recorded: HashMap<u64, [u8; 16]> =
             recorded.iter().map(|p| (p.ino, p.version)).collect();
         let now = now_secs();
-        let mut carried = self.carried_pages.lock();
-        for inode in placed.iter().filter(|i| !i.node.is_directory()) {
-            let state = match recorded.get(&inode.ino) {
-                Some(&version) => {
-                    let kept = inode.node.object.as_ref().is_some_and(|object| {
-                        !object.is_detached()
-                            && object.is_fresh(now)
-                            && self.version_id(object, inode.node.view.as_ref()) == version
-                    });
-                    CarriedPages::Version { version, kept }
-                }
-                None => CarriedPages::Dropping,
-            };
-            carried.insert(inode.ino, state);
-        }
+        let states: Vec<(u64, CarriedPages)> = placed
+            .iter()
+            .filter(|inode| !inode.node.is_directory())
+            .map(|inode| {
+                let state = match recorded.get(&inode.ino) {
+                    Some(&version) => {
+                        let kept = inode.node.object.as_ref().is_some_and(|object| {
+                            !object.is_detached()
+                                && object.is_fresh(now)
+                                && self.version_id(object, inode.node.view.as_ref()) == version
+                        });
+                        CarriedPages::Version { version, kept }
+                    }
+                    None => CarriedPages::Dropping,
+                };
+                (inode.ino, state)
+            })
+            .collect();
+        self.carried_pages.lock().extend(states);
     }
 
     /// Has the kernel drop the pages of every carried file whose version is not known good,
@@ -243,12 +247,8 @@ impl StonFs {
                 Ok((object, view)) if fs.version_id(&object, view.as_ref()) == version => {
                     fs.pages_proven(ino, object, view);
                 }
-                Ok((object, view)) => {
-                    fs.pages_gone(ino, &node.path, Some((object, view)));
-                    return Err(FsError::VersionChanged);
-                }
-                Err(FsError::NotFound) => {
-                    fs.pages_gone(ino, &node.path, None);
+                Ok(_) | Err(FsError::NotFound) => {
+                    fs.pages_gone(ino, &node.path);
                     return Err(FsError::VersionChanged);
                 }
                 Err(error) => return Err(error),
@@ -274,8 +274,8 @@ impl StonFs {
     }
 
     /// The carried inode's recorded version is gone: its reads answer EIO, its pages go, and
-    /// its name goes to a new inode at the next lookup.
-    fn pages_gone(&self, ino: u64, path: &str, now: Option<(Arc<Object>, Option<MediaView>)>) {
+    /// its name goes to a new inode at the next lookup (whatever version this inode shows).
+    fn pages_gone(&self, ino: u64, path: &str) {
         {
             let mut carried = self.carried_pages.lock();
             if !matches!(carried.get(&ino), Some(CarriedPages::Version { .. })) {
@@ -289,12 +289,8 @@ impl StonFs {
             "a file read before the restart has another version at the origin now: reads of \
              it through names looked up before answer EIO; a new lookup gets the new version"
         );
-        if let Some((object, view)) = now {
-            if let Revalidated::Kept { parent, name } =
-                self.inodes.update_object(ino, &object, view, true)
-            {
-                self.invalidate_entry(parent, &name);
-            }
+        if let Some((parent, name)) = self.inodes.detach(ino) {
+            self.invalidate_entry(parent, &name);
         }
         self.invalidate_pages(ino);
     }
