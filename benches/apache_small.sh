@@ -7,6 +7,15 @@
 #   sudo BENCH_REPS=1 BENCH_DURATION=3 bash benches/apache_small.sh   # a quick try
 #
 # Root is needed: FUSE mount, /proc/sys/vm/drop_caches, apt-get.
+# Dependencies, all Debian packages: apache2-bin (not apache2, which would start a
+# system Apache), wrk, nginx and curl. Missing ones are installed with apt-get
+# (unless BENCH_NO_INSTALL=1); by hand: apt-get install apache2-bin wrk nginx curl
+#
+# Two settings compared under the same machine load: alternate single runs, each
+# with its own results file, e.g.
+#   for i in 1 2 3 4; do for o in zero_message_opens=false zero_message_opens=true; do
+#     sudo BENCH_REPS=1 STON_FS_OPTS=$o BENCH_RESULTS_MD=/tmp/apache.$o.$i.md bash benches/apache_small.sh
+#   done; done
 #
 # Set-up: N_FILES files of 2-30 KiB (sizes spread uniformly, deterministic
 # content: both come from a fixed seed) in 20 directories, served by a private

@@ -29,7 +29,7 @@
 //! |---|------|--------|-------------------|
 //! | 1 | `fuse::fs` `StonFs.handles` | open handles | 2; 8 (an adopted handle's `OpenHandle`) |
 //! | 2 | `fuse::fs` `StonFs.adopted` | handles carried over a restart | 4; 9 |
-//! | 3 | `fuse::fs` `StonFs.implicit` | handle 0 of each inode | 8 (its `OpenHandle`) |
+//! | 3 | `fuse::fs` `StonFs.implicit` | handle 0 of each inode | 8 (its `OpenHandle`); 9 (the journal record of its version) |
 //! | 4 | `fuse::inodes` `InodeTable.table` | inodes, names, open counts | 5; 8 (registering a cache file); 9 |
 //! | 5 | `fuse::fs` `StonFs.kept` | objects keeping a registration | leaf |
 //! | 6 | `cache::object` `Object.recording` | one journal round of an object | 7 |
@@ -40,7 +40,8 @@
 //! | 9 | `fuse::journal` `Journal.inner` | the restart journal's slots | leaf |
 //! | 10 | `cache::index` `CacheIndex.state` | the LRU and the bytes charged | leaf |
 //!
-//! Leaf locks outside the chain: `OpenFile.readahead` and `OpenFile.failed_read` (`fuse::fs`);
+//! Leaf locks outside the chain: `OpenFile.readahead`, `OpenFile.failed_read` and
+//! `StonFs.carried_pages` (the pages a takeover found, `fuse::fs`);
 //! `Cache.probes`, `Cache.negative`, `Cache.listings` and a write queue's `WriteQueue.state`
 //! (`cache`); `Media.flights` and the views' `Views.state` (`media`); an origin's
 //! `Member.last_error` (`origin::health`); `Stats.access_log` (`base`); `Upgrade.error`

@@ -561,6 +561,111 @@ fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_byt
     assert!(mount.log().contains("cannot be read on"), "{}", mount.log());
 }
 
+/// Which of `versions` a chunk read at `offset` is wholly of, if any.
+fn version_of(
+    chunk: &[u8],
+    offset: usize,
+    versions: &[(&'static str, &[u8])],
+) -> Option<&'static str> {
+    versions
+        .iter()
+        .find(|(_, bytes)| bytes.get(offset..offset + chunk.len()) == Some(chunk))
+        .map(|(name, _)| *name)
+}
+
+/// With `zero_message_opens` the kernel keeps a file's pages across opens without telling
+/// the daemon, so the pages a killed process made are still there when the next one takes
+/// over. The origin changes the file while the old process does not know (it has no reason
+/// to ask before it dies); after the takeover a file held open since before is read through:
+/// every read is EIO or of one version, never old pages and new ones mixed, and a new open
+/// gets the new version whole. A file that did not change reads on byte-exact.
+#[test]
+fn zero_message_opens_never_mix_pages_of_two_versions_across_a_restart() {
+    let Some(origin) = mount_origin() else { return };
+    let old = pattern(2201, 4 * MIB);
+    let new = pattern(2202, 4 * MIB);
+    let same = pattern(2203, 3 * MIB);
+    origin.put("/z.bin", old.clone());
+    origin.put("/same.bin", same.clone());
+    let mount = Supervised::mount(
+        Path::new(BIN),
+        &origin.url(),
+        "zero_message_opens=true,ttl=2,block_size=1M",
+    );
+    // Part of the file in the kernel's page cache, made by this process.
+    let file = File::open(mount.path("z.bin")).unwrap();
+    let mut head = vec![0u8; 512 * KIB];
+    file.read_exact_at(&mut head, 0).unwrap();
+    assert_bytes_eq(&head, &old[..512 * KIB], "before the change");
+    assert_bytes_eq(
+        &fs::read(mount.path("same.bin")).unwrap(),
+        &same,
+        "same.bin",
+    );
+
+    origin.put("/z.bin", new.clone());
+    // Past the freshness of what the process holds: the next process must ask the origin.
+    std::thread::sleep(Duration::from_millis(2300));
+    mount.kill_worker();
+    // The kernel asks the new process for the attributes of the file it holds open: the
+    // origin's new version is found, but this inode's pages are of the old one.
+    let _ = file.metadata();
+
+    let versions: [(&'static str, &[u8]); 2] = [("old", &old), ("new", &new)];
+    let mut seen: Vec<(usize, &'static str)> = Vec::new();
+    for offset in (0..4 * MIB).step_by(256 * KIB) {
+        match pread_full(&file, offset as u64, 256 * KIB) {
+            Ok(chunk) if chunk.len() == 256 * KIB => match version_of(&chunk, offset, &versions) {
+                Some(version) => seen.push((offset, version)),
+                None => panic!(
+                    "the read at {offset} is of neither version (mixed within one read)\n{}",
+                    mount.log()
+                ),
+            },
+            Ok(chunk) => panic!(
+                "short read of {} bytes at {offset}\n{}",
+                chunk.len(),
+                mount.log()
+            ),
+            Err(e) => assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EIO),
+                "a read at {offset}: {e}\n{}",
+                mount.log()
+            ),
+        }
+    }
+    eprintln!("chunks read after the takeover: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].1 == w[1].1),
+        "one open file read two versions: {seen:?}\n{}",
+        mount.log()
+    );
+    drop(file);
+
+    // A new open gets the new version, whole (a new inode: the old one keeps its version).
+    let mut fresh = Vec::new();
+    wait_until(
+        "a new open to read the new version",
+        || {
+            fresh = fs::read(mount.path("z.bin")).unwrap_or_default();
+            fresh.len() == new.len() && fresh[..MIB] == new[..MIB]
+        },
+        || mount.log(),
+    );
+    assert_bytes_eq(&fresh, &new, "a new open after the restart");
+    assert_bytes_eq(
+        &fs::read(mount.path("same.bin")).unwrap(),
+        &same,
+        "an unchanged file after the restart",
+    );
+    let log = mount.log();
+    assert!(
+        log.contains("pages of files carried over a restart"),
+        "the takeover says what it did with the kernel's pages\n{log}"
+    );
+}
+
 /// An MP4 presented header first and a clip of it are views, not the origin's bytes: a
 /// process that takes the mount over must serve their open files through the same views.
 #[test]

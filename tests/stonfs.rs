@@ -836,14 +836,81 @@ fn a_handle_the_journal_never_carried_is_stale_after_a_restart() {
 }
 
 #[test]
-fn after_a_takeover_handle_zero_drops_the_pages_of_the_previous_process() {
+fn after_a_takeover_handle_zero_keeps_the_pages_of_a_version_the_cache_holds_fresh() {
     let settings = [("zero_message_opens", "true")];
     let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
     let ino = fx.ino("a.bin");
     fx.read(ino, 0, 0, 10).expect("read");
     let (fx, _) = fx.restart(&settings);
     fx.assert_reads(ino, 0, 4096, &fx.content("a.bin"), "after takeover");
-    assert!(fx.caches.wait_inode_invalidated(ino));
+    assert!(
+        !fx.caches.inode_invalidations().contains(&ino),
+        "the journal proves the pages' version: they stay"
+    );
+}
+
+#[test]
+fn after_a_takeover_pages_of_a_version_gone_stale_are_dropped_before_serving() {
+    let settings = [("zero_message_opens", "true"), ("ttl", "1")];
+    let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
+    let ino = fx.ino("a.bin");
+    fx.read(ino, 0, 0, 10).expect("read");
+    // Past the version's freshness, so the next process cannot vouch for it from the cache.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (fx, _) = fx.restart(&settings);
+    assert!(
+        fx.caches.inode_invalidations().contains(&ino),
+        "dropped before the takeover returns, so before any request is answered"
+    );
+    fx.assert_reads(ino, 0, 4096, &fx.content("a.bin"), "the same version");
+}
+
+#[test]
+fn after_a_takeover_an_inode_whose_version_changed_answers_eio_and_its_name_moves_on() {
+    let settings = [("zero_message_opens", "true"), ("ttl", "1")];
+    let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
+    let ino = fx.ino("a.bin");
+    fx.read(ino, 0, 0, 10).expect("read");
+    fx.origin.replace("/a.bin", pattern(7, SMALL * 2));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (fx, _) = fx.restart(&settings);
+    assert!(fx.caches.inode_invalidations().contains(&ino));
+    // The kernel asks for the attributes again: the new version is found, and the inode,
+    // whose pages were of the old one, keeps that; its name goes to a new inode.
+    fx.getattr(ino).expect("getattr");
+    assert!(fx.caches.wait_entry_invalidated(ROOT, "a.bin"));
+    assert!(matches!(
+        fx.read(ino, 0, 0, 10),
+        Err(FsError::VersionChanged)
+    ));
+    let new_ino = fx.ino("a.bin");
+    assert_ne!(new_ino, ino);
+    fx.assert_reads(new_ino, 0, 4096, &fx.content("a.bin"), "the new version");
+}
+
+#[test]
+fn after_a_takeover_a_name_whose_inode_kept_an_old_version_moves_to_a_new_inode() {
+    let settings = [("zero_message_opens", "true")];
+    let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
+    let ino = fx.ino("a.bin");
+    fx.read(ino, 0, 0, 10).expect("read");
+    // The cache gets the new version while the inode, being read, keeps the old one.
+    fx.change("a.bin", pattern(8, SMALL * 2));
+    fx.getattr(ino).expect("getattr");
+    // The journal gives the name back to this inode (no other has it yet), which now
+    // shows what the cache holds: its first read must still find the old version gone.
+    let (fx, _) = fx.restart(&settings);
+    assert!(matches!(
+        fx.read(ino, 0, 0, 10),
+        Err(FsError::VersionChanged)
+    ));
+    assert!(fx.caches.wait_entry_invalidated(ROOT, "a.bin"));
+    let new_ino = fx.ino("a.bin");
+    assert_ne!(
+        new_ino, ino,
+        "the name no longer leads to the inode whose version is gone"
+    );
+    fx.assert_reads(new_ino, 0, 4096, &fx.content("a.bin"), "the new version");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -343,6 +343,18 @@ impl InodeTable {
         Revalidated::Updated { stale_pages }
     }
 
+    /// Takes its name from `ino`: the next lookup of the name makes a new inode. Returns the
+    /// name (for the kernel's entry to be dropped); `None` for an unknown inode.
+    pub fn detach(&self, ino: u64) -> Option<(u64, Arc<str>)> {
+        let mut table = self.table.lock();
+        let entry = table.entries.get(&ino)?;
+        let key = (entry.parent, entry.name.clone());
+        if table.children.get(&key) == Some(&ino) {
+            table.children.remove(&key);
+        }
+        Some(key)
+    }
+
     /// Whether the kernel's cached pages for `ino` belong to `object`; records that they will.
     pub fn keep_page_cache(&self, ino: u64, object: &Arc<Object>) -> bool {
         let mut table = self.table.lock();

@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::control;
 use super::daemon::Readiness;
@@ -400,6 +400,10 @@ fn hand_to_holder(session: &FuseSession, journal: &Journal) -> Result<(), String
     }
 }
 
+/// How long a takeover waits, at most, for the kernel to drop the pages of carried files
+/// before it serves (only a read in flight across the takeover can hold it up).
+const CARRIED_PAGES_BOUND: Duration = Duration::from_secs(2);
+
 /// Serves the live mount whose descriptors were handed over: its journal gives back what
 /// the kernel holds, fuser's handshake is replayed, and the requests the previous process
 /// had read come back through FUSE_NOTIFY_RESEND.
@@ -443,9 +447,13 @@ fn take_over(
         .duplicate_device()
         .map_err(|e| format!("cannot duplicate the FUSE descriptor: {e}"))?;
     let backings = Arc::new(DevFuseBackings::new(backings));
+    let with_handles = restored.carried.handles.iter().map(|h| h.ino).collect();
     let report = fs
         .take_over(backings, journal.clone(), restored.carried)
         .map_err(|e| e.to_string())?;
+    // Before any request is answered: no page the previous process left may be read as
+    // this one's (see `fuse::fs::restore`).
+    fs.drop_carried_pages(session.kernel_cache(), &with_handles, CARRIED_PAGES_BOUND);
     if let Err(e) = session.request_resend() {
         tracing::error!(
             "FUSE_NOTIFY_RESEND failed ({e}): requests the previous process had read may \

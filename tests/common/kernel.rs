@@ -182,7 +182,10 @@ impl Kernel {
         });
         let report = match carried {
             Some(carried) => {
+                let with_handles = carried.handles.iter().map(|h| h.ino).collect();
                 let taken = fs.take_over(process.clone(), journal.clone(), carried);
+                // As the service does, before it serves.
+                fs.drop_carried_pages(caches.clone(), &with_handles, CALL);
                 Some(taken.expect("wired once"))
             }
             None => {

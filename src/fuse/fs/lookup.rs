@@ -247,7 +247,7 @@ impl StonFs {
         let listed_differs = node.listed.as_ref().is_some_and(|e| {
             e.size != Some(object.size()) || e.is_dir != (object.kind() == ObjectKind::Directory)
         });
-        let in_use = self.implicit.lock().contains_key(&ino);
+        let in_use = self.pages_in_use(ino);
         match self
             .inodes
             .update_object(ino, &object, view.clone(), in_use)

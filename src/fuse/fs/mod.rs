@@ -36,11 +36,11 @@ use crate::media::Media;
 pub use attr::{Attr, EntryKind};
 pub use lookup::Entry;
 pub use open::{OpenIo, Opened};
-pub use restore::TakeoverReport;
+pub use restore::{PagesReport, TakeoverReport};
 pub use wiring::Wiring;
 
 use read::OpenFile;
-use restore::AdoptedHandle;
+use restore::{AdoptedHandle, CarriedPages};
 use wiring::Wired;
 
 /// Extended attribute of the mount root that holds the control socket's path.
@@ -112,8 +112,9 @@ pub struct StonFs {
     implicit: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Handles carried over a restart that have not read yet (see `restore`).
     adopted: Mutex<HashMap<u64, AdoptedHandle>>,
-    /// This process took a live mount over: the kernel may hold pages it did not serve.
-    taken_over: AtomicBool,
+    /// Inodes carried over a restart whose kernel pages this process did not make: what
+    /// their first handle-less read must prove first (see `restore::CarriedPages`).
+    carried_pages: Mutex<HashMap<u64, CarriedPages>>,
     next_handle: AtomicU64,
     runtime: tokio::runtime::Handle,
     mounted_at: SystemTime,
@@ -139,7 +140,7 @@ impl StonFs {
             handles: Mutex::new(HashMap::new()),
             implicit: Mutex::new(HashMap::new()),
             adopted: Mutex::new(HashMap::new()),
-            taken_over: AtomicBool::new(false),
+            carried_pages: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             runtime,
             mounted_at: SystemTime::now(),
@@ -182,6 +183,7 @@ impl StonFs {
             // Its handle closes when the last read in flight on it ends.
             let implicit = self.implicit.lock().remove(&ino);
             drop(implicit);
+            self.carried_pages.lock().remove(&ino);
             // A handle journaled just before a crash, whose open never reached the kernel.
             self.adopted.lock().retain(|_, handle| handle.ino() != ino);
         }

@@ -3,7 +3,6 @@
 //! (a rewritten header, a clip) is read through it.
 
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,6 +90,9 @@ impl StonFs {
     /// A read of a file the kernel opened without telling the daemon: served from the
     /// inode's current version, resolved first if the inode has none yet.
     fn read_inode(self: &Arc<Self>, ino: u64, offset: u64, size: u32) -> Answer<Bytes> {
+        if let Some(answer) = self.read_carried(ino, offset, size) {
+            return answer;
+        }
         let Some(node) = self.inodes.get(ino) else {
             return Answer::Now(Err(FsError::Stale));
         };
@@ -112,6 +114,12 @@ impl StonFs {
         })
     }
 
+    /// Whether the kernel may hold pages of `ino` read without a handle, whose version the
+    /// inode must then keep: a new version goes to a new inode.
+    pub(super) fn pages_in_use(&self, ino: u64) -> bool {
+        self.implicit.lock().contains_key(&ino) || self.carried_pages.lock().contains_key(&ino)
+    }
+
     /// The per-inode handle of `zero_message_opens`, for the inode's version (and its view),
     /// which it keeps while this handle reads it (see `InodeTable::update_object`); `None`
     /// while the inode has no resolved object.
@@ -130,14 +138,16 @@ impl StonFs {
             ino,
             false,
         ));
+        // Journaled before the read that gives the kernel pages of this version.
+        self.journal_pages(ino, &object, node.view.as_ref());
         let replaced = implicit.insert(ino, file.clone());
         drop(implicit);
         // The kernel keeps a file's pages across opens it is not told of: pages of another
-        // version (before a takeover, the pages were made by another process) must go.
-        let other_pages = match &replaced {
-            Some(old) => old.object().version() != file.object().version(),
-            None => self.taken_over.load(Ordering::Relaxed),
-        };
+        // version must go. An inode carried over a restart has none left that this process
+        // did not prove (see `restore::CarriedPages`); a new inode number never had any.
+        let other_pages = replaced
+            .as_ref()
+            .is_some_and(|old| old.object().version() != file.object().version());
         // The replaced file's handle closes when its last in-flight read ends.
         drop(replaced);
         if other_pages {

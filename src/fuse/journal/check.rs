@@ -4,7 +4,8 @@
 //! Rules: one record per inode, handle and backing id; an inode's parent chain ends at the
 //! root through directories; a handle names a kept file inode, and a passthrough handle a
 //! kept backing id; all handles of one inode are passthrough through one id, or all are not;
-//! numbers lie below the header's counters; a kept inode has a lookup count.
+//! numbers lie below the header's counters; a kept inode has a lookup count; a pages record
+//! names a kept file inode, one record per inode.
 
 use std::collections::{HashMap, HashSet};
 
@@ -41,6 +42,14 @@ pub struct HandleState {
     pub backing: u32,
 }
 
+/// The version of the pages the kernel keeps for an inode read without an open
+/// (`zero_message_opens`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagesState {
+    pub ino: u64,
+    pub version: [u8; 16],
+}
+
 /// What a journal carries over, in an order the file system can restore it: every inode
 /// after its parent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +57,8 @@ pub struct Carried {
     pub inodes: Vec<InodeState>,
     pub handles: Vec<HandleState>,
     pub backings: Vec<u32>,
+    /// By inode number, in no particular order.
+    pub pages: Vec<PagesState>,
     /// The first inode and handle numbers that were never handed out.
     pub next_ino: u64,
     pub next_fh: u64,
@@ -69,6 +80,7 @@ pub struct Verdict {
     pub inode_slots: Vec<(u64, SlotPos)>,
     pub handle_slots: Vec<(u64, SlotPos)>,
     pub backing_slots: Vec<(u32, SlotPos)>,
+    pub pages_slots: Vec<(u64, SlotPos)>,
     pub freed: Vec<SlotPos>,
     pub dropped: Dropped,
 }
@@ -79,6 +91,7 @@ struct Sorted {
     inodes: Vec<(SlotPos, InodeState)>,
     handles: Vec<(SlotPos, HandleState)>,
     backings: Vec<(SlotPos, u32)>,
+    pages: Vec<(SlotPos, PagesState)>,
 }
 
 fn sort(records: Vec<(SlotPos, Record, u64)>) -> Sorted {
@@ -118,6 +131,9 @@ fn sort(records: Vec<(SlotPos, Record, u64)>) -> Sorted {
                 sorted.handles.push((pos, handle));
             }
             Record::Backing { id } => sorted.backings.push((pos, id)),
+            Record::Pages { ino, version } => {
+                sorted.pages.push((pos, PagesState { ino, version }));
+            }
         }
     }
     sorted
@@ -131,6 +147,7 @@ pub fn check(records: Vec<(SlotPos, Record, u64)>, next_ino: u64, next_fh: u64) 
         inode_slots: Vec::new(),
         handle_slots: Vec::new(),
         backing_slots: Vec::new(),
+        pages_slots: Vec::new(),
         freed: Vec::new(),
         dropped: Dropped::default(),
     };
@@ -159,6 +176,16 @@ pub fn check(records: Vec<(SlotPos, Record, u64)>, next_ino: u64, next_fh: u64) 
     let (handles, refused) = consistent_handles(handles, &kinds, &backing_ids, next_fh);
     for pos in refused {
         reject(&mut verdict, pos);
+    }
+
+    for (pos, pages) in unique_by(sorted.pages, |(_, p)| p.ino, &mut verdict) {
+        match kinds.get(&pages.ino) {
+            Some(NodeKind::File) => {
+                verdict.pages_slots.push((pages.ino, pos));
+                verdict.carried.pages.push(pages);
+            }
+            _ => reject(&mut verdict, pos),
+        }
     }
 
     let carried = &mut verdict.carried;

@@ -123,6 +123,8 @@ const HANDLE_VERSION: Field = HANDLE_INO.then(16);
 const HANDLE_PINNED: Field = HANDLE_VERSION.then(1);
 const HANDLE_BACKING: Field = HANDLE_PINNED.then(4);
 const BACKING_ID: Field = Field::at(0, 4);
+const PAGES_INO: Field = Field::at(0, 8);
+const PAGES_VERSION: Field = PAGES_INO.then(16);
 
 // The fields fit where they live, and the slot's head ends where its payload starts.
 const _: () = assert!(H_CRC.end() <= H_NEXT_INO.at && H_INCARNATION.end() <= H_REQUEST.at);
@@ -132,6 +134,9 @@ const _: () = assert!(S_COUNT.end() == SLOT_HEAD_LEN);
 const KIND_INODE: u8 = 1;
 const KIND_HANDLE: u8 = 2;
 const KIND_BACKING: u8 = 3;
+/// Added after format 1 was first written: a binary that predates it drops the record as
+/// damaged, and then drops the inode's pages (see `fuse::fs::restore`), which is safe.
+const KIND_PAGES: u8 = 4;
 
 /// What an inode stands for, as far as the journal knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +167,10 @@ pub enum Record {
     },
     /// A passthrough registration (backing id) on the connection.
     Backing { id: u32 },
+    /// The exact object version an inode opened without a message (`zero_message_opens`)
+    /// was read at: the version of every page the kernel keeps for it. Only versions with
+    /// validators are recorded, so a later answer can prove them the same.
+    Pages { ino: u64, version: [u8; 16] },
 }
 
 impl Record {
@@ -170,6 +179,7 @@ impl Record {
             Record::Inode { .. } => KIND_INODE,
             Record::Handle { .. } => KIND_HANDLE,
             Record::Backing { .. } => KIND_BACKING,
+            Record::Pages { .. } => KIND_PAGES,
         }
     }
 
@@ -208,6 +218,12 @@ impl Record {
                 BACKING_ID.put(&mut out, &id.to_le_bytes());
                 out
             }
+            Record::Pages { ino, version } => {
+                let mut out = vec![0u8; PAGES_VERSION.end()];
+                PAGES_INO.put(&mut out, &ino.to_le_bytes());
+                PAGES_VERSION.put(&mut out, version);
+                out
+            }
         }
     }
 
@@ -244,6 +260,10 @@ impl Record {
             }
             KIND_BACKING if payload.len() == BACKING_ID.end() => Some(Record::Backing {
                 id: BACKING_ID.u32(payload),
+            }),
+            KIND_PAGES if payload.len() == PAGES_VERSION.end() => Some(Record::Pages {
+                ino: PAGES_INO.u64(payload),
+                version: PAGES_VERSION.bytes(payload).try_into().ok()?,
             }),
             _ => None,
         }
@@ -530,6 +550,15 @@ mod contract {
     fn a_backing_record_is_read_back_field_by_field() {
         let payload = written(&Record::Backing { id: 77 }, 0);
         assert_eq!(payload, 77u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_pages_record_is_read_back_field_by_field() {
+        let version: [u8; 16] = std::array::from_fn(|i| 0xF0 - i as u8);
+        let payload = written(&Record::Pages { ino: 12, version }, 0);
+        assert_eq!(payload.len(), 24);
+        assert_eq!(le64(&payload, 0), 12, "ino");
+        assert_eq!(&payload[8..24], &version, "version");
     }
 
     #[test]

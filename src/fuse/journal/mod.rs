@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memmap2::{MmapMut, MmapOptions};
 use parking_lot::Mutex;
 
-pub use check::{Carried, Dropped, HandleState, InodeState};
+pub use check::{Carried, Dropped, HandleState, InodeState, PagesState};
 pub use layout::NodeKind;
 
 use check::SlotPos;
@@ -78,6 +78,7 @@ struct Inner {
     inodes: HashMap<u64, SlotPos>,
     handles: HashMap<u64, SlotPos>,
     backings: HashMap<u32, SlotPos>,
+    pages: HashMap<u64, SlotPos>,
     max_chunks: usize,
     full_warned: bool,
 }
@@ -173,6 +174,7 @@ impl Journal {
                 inodes: HashMap::new(),
                 handles: HashMap::new(),
                 backings: HashMap::new(),
+                pages: HashMap::new(),
                 max_chunks,
                 full_warned: false,
             }),
@@ -207,6 +209,7 @@ impl Journal {
             inodes: HashMap::new(),
             handles: HashMap::new(),
             backings: HashMap::new(),
+            pages: HashMap::new(),
             max_chunks,
             full_warned: false,
         };
@@ -216,6 +219,7 @@ impl Journal {
         inner.inodes.extend(verdict.inode_slots.iter().copied());
         inner.handles.extend(verdict.handle_slots.iter().copied());
         inner.backings.extend(verdict.backing_slots.iter().copied());
+        inner.pages.extend(verdict.pages_slots.iter().copied());
         inner.reformat_damaged_chunks();
         inner.collect_free_slots();
         let carried = verdict.carried;
@@ -278,6 +282,9 @@ impl Journal {
         if lookups == 0 {
             inner.inodes.remove(&ino);
             inner.release(pos);
+            if let Some(pages) = inner.pages.remove(&ino) {
+                inner.release(pages);
+            }
         } else {
             layout::write_count(inner.slot(pos), lookups);
         }
@@ -302,6 +309,25 @@ impl Journal {
         let mut inner = self.inner.lock();
         if let Some(pos) = inner.handles.remove(&fh) {
             inner.release(pos);
+        }
+    }
+
+    /// Records the version whose pages the kernel is about to keep for `ino` (read without
+    /// an open). The new record is written before the old one goes: a process killed in
+    /// between leaves two, and both are dropped when read back, which costs the pages.
+    pub fn record_pages(&self, pages: &PagesState) {
+        let record = Record::Pages {
+            ino: pages.ino,
+            version: pages.version,
+        };
+        let mut inner = self.inner.lock();
+        let added = inner.add(&self.file, &record, 0);
+        let old = match added {
+            Some(pos) => inner.pages.insert(pages.ino, pos),
+            None => inner.pages.remove(&pages.ino),
+        };
+        if let Some(old) = old {
+            inner.release(old);
         }
     }
 
@@ -514,6 +540,7 @@ impl Inner {
             .values()
             .chain(self.handles.values())
             .chain(self.backings.values())
+            .chain(self.pages.values())
             .copied()
             .collect();
         for (chunk, map) in self.chunks.iter().enumerate() {

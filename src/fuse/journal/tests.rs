@@ -200,6 +200,10 @@ fn a_write_cut_short_anywhere_never_reads_back_as_another_record() {
             backing: 2,
         },
         Record::Backing { id: 5 },
+        Record::Pages {
+            ino: 6,
+            version: [9; 16],
+        },
     ];
     let previous = Record::Inode {
         ino: 99,
@@ -349,6 +353,55 @@ fn handles_must_name_a_kept_file_and_agree_on_their_inode_mode() {
     let kept: Vec<u64> = verdict.carried.handles.iter().map(|h| h.fh).collect();
     assert_eq!(kept, vec![1, 2, 3, 4]);
     assert_eq!(verdict.carried.next_fh, 100);
+}
+
+#[test]
+fn pages_records_follow_their_inode_and_replace_each_other() {
+    let journal = new_journal();
+    populate(&journal);
+    let pages = |ino: u64, v: u8| PagesState {
+        ino,
+        version: [v; 16],
+    };
+    journal.record_pages(&pages(3, 1));
+    journal.record_pages(&pages(3, 2));
+    journal.record_pages(&pages(5, 3));
+    journal.record_pages(&pages(4, 4));
+    journal.set_lookups(4, 0);
+    let (again, restored) = reopen(&journal);
+    let mut carried = restored.carried.pages.clone();
+    carried.sort_by_key(|p| p.ino);
+    assert_eq!(
+        carried,
+        vec![pages(3, 2), pages(5, 3)],
+        "the last version of each"
+    );
+    assert_eq!(restored.dropped, Dropped::default());
+    again.set_lookups(3, 0);
+    let (_, restored) = reopen(&again);
+    assert_eq!(restored.carried.pages, vec![pages(5, 3)]);
+}
+
+#[test]
+fn pages_records_must_name_one_kept_file() {
+    let pages = |ino: u64, v: u8| Record::Pages {
+        ino,
+        version: [v; 16],
+    };
+    let records = vec![
+        (pos(0), inode_record(2, 1, NodeKind::File, "f"), 1),
+        (pos(1), inode_record(3, 1, NodeKind::Directory, "d"), 1),
+        (pos(2), inode_record(4, 1, NodeKind::File, "twice"), 1),
+        (pos(3), pages(2, 1), 0),
+        (pos(4), pages(3, 1), 0),
+        (pos(5), pages(4, 1), 0),
+        (pos(6), pages(4, 2), 0),
+        (pos(7), pages(99, 1), 0),
+    ];
+    let verdict = check(records, 100, 100);
+    let kept: Vec<u64> = verdict.carried.pages.iter().map(|p| p.ino).collect();
+    assert_eq!(kept, vec![2]);
+    assert_eq!(verdict.dropped.inconsistent, 4);
 }
 
 #[test]
