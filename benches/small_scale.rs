@@ -1085,6 +1085,27 @@ fn write_local_copy(dir: &Path, site: Site, threads: usize) {
     );
 }
 
+/// The markdown report: what ran, the load before and after, and the table.
+fn report(cfg: &Config, site: Site, peers: &[String], load_before: &str, table: &Table) -> String {
+    let mut out = format!(
+        "# small_scale: {} objects of {} bytes\n\n",
+        site.count, site.size
+    );
+    let _ = write!(out, "{} threads; ston-fs `-o {STON_FS_OPTS}`", cfg.threads);
+    let _ = writeln!(
+        out,
+        "; peers: {peers:?}; httpdirfs `{}`.\n",
+        cfg.httpdirfs.display()
+    );
+    let _ = writeln!(
+        out,
+        "uptime before: `{load_before}`  \nuptime after: `{}`\n",
+        uptime()
+    );
+    out.push_str(&table.markdown());
+    out
+}
+
 fn run_scale(cfg: &Config, site: Site) {
     let work = cfg.dir.join(label(site));
     remove_work_dir(&work);
@@ -1113,25 +1134,11 @@ fn run_scale(cfg: &Config, site: Site) {
     } else {
         Vec::new()
     };
-    for peer in cfg.peers.clone().unwrap_or(default_peers) {
-        run.peer_passes(&peer);
+    let peers = cfg.peers.clone().unwrap_or(default_peers);
+    for peer in &peers {
+        run.peer_passes(peer);
     }
-    let mut report = format!(
-        "# small_scale: {} objects of {} bytes\n\n",
-        site.count, site.size
-    );
-    let _ = writeln!(
-        report,
-        "{} threads; ston-fs `-o {STON_FS_OPTS}`; httpdirfs `{}`.\n",
-        cfg.threads,
-        cfg.httpdirfs.display()
-    );
-    let _ = writeln!(
-        report,
-        "uptime before: `{load_before}`  \nuptime after: `{}`\n",
-        uptime()
-    );
-    report.push_str(&run.table.markdown());
+    let report = report(cfg, site, &peers, &load_before, &run.table);
     println!("\n{report}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("benches/results/small_scale-{}.md", label(site)));
