@@ -868,13 +868,7 @@ impl Run<'_> {
             per_file,
             String::new(),
         );
-        let rss = daemon.rss();
-        self.table.row(
-            "ston-fs RSS after the fill",
-            mib(rss),
-            per_object(rss, base_rss, count),
-            String::new(),
-        );
+        self.rss_rows(&daemon, "after the fill", base_rss);
         let unmount = daemon.stop();
         let (du, files) = du_and_files(&cache);
         let ratio = format!("{:.2} of local du", du as f64 / local.2 as f64);
@@ -892,6 +886,23 @@ impl Run<'_> {
             String::new(),
         );
         self.remount_passes(&cache, base_rss, local);
+    }
+
+    /// The daemon's RSS now, and again once the kernel has dropped its caches (and so
+    /// forgotten its inodes): what the daemon keeps per object on its own.
+    fn rss_rows(&mut self, daemon: &Daemon, when: &str, base_rss: u64) {
+        let count = self.site.count;
+        let rss = daemon.rss();
+        let per = per_object(rss, base_rss, count);
+        self.table
+            .row(&format!("ston-fs RSS {when}"), mib(rss), per, String::new());
+        drop_caches();
+        std::thread::sleep(Duration::from_secs(2));
+        let rss = daemon.rss();
+        let per = per_object(rss, base_rss, count);
+        let figure = format!("ston-fs RSS {when}, then drop_caches");
+        self.table
+            .row(&figure, mib(rss), per, "kernel inodes forgotten".into());
     }
 
     fn remount_passes(&mut self, cache: &Path, base_rss: u64, local: &(Pass, Pass, u64)) {
@@ -943,13 +954,7 @@ impl Run<'_> {
             String::new(),
             String::new(),
         );
-        let rss = daemon.rss();
-        self.table.row(
-            "ston-fs RSS after the re-reads",
-            mib(rss),
-            per_object(rss, base_rss, count),
-            String::new(),
-        );
+        self.rss_rows(&daemon, "after the re-reads", base_rss);
         daemon.stop();
     }
 
