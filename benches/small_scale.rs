@@ -15,10 +15,14 @@
 //! Root is needed for `/proc/sys/vm/drop_caches`. Environment: `SMALL_SCALE` (objects),
 //! `SMALL_SIZE` (`1K` or `16K`; default 1K with SMALL_SCALE), `SMALL_THREADS` (16),
 //! `SMALL_DIR` (/var/tmp/small-scale; caches, local copies and mount points, removed at
-//! the end), `SMALL_PEERS` (`httpdirfs,rclone`, `none`; default: both at ≤ 100,000
+//! the end unless `SMALL_KEEP` is set), `SMALL_PEERS` (`httpdirfs,rclone`, `none`; default: both at ≤ 100,000
 //! objects), `SMALL_PEER_BUDGET` (seconds a peer's pass may take, 150), `HTTPDIRFS`
 //! (binary, default /usr/bin/httpdirfs), `STON_FS_BIN` (default: this build's ston-fs).
 //! The table goes to stdout and to `benches/results/small_scale-<count>x<size>.md`.
+//! A pass reports no rate when any read failed or returned other bytes; a peer's pass
+//! stops at its budget and then reports the files it read (later passes read those).
+//! The ston-fs mounts use `-o ttl=86400`, so the warm pass is fresh however long the
+//! cold one took; the peers use their defaults.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
