@@ -233,6 +233,17 @@ impl Cache {
         );
     }
 
+    /// Waits, at most `max`, for read-ahead in flight and blocks queued for the disk to land:
+    /// an unmount that stopped the runtime under them would drop blocks readers already had
+    /// (the next mount would fetch them again).
+    pub fn settle(&self, max: Duration) {
+        let give_up = Instant::now() + max;
+        while !(self.readahead.is_idle() && self.write_behind.is_idle()) && Instant::now() < give_up
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Records every stored but not yet journaled block, and saves the small objects'
     /// index, so an unmount loses nothing and the next mount is ready at once.
     pub fn flush(&self) {

@@ -12,13 +12,20 @@ use std::sync::Arc;
 /// The global allowance of prefetch memory, shared by every open file.
 pub struct Budget {
     available: AtomicU64,
+    total: u64,
 }
 
 impl Budget {
     pub fn new(bytes: u64) -> Budget {
         Budget {
             available: AtomicU64::new(bytes),
+            total: bytes,
         }
+    }
+
+    /// Whether no prefetched block is held anywhere (no read-ahead in flight or unstored).
+    pub fn is_idle(&self) -> bool {
+        self.available.load(Ordering::Acquire) >= self.total
     }
 
     /// Takes up to `wanted` bytes, in whole multiples of `unit`; returns what it took.

@@ -62,6 +62,11 @@ impl WriteBehind {
         }
     }
 
+    /// Whether no fetched block waits for the disk.
+    pub fn is_idle(&self) -> bool {
+        self.permits.available_permits() >= self.total as usize
+    }
+
     /// Waits until `bytes` more may be queued. A block bigger than the whole bound (an object
     /// cached with an older, larger block size) waits for the queue to empty instead.
     async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {

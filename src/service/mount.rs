@@ -101,6 +101,7 @@ pub fn serve(
         fdstore::remove(STATE_FD_NAME);
     }
     // Journal what was fetched, so it survives the restart.
+    mounted.cache.settle(std::time::Duration::from_secs(3));
     mounted
         .runtime
         .shutdown_timeout(std::time::Duration::from_secs(10));
