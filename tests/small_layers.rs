@@ -133,6 +133,27 @@ fn a_purge_of_a_folder_takes_its_records_and_leaves_the_others() {
 }
 
 #[test]
+fn turning_small_objects_off_removes_the_store_the_cap_would_not_count() {
+    let (origin, dir) = origin_and_cache_dir();
+    origin.put_pattern("/s", 5, 1000);
+    let layer = layer_over(&origin, &dir);
+    layer.read_all(&layer.file("/s"));
+    layer.close();
+    assert_eq!(segments(dir.path()).len(), 1);
+    let layer = Layer::open(config(&origin, dir.path(), &[("small_object_max", "0")]));
+    assert!(
+        segments(dir.path()).is_empty(),
+        "no bytes left outside the cap"
+    );
+    assert_bytes_eq(
+        &layer.read_all(&layer.file("/s")).0,
+        &origin.content("/s"),
+        "/s",
+    );
+    layer.close();
+}
+
+#[test]
 fn with_small_objects_off_every_file_has_its_cache_files() {
     let (origin, dir) = origin_and_cache_dir();
     origin.put_pattern("/f", 4, 1000);

@@ -71,14 +71,31 @@ pub(super) fn open_site(
     site: &SiteStore,
     index: &Arc<CacheIndex<Object>>,
 ) -> Option<Arc<SmallSite>> {
-    let packed = packed_config(config)?;
     let dir = site.dir().join(PACKED_FOLDER);
+    let Some(packed) = packed_config(config) else {
+        remove_unused(&dir);
+        return None;
+    };
     let shared: Arc<dyn SharedSpace> = Arc::new(CacheSpace(index.clone()));
     match PackedStore::open_sharing(&dir, packed, Some(shared)) {
         Ok(store) => Some(Arc::new(SmallSite::new(store))),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), "small objects are cached as files: {e}");
+            remove_unused(&dir);
             None
+        }
+    }
+}
+
+/// Removes a packed store no one will use: nothing would count its bytes against the cap.
+fn remove_unused(dir: &std::path::Path) {
+    if !dir.exists() {
+        return;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "removed the unused packed store"),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "cannot remove the unused packed store: {e}")
         }
     }
 }
