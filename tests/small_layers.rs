@@ -8,17 +8,29 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use common::assert_bytes_eq;
 use common::layer::{config, origin_and_cache_dir, Layer};
-use common::origin::pattern;
+use common::origin::{pattern, Origin};
 use ston_fs::base::Invalidation;
 
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     common::mount::find_files_with_ext(dir, "pack")
 }
 
+/// An origin with one file at `path`, read once through a layer that is then closed: the
+/// file is a packed record in the returned cache folder.
+fn cached_once(path: &str, seed: u64, len: usize) -> (Origin, tempfile::TempDir, Bytes) {
+    let (origin, dir) = origin_and_cache_dir();
+    let data = origin.put_pattern(path, seed, len);
+    let layer = layer_over(&origin, &dir);
+    layer.read_all(&layer.file(path));
+    layer.close();
+    (origin, dir, data)
+}
+
 /// A layer over `dir` with the default settings (small objects on).
-fn layer_over(origin: &common::origin::Origin, dir: &tempfile::TempDir) -> Layer {
+fn layer_over(origin: &Origin, dir: &tempfile::TempDir) -> Layer {
     Layer::open(config(origin, dir.path(), &[]))
 }
 
@@ -65,11 +77,7 @@ fn small_files_are_records_that_a_restart_serves_without_the_origin() {
 
 #[test]
 fn a_damaged_record_is_never_served_and_its_file_is_fetched_again() {
-    let (origin, dir) = origin_and_cache_dir();
-    let data = origin.put_pattern("/x.bin", 77, 3000);
-    let layer = layer_over(&origin, &dir);
-    layer.read_all(&layer.file("/x.bin"));
-    layer.close();
+    let (origin, dir, data) = cached_once("/x.bin", 77, 3000);
 
     // Flip one byte of the object's data inside its segment.
     let segment = segments(dir.path()).pop().expect("a segment");
@@ -134,22 +142,14 @@ fn a_purge_of_a_folder_takes_its_records_and_leaves_the_others() {
 
 #[test]
 fn turning_small_objects_off_removes_the_store_the_cap_would_not_count() {
-    let (origin, dir) = origin_and_cache_dir();
-    origin.put_pattern("/s", 5, 1000);
-    let layer = layer_over(&origin, &dir);
-    layer.read_all(&layer.file("/s"));
-    layer.close();
+    let (origin, dir, data) = cached_once("/s", 5, 1000);
     assert_eq!(segments(dir.path()).len(), 1);
     let layer = Layer::open(config(&origin, dir.path(), &[("small_object_max", "0")]));
     assert!(
         segments(dir.path()).is_empty(),
         "no bytes left outside the cap"
     );
-    assert_bytes_eq(
-        &layer.read_all(&layer.file("/s")).0,
-        &origin.content("/s"),
-        "/s",
-    );
+    assert_bytes_eq(&layer.read_all(&layer.file("/s")).0, &data, "/s");
     layer.close();
 }
 

@@ -835,13 +835,22 @@ fn a_handle_the_journal_never_carried_is_stale_after_a_restart() {
     assert!(matches!(fx.read(ino, 12345, 0, 1), Err(FsError::Stale)));
 }
 
-#[test]
-fn after_a_takeover_handle_zero_keeps_the_pages_of_a_version_the_cache_holds_fresh() {
-    let settings = [("zero_message_opens", "true")];
-    let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
+const ZERO_MESSAGE: &[(&str, &str)] = &[("zero_message_opens", "true")];
+const ZERO_MESSAGE_TTL_1: &[(&str, &str)] = &[("zero_message_opens", "true"), ("ttl", "1")];
+
+/// A mount with `settings` whose `a.bin` was read through handle 0, so the kernel holds
+/// pages of it: the fixture and the inode.
+fn read_through_handle_zero(settings: &[(&str, &str)]) -> (Fixture, u64) {
+    let fx = fixture(&[("a.bin", 6, SMALL)], settings);
     let ino = fx.ino("a.bin");
     fx.read(ino, 0, 0, 10).expect("read");
-    let (fx, _) = fx.restart(&settings);
+    (fx, ino)
+}
+
+#[test]
+fn after_a_takeover_handle_zero_keeps_the_pages_of_a_version_the_cache_holds_fresh() {
+    let (fx, ino) = read_through_handle_zero(ZERO_MESSAGE);
+    let (fx, _) = fx.restart(ZERO_MESSAGE);
     fx.assert_reads(ino, 0, 4096, &fx.content("a.bin"), "after takeover");
     assert!(
         !fx.caches.inode_invalidations().contains(&ino),
@@ -851,13 +860,10 @@ fn after_a_takeover_handle_zero_keeps_the_pages_of_a_version_the_cache_holds_fre
 
 #[test]
 fn after_a_takeover_pages_of_a_version_gone_stale_are_dropped_before_serving() {
-    let settings = [("zero_message_opens", "true"), ("ttl", "1")];
-    let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
-    let ino = fx.ino("a.bin");
-    fx.read(ino, 0, 0, 10).expect("read");
+    let (fx, ino) = read_through_handle_zero(ZERO_MESSAGE_TTL_1);
     // Past the version's freshness, so the next process cannot vouch for it from the cache.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (fx, _) = fx.restart(&settings);
+    let (fx, _) = fx.restart(ZERO_MESSAGE_TTL_1);
     assert!(
         fx.caches.inode_invalidations().contains(&ino),
         "dropped before the takeover returns, so before any request is answered"
@@ -867,13 +873,10 @@ fn after_a_takeover_pages_of_a_version_gone_stale_are_dropped_before_serving() {
 
 #[test]
 fn after_a_takeover_an_inode_whose_version_changed_answers_eio_and_its_name_moves_on() {
-    let settings = [("zero_message_opens", "true"), ("ttl", "1")];
-    let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
-    let ino = fx.ino("a.bin");
-    fx.read(ino, 0, 0, 10).expect("read");
+    let (fx, ino) = read_through_handle_zero(ZERO_MESSAGE_TTL_1);
     fx.origin.replace("/a.bin", pattern(7, SMALL * 2));
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (fx, _) = fx.restart(&settings);
+    let (fx, _) = fx.restart(ZERO_MESSAGE_TTL_1);
     assert!(fx.caches.inode_invalidations().contains(&ino));
     // The kernel asks for the attributes again: the new version is found, and the inode,
     // whose pages were of the old one, keeps that; its name goes to a new inode.
@@ -890,16 +893,13 @@ fn after_a_takeover_an_inode_whose_version_changed_answers_eio_and_its_name_move
 
 #[test]
 fn after_a_takeover_a_name_whose_inode_kept_an_old_version_moves_to_a_new_inode() {
-    let settings = [("zero_message_opens", "true")];
-    let fx = fixture(&[("a.bin", 6, SMALL)], &settings);
-    let ino = fx.ino("a.bin");
-    fx.read(ino, 0, 0, 10).expect("read");
+    let (fx, ino) = read_through_handle_zero(ZERO_MESSAGE);
     // The cache gets the new version while the inode, being read, keeps the old one.
     fx.change("a.bin", pattern(8, SMALL * 2));
     fx.getattr(ino).expect("getattr");
     // The journal gives the name back to this inode (no other has it yet), which now
     // shows what the cache holds: its first read must still find the old version gone.
-    let (fx, _) = fx.restart(&settings);
+    let (fx, _) = fx.restart(ZERO_MESSAGE);
     assert!(matches!(
         fx.read(ino, 0, 0, 10),
         Err(FsError::VersionChanged)
