@@ -60,8 +60,7 @@
 //!   holder drops it: under 4 when an inode's last passthrough handle is released or the
 //!   inode forgotten, never under 8 (`Object::detach` and `drop_kept` drop it after `state`);
 //! - `fsync` of a cache file and the append of its metadata record run under 6 only;
-//!   appends to packed segments, their `fsync` and checkpoints run under 6a; a small
-//!   object's pinned record is read back (one `pread`) under 8;
+//!   appends to packed segments, their `fsync` and checkpoints run under 6a;
 //! - invalidating the kernel's caches never runs under a lock, nor on the calling thread:
 //!   the kernel may hold its own locks while it waits for this daemon.
 //!

@@ -153,7 +153,7 @@ impl Cache {
             block_size: self.config.block_size,
         };
         let object = Object::new_small(identity, (found.freshness.ttl, now), small.clone());
-        if !object.put_small(head) {
+        if !object.put_new_small(head) {
             return None;
         }
         object.mark_small_fetched();

@@ -77,7 +77,7 @@ struct ObjectState {
     /// Bytes of `charged` that the view record takes (see `view`).
     view_charged: u64,
     /// A small object's record, kept readable while handles are open (see `small`).
-    small_pin: Option<Box<crate::store::packed::PinnedRecord>>,
+    small_pin: Option<Arc<crate::store::packed::PinnedRecord>>,
     /// A small object's bytes came from the origin and no read has used them yet.
     small_fetched: bool,
     /// What read-ahead may still spend on fetching cached blocks again (see `plan`).
@@ -410,7 +410,7 @@ impl Object {
         let mut state = self.state.lock();
         state.open_handles += 1;
         if state.small_pin.is_none() {
-            state.small_pin = pin.map(Box::new);
+            state.small_pin = pin.map(Arc::new);
         }
         drop(state);
         OpenHandle {

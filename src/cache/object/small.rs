@@ -242,13 +242,9 @@ impl Object {
     /// The pin of an open file comes first: it outlives newer versions and reclamation.
     pub(in crate::cache) fn small_bytes(&self) -> Option<Bytes> {
         let home = self.small.as_ref()?;
-        let pinned = self
-            .state
-            .lock()
-            .small_pin
-            .as_deref()
-            .map(PinnedRecord::read);
-        if let Some(Ok(Some(found))) = pinned {
+        // The pin is taken under the lock and read after it: no I/O under `state`.
+        let pin = self.state.lock().small_pin.clone();
+        if let Some(Ok(Some(found))) = pin.as_deref().map(PinnedRecord::read) {
             if self.is_this_version(&found) {
                 return Some(found.data);
             }
@@ -274,22 +270,31 @@ impl Object {
         home.site.store.pin_unread(self.path.as_bytes())
     }
 
-    /// Keeps a version fetched whole (a probe's answer, or a refetch) as the record of its
-    /// path, unless the object left the cache or another version took the record meanwhile.
+    /// Keeps a refetched version as the record of its path again, unless the object left
+    /// the cache or another version took the record meanwhile.
     pub(in crate::cache) fn put_small(&self, data: &[u8]) -> bool {
         let Some(home) = self.small.as_ref() else {
             return false;
         };
-        if data.len() as u64 != self.version.size || self.is_detached() {
+        if self.is_detached() {
             return false;
         }
-        let key = self.path.as_bytes();
-        if let Ok(Some(found)) = home.site.store.get(key) {
+        if let Ok(Some(found)) = home.site.store.get(self.path.as_bytes()) {
             if !self.is_this_version(&found) {
                 return false;
             }
         }
-        self.write_record(&home.site.store, self.fetched_at(), data)
+        self.put_new_small(data)
+    }
+
+    /// Keeps the version a probe just brought whole as the record of its path: it is the
+    /// newest, so it replaces whatever record the path had.
+    pub(in crate::cache) fn put_new_small(&self, data: &[u8]) -> bool {
+        let Some(home) = self.small.as_ref() else {
+            return false;
+        };
+        data.len() as u64 == self.version.size
+            && self.write_record(&home.site.store, self.fetched_at(), data)
     }
 
     fn write_record(&self, store: &PackedStore, fetched_at: u64, data: &[u8]) -> bool {
