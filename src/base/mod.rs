@@ -5,6 +5,8 @@ pub mod error;
 pub mod flight;
 pub mod stats;
 pub mod sync;
+#[cfg(test)]
+pub mod testing;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

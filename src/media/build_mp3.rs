@@ -47,9 +47,21 @@ impl Media {
             Ok(frames) => frames,
             Err(e) => return Ok(Err(e)),
         };
+        // Both kinds start at the first frame at or after the estimate for the start.
+        let start = self.sync_mp3(object, &stream, frames.0.start, frames.1, deadline);
+        let start = match start.await? {
+            Ok(start) => start,
+            Err(e) => return Ok(Err(e)),
+        };
         let clip = match stream.is_vbr() {
-            true => self.walk_mp3(object, &stream, frames, deadline).await?,
-            false => self.compute_mp3(object, &stream, frames, deadline).await?,
+            true => {
+                self.walk_mp3(object, &stream, start, frames, deadline)
+                    .await?
+            }
+            false => {
+                self.compute_mp3(object, &stream, start, frames, deadline)
+                    .await?
+            }
         };
         Ok(clip.and_then(|clip| mp3::assemble(&stream, &clip)))
     }
@@ -97,21 +109,15 @@ impl Media {
         Ok(mp3::sync_in(stream, window.start, &bytes))
     }
 
-    /// A constant-bitrate clip: both ends computed, each found within a small window.
+    /// A constant-bitrate clip from `start`: the end computed, found within a small window.
     async fn compute_mp3(
         self: &Arc<Self>,
         object: &Arc<Object>,
         stream: &Stream,
+        start: u64,
         (frames, total): (Range<u64>, u64),
         deadline: Instant,
     ) -> Cut<ClipFrames> {
-        let start = match self
-            .sync_mp3(object, stream, frames.start, total, deadline)
-            .await?
-        {
-            Ok(start) => start,
-            Err(e) => return Ok(Err(e)),
-        };
         let end = match frames.end >= total {
             true => Ok(stream.audio_end),
             false => {
@@ -129,21 +135,15 @@ impl Media {
         }))
     }
 
-    /// A VBR clip: the start from the seek table, then its frames walked and counted.
+    /// A VBR clip from `start` (found from the seek table): its frames walked and counted.
     async fn walk_mp3(
         self: &Arc<Self>,
         object: &Arc<Object>,
         stream: &Stream,
+        start: u64,
         (frames, total): (Range<u64>, u64),
         deadline: Instant,
     ) -> Cut<ClipFrames> {
-        let start = match self
-            .sync_mp3(object, stream, frames.start, total, deadline)
-            .await?
-        {
-            Ok(start) => start,
-            Err(e) => return Ok(Err(e)),
-        };
         let mut walker = match Walker::new(stream, start, &frames, total) {
             Ok(walker) => walker,
             Err(e) => return Ok(Err(e)),

@@ -453,15 +453,8 @@ fn a_sequential_read_after_random_reads_bridges_gaps_within_five_percent() {
     const BLOCKS: u64 = 1024;
     let dir = tempfile::tempdir().expect("temp dir");
     let object = planned_object(dir.path(), MIB, BLOCKS);
-    let mut seed = 42u64;
-    let cached: BTreeSet<u64> = (0..200)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % BLOCKS
-        })
-        .collect();
+    let mut next = crate::base::testing::xorshift(42);
+    let cached: BTreeSet<u64> = (0..200).map(|_| next() % BLOCKS).collect();
     for block in &cached {
         object.state.lock().blocks.set(*block, cached_block());
     }

@@ -121,17 +121,11 @@ fn the_sample_cuts_from_its_key_frame() {
 #[test]
 fn mutated_files_never_panic_and_clips_map_inside_them() {
     let original = sample();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::base::testing::xorshift(0x2545_f491_4f6c_dd1du64);
     for _ in 0..3000 {
         let mut file = original.clone();
         for _ in 0..1 + next() % 6 {
-            let span = if next() % 2 == 0 {
+            let span = if next().is_multiple_of(2) {
                 400
             } else {
                 file.len() as u64
@@ -143,7 +137,7 @@ fn mutated_files_never_panic_and_clips_map_inside_them() {
                 _ => next() as u8,
             };
         }
-        if next() % 8 == 0 {
+        if next().is_multiple_of(8) {
             file.truncate((next() % file.len() as u64) as usize);
         }
         let start = (next() % 16) as f64 * 0.5;

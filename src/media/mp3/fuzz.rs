@@ -106,20 +106,14 @@ fn a_file_cut_short_in_its_last_frame_still_has_clips_to_its_end() {
 #[test]
 fn mutated_files_never_panic_and_clips_map_inside_them() {
     let original = sample();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::base::testing::xorshift(0x9e37_79b9_7f4a_7c15u64);
     for _ in 0..3000 {
         let mut file = original.clone();
         for _ in 0..1 + next() % 6 {
             let at = (next() % 1200).min(file.len() as u64 - 1) as usize;
             file[at] = next() as u8;
         }
-        if next() % 8 == 0 {
+        if next().is_multiple_of(8) {
             file.truncate((next() % file.len() as u64) as usize);
         }
         let start = (next() % 8) as f64 * 0.5;
