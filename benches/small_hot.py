@@ -7,10 +7,12 @@ Programs such as Apache open the same small files again and again while the kern
 has them. This measures open+read+close of N 4 KiB files that are already in the page
 cache, for local copies (the baseline) and for ston-fs mounted with each setting:
 
-  default             passthrough on: every open is an OPEN (and a RELEASE) round trip
-  passthrough=false   the kernel's page cache of the FUSE file is kept across opens
-                      (FOPEN_KEEP_CACHE), still one OPEN round trip per open
-  zero_message_opens  FUSE_NO_OPEN_SUPPORT: opens and closes send the daemon nothing
+  default                   zero_message_opens=true (FUSE_NO_OPEN_SUPPORT): opens and
+                            closes send the daemon nothing
+  zero_message_opens=false  passthrough on: every open is an OPEN round trip (and a
+                            RELEASE after the close)
+  ...,passthrough=false     the kernel's page cache of the FUSE file is kept across opens
+                            (FOPEN_KEEP_CACHE), still one OPEN round trip per open
 
 Each setting gets a fresh mount and cache: one pass to fetch the files (checked byte for
 byte), one to fill the page cache, then the timed pass; the daemon's own count of OPEN
@@ -33,8 +35,8 @@ import time
 
 SETTINGS = [
     ("default", ""),
-    ("passthrough=false", "passthrough=false"),
-    ("zero_message_opens", "zero_message_opens=true"),
+    ("zero_message_opens=false", "zero_message_opens=false"),
+    ("zero_message_opens=false,passthrough=false", "zero_message_opens=false,passthrough=false"),
 ]
 STEP_TIMEOUT = 120
 

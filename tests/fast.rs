@@ -125,7 +125,11 @@ fn passthrough_serves_whole_files_exactly_and_never_partial_ones() {
     let partial = pattern(65, 6 * MIB + 321);
     origin.put("/whole.bin", whole.clone());
     origin.put("/partial.bin", partial.clone());
-    let mount = Mount::builder(origin.url()).arg("-v").mount();
+    // Passthrough needs opens that reach the daemon.
+    let mount = Mount::builder(origin.url())
+        .opt("zero_message_opens=false")
+        .arg("-v")
+        .mount();
 
     // whole.bin: read entirely (cached and verified), then reopened in passthrough. The
     // kernel sends RELEASE after close returns, so an open racing the previous release is
@@ -191,7 +195,7 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
     let Some(origin) = mount_origin() else { return };
     let data = origin.put("/big.bin", pattern(66, 5 * MIB + 4097)).data;
     let mount = Mount::builder(origin.url())
-        .opt("block_size=256K,direct_io_min_size=1M")
+        .opt("block_size=256K,direct_io_min_size=1M,zero_message_opens=false")
         .mount();
 
     // Not wholly cached at open: direct I/O, so every read reaches the daemon and the kernel
@@ -232,7 +236,7 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
     mount.unmount();
 }
 
-/// With `zero_message_opens`, a file the kernel still holds is opened and read again with no
+/// With `zero_message_opens` (the default), a file the kernel still holds is opened and read again with no
 /// message to the daemon at all, and every byte is still exact, also when the pages are gone
 /// and reads reach the daemon per inode.
 #[test]
@@ -250,9 +254,7 @@ fn zero_message_opens_serve_hot_files_without_any_message() {
         origin.put(path, data.clone());
     }
     let big = origin.put("/big.bin", pattern(720, 3 * MIB + 17)).data;
-    let mount = Mount::builder(origin.url())
-        .opt("zero_message_opens=true,ttl=3600")
-        .mount();
+    let mount = Mount::builder(origin.url()).opt("ttl=3600").mount();
     for (path, data) in &files {
         assert_file_matches(&mount.path(path.trim_start_matches('/')), data, 64 * 1024);
     }

@@ -575,7 +575,7 @@ fn lie_scenario(name: &str, liar: Liar, once: Once, forever: Forever) {
     let mount = Mount::builder(liar.url.clone())
         .opt(format!(
             "block_size=256K,readahead_max=0,passthrough=false,{TIMEOUTS},\
-             direct_io_min_size={LIAR_DIRECT_IO_MIN}"
+             direct_io_min_size={LIAR_DIRECT_IO_MIN},zero_message_opens=false"
         ))
         .arg("-v")
         .mount();

@@ -524,7 +524,7 @@ fn a_file_whose_version_changed_across_a_restart_answers_eio_and_never_other_byt
     let mount = Supervised::mount(
         Path::new(BIN),
         &origin.url(),
-        "ttl=1,readahead_max=0,block_size=1M,direct_io_min_size=1M",
+        "ttl=1,readahead_max=0,block_size=1M,direct_io_min_size=1M,zero_message_opens=false",
     );
     let file = File::open(mount.path("v.bin")).unwrap();
     let mut first = vec![0u8; 2 * MIB];
@@ -1010,7 +1010,8 @@ fn under_a_systemd_style_store_inodes_open_files_and_directory_handles_survive_k
         "--cache-dir".into(),
         cache.into_os_string(),
         "-o".into(),
-        "direct_io_min_size=0,ttl=1,block_size=256K".into(),
+        // Open handles and passthrough are what this carries over: opens reach the daemon.
+        "direct_io_min_size=0,ttl=1,block_size=256K,zero_message_opens=false".into(),
         nginx.url().into(),
         mountpoint.clone().into_os_string(),
     ];

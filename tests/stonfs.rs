@@ -32,6 +32,16 @@ impl std::ops::Deref for Fixture {
     }
 }
 
+/// `settings`, with opens sent to the daemon unless they say otherwise: handles, their
+/// versions and passthrough are what most of these tests are about.
+fn with_opens<'a>(settings: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = settings.to_vec();
+    if !settings.iter().any(|(key, _)| *key == "zero_message_opens") {
+        all.push(("zero_message_opens", "false"));
+    }
+    all
+}
+
 /// The origin's files: `/name` holds `pattern(seed, len)`.
 fn fixture(files: &[(&str, u64, usize)], settings: &[(&str, &str)]) -> Fixture {
     fixture_with(files, settings, KernelFeatures::default())
@@ -47,7 +57,7 @@ fn fixture_with(
         origin.put(&format!("/{name}"), pattern(*seed, *len));
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = Kernel::mount_with(config(&origin, dir.path(), settings), features);
+    let kernel = Kernel::mount_with(config(&origin, dir.path(), &with_opens(settings)), features);
     Fixture {
         kernel,
         origin,
@@ -62,7 +72,7 @@ impl Fixture {
             origin,
             dir,
         } = self;
-        let (kernel, report) = kernel.restart(config(&origin, dir.path(), settings));
+        let (kernel, report) = kernel.restart(config(&origin, dir.path(), &with_opens(settings)));
         let fixture = Fixture {
             kernel,
             origin,
@@ -525,12 +535,34 @@ fn forgetting_an_inode_closes_its_implicit_handle() {
 
 #[test]
 fn handle_zero_keeps_its_version_and_a_new_lookup_gets_the_new_one() {
+    let fx = fixture(&[("a.bin", 1, MULTI)], &[("zero_message_opens", "true")]);
+    let old = fx.content("a.bin");
+    let ino = fx.ino("a.bin");
+    fx.assert_reads(ino, 0, 4096, &old, "before the change");
+    common::layer::wait_cached(&fx.cached("a.bin").expect("cached"));
+    fx.change("a.bin", pattern(9, MULTI * 2));
+    fx.assert_reads(ino, 0, 4096, &old, "the open inode keeps its version");
+    assert!(fx.caches.wait_entry_invalidated(ROOT, "a.bin"));
+    let new_ino = fx.ino("a.bin");
+    assert_ne!(new_ino, ino, "a new version is a new inode");
+    fx.assert_reads(new_ino, 0, 4096, &fx.content("a.bin"), "new version");
+}
+
+/// A small file's handle 0 does not pin its packed record (it lives as long as the kernel
+/// keeps the inode, and would keep segments from ever being reclaimed): once the record
+/// holds a new version, a read of the old inode that reaches the daemon (its pages gone)
+/// gets the old bytes back from the origin, or EIO, and never the new bytes.
+#[test]
+fn handle_zero_of_a_small_file_never_reads_the_new_version() {
     let fx = fixture(&[("a.bin", 1, SMALL)], &[("zero_message_opens", "true")]);
     let old = fx.content("a.bin");
     let ino = fx.ino("a.bin");
-    fx.read(ino, 0, 0, 10).expect("read");
-    fx.change("a.bin", pattern(9, SMALL * 2));
-    fx.assert_reads(ino, 0, 4096, &old, "the open inode keeps its version");
+    fx.assert_reads(ino, 0, 4096, &old, "before the change");
+    fx.change("a.bin", pattern(9, SMALL));
+    match fx.read_to_end(ino, 0, 4096) {
+        Ok(bytes) => assert_bytes_eq(&bytes, &old, "the old inode"),
+        Err(error) => assert_eq!(error.errno(), libc::EIO, "the old inode: {error}"),
+    }
     assert!(fx.caches.wait_entry_invalidated(ROOT, "a.bin"));
     let new_ino = fx.ino("a.bin");
     assert_ne!(new_ino, ino, "a new version is a new inode");
@@ -596,6 +628,39 @@ fn a_purge_refetches_on_the_next_read_and_open_handles_read_on() {
     let new_fh = fx.fh(ino);
     fx.assert_reads(ino, new_fh, 100_000, &want, "reopened");
     assert!(fx.origin.bytes_sent_for("/a.bin") > sent, "fetched again");
+}
+
+/// With zero-message opens the kernel never asks again for a file it holds: a purge or an
+/// expiry must drop its pages and its name's entry, or the next read would not reach the
+/// daemon (nor the origin). `DIR/*` reaches every inode below DIR, and nothing else.
+#[test]
+fn purges_and_expiries_drop_what_the_kernel_keeps_of_the_files_they_cover() {
+    let files = [("a.bin", 5, SMALL), ("b.bin", 6, MULTI)];
+    let fx = fixture(&files, &[("zero_message_opens", "true")]);
+    fx.origin.put("/d/c.bin", pattern(7, SMALL));
+    let (a, b) = (fx.ino("a.bin"), fx.ino("b.bin"));
+    let d = fx.ino("d");
+    let c = fx.lookup(d, "c.bin").expect("d/c.bin").attr.ino;
+    for ino in [a, b, c] {
+        fx.read_to_end(ino, 0, 1 << 20).expect("read");
+    }
+    let cache = &fx.layer.cache;
+    cache.invalidate(0, "/a.bin", ston_fs::base::Invalidation::Purge);
+    assert!(fx.caches.wait_inode_invalidated(a), "a.bin's pages");
+    assert!(fx.caches.wait_entry_invalidated(ROOT, "a.bin"));
+    cache.invalidate(0, "/d/*", ston_fs::base::Invalidation::Expire);
+    assert!(fx.caches.wait_inode_invalidated(c), "d/c.bin's pages");
+    assert!(fx.caches.wait_entry_invalidated(d, "c.bin"));
+    let before = fx.origin.request_count_for("/a.bin");
+    fx.assert_reads(a, 0, 4096, &fx.content("a.bin"), "a.bin after its purge");
+    assert!(
+        fx.origin.request_count_for("/a.bin") > before,
+        "fetched again"
+    );
+    assert!(
+        !fx.caches.inode_invalidations().contains(&b),
+        "b.bin was covered by neither"
+    );
 }
 
 #[test]

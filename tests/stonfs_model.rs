@@ -21,7 +21,8 @@ use ston_fs::base::FsError;
 use tempfile::TempDir;
 
 const NAMES: [&str; 3] = ["a.bin", "b.bin", "c.bin"];
-const SETTINGS: [(&str, &str); 1] = [("block_size", "16K")];
+/// Opens reach the daemon: the model is one of handles.
+const SETTINGS: [(&str, &str); 2] = [("block_size", "16K"), ("zero_message_opens", "false")];
 
 #[derive(Debug, Clone)]
 enum Op {

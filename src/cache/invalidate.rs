@@ -1,8 +1,17 @@
 //! `purge`, `expire` and `hardpurge`: of one path, or of what lies below a directory.
 
+use std::sync::Weak;
+
 use super::index::ObjectKey;
 use super::Cache;
 use crate::base::{Invalidation, SiteId};
+
+/// Told of every invalidation, with which paths of a site it covered, so that what the
+/// kernel keeps of them goes too: with zero-message opens the kernel would otherwise serve
+/// a purged file from its page cache, and never ask again until the name's entry expires.
+pub trait InvalidationWatcher: Send + Sync {
+    fn invalidated(&self, site: SiteId, covers: &dyn Fn(&str) -> bool);
+}
 
 /// What an invalidation touched.
 #[derive(Debug, Default, Clone, Copy)]
@@ -54,6 +63,9 @@ impl Cache {
         }
         let listed = |d: &str| d == dir || (subtree && d.starts_with(&below));
         self.expire_listings(site, listed);
+        if let Some(watcher) = self.watcher.get().and_then(Weak::upgrade) {
+            watcher.invalidated(site, &covers);
+        }
         tracing::info!(
             path,
             ?action,
@@ -62,5 +74,13 @@ impl Cache {
             "invalidated"
         );
         report
+    }
+
+    /// Tells `watcher` of every later invalidation. Fails (giving it back) when one is set.
+    pub fn watch_invalidations(
+        &self,
+        watcher: Weak<dyn InvalidationWatcher>,
+    ) -> Result<(), Weak<dyn InvalidationWatcher>> {
+        self.watcher.set(watcher)
     }
 }

@@ -47,7 +47,7 @@ use crate::store::{self, SiteStore, OBJECT_OVERHEAD};
 
 pub use crate::origin::listing::Entry as ListedEntry;
 pub use index::ObjectKey;
-pub use invalidate::InvalidationReport;
+pub use invalidate::{InvalidationReport, InvalidationWatcher};
 pub use object::{KeptRegistration, Object, OpenHandle, SmallSite};
 pub use readahead::ReadAhead;
 
@@ -167,6 +167,8 @@ pub struct Cache {
     negative: Mutex<LruCache<ObjectKey, Instant>>,
     listings: Mutex<LruCache<ObjectKey, Listing>>,
     probes: Mutex<HashMap<ObjectKey, Arc<Flight<Arc<Object>>>>>,
+    /// The layer above, told of every invalidation (weak: it holds this cache).
+    watcher: std::sync::OnceLock<std::sync::Weak<dyn InvalidationWatcher>>,
 }
 
 impl Cache {
@@ -195,6 +197,7 @@ impl Cache {
             sites: open_sites(&config)?,
             negative: Mutex::new(bounded_lru(NEGATIVE_ENTRIES)),
             probes: Mutex::new(HashMap::new()),
+            watcher: std::sync::OnceLock::new(),
             listings: Mutex::new(bounded_lru(LISTINGS_IN_MEMORY)),
             config,
         };

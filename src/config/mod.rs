@@ -223,7 +223,7 @@ impl Default for Config {
             readahead_max: 32 << 20,
             passthrough: true,
             direct_io_min_size: 32 << 20,
-            zero_message_opens: false,
+            zero_message_opens: true,
             small_object_max: 64 << 10,
             small_object_share: 50,
             index_memory_limit: 256 << 20,

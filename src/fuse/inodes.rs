@@ -114,7 +114,7 @@ impl Entry {
             (Some(old), Some(new)) => {
                 old.kind() == ObjectKind::File
                     && new.kind() == ObjectKind::File
-                    && old.version() != new.version()
+                    && !old.is_same_version_as(new)
             }
             _ => false,
         }
@@ -281,6 +281,21 @@ impl InodeTable {
             entry.opens.passthrough = count;
             entry.opens.backing = Some(backing);
         }
+    }
+
+    /// The inodes of `site` whose path `covers` says yes to, each with its parent and name.
+    pub fn matching(
+        &self,
+        site: SiteId,
+        covers: &dyn Fn(&str) -> bool,
+    ) -> Vec<(u64, u64, Arc<str>)> {
+        let table = self.table.lock();
+        table
+            .entries
+            .iter()
+            .filter(|(_, e)| e.node.site == Some(site) && covers(&e.node.path))
+            .map(|(&ino, e)| (ino, e.parent, e.name.clone()))
+            .collect()
     }
 
     pub fn get(&self, ino: u64) -> Option<Node> {

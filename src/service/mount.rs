@@ -140,7 +140,7 @@ fn start(config: Config, mountpoint: &Path, lifetime: Lifetime) -> Result<Mounte
         Arc::new(Cache::open(config)?)
     };
     cache.start_background();
-    let fs = Arc::new(StonFs::new(cache.clone(), runtime.handle().clone()));
+    let fs = StonFs::new(cache.clone(), runtime.handle().clone());
     let handle = runtime.handle().clone();
     let (connection, launch_dir) = match lifetime {
         Lifetime::Restartable {

@@ -169,10 +169,7 @@ impl Kernel {
         carried: Option<Carried>,
     ) -> (Kernel, Option<TakeoverReport>) {
         let layer = Layer::open(config);
-        let fs = Arc::new(StonFs::new(
-            layer.cache.clone(),
-            layer.runtime.handle().clone(),
-        ));
+        let fs = StonFs::new(layer.cache.clone(), layer.runtime.handle().clone());
         let caches = Arc::new(FakeKernelCache::default());
         fs.set_kernel_features(features);
         fs.set_kernel_cache(caches.clone()).expect("set once");

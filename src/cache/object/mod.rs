@@ -201,6 +201,13 @@ impl Object {
         &self.version
     }
 
+    /// Whether `other` is known to hold this object's bytes: it is this object, or the same
+    /// version pinned by a validator. Two objects of a version without validators may hold
+    /// two versions of the file that merely have one size, so only the object itself counts.
+    pub fn is_same_version_as(self: &Arc<Self>, other: &Arc<Object>) -> bool {
+        Arc::ptr_eq(self, other) || (self.version.is_pinned() && self.version == other.version)
+    }
+
     pub fn size(&self) -> u64 {
         self.version.size
     }
@@ -413,6 +420,17 @@ impl Object {
             state.small_pin = pin.map(Arc::new);
         }
         drop(state);
+        OpenHandle {
+            object: self.clone(),
+        }
+    }
+
+    /// A handle that reads a small object's current record rather than pinning one: for the
+    /// handles of zero-message opens, which live as long as the kernel keeps the inode and
+    /// would otherwise keep every segment they touch from being reclaimed. A read after the
+    /// record moved on fetches this version again, or fails; it never serves another.
+    pub fn open_handle_unpinned(self: &Arc<Self>) -> OpenHandle {
+        self.state.lock().open_handles += 1;
         OpenHandle {
             object: self.clone(),
         }

@@ -29,8 +29,9 @@ use parking_lot::Mutex;
 
 use super::inodes::{InodeTable, ROOT_INO};
 use crate::base::stats::Op;
+use crate::base::SiteId;
 use crate::base::{FsError, FsResult};
-use crate::cache::{Cache, Object};
+use crate::cache::{Cache, InvalidationWatcher, Object};
 use crate::media::Media;
 
 pub use attr::{Attr, EntryKind};
@@ -132,9 +133,10 @@ pub struct StonFs {
 }
 
 impl StonFs {
-    pub fn new(cache: Arc<Cache>, runtime: tokio::runtime::Handle) -> StonFs {
+    /// A file system over `cache`, which tells it of every invalidation from now on.
+    pub fn new(cache: Arc<Cache>, runtime: tokio::runtime::Handle) -> Arc<StonFs> {
         let root_site = (!cache.config().origins.is_empty()).then_some(0);
-        StonFs {
+        let fs = Arc::new(StonFs {
             media: Arc::new(Media::new(cache.clone())),
             inodes: InodeTable::new(root_site),
             handles: Mutex::new(HashMap::new()),
@@ -153,7 +155,12 @@ impl StonFs {
             kernel: OnceLock::new(),
             control_socket: OnceLock::new(),
             cache,
+        });
+        let watcher: Weak<dyn InvalidationWatcher> = Arc::downgrade(&fs) as _;
+        if fs.cache.watch_invalidations(watcher).is_err() {
+            tracing::warn!("a second file system over one cache: purges reach the first only");
         }
+        fs
     }
 
     /// What the kernel granted: passthrough and direct I/O are used only where both the
@@ -260,5 +267,16 @@ impl StonFs {
         self.cache
             .stats()
             .record_op(op, path, bytes, started.elapsed(), hit);
+    }
+}
+
+/// A purged or expired file must not live on in the kernel: its pages and attributes go,
+/// and so does its name's entry, so the next open looks it up and the next read asks.
+impl InvalidationWatcher for StonFs {
+    fn invalidated(&self, site: SiteId, covers: &dyn Fn(&str) -> bool) {
+        for (ino, parent, name) in self.inodes.matching(site, covers) {
+            self.invalidate_pages(ino);
+            self.invalidate_entry(parent, &name);
+        }
     }
 }

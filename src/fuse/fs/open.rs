@@ -53,8 +53,8 @@ impl StonFs {
         let started = Instant::now();
         if self.zero_message_opens() {
             // The kernel then opens every file without a message, keeping its page cache;
-            // reads come per inode (see `read`).
-            self.record(Op::Open, &node.path, 0, started, true);
+            // reads come per inode (see `read`). Not counted: this one message is how the
+            // connection learns the setting, not a file served.
             return Answer::Now(Err(FsError::NotNeeded));
         }
         if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {

@@ -133,7 +133,7 @@ impl StonFs {
             return Some(file.clone());
         }
         let file = Arc::new(OpenFile::new(
-            object.open_handle(),
+            object.open_handle_unpinned(),
             node.view.clone(),
             ino,
             false,
@@ -147,7 +147,7 @@ impl StonFs {
         // did not prove (see `restore::CarriedPages`); a new inode number never had any.
         let other_pages = replaced
             .as_ref()
-            .is_some_and(|old| old.object().version() != file.object().version());
+            .is_some_and(|old| !old.object().is_same_version_as(file.object()));
         // The replaced file's handle closes when its last in-flight read ends.
         drop(replaced);
         if other_pages {

@@ -264,7 +264,7 @@ impl StonFs {
     /// process had read it, and the kernel's pages of it stay.
     fn pages_proven(&self, ino: u64, object: Arc<Object>, view: Option<MediaView>) {
         let _ = self.inodes.update_object(ino, &object, view.clone(), false);
-        let file = OpenFile::new(object.open_handle(), view, ino, false);
+        let file = OpenFile::new(object.open_handle_unpinned(), view, ino, false);
         self.implicit.lock().insert(ino, Arc::new(file));
         // Its reads go on through the handle just made (a `Gone` one stays gone).
         let mut carried = self.carried_pages.lock();
