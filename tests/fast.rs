@@ -236,7 +236,7 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
     mount.unmount();
 }
 
-/// With `zero_message_opens` (the default), a file the kernel still holds is opened and read again with no
+/// With `zero_message_opens=true`, a file the kernel still holds is opened and read again with no
 /// message to the daemon at all, and every byte is still exact, also when the pages are gone
 /// and reads reach the daemon per inode.
 #[test]
@@ -254,7 +254,9 @@ fn zero_message_opens_serve_hot_files_without_any_message() {
         origin.put(path, data.clone());
     }
     let big = origin.put("/big.bin", pattern(720, 3 * MIB + 17)).data;
-    let mount = Mount::builder(origin.url()).opt("ttl=3600").mount();
+    let mount = Mount::builder(origin.url())
+        .opt("zero_message_opens=true,ttl=3600")
+        .mount();
     for (path, data) in &files {
         assert_file_matches(&mount.path(path.trim_start_matches('/')), data, 64 * 1024);
     }
@@ -287,5 +289,61 @@ fn zero_message_opens_serve_hot_files_without_any_message() {
         !log.contains("open: passthrough"),
         "no open, so no passthrough:\n{log}"
     );
+    mount.unmount();
+}
+
+/// By default (`zero_message_opens=auto`) opens reach the daemon, as a server of big files
+/// wants (passthrough, direct I/O), until small files are opened a thousand times in a
+/// second: from then on opens send nothing, and a hot small file costs no message at all.
+#[test]
+fn by_default_opens_stop_reaching_the_daemon_once_small_files_are_opened_fast() {
+    let Some(origin) = mount_origin() else { return };
+    let files: Vec<(String, bytes::Bytes)> = (0..50)
+        .map(|i| {
+            (
+                format!("s/f{i}.bin"),
+                pattern(900 + i, 2048 + 7 * i as usize),
+            )
+        })
+        .collect();
+    for (path, data) in &files {
+        origin.put(&format!("/{path}"), data.clone());
+    }
+    let big = origin.put("/big.bin", pattern(950, 3 * MIB + 5)).data;
+    let mount = Mount::builder(origin.url()).opt("ttl=3600").mount();
+    let read_small = |passes: usize| {
+        for _ in 0..passes {
+            for (path, data) in &files {
+                assert_file_matches(&mount.path(path), data, 64 * 1024);
+            }
+        }
+    };
+    read_small(1);
+    for _ in 0..3 {
+        assert_file_matches(&mount.path("big.bin"), &big, MIB);
+    }
+    let opened = op_count(&stats_json(mount.mountpoint()), "open");
+    assert!(opened >= 53, "slow opens reach the daemon ({opened})");
+    const SWITCHED: &str = "opens send the daemon nothing from now on";
+    for _ in 0..10 {
+        if mount.log().contains(SWITCHED) {
+            break;
+        }
+        read_small(30);
+    }
+    assert!(mount.log().contains(SWITCHED), "{}", mount.log());
+    // Read in passthrough so far, big.bin now fills the FUSE file's page cache once.
+    assert_file_matches(&mount.path("big.bin"), &big, MIB);
+    let before = stats_json(mount.mountpoint());
+    read_small(5);
+    assert_file_matches(&mount.path("big.bin"), &big, MIB);
+    let after = stats_json(mount.mountpoint());
+    for op in ["open", "read", "lookup", "getattr"] {
+        assert_eq!(
+            op_count(&after, op),
+            op_count(&before, op),
+            "hot re-opens sent `{op}` messages:\n{after:#}"
+        );
+    }
     mount.unmount();
 }

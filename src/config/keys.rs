@@ -56,7 +56,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc("readahead_budget", "128M", "memory all open files together may hold in prefetched blocks"),
     doc("readahead_max", "32M", "largest read-ahead window of one sequentially read file (0: off)"),
     doc("passthrough", "true", "let the kernel read wholly cached files straight from the cache file"),
-    doc("zero_message_opens", "true", "opens and closes send nothing to the daemon: hot files are served by the kernel alone; no passthrough, no direct I/O"),
+    doc("zero_message_opens", "auto", "opens and closes send nothing to the daemon: hot files are served by the kernel alone; no passthrough, no direct I/O. auto: from when small files are opened at a high rate"),
     doc("small_object_max", "64K", "objects up to this size are kept as records in the packed store (0: off; at most 256K)"),
     doc("small_object_share", "50", "percent of max_cache_size the packed small-object store may take"),
     doc("index_memory_limit", "256M", "memory of the packed store's index (16 bytes an object): bounds how many small objects are cached"),

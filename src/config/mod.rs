@@ -24,6 +24,30 @@ pub use origins::{cache_folder_name, parse_origin_list, redact_url, Balance, Ori
 pub use parse::{parse_duration, parse_size};
 pub use ttl::TtlRule;
 
+/// When opens stop costing a message to the daemon (`FUSE_NO_OPEN_SUPPORT`). The kernel
+/// keeps that for the connection's life, so the switch is one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroMessageOpens {
+    /// Every open is an OPEN: passthrough and direct I/O for big files.
+    Off,
+    /// From the first open on: hot files cost no round trip.
+    On,
+    /// Off until opens of small files come at a rate where their round trips are what the
+    /// readers wait on (Apache, game patch servers); then on.
+    Auto,
+}
+
+fn parse_zero_message_opens(key: &str, value: &str) -> Result<ZeroMessageOpens, ConfigError> {
+    if value.eq_ignore_ascii_case("auto") {
+        return Ok(ZeroMessageOpens::Auto);
+    }
+    match parse_bool(key, value) {
+        Ok(true) => Ok(ZeroMessageOpens::On),
+        Ok(false) => Ok(ZeroMessageOpens::Off),
+        Err(_) => Err(bad(key, format!("`{value}` is not auto, true or false"))),
+    }
+}
+
 use media::{
     faststart_rule_from_table, parse_extensions, parse_faststart_rule, parse_max_moov,
     parse_param_name,
@@ -147,9 +171,9 @@ pub struct Config {
     pub passthrough: bool,
     /// Files at least this big that are not wholly cached are opened for direct I/O; 0: never.
     pub direct_io_min_size: u64,
-    /// Opens and closes cost no message to the daemon (the kernel keeps the page cache and
-    /// serves hot files alone); passthrough is off, and an open file follows its inode.
-    pub zero_message_opens: bool,
+    /// Whether opens and closes cost no message to the daemon (the kernel keeps the page
+    /// cache and serves hot files alone; passthrough and direct I/O are then off).
+    pub zero_message_opens: ZeroMessageOpens,
     /// Objects up to this size go to the packed small-object store; 0 turns it off.
     pub small_object_max: u64,
     /// Percent of `max_cache_size` the packed store may take at most.
@@ -223,7 +247,7 @@ impl Default for Config {
             readahead_max: 32 << 20,
             passthrough: true,
             direct_io_min_size: 32 << 20,
-            zero_message_opens: true,
+            zero_message_opens: ZeroMessageOpens::Auto,
             small_object_max: 64 << 10,
             small_object_share: 50,
             index_memory_limit: 256 << 20,
@@ -311,7 +335,7 @@ impl Config {
             "readahead_budget" => self.readahead_budget = parse_size_or_zero(key, value)?,
             "readahead_max" => self.readahead_max = parse_size_or_zero(key, value)?,
             "passthrough" => self.passthrough = parse_bool(key, value)?,
-            "zero_message_opens" => self.zero_message_opens = parse_bool(key, value)?,
+            "zero_message_opens" => self.zero_message_opens = parse_zero_message_opens(key, value)?,
             "small_object_max" => self.small_object_max = parse_size_or_zero(key, value)?,
             "small_object_share" => self.small_object_share = parse_percent(key, value)?,
             "index_memory_limit" => self.index_memory_limit = parse_size(key, value)?,

@@ -13,6 +13,7 @@ mod attr;
 mod lookup;
 mod media;
 mod open;
+mod open_mode;
 mod read;
 mod restore;
 mod wiring;
@@ -124,6 +125,8 @@ pub struct StonFs {
     mounting_uid: u32,
     passthrough: AtomicBool,
     direct_io: AtomicBool,
+    /// Whether opens reach the daemon (`zero_message_opens`).
+    open_mode: open_mode::OpenMode,
     /// Objects that keep a passthrough registration between opens, oldest first.
     kept: Mutex<VecDeque<Weak<Object>>>,
     /// The connection's registrations and restart journal (see `wiring`).
@@ -150,6 +153,7 @@ impl StonFs {
             mounting_uid: unsafe { libc::getuid() },
             passthrough: AtomicBool::new(false),
             direct_io: AtomicBool::new(false),
+            open_mode: open_mode::OpenMode::new(cache.config().zero_message_opens),
             kept: Mutex::new(VecDeque::new()),
             wired: OnceLock::new(),
             kernel: OnceLock::new(),
@@ -199,7 +203,7 @@ impl StonFs {
     /// Whether opens and closes send no message (the kernel keeps each file's page cache
     /// and serves hot files alone).
     pub fn zero_message_opens(&self) -> bool {
-        self.cache.config().zero_message_opens
+        self.open_mode.is_on()
     }
 
     /// The cache's cap and use, as a file system's size and free space.

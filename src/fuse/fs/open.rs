@@ -51,6 +51,17 @@ impl StonFs {
             return Answer::Now(Err(FsError::IsDirectory));
         }
         let started = Instant::now();
+        let size = node
+            .object
+            .as_ref()
+            .map_or(u64::MAX, |object| object.size());
+        if self.open_mode.note_open(size) {
+            tracing::info!(
+                "small files opened {} times a second: opens send the daemon nothing from now \
+                 on (zero_message_opens=auto)",
+                super::open_mode::SWITCH_OPENS_PER_SECOND
+            );
+        }
         if self.zero_message_opens() {
             // The kernel then opens every file without a message, keeping its page cache;
             // reads come per inode (see `read`). Not counted: this one message is how the
