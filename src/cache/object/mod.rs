@@ -48,7 +48,7 @@ mod tests;
 mod view;
 
 pub use plan::{BlockSource, Run, UnpinnedRun};
-pub use small::SmallSite;
+pub use small::{SmallRef, SmallSite, SmallTag};
 
 use small::SmallHome;
 
@@ -737,6 +737,12 @@ impl Object {
         }
         state.charged += charge;
         true
+    }
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        self.leave_live();
     }
 }
 
