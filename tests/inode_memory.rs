@@ -123,7 +123,10 @@ fn a_small_file_whose_inode_the_kernel_holds_costs_at_most_512_heap_bytes() {
         kernel.forget(ino, lookups);
     }
     let forgotten = LIVE.load(Ordering::Relaxed);
-    eprintln!("after the forgets: {} bytes above the start", forgotten - before);
+    eprintln!(
+        "after the forgets: {} bytes above the start",
+        forgotten - before
+    );
     assert!(
         per_inode <= MAX_BYTES_PER_HELD_INODE,
         "{per_inode} heap bytes per held inode"

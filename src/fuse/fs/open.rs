@@ -44,7 +44,7 @@ impl StonFs {
         if writes {
             return Answer::Now(Err(FsError::ReadOnly));
         }
-        let Some(node) = self.inodes.get(ino) else {
+        let Some(node) = self.node(ino) else {
             return Answer::Now(Err(FsError::Stale));
         };
         if node.is_directory() {
@@ -57,6 +57,7 @@ impl StonFs {
             self.record(Op::Open, &node.path, 0, started, true);
             return Answer::Now(Err(FsError::NotNeeded));
         }
+        let node = self.with_object(node);
         if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {
             let opened = self.finish_open(ino, object, node.view.clone());
             let hit = opened.as_ref().is_ok_and(|(_, from_cache)| *from_cache);
@@ -69,7 +70,13 @@ impl StonFs {
             let answer = fs.fresh_node(ino, &node, deadline).await;
             fs.record(Op::Open, &node.path, 0, started, false);
             let node = answer?;
-            let object = node.object.ok_or(FsError::NotFound)?;
+            // Without an object, the inode's small version left the cache while files read
+            // it: this open cannot have it, and the name leads to the new one.
+            let gone = match node.small {
+                Some(_) => FsError::VersionChanged,
+                None => FsError::NotFound,
+            };
+            let object = node.object.ok_or(gone)?;
             fs.finish_open(ino, object, node.view)
                 .map(|(opened, _)| opened)
         })
