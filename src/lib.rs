@@ -30,7 +30,7 @@
 //! | 1 | `fuse::fs` `StonFs.handles` | open handles | 2; 8 (an adopted handle's `OpenHandle`) |
 //! | 2 | `fuse::fs` `StonFs.adopted` | handles carried over a restart | 4; 9 |
 //! | 3 | `fuse::fs` `StonFs.implicit` | handle 0 of each inode | 8 (its `OpenHandle`); 9 (the journal record of its version) |
-//! | 4 | `fuse::inodes` `InodeTable.table` | inodes, names, open counts | 5; 8 (registering a cache file, or whether a small object was read yet); 9 |
+//! | 4 | `fuse::inodes` `InodeTable.table` | inodes, names, open counts | 5; 8 (registering a cache file, or taking a small object's reference); 9 |
 //! | 5 | `fuse::fs` `StonFs.kept` | objects keeping a registration | leaf |
 //! | 6 | `cache::object` `Object.recording` | one journal round of an object | 7 |
 //! | 6a | `store::packed` `PackedStore.writer` | appends, rolls, reclamation, checkpoints of small objects | 6b; 7 (room for a segment, through `SharedSpace`); 10 |

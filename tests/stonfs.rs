@@ -610,6 +610,42 @@ fn a_small_files_inode_is_rebuilt_from_its_record_and_never_serves_another_versi
     fx.release(opened.fh);
 }
 
+/// A small file fetched whole by its lookup: the inode keeps no object for it either, and
+/// its first open and read still count as the misses they are; the next ones are hits.
+#[test]
+fn a_small_file_fetched_by_its_lookup_keeps_no_object_and_its_first_use_is_a_miss() {
+    let fx = fixture(&[("a.bin", 1, SMALL)], &[]);
+    let ino = fx.ino("a.bin");
+    let object = fx.cached("a.bin").expect("a packed record");
+    let unheld = Arc::downgrade(&object);
+    drop(object);
+    // The probe's task lets go of its answer just after the lookup has it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while unheld.strong_count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(unheld.upgrade().is_none(), "the inode keeps no object");
+    let stats = || {
+        let snapshot = fx.layer.cache.stats().snapshot();
+        (
+            snapshot.open_misses,
+            snapshot.read_misses,
+            snapshot.open_hits,
+        )
+    };
+    let before = stats();
+    for _ in 0..2 {
+        let fh = fx.fh(ino);
+        fx.assert_reads(ino, fh, 1 << 20, &fx.content("a.bin"), "read");
+        fx.release(fh);
+    }
+    let (open_misses, read_misses, open_hits) = stats();
+    assert_eq!(open_misses - before.0, 1, "the first open is a miss");
+    assert_eq!(read_misses - before.1, 1, "so is its first read");
+    assert_eq!(open_hits - before.2, 1, "the second open is a hit");
+    assert_eq!(fx.requests_for("a.bin"), 1);
+}
+
 #[test]
 fn the_page_cache_is_kept_across_opens_of_one_version_only() {
     let fx = fixture(&[("a.bin", 1, SMALL)], &[]);

@@ -153,12 +153,9 @@ impl Held {
     }
 }
 
-/// What an inode keeps of a small object instead of the object, once the object has nothing
-/// left to tell that its record does not: not while its bytes came from the origin and no
-/// read used them yet (that read is a miss; an object rebuilt from the record would not
-/// know).
+/// What an inode keeps of a small object instead of the object (`None` for a large one).
 fn compact(object: &Object) -> Option<SmallRef> {
-    let mut small = object.small_ref().filter(|_| !object.fetched_unread())?;
+    let mut small = object.small_ref()?;
     if object.is_detached() {
         small.expire();
     }
@@ -198,15 +195,6 @@ impl Stored {
             media: rare.and_then(|r| r.media.clone()),
             view: rare.and_then(|r| r.view.clone()),
             small,
-        }
-    }
-
-    /// Lets go of a small object kept whole until its first read (see [`compact`]).
-    fn compact(&mut self) {
-        if let Held::Object(object) = &self.held {
-            if let Some(small) = compact(object) {
-                self.held = Held::Small(small);
-            }
         }
     }
 
@@ -507,10 +495,18 @@ impl InodeTable {
     /// The inode's node; a small file's that nobody has open comes without its object (see
     /// [`Node::small`]).
     pub fn get(&self, ino: u64) -> Option<Node> {
+        let table = self.table.lock();
+        table.entries.get(&ino).map(|entry| entry.node.node())
+    }
+
+    /// Whether `ino` shows a small version whose bytes came with its lookup and were not
+    /// used yet; says no from now on (the caller's use is that first one).
+    pub fn take_fetched(&self, ino: u64) -> bool {
         let mut table = self.table.lock();
-        let entry = table.entries.get_mut(&ino)?;
-        entry.node.compact();
-        Some(entry.node.node())
+        match table.entries.get_mut(&ino).map(|e| &mut e.node.held) {
+            Some(Held::Small(small)) => std::mem::take(&mut small.fetched),
+            _ => false,
+        }
     }
 
     /// Records a successful lookup of `name` under `parent`; returns the child's inode number.
@@ -655,7 +651,6 @@ impl InodeTable {
         if opens.cached == 0 && opens.passthrough == 0 {
             // Its last registration, if any, was dropped above, under this lock as before.
             entry.opens = None;
-            entry.node.compact();
         }
     }
 

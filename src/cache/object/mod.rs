@@ -297,6 +297,7 @@ impl Object {
     /// The TTL ends now: the next use revalidates (a 304 keeps every block).
     pub fn expire(&self) {
         self.renew(0);
+        self.expire_small();
     }
 
     /// Bytes of the object's data held in the cache.

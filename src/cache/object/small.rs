@@ -147,6 +147,9 @@ pub struct SmallRef {
     fresh_until: u64,
     generation: u64,
     pub tag: SmallTag,
+    /// The bytes came from the origin with the lookup and no read used them yet: the first
+    /// use is a miss (see [`Object::fetched_unread`]), and the object rebuilt for it says so.
+    pub fetched: bool,
 }
 
 impl SmallRef {
@@ -323,6 +326,7 @@ impl Object {
             fresh_until: self.fetched_at().saturating_add(self.ttl.as_secs()),
             generation: home.generation,
             tag: home.tag,
+            fetched: self.fetched_unread(),
         })
     }
 
@@ -334,7 +338,7 @@ impl Object {
     }
 
     /// A small object just fetched whole by its probe: its first use is a miss.
-    pub(in crate::cache) fn mark_small_fetched(&self) {
+    pub fn mark_small_fetched(&self) {
         self.state.lock().small_fetched = true;
     }
 
@@ -400,6 +404,15 @@ impl Object {
                 self.state.lock().detached = true;
                 None
             }
+        }
+    }
+
+    /// An expired small version must reach the inodes that keep it as a [`SmallRef`], not as
+    /// this object: every small object and reference of the site made before now resolves
+    /// again at its next use (from its record, when that is still fresh).
+    pub(super) fn expire_small(&self) {
+        if let Some(home) = &self.small {
+            home.site.invalidate_all_made();
         }
     }
 

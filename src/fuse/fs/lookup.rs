@@ -232,7 +232,7 @@ impl StonFs {
         let Some(site) = node.site.filter(|_| !node.path.is_empty()) else {
             return Err(FsError::NotFound);
         };
-        let node = &self.with_object(node.clone());
+        let node = &self.with_object(ino, node.clone());
         if node.object.is_some() && !needs_origin(node) {
             return Ok(node.clone());
         }

@@ -16,18 +16,23 @@ impl StonFs {
         Some(node)
     }
 
-    /// `node` with its object, rebuilt from the record for a small file whose inode keeps
-    /// only its [`crate::cache::SmallRef`]. When the record holds another version now (or
-    /// none), the node stays without an object and turns stale: its version left the
-    /// cache, and the call resolves the name again as it would for any such object.
-    pub(super) fn with_object(&self, mut node: Node) -> Node {
+    /// `node` of `ino` with its object, rebuilt from the record for a small file whose
+    /// inode keeps only its [`crate::cache::SmallRef`]. When the record holds another
+    /// version now (or none), the node stays without an object and turns stale: its version
+    /// left the cache, and the call resolves the name again as it would for any such object.
+    pub(super) fn with_object(&self, ino: u64, mut node: Node) -> Node {
         let (Some(site), Some(small), None) = (node.site, node.small.as_mut(), &node.object) else {
             return node;
         };
-        match self.cache.small_object_for(site, &node.path, small) {
-            Some(object) => node.object = Some(object),
-            None => small.expire(),
+        let Some(object) = self.cache.small_object_for(site, &node.path, small) else {
+            small.expire();
+            return node;
+        };
+        // Bytes fetched by the lookup: this first use of them is the miss.
+        if small.fetched && self.inodes.take_fetched(ino) {
+            object.mark_small_fetched();
         }
+        node.object = Some(object);
         node
     }
 }

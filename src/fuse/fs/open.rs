@@ -57,7 +57,7 @@ impl StonFs {
             self.record(Op::Open, &node.path, 0, started, true);
             return Answer::Now(Err(FsError::NotNeeded));
         }
-        let node = self.with_object(node);
+        let node = self.with_object(ino, node);
         if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {
             let opened = self.finish_open(ino, object, node.view.clone());
             let hit = opened.as_ref().is_ok_and(|(_, from_cache)| *from_cache);

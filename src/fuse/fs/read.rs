@@ -129,7 +129,7 @@ impl StonFs {
             return Some(file);
         }
         // Outside the lock: a small file's object may be read back from its record.
-        let node = self.with_object(node.clone());
+        let node = self.with_object(ino, node.clone());
         let object = node.object.clone()?;
         let mut implicit = self.implicit.lock();
         let file = Arc::new(OpenFile::new(
