@@ -30,7 +30,7 @@
 //! | 1 | `fuse::fs` `StonFs.handles` | open handles | 2; 8 (an adopted handle's `OpenHandle`) |
 //! | 2 | `fuse::fs` `StonFs.adopted` | handles carried over a restart | 4; 9 |
 //! | 3 | `fuse::fs` `StonFs.implicit` | handle 0 of each inode | 8 (its `OpenHandle`); 9 (the journal record of its version) |
-//! | 4 | `fuse::inodes` `InodeTable.table` | inodes, names, open counts | 5; 8 (registering a cache file); 9 |
+//! | 4 | `fuse::inodes` `InodeTable.table` | inodes, names, open counts | 5; 8 (registering a cache file, or taking a small object's reference); 9 |
 //! | 5 | `fuse::fs` `StonFs.kept` | objects keeping a registration | leaf |
 //! | 6 | `cache::object` `Object.recording` | one journal round of an object | 7 |
 //! | 6a | `store::packed` `PackedStore.writer` | appends, rolls, reclamation, checkpoints of small objects | 6b; 7 (room for a segment, through `SharedSpace`); 10 |
@@ -48,7 +48,7 @@
 //! (`service`); a media view's header reference `ViewParts.held` and `Media.trimmed_at`
 //! (`media`); the log cap's `Limiter.windows` (`service::lograte`) and the replaced holder's
 //! socket `REDIRECTED` (`service::fdstore`, a read-write lock); the small objects in use,
-//! `SmallSite.live` (`cache::object::small`). Rows 6 and 8 are taken by `cache::object` as 6
+//! `SmallSite.live` (`cache::object::small`; a small object dropped under any lock leaves it). Rows 6 and 8 are taken by `cache::object` as 6
 //! then 8, and row 8 is also reached without 6 or 7. Rows 6a and 6b are never taken under
 //! 6 to 10: a small object calls its store with no lock of its own held.
 //!

@@ -590,6 +590,94 @@ fn an_open_handle_keeps_its_version_while_a_new_lookup_gets_the_new_one() {
     fx.assert_reads(new_ino, new_fh, 4096, &fx.content("a.bin"), "new handle");
 }
 
+/// A small file's inode that nobody has open keeps no object: it is rebuilt from the
+/// packed record when the inode is opened again, and serves exactly its own version; once
+/// the record holds a new version, the old inode (still read) never serves its bytes, and a
+/// fresh lookup gets a new inode that does (issue #18).
+#[test]
+fn a_small_files_inode_is_rebuilt_from_its_record_and_never_serves_another_version() {
+    let fx = fixture(&[("a.bin", 1, SMALL)], &[]);
+    let old = fx.content("a.bin");
+    let (ino, fh) = fx.opened("a.bin");
+    fx.assert_reads(ino, fh, 4096, &old, "first read");
+    fx.release(fh);
+    let object = fx.cached("a.bin").expect("a packed record");
+    assert!(object.is_small());
+    let unheld = Arc::downgrade(&object);
+    drop(object);
+    assert!(unheld.upgrade().is_none(), "the inode keeps no object");
+
+    let opened = fx.open(ino).expect("reopened from the record");
+    fx.assert_reads(ino, opened.fh, 4096, &old, "rebuilt from the record");
+    let OpenIo::Cached { keep_cache, .. } = opened.io else {
+        panic!("no passthrough was granted");
+    };
+    assert!(
+        keep_cache,
+        "a rebuilt object is the same version: its pages stay"
+    );
+    let requests = fx.requests_for("a.bin");
+    assert_eq!(requests, 1, "all from the record");
+
+    // A new version of the same size takes the record, found by a new lookup.
+    fx.change("a.bin", pattern(2, SMALL));
+    let new = fx.content("a.bin");
+    let new_ino = fx.ino("a.bin");
+    assert_ne!(new_ino, ino, "a new version is a new inode");
+    fx.assert_reads(
+        ino,
+        opened.fh,
+        4096,
+        &old,
+        "the open handle keeps its version",
+    );
+    assert!(
+        matches!(fx.open(ino), Err(FsError::VersionChanged)),
+        "the old inode's version left the cache while it is read"
+    );
+    assert_eq!(fx.getattr(ino).expect("getattr").size, SMALL as u64);
+    let new_fh = fx.fh(new_ino);
+    fx.assert_reads(new_ino, new_fh, 4096, &new, "the new inode");
+    fx.release(new_fh);
+    fx.release(opened.fh);
+}
+
+/// A small file fetched whole by its lookup: the inode keeps no object for it either, and
+/// its first open and read still count as the misses they are; the next ones are hits.
+#[test]
+fn a_small_file_fetched_by_its_lookup_keeps_no_object_and_its_first_use_is_a_miss() {
+    let fx = fixture(&[("a.bin", 1, SMALL)], &[]);
+    let ino = fx.ino("a.bin");
+    let object = fx.cached("a.bin").expect("a packed record");
+    let unheld = Arc::downgrade(&object);
+    drop(object);
+    // The probe's task lets go of its answer just after the lookup has it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while unheld.strong_count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(unheld.upgrade().is_none(), "the inode keeps no object");
+    let stats = || {
+        let snapshot = fx.layer.cache.stats().snapshot();
+        (
+            snapshot.open_misses,
+            snapshot.read_misses,
+            snapshot.open_hits,
+        )
+    };
+    let before = stats();
+    for _ in 0..2 {
+        let fh = fx.fh(ino);
+        fx.assert_reads(ino, fh, 1 << 20, &fx.content("a.bin"), "read");
+        fx.release(fh);
+    }
+    let (open_misses, read_misses, open_hits) = stats();
+    assert_eq!(open_misses - before.0, 1, "the first open is a miss");
+    assert_eq!(read_misses - before.1, 1, "so is its first read");
+    assert_eq!(open_hits - before.2, 1, "the second open is a hit");
+    assert_eq!(fx.requests_for("a.bin"), 1);
+}
+
 #[test]
 fn the_page_cache_is_kept_across_opens_of_one_version_only() {
     let fx = fixture(&[("a.bin", 1, SMALL)], &[]);

@@ -48,7 +48,7 @@ use crate::store::{self, SiteStore, OBJECT_OVERHEAD};
 pub use crate::origin::listing::Entry as ListedEntry;
 pub use index::ObjectKey;
 pub use invalidate::{InvalidationReport, InvalidationWatcher};
-pub use object::{KeptRegistration, Object, OpenHandle, SmallSite};
+pub use object::{KeptRegistration, Object, OpenHandle, SmallRef, SmallSite, SmallTag};
 pub use readahead::ReadAhead;
 
 use fetch::FetchHost;

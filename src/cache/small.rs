@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::index::CacheIndex;
-use super::object::{Identity, Object, SmallSite};
+use super::object::{Identity, Object, SmallRef, SmallSite};
 use super::resolve::Found;
 use super::Cache;
 use crate::base::{ObjectKind, SiteId};
@@ -118,7 +118,7 @@ impl Cache {
                 return None;
             }
         };
-        let object = Object::from_record(site, path.clone(), small, &found.validators);
+        let object = Object::from_record(site, path.clone(), small, &found);
         if object.is_none() {
             tracing::warn!(path = %path, "packed record with unknown validators; dropped");
             let _ = small.store.remove(path.as_bytes());
@@ -126,6 +126,27 @@ impl Cache {
         let object = Arc::new(object?);
         small.keep_live(&object);
         Some(object)
+    }
+
+    /// The small object an inode keeps as `small`, rebuilt from its record when nothing has
+    /// it in memory; `None` when the record holds another version now (or none), or an
+    /// invalidation came after `small` was made.
+    pub fn small_object_for(
+        &self,
+        site: SiteId,
+        path: &Arc<str>,
+        small: &SmallRef,
+    ) -> Option<Arc<Object>> {
+        if !self.small_is_current(site, small) {
+            return None;
+        }
+        let object = self.small_object(site, path)?;
+        (object.small_tag() == Some(small.tag)).then_some(object)
+    }
+
+    /// Whether no invalidation came after `small` was made.
+    pub fn small_is_current(&self, site: SiteId, small: &SmallRef) -> bool {
+        self.small_site(site).is_some_and(|s| s.is_current(small))
     }
 
     /// Keeps a file found by a probe as a small object, when its whole version came with the
@@ -152,7 +173,8 @@ impl Cache {
             version: found.version.clone(),
             block_size: self.config.block_size,
         };
-        let object = Object::new_small(identity, (found.freshness.ttl, now), small.clone());
+        let freshness = (found.freshness.ttl, now);
+        let object = Object::new_small(identity, freshness, small.clone(), head);
         if !object.put_new_small(head) {
             return None;
         }

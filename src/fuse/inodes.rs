@@ -3,15 +3,20 @@
 //! Inodes live while the kernel holds lookups on them (`forget` drops them), so memory follows
 //! the kernel's dentry cache, not the number of files ever read. With a restart journal, every
 //! number and lookup count is written to it before the reply that hands it to the kernel.
+//!
+//! Memory: an inode the kernel holds costs a few hundred bytes. A small file's inode that
+//! nobody has open keeps a [`SmallRef`], not its object (see [`Node::small`]); fields few
+//! inodes use are boxed, and a name that is its path's last component is that path.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
 use super::journal::{Journal, NodeKind};
 use crate::base::{ObjectKind, SiteId};
-use crate::cache::{KeptRegistration, ListedEntry, Object};
+use crate::cache::{KeptRegistration, ListedEntry, Object, SmallRef, SmallTag};
 use crate::media::{MediaRequest, MediaView};
 
 pub const ROOT_INO: u64 = 1;
@@ -32,6 +37,9 @@ pub struct Node {
     pub media: Option<MediaRequest>,
     /// How `object` is presented when not byte for byte: a rewritten header, or a clip.
     pub view: Option<MediaView>,
+    /// A small file's version, as the inode keeps it while nobody has it open: `object` is
+    /// then `None` until a call that needs the object rebuilds it from the record.
+    pub small: Option<SmallRef>,
 }
 
 impl Node {
@@ -44,6 +52,7 @@ impl Node {
             listed: None,
             media: None,
             view: None,
+            small: None,
         }
     }
 
@@ -66,6 +75,7 @@ impl Node {
     /// listed files with a size, so nothing else looks like this.
     pub fn awaits_origin(&self) -> bool {
         self.object.is_none()
+            && self.small.is_none()
             && self
                 .listed
                 .as_ref()
@@ -75,9 +85,19 @@ impl Node {
     pub fn is_directory(&self) -> bool {
         match (&self.object, &self.listed) {
             (Some(object), _) => object.kind() == ObjectKind::Directory,
+            (None, _) if self.small.is_some() => false,
             (None, Some(entry)) => entry.is_dir,
             (None, None) => true,
         }
+    }
+
+    /// Whether `object` is the version this node shows (rebuilt from its record or not).
+    pub fn shows(&self, object: &Object) -> bool {
+        let small = self.small.map(|small| small.tag);
+        self.object
+            .as_ref()
+            .is_some_and(|o| o.is_same_version(object))
+            || small.is_some_and(|tag| object.small_tag() == Some(tag))
     }
 
     fn journal_kind(&self) -> NodeKind {
@@ -97,40 +117,246 @@ pub struct CarriedInode {
     pub node: Node,
 }
 
-struct Entry {
-    node: Node,
+/// A [`Node`] as an entry keeps it: a small object nobody has open as its [`SmallRef`], and
+/// the fields few inodes use in a box of their own.
+struct Stored {
+    site: Option<SiteId>,
+    path: Arc<str>,
+    held: Held,
+    rare: Option<Box<Rare>>,
+}
+
+/// The version an inode shows.
+enum Held {
+    None,
+    Object(Arc<Object>),
+    Small(SmallRef),
+}
+
+/// The fields of a [`Node`] that only listed names and media names have.
+struct Rare {
+    listed: Option<ListedEntry>,
+    media: Option<MediaRequest>,
+    view: Option<MediaView>,
+}
+
+impl Held {
+    fn new(object: Option<Arc<Object>>, small: Option<SmallRef>) -> Held {
+        match (object, small) {
+            (Some(object), _) => match compact(&object) {
+                Some(small) => Held::Small(small),
+                None => Held::Object(object),
+            },
+            (None, Some(small)) => Held::Small(small),
+            (None, None) => Held::None,
+        }
+    }
+}
+
+/// What an inode keeps of a small object instead of the object (`None` for a large one).
+fn compact(object: &Object) -> Option<SmallRef> {
+    let mut small = object.small_ref()?;
+    if object.is_detached() {
+        small.expire();
+    }
+    Some(small)
+}
+
+impl Stored {
+    fn new(node: Node) -> Stored {
+        let rare =
+            (node.listed.is_some() || node.media.is_some() || node.view.is_some()).then(|| {
+                Box::new(Rare {
+                    listed: node.listed,
+                    media: node.media,
+                    view: node.view,
+                })
+            });
+        Stored {
+            site: node.site,
+            path: node.path,
+            held: Held::new(node.object, node.small),
+            rare,
+        }
+    }
+
+    fn node(&self) -> Node {
+        let (object, small) = match &self.held {
+            Held::None => (None, None),
+            Held::Object(object) => (Some(object.clone()), None),
+            Held::Small(small) => (None, Some(*small)),
+        };
+        let rare = self.rare.as_deref();
+        Node {
+            site: self.site,
+            path: self.path.clone(),
+            object,
+            listed: rare.and_then(|r| r.listed.clone()),
+            media: rare.and_then(|r| r.media.clone()),
+            view: rare.and_then(|r| r.view.clone()),
+            small,
+        }
+    }
+
+    fn set_view(&mut self, view: Option<MediaView>) {
+        match (&mut self.rare, view) {
+            (Some(rare), view) => rare.view = view,
+            (None, None) => {}
+            (None, Some(view)) => {
+                self.rare = Some(Box::new(Rare {
+                    listed: None,
+                    media: None,
+                    view: Some(view),
+                }))
+            }
+        }
+    }
+}
+
+/// A name, kept as the tail of its path when it is that (as most are): it then costs nothing.
+#[derive(Clone)]
+struct Name {
+    text: Arc<str>,
+    at: u32,
+}
+
+impl Name {
+    fn new(name: &str, path: &Arc<str>) -> Name {
+        let at = path.len().saturating_sub(name.len());
+        let tail = path.ends_with(name) && path[..at].ends_with('/');
+        match (tail, u32::try_from(at)) {
+            (true, Ok(at)) => Name {
+                text: path.clone(),
+                at,
+            },
+            _ => Name::own(name),
+        }
+    }
+
+    fn own(name: &str) -> Name {
+        Name {
+            text: Arc::from(name),
+            at: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        &self.text[self.at as usize..]
+    }
+
+    fn to_arc(&self) -> Arc<str> {
+        match self.at {
+            0 => self.text.clone(),
+            _ => Arc::from(self.as_str()),
+        }
+    }
+}
+
+/// A name under a parent directory: what a lookup asks for.
+#[derive(Clone)]
+struct ChildKey {
     parent: u64,
-    name: Arc<str>,
+    name: Name,
+}
+
+impl PartialEq for ChildKey {
+    fn eq(&self, other: &ChildKey) -> bool {
+        self.parent == other.parent && self.name.as_str() == other.name.as_str()
+    }
+}
+
+impl Eq for ChildKey {}
+
+impl Hash for ChildKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parent.hash(state);
+        self.name.as_str().hash(state);
+    }
+}
+
+/// The version whose pages the kernel may keep across opens (`FOPEN_KEEP_CACHE`): a large
+/// object by identity (a weak reference keeps its address from being reused), a small one by
+/// its tag (the object is rebuilt from its record, and is the same version if its tag is).
+enum Pages {
+    None,
+    Object(Weak<Object>),
+    Small(SmallTag),
+}
+
+impl Pages {
+    fn of(object: &Arc<Object>) -> Pages {
+        match object.small_tag() {
+            Some(tag) => Pages::Small(tag),
+            None => Pages::Object(Arc::downgrade(object)),
+        }
+    }
+
+    fn belong_to(&self, object: &Object) -> bool {
+        match self {
+            Pages::None => false,
+            Pages::Object(weak) => std::ptr::eq(weak.as_ptr(), object),
+            Pages::Small(tag) => object.small_tag() == Some(*tag),
+        }
+    }
+}
+
+struct Entry {
+    node: Stored,
+    parent: u64,
+    name: Name,
     lookups: u64,
-    /// The version whose pages the kernel may keep across opens (`FOPEN_KEEP_CACHE`).
-    page_cache_version: Weak<Object>,
-    opens: Opens,
+    page_cache: Pages,
+    /// Boxed: most inodes are not open.
+    opens: Option<Box<Opens>>,
 }
 
 impl Entry {
+    fn new(node: Node, parent: u64, name: Name, lookups: u64) -> Box<Entry> {
+        Box::new(Entry {
+            node: Stored::new(node),
+            parent,
+            name,
+            lookups,
+            page_cache: Pages::None,
+            opens: None,
+        })
+    }
+
+    fn key(&self) -> ChildKey {
+        ChildKey {
+            parent: self.parent,
+            name: self.name.clone(),
+        }
+    }
+
     /// Whether `next` is another version of this entry's file.
     fn is_replaced_by(&self, next: Option<&Arc<Object>>) -> bool {
-        match (&self.node.object, next) {
-            (Some(old), Some(new)) => {
-                old.kind() == ObjectKind::File
-                    && new.kind() == ObjectKind::File
-                    && !old.is_same_version_as(new)
-            }
-            _ => false,
+        let Some(new) = next.filter(|new| new.kind() == ObjectKind::File) else {
+            return false;
+        };
+        match &self.node.held {
+            Held::Object(old) => old.kind() == ObjectKind::File && !old.holds_same_bytes_as(new),
+            Held::Small(old) => old.tag.version != new.version_hash(),
+            Held::None => false,
         }
     }
 
     /// Pages of some version were handed out with `FOPEN_KEEP_CACHE`, and `next` is another
     /// version. Forgets that version, so one change invalidates once.
     fn take_stale_pages(&mut self, next: Option<&Arc<Object>>) -> bool {
-        let never_opened = self.page_cache_version.ptr_eq(&Weak::new());
-        let same =
-            next.is_some_and(|n| std::ptr::eq(self.page_cache_version.as_ptr(), Arc::as_ptr(n)));
+        let never_opened = matches!(self.page_cache, Pages::None);
+        let same = next.is_some_and(|n| self.page_cache.belong_to(n));
         if never_opened || same {
             return false;
         }
-        self.page_cache_version = Weak::new();
+        self.page_cache = Pages::None;
         true
+    }
+
+    fn is_open(&self) -> bool {
+        self.opens
+            .as_ref()
+            .is_some_and(|o| o.cached > 0 || o.passthrough > 0)
     }
 }
 
@@ -165,7 +391,7 @@ pub enum OpenMode {
 /// entries), so a slot is 16 bytes rather than the whole entry.
 struct Table {
     entries: HashMap<u64, Box<Entry>>,
-    children: HashMap<(u64, Arc<str>), u64>,
+    children: HashMap<ChildKey, u64>,
     next_ino: u64,
 }
 
@@ -200,24 +426,11 @@ pub struct InodeTable {
 impl InodeTable {
     pub fn new(root_site: Option<SiteId>) -> InodeTable {
         let mut entries = HashMap::new();
-        entries.insert(
-            ROOT_INO,
-            Box::new(Entry {
-                node: Node {
-                    site: root_site,
-                    path: Arc::from(""),
-                    object: None,
-                    listed: None,
-                    media: None,
-                    view: None,
-                },
-                parent: ROOT_INO,
-                name: Arc::from(""),
-                lookups: 1,
-                page_cache_version: Weak::new(),
-                opens: Opens::default(),
-            }),
-        );
+        let root = Node {
+            site: root_site,
+            ..Node::new(0, Arc::from(""), None)
+        };
+        entries.insert(ROOT_INO, Entry::new(root, ROOT_INO, Name::own(""), 1));
         InodeTable {
             table: Mutex::new(Table {
                 entries,
@@ -240,7 +453,11 @@ impl InodeTable {
     pub fn restore(&self, carried: Vec<CarriedInode>, next_ino: u64) {
         let mut table = self.table.lock();
         for inode in carried {
-            let key = (inode.parent, inode.name.clone());
+            let name = Name::new(&inode.name, &inode.node.path);
+            let key = ChildKey {
+                parent: inode.parent,
+                name: name.clone(),
+            };
             let newer = table
                 .children
                 .get(&key)
@@ -248,18 +465,9 @@ impl InodeTable {
             if newer {
                 table.children.insert(key, inode.ino);
             }
-            table.entries.insert(
-                inode.ino,
-                Box::new(Entry {
-                    node: inode.node,
-                    parent: inode.parent,
-                    name: inode.name,
-                    lookups: inode.lookups,
-                    // Unknown: the first open drops whatever pages the kernel holds.
-                    page_cache_version: Weak::new(),
-                    opens: Opens::default(),
-                }),
-            );
+            // Pages unknown: the first open drops whatever pages the kernel holds.
+            let entry = Entry::new(inode.node, inode.parent, name, inode.lookups);
+            table.entries.insert(inode.ino, entry);
         }
         table.next_ino = table.next_ino.max(next_ino);
     }
@@ -276,10 +484,11 @@ impl InodeTable {
         let Some(entry) = table.entries.get_mut(&ino) else {
             return;
         };
-        entry.opens.cached = cached;
+        let opens = entry.opens.get_or_insert_with(Box::default);
+        opens.cached = cached;
         if let Some((count, backing)) = passthrough {
-            entry.opens.passthrough = count;
-            entry.opens.backing = Some(backing);
+            opens.passthrough = count;
+            opens.backing = Some(backing);
         }
     }
 
@@ -294,19 +503,35 @@ impl InodeTable {
             .entries
             .iter()
             .filter(|(_, e)| e.node.site == Some(site) && covers(&e.node.path))
-            .map(|(&ino, e)| (ino, e.parent, e.name.clone()))
+            .map(|(&ino, e)| (ino, e.parent, e.name.to_arc()))
             .collect()
     }
 
+    /// The inode's node; a small file's that nobody has open comes without its object (see
+    /// [`Node::small`]).
     pub fn get(&self, ino: u64) -> Option<Node> {
-        self.table.lock().entries.get(&ino).map(|e| e.node.clone())
+        let table = self.table.lock();
+        table.entries.get(&ino).map(|entry| entry.node.node())
+    }
+
+    /// Whether `ino` shows a small version whose bytes came with its lookup and were not
+    /// used yet; says no from now on (the caller's use is that first one).
+    pub fn take_fetched(&self, ino: u64) -> bool {
+        let mut table = self.table.lock();
+        match table.entries.get_mut(&ino).map(|e| &mut e.node.held) {
+            Some(Held::Small(small)) => std::mem::take(&mut small.fetched),
+            _ => false,
+        }
     }
 
     /// Records a successful lookup of `name` under `parent`; returns the child's inode number.
     /// Also says whether the kernel may hold pages of an older version (to invalidate).
     pub fn attach(&self, parent: u64, name: &str, node: Node) -> (u64, bool) {
         let mut table = self.table.lock();
-        let key = (parent, Arc::<str>::from(name));
+        let key = ChildKey {
+            parent,
+            name: Name::own(name),
+        };
         if let Some(&ino) = table.children.get(&key) {
             if let Some(entry) = table.entries.get_mut(&ino) {
                 if !entry.is_replaced_by(node.object.as_ref()) {
@@ -315,7 +540,7 @@ impl InodeTable {
                         journal.set_lookups(ino, entry.lookups);
                     }
                     let stale = entry.take_stale_pages(node.object.as_ref());
-                    entry.node = node;
+                    entry.node = Stored::new(node);
                     return (ino, stale);
                 }
                 // A new version gets a new inode: files still open on the old one keep
@@ -329,18 +554,10 @@ impl InodeTable {
             journal.reserve_inodes(table.next_ino);
             journal.record_inode(ino, parent, node.journal_kind(), name, 1);
         }
-        table.children.insert(key.clone(), ino);
-        table.entries.insert(
-            ino,
-            Box::new(Entry {
-                node,
-                parent,
-                name: key.1,
-                lookups: 1,
-                page_cache_version: Weak::new(),
-                opens: Opens::default(),
-            }),
-        );
+        let name = Name::new(name, &node.path);
+        let entry = Entry::new(node, parent, name, 1);
+        table.children.insert(entry.key(), ino);
+        table.entries.insert(ino, entry);
         (ino, false)
     }
 
@@ -359,20 +576,20 @@ impl InodeTable {
         let Some(entry) = table.entries.get_mut(&ino) else {
             return Revalidated::Updated { stale_pages: false };
         };
-        let read = in_use || entry.opens.cached > 0 || entry.opens.passthrough > 0;
+        let read = in_use || entry.is_open();
         if read && entry.is_replaced_by(Some(object)) {
-            let key = (entry.parent, entry.name.clone());
+            let key = entry.key();
             if table.children.get(&key) == Some(&ino) {
                 table.children.remove(&key);
             }
             return Revalidated::Kept {
-                parent: key.0,
-                name: key.1,
+                parent: key.parent,
+                name: key.name.to_arc(),
             };
         }
         let stale_pages = entry.take_stale_pages(Some(object));
-        entry.node.object = Some(object.clone());
-        entry.node.view = view;
+        entry.node.held = Held::new(Some(object.clone()), None);
+        entry.node.set_view(view);
         Revalidated::Updated { stale_pages }
     }
 
@@ -380,12 +597,11 @@ impl InodeTable {
     /// name (for the kernel's entry to be dropped); `None` for an unknown inode.
     pub fn detach(&self, ino: u64) -> Option<(u64, Arc<str>)> {
         let mut table = self.table.lock();
-        let entry = table.entries.get(&ino)?;
-        let key = (entry.parent, entry.name.clone());
+        let key = table.entries.get(&ino)?.key();
         if table.children.get(&key) == Some(&ino) {
             table.children.remove(&key);
         }
-        Some(key)
+        Some((key.parent, key.name.to_arc()))
     }
 
     /// Whether the kernel's cached pages for `ino` belong to `object`; records that they will.
@@ -394,8 +610,8 @@ impl InodeTable {
         let Some(entry) = table.entries.get_mut(&ino) else {
             return false;
         };
-        let same = std::ptr::eq(entry.page_cache_version.as_ptr(), Arc::as_ptr(object));
-        entry.page_cache_version = Arc::downgrade(object);
+        let same = entry.page_cache.belong_to(object);
+        entry.page_cache = Pages::of(object);
         same
     }
 
@@ -411,7 +627,7 @@ impl InodeTable {
         let Some(entry) = table.entries.get_mut(&ino) else {
             return OpenMode::Cached;
         };
-        let opens = &mut entry.opens;
+        let opens = entry.opens.get_or_insert_with(Box::default);
         if let Some(backing) = opens.backing.as_ref().filter(|_| opens.passthrough > 0) {
             opens.passthrough += 1;
             return OpenMode::Passthrough(backing.clone());
@@ -436,7 +652,9 @@ impl InodeTable {
         let Some(entry) = table.entries.get_mut(&ino) else {
             return;
         };
-        let opens = &mut entry.opens;
+        let Some(opens) = entry.opens.as_mut() else {
+            return;
+        };
         if passthrough {
             opens.passthrough = opens.passthrough.saturating_sub(1);
             if opens.passthrough == 0 {
@@ -444,6 +662,10 @@ impl InodeTable {
             }
         } else {
             opens.cached = opens.cached.saturating_sub(1);
+        }
+        if opens.cached == 0 && opens.passthrough == 0 {
+            // Its last registration, if any, was dropped above, under this lock as before.
+            entry.opens = None;
         }
     }
 
@@ -464,7 +686,7 @@ impl InodeTable {
             return false;
         }
         if let Some(entry) = table.entries.remove(&ino) {
-            let key = (entry.parent, entry.name);
+            let key = entry.key();
             if table.children.get(&key) == Some(&ino) {
                 table.children.remove(&key);
             }

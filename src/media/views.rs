@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 
 use super::{MediaRequest, Presentation};
 use crate::base::SiteId;
-use crate::cache::Object;
+use crate::cache::{Object, SmallTag};
 
 /// Bytes of presented headers kept in memory: the only place that holds them, for open files
 /// and names the kernel keeps alike (see `MediaView`).
@@ -29,6 +29,8 @@ struct Kept {
     /// The version it was made for; a weak reference also keeps the address from being
     /// reused, so comparing addresses compares versions.
     object: Weak<Object>,
+    /// A small version's tag: an object rebuilt from its record is the same version.
+    small: Option<SmallTag>,
     presentation: Presentation,
     cost: u64,
 }
@@ -69,7 +71,11 @@ impl Views {
         let key = key(object, request);
         let mut state = self.state.lock();
         let kept = state.entries.get(&key)?;
-        if std::ptr::eq(kept.object.as_ptr(), Arc::as_ptr(object)) {
+        let same = std::ptr::eq(kept.object.as_ptr(), Arc::as_ptr(object))
+            || kept
+                .small
+                .is_some_and(|tag| object.small_tag() == Some(tag));
+        if same {
             return Some(kept.presentation.clone());
         }
         // Made for another version: never again of use.
@@ -92,6 +98,7 @@ impl Views {
         let cost = ENTRY_OVERHEAD + key.path.len() as u64 + held;
         let kept = Kept {
             object: Arc::downgrade(object),
+            small: object.small_tag(),
             presentation: presentation.clone(),
             cost,
         };

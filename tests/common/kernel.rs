@@ -232,6 +232,13 @@ impl Kernel {
         (kernel, report.expect("taken over"))
     }
 
+    /// This process exits cleanly, as at an unmount: the cache is closed, nothing carried.
+    pub fn unmount(self) {
+        let Kernel { fs, layer, .. } = self;
+        drop(fs);
+        layer.close();
+    }
+
     /// The answer now, or once the I/O runtime produced it.
     pub fn answer<T>(&self, answer: Answer<T>) -> FsResult<T> {
         match answer {

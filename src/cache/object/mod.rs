@@ -48,7 +48,7 @@ mod tests;
 mod view;
 
 pub use plan::{BlockSource, Run, UnpinnedRun};
-pub use small::SmallSite;
+pub use small::{SmallRef, SmallSite, SmallTag};
 
 use small::SmallHome;
 
@@ -201,11 +201,18 @@ impl Object {
         &self.version
     }
 
-    /// Whether `other` is known to hold this object's bytes: it is this object, or the same
-    /// version pinned by a validator. Two objects of a version without validators may hold
-    /// two versions of the file that merely have one size, so only the object itself counts.
-    pub fn is_same_version_as(self: &Arc<Self>, other: &Arc<Object>) -> bool {
-        Arc::ptr_eq(self, other) || (self.version.is_pinned() && self.version == other.version)
+    /// Whether `other` is known to hold this object's bytes: it is this object, a small
+    /// object of the same tag (which hashes the bytes too), or the same version pinned by a
+    /// validator. Two objects of a version without validators may hold two versions of the
+    /// file that merely have one size, so they count only by tag or as the object itself.
+    pub fn holds_same_bytes_as(self: &Arc<Self>, other: &Arc<Object>) -> bool {
+        if Arc::ptr_eq(self, other) {
+            return true;
+        }
+        match (self.small_tag(), other.small_tag()) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => self.version.is_pinned() && self.version == other.version,
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -304,6 +311,7 @@ impl Object {
     /// The TTL ends now: the next use revalidates (a 304 keeps every block).
     pub fn expire(&self) {
         self.renew(0);
+        self.expire_small();
     }
 
     /// Bytes of the object's data held in the cache.
@@ -755,6 +763,12 @@ impl Object {
         }
         state.charged += charge;
         true
+    }
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        self.leave_live();
     }
 }
 

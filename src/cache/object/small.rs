@@ -14,11 +14,19 @@
 //!   replaces the record (a newer version, or a purge, wins).
 //! - Invalidations move the site's generation; an object made before sees itself as detached
 //!   (left the cache), so the next use resolves it again from the store or the origin.
+//! - A version is told apart by its [`SmallTag`]: a hash of its validators and one of its
+//!   bytes. An object rebuilt from the record is the same version when its tag is, so the
+//!   kernel keeps its pages; a record with another tag is never served for it.
+//!
+//! Memory: nothing keeps a small object that nobody uses. An inode keeps a [`SmallRef`]
+//! (what its attributes need, and the tag) and rebuilds the object from the record when a
+//! call needs it; the site's `live` map finds objects that are in use without reading
+//! their record, and an object leaves it when it is dropped.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -30,8 +38,8 @@ use crate::origin::Version;
 use crate::store::packed::{PackedObject, PackedStore, PinnedRecord};
 
 /// Small objects in use that a lookup finds again without reading their record (weakly
-/// held: the inodes and open files own them; a dead one still keeps its allocation until
-/// it leaves, so this stays small: a few MiB at most).
+/// held: open files own them, and an object leaves when it is dropped, so a dead one keeps
+/// no memory here).
 const LIVE_OBJECTS: usize = 8_192;
 
 /// The packed store of one site, its invalidation generation, and the objects in use.
@@ -72,15 +80,96 @@ impl SmallSite {
             .put(object.path().clone(), Arc::downgrade(object));
     }
 
+    /// Whether `small` was made since the last invalidation (else it must be resolved again).
+    pub fn is_current(&self, small: &SmallRef) -> bool {
+        self.generation() == small.generation
+    }
+
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    /// A dropped object leaves the map, so that its allocation goes with it (a weak
+    /// reference keeps the allocation of an object that is gone).
+    fn forget_dropped(&self, path: &Arc<str>, object: *const Object) {
+        let mut live = self.live.lock();
+        let entry = live.peek(path);
+        if entry.is_some_and(|weak| std::ptr::eq(weak.as_ptr(), object)) {
+            let gone = live.pop(path);
+            drop(live);
+            drop(gone);
+        }
+    }
 }
 
-/// Where a small object's bytes live: its site's store, as of a generation.
+/// Where a small object's bytes live: its site's store, as of a generation, and which
+/// bytes they are.
 pub(super) struct SmallHome {
     site: Arc<SmallSite>,
     generation: u64,
+    tag: SmallTag,
+}
+
+/// What tells two small versions of a path apart: a hash of the validators (what
+/// `Version` equality compares) and a hash of the bytes (which tells apart two versions
+/// without validators of one size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallTag {
+    pub version: u64,
+    pub content: u64,
+}
+
+impl SmallTag {
+    fn new(version: &Version, data: &[u8]) -> SmallTag {
+        SmallTag {
+            version: version_hash(version),
+            content: xxhash_rust::xxh3::xxh3_64(data),
+        }
+    }
+}
+
+/// A hash of what `Version` equality compares.
+pub fn version_hash(version: &Version) -> u64 {
+    let mut bytes = version.size.to_le_bytes().to_vec();
+    put_text(&mut bytes, version.etag.as_deref());
+    put_text(&mut bytes, version.last_modified.as_deref());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+/// A small object as an inode keeps it while nobody has it open: what its attributes say,
+/// and the tag of its version, to rebuild it from the record (see the module header).
+#[derive(Debug, Clone, Copy)]
+pub struct SmallRef {
+    pub size: u64,
+    /// Seconds since the epoch (Last-Modified has no finer unit).
+    mtime: u64,
+    /// When the version stops being fresh (seconds since the epoch).
+    fresh_until: u64,
+    generation: u64,
+    pub tag: SmallTag,
+    /// The bytes came from the origin with the lookup and no read used them yet: the first
+    /// use is a miss (see [`Object::fetched_unread`]), and the object rebuilt for it says so.
+    pub fetched: bool,
+}
+
+impl SmallRef {
+    pub fn mtime(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.mtime)
+    }
+
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.fresh_until
+    }
+
+    /// Seconds of freshness left, as [`Object::fresh_for`].
+    pub fn fresh_for(&self, now: u64) -> Duration {
+        Duration::from_secs(self.fresh_until.saturating_sub(now))
+    }
+
+    /// Makes the next use resolve the version again (it left the cache, or was invalidated).
+    pub fn expire(&mut self) {
+        self.fresh_until = 0;
+    }
 }
 
 /// What a record says of the version it holds.
@@ -165,15 +254,22 @@ pub fn decode_version(bytes: &[u8]) -> Option<RecordedVersion> {
 
 impl Object {
     /// An object whose bytes are the record of `path` in `site`'s packed store.
+    /// `data` are its bytes, which its tag hashes.
     pub(in crate::cache) fn new_small(
         identity: Identity,
         freshness: (Duration, u64),
         site: Arc<SmallSite>,
+        data: &[u8],
     ) -> Object {
+        let tag = SmallTag::new(&identity.version, data);
         let mut object = Object::new(identity, freshness, None, 0, Weak::new());
         object.state.get_mut().detached = false;
         let generation = site.generation();
-        object.small = Some(SmallHome { site, generation });
+        object.small = Some(SmallHome {
+            site,
+            generation,
+            tag,
+        });
         object
     }
 
@@ -182,9 +278,9 @@ impl Object {
         site_id: crate::base::SiteId,
         path: Arc<str>,
         site: &Arc<SmallSite>,
-        validators: &[u8],
+        found: &PackedObject,
     ) -> Option<Object> {
-        let recorded = decode_version(validators)?;
+        let recorded = decode_version(&found.validators)?;
         let identity = Identity {
             site: site_id,
             path,
@@ -193,15 +289,56 @@ impl Object {
             block_size: recorded.block_size,
         };
         let freshness = (recorded.ttl, recorded.fetched_at);
-        Some(Object::new_small(identity, freshness, site.clone()))
+        let object = Object::new_small(identity, freshness, site.clone(), &found.data);
+        Some(object)
     }
 
     pub fn is_small(&self) -> bool {
         self.small.is_some()
     }
 
+    /// The tag of a small object's version (`None` for a large object).
+    pub fn small_tag(&self) -> Option<SmallTag> {
+        self.small.as_ref().map(|home| home.tag)
+    }
+
+    /// A hash of what `Version` equality compares (what an inode's [`SmallRef`] keeps).
+    pub fn version_hash(&self) -> u64 {
+        version_hash(&self.version)
+    }
+
+    /// Whether `other` is this very version: the same object, or small objects with one tag
+    /// (an object rebuilt from its record is the version it was).
+    pub fn is_same_version(&self, other: &Object) -> bool {
+        std::ptr::eq(self, other)
+            || self
+                .small_tag()
+                .is_some_and(|t| other.small_tag() == Some(t))
+    }
+
+    /// What an inode keeps of a small object nobody has open (`None` for a large object).
+    pub fn small_ref(&self) -> Option<SmallRef> {
+        let home = self.small.as_ref()?;
+        let mtime = self.mtime().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Some(SmallRef {
+            size: self.size(),
+            mtime: mtime.as_secs(),
+            fresh_until: self.fetched_at().saturating_add(self.ttl.as_secs()),
+            generation: home.generation,
+            tag: home.tag,
+            fetched: self.fetched_unread(),
+        })
+    }
+
+    /// Takes a dropped small object out of its site's map of objects in use.
+    pub(super) fn leave_live(&self) {
+        if let Some(home) = &self.small {
+            home.site.forget_dropped(&self.path, self);
+        }
+    }
+
     /// A small object just fetched whole by its probe: its first use is a miss.
-    pub(in crate::cache) fn mark_small_fetched(&self) {
+    pub fn mark_small_fetched(&self) {
         self.state.lock().small_fetched = true;
     }
 
@@ -232,10 +369,18 @@ impl Object {
         }
     }
 
-    /// Whether `found` holds exactly this version, whole.
+    /// Whether `found` holds exactly this version, whole: its validators, and its bytes.
     fn is_this_version(&self, found: &PackedObject) -> bool {
         decode_version(&found.validators).is_some_and(|r| r.version == self.version)
             && found.data.len() as u64 == self.version.size
+            && self.holds_bytes(&found.data)
+    }
+
+    /// Whether `data` are the bytes of this small version (its tag's hash of them).
+    fn holds_bytes(&self, data: &[u8]) -> bool {
+        self.small
+            .as_ref()
+            .is_some_and(|home| home.tag.content == xxhash_rust::xxh3::xxh3_64(data))
     }
 
     /// This version's bytes from the store, or `None` (gone, replaced, or failed a check).
@@ -262,6 +407,15 @@ impl Object {
         }
     }
 
+    /// An expired small version must reach the inodes that keep it as a [`SmallRef`], not as
+    /// this object: every small object and reference of the site made before now resolves
+    /// again at its next use (from its record, when that is still fresh).
+    pub(super) fn expire_small(&self) {
+        if let Some(home) = &self.small {
+            home.site.invalidate_all_made();
+        }
+    }
+
     /// Keeps the path's record readable while a file has it open. It is not read here (an
     /// open of a hot file costs no I/O): reads check that it holds this version, and fall
     /// back to the store if it does not.
@@ -276,7 +430,8 @@ impl Object {
         let Some(home) = self.small.as_ref() else {
             return false;
         };
-        if self.is_detached() {
+        // Bytes of another version without validators (same size): never this one's record.
+        if self.is_detached() || !self.holds_bytes(data) {
             return false;
         }
         if let Ok(Some(found)) = home.site.store.get(self.path.as_bytes()) {

@@ -4,7 +4,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::StonFs;
 use crate::base::{now_secs, ObjectKind};
-use crate::cache::Object;
 use crate::fuse::inodes::Node;
 
 /// Kernel attribute timeout when an object is served past its TTL (origin down).
@@ -69,6 +68,10 @@ impl StonFs {
                 }
             };
         }
+        if let Some(small) = &node.small {
+            let size = node.view.as_ref().map_or(small.size, |v| v.size());
+            return (EntryKind::File, size, small.mtime());
+        }
         match &node.listed {
             Some(entry) if !entry.is_dir => (
                 EntryKind::File,
@@ -86,16 +89,17 @@ impl StonFs {
 
     /// How long the kernel may keep `node`'s attributes: its object's freshness left.
     pub(super) fn attr_ttl(&self, node: &Node) -> Duration {
-        match &node.object {
-            Some(object) => fresh_left(object),
-            None => self.cache.config().ttl,
+        let now = now_secs();
+        match (&node.object, &node.small) {
+            (Some(object), _) => fresh_left(object.fresh_for(now)),
+            (None, Some(small)) => fresh_left(small.fresh_for(now)),
+            (None, None) => self.cache.config().ttl,
         }
     }
 }
 
 /// Freshness left, or a second when the object is served past its TTL (origin down).
-fn fresh_left(object: &Object) -> Duration {
-    let ttl = object.fresh_for(now_secs());
+fn fresh_left(ttl: Duration) -> Duration {
     if ttl.is_zero() {
         STALE_ATTR_TTL
     } else {

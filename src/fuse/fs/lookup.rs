@@ -30,7 +30,7 @@ impl StonFs {
     /// Looks `name` up in directory `parent`: from memory (a fresh object, a fresh negative
     /// answer, the parent's listing, `dot_dir`) or else with a probe of the origin.
     pub fn lookup(self: &Arc<Self>, parent: u64, name: &OsStr) -> Answer<Entry> {
-        let Some(parent_node) = self.inodes.get(parent) else {
+        let Some(parent_node) = self.node(parent) else {
             return Answer::Now(Err(FsError::Stale));
         };
         let Some(name) = component(name) else {
@@ -203,7 +203,7 @@ impl StonFs {
 
     /// The attributes of an inode, revalidated at the origin when its TTL has run out.
     pub fn getattr(self: &Arc<Self>, ino: u64) -> Answer<(Attr, Duration)> {
-        let Some(node) = self.inodes.get(ino) else {
+        let Some(node) = self.node(ino) else {
             return Answer::Now(Err(FsError::Stale));
         };
         let started = Instant::now();
@@ -232,10 +232,9 @@ impl StonFs {
         let Some(site) = node.site.filter(|_| !node.path.is_empty()) else {
             return Err(FsError::NotFound);
         };
-        if let Some(object) = &node.object {
-            if object.is_fresh(now_secs()) && !object.is_detached() {
-                return Ok(node.clone());
-            }
+        let node = &self.with_object(ino, node.clone());
+        if node.object.is_some() && !needs_origin(node) {
+            return Ok(node.clone());
         }
         let object = self
             .cache
@@ -266,12 +265,13 @@ impl StonFs {
         Ok(Node {
             object: Some(object),
             view,
+            small: None,
             ..node.clone()
         })
     }
 
     pub fn opendir(&self, ino: u64) -> FsResult<()> {
-        match self.inodes.get(ino) {
+        match self.node(ino) {
             Some(node) if node.is_directory() => Ok(()),
             Some(_) => Err(FsError::NotDirectory),
             None => Err(FsError::Stale),
@@ -281,7 +281,7 @@ impl StonFs {
     /// A directory's entries: `.`, `..`, then the origin's listing (or, at the virtual-host
     /// root, the hosts). Inode numbers come with the kernel's lookups of the names.
     pub fn readdir(self: &Arc<Self>, ino: u64) -> Answer<Vec<DirEntry>> {
-        let Some(node) = self.inodes.get(ino) else {
+        let Some(node) = self.node(ino) else {
             return Answer::Now(Err(FsError::Stale));
         };
         let mut entries = vec![
@@ -318,7 +318,7 @@ impl StonFs {
         if caller_uid != 0 && caller_uid != self.mounting_uid {
             return Err(FsError::NotPermitted);
         }
-        let parent_node = self.inodes.get(parent).ok_or(FsError::Stale)?;
+        let parent_node = self.node(parent).ok_or(FsError::Stale)?;
         let name = component(name).ok_or(FsError::NotFound)?;
         let site = parent_node.site.ok_or(FsError::ReadOnly)?;
         let path = format!("{}/{}", parent_node.path, name);
@@ -340,9 +340,11 @@ fn dir_entry(ino: u64, kind: EntryKind, name: &str) -> DirEntry {
 /// its TTL ran out, or its object left the cache, or it is a file carried over a restart
 /// that the cache no longer held.
 pub(super) fn needs_origin(node: &Node) -> bool {
+    let now = now_secs();
     let stale = node
         .object
         .as_ref()
-        .is_some_and(|o| o.is_detached() || !o.is_fresh(now_secs()));
+        .is_some_and(|o| o.is_detached() || !o.is_fresh(now))
+        || node.small.is_some_and(|small| !small.is_fresh(now));
     (stale || node.awaits_origin()) && !node.path.is_empty()
 }

@@ -56,7 +56,7 @@ impl StonFs {
         let Some(request) = &node.media else {
             return Ok(None);
         };
-        if node.object.as_ref().is_some_and(|o| Arc::ptr_eq(o, object)) {
+        if node.shows(object) {
             return Ok(node.view.clone());
         }
         let presented = self.media.present(object, request, deadline).await?;

@@ -12,6 +12,7 @@
 mod attr;
 mod lookup;
 mod media;
+mod node;
 mod open;
 mod open_mode;
 mod read;
@@ -221,7 +222,7 @@ impl StonFs {
         if wants_write {
             return Err(FsError::ReadOnly);
         }
-        self.inodes.get(ino).map(|_| ()).ok_or(FsError::Stale)
+        self.node(ino).map(|_| ()).ok_or(FsError::Stale)
     }
 
     /// The mount root carries the control socket's path, for `ston-fs purge` to find.

@@ -44,17 +44,18 @@ impl StonFs {
         if writes {
             return Answer::Now(Err(FsError::ReadOnly));
         }
-        let Some(node) = self.inodes.get(ino) else {
+        let Some(node) = self.node(ino) else {
             return Answer::Now(Err(FsError::Stale));
         };
         if node.is_directory() {
             return Answer::Now(Err(FsError::IsDirectory));
         }
         let started = Instant::now();
-        let size = node
-            .object
-            .as_ref()
-            .map_or(u64::MAX, |object| object.size());
+        let size = match (&node.object, &node.small) {
+            (Some(object), _) => object.size(),
+            (None, Some(small)) => small.size,
+            (None, None) => u64::MAX,
+        };
         if self.open_mode.note_open(size) {
             tracing::info!(
                 "small files opened {} times a second: opens send the daemon nothing from now \
@@ -68,6 +69,7 @@ impl StonFs {
             // connection learns the setting, not a file served.
             return Answer::Now(Err(FsError::NotNeeded));
         }
+        let node = self.with_object(ino, node);
         if let Some(object) = node.object.clone().filter(|_| !needs_origin(&node)) {
             let opened = self.finish_open(ino, object, node.view.clone());
             let hit = opened.as_ref().is_ok_and(|(_, from_cache)| *from_cache);
@@ -80,7 +82,13 @@ impl StonFs {
             let answer = fs.fresh_node(ino, &node, deadline).await;
             fs.record(Op::Open, &node.path, 0, started, false);
             let node = answer?;
-            let object = node.object.ok_or(FsError::NotFound)?;
+            // Without an object, the inode's small version left the cache while files read
+            // it: this open cannot have it, and the name leads to the new one.
+            let gone = match node.small {
+                Some(_) => FsError::VersionChanged,
+                None => FsError::NotFound,
+            };
+            let object = node.object.ok_or(gone)?;
             fs.finish_open(ino, object, node.view)
                 .map(|(opened, _)| opened)
         })

@@ -93,7 +93,7 @@ impl StonFs {
         if let Some(answer) = self.read_carried(ino, offset, size) {
             return answer;
         }
-        let Some(node) = self.inodes.get(ino) else {
+        let Some(node) = self.node(ino) else {
             return Answer::Now(Err(FsError::Stale));
         };
         if let Some(file) = self
@@ -124,14 +124,14 @@ impl StonFs {
     /// which it keeps while this handle reads it (see `InodeTable::update_object`); `None`
     /// while the inode has no resolved object.
     fn implicit_handle(&self, ino: u64, node: &Node) -> Option<Arc<OpenFile>> {
+        let open = self.implicit.lock().get(&ino).cloned();
+        if let Some(file) = open.filter(|f| node.shows(f.object())) {
+            return Some(file);
+        }
+        // Outside the lock: a small file's object may be read back from its record.
+        let node = self.with_object(ino, node.clone());
         let object = node.object.clone()?;
         let mut implicit = self.implicit.lock();
-        if let Some(file) = implicit
-            .get(&ino)
-            .filter(|f| Arc::ptr_eq(f.object(), &object))
-        {
-            return Some(file.clone());
-        }
         let file = Arc::new(OpenFile::new(
             object.open_handle_unpinned(),
             node.view.clone(),
@@ -147,7 +147,7 @@ impl StonFs {
         // did not prove (see `restore::CarriedPages`); a new inode number never had any.
         let other_pages = replaced
             .as_ref()
-            .is_some_and(|old| !old.object().is_same_version_as(file.object()));
+            .is_some_and(|old| !old.object().holds_same_bytes_as(file.object()));
         // The replaced file's handle closes when its last in-flight read ends.
         drop(replaced);
         if other_pages {

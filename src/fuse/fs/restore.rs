@@ -229,7 +229,7 @@ impl StonFs {
             }
             CarriedPages::Version { version, .. } => version,
         };
-        let Some(node) = self.inodes.get(ino) else {
+        let Some(node) = self.node(ino) else {
             return Some(Answer::Now(Err(FsError::Stale)));
         };
         match self.version_in_cache(&node) {
@@ -351,7 +351,7 @@ impl StonFs {
     /// Rebuilds each carried inode's path from its parent's, and finds what the cache holds
     /// there now.
     fn place_inodes(&self, carried: &Carried, report: &mut TakeoverReport) -> Vec<CarriedInode> {
-        let root_site = self.inodes.get(ROOT_INO).and_then(|n| n.site);
+        let root_site = self.node(ROOT_INO).and_then(|n| n.site);
         let mut places: HashMap<u64, (Option<SiteId>, Arc<str>)> = HashMap::new();
         places.insert(ROOT_INO, (root_site, Arc::from("")));
         let mut placed = Vec::with_capacity(carried.inodes.len());
@@ -450,7 +450,7 @@ impl StonFs {
         let mut per_inode: HashMap<u64, (usize, usize, u32)> = HashMap::new();
         let mut adopted = self.adopted.lock();
         for handle in handles {
-            if self.inodes.get(handle.ino).is_none() {
+            if self.node(handle.ino).is_none() {
                 if let Some(journal) = self.journal() {
                     journal.forget_handle(handle.fh);
                 }
@@ -533,7 +533,7 @@ impl StonFs {
         if adopted.gone {
             return Some(Err(FsError::VersionChanged));
         }
-        let Some(node) = self.inodes.get(adopted.ino) else {
+        let Some(node) = self.node(adopted.ino) else {
             return Some(Err(FsError::Stale));
         };
         if node.site.is_none() {
@@ -557,7 +557,7 @@ impl StonFs {
 
     /// Asks the origin for the handle's path; the version must be the one that was open.
     async fn prove_at_origin(&self, fh: u64, adopted: &AdoptedHandle) -> FsResult<()> {
-        let node = self.inodes.get(adopted.ino).ok_or(FsError::Stale)?;
+        let node = self.node(adopted.ino).ok_or(FsError::Stale)?;
         let deadline = Instant::now() + self.cache.request_timeout();
         let (object, view) = match self.version_at_origin(&node, deadline).await {
             Ok(found) => found,

@@ -13,6 +13,7 @@
 //! callers may hold the inode table's lock and an object's `state`.
 
 mod check;
+mod free;
 mod layout;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::{MmapMut, MmapOptions};
 use parking_lot::Mutex;
+
+use free::FreeSlots;
 
 pub use check::{Carried, Dropped, HandleState, InodeState, PagesState};
 pub use layout::NodeKind;
@@ -74,7 +77,7 @@ struct Inner {
     regions: Vec<MmapMut>,
     chunks: Vec<ChunkMap>,
     /// Free slots by size class.
-    free: [Vec<SlotPos>; 3],
+    free: [FreeSlots; 3],
     inodes: HashMap<u64, SlotPos>,
     handles: HashMap<u64, SlotPos>,
     backings: HashMap<u32, SlotPos>,
@@ -285,6 +288,7 @@ impl Journal {
             if let Some(pages) = inner.pages.remove(&ino) {
                 inner.release(pages);
             }
+            inner.shrink_when_sparse();
         } else {
             layout::write_count(inner.slot(pos), lookups);
         }
@@ -477,6 +481,18 @@ impl Inner {
         Some(pos)
     }
 
+    /// Gives memory back once the kernel has forgotten most inodes, as the inode table does:
+    /// hash tables keep their peak capacity otherwise. Halving only below a quarter full
+    /// makes the rehash cost amortised O(1) a forget.
+    fn shrink_when_sparse(&mut self) {
+        const SMALLEST: usize = 1024;
+        for map in [&mut self.inodes, &mut self.pages] {
+            if map.capacity() > SMALLEST && map.len() * 4 < map.capacity() {
+                map.shrink_to(map.len() * 2);
+            }
+        }
+    }
+
     fn release(&mut self, pos: SlotPos) {
         layout::clear_slot(self.slot(pos));
         let size = self.chunks[pos.chunk as usize]
@@ -517,8 +533,7 @@ impl Inner {
             slot_size: Some(slot_size),
         });
         let slots = layout::slots_per_chunk(slot_size) as u32;
-        // Pop order hands out low indices first.
-        self.free[class].extend((0..slots).rev().map(|index| SlotPos { chunk, index }));
+        self.free[class].add_chunk(chunk, slots);
         true
     }
 
