@@ -47,6 +47,19 @@ impl std::str::FromStr for Invalidation {
     }
 }
 
+/// When opens stop costing a message to the daemon (`FUSE_NO_OPEN_SUPPORT`). The kernel
+/// keeps that for the connection's life, so the switch is one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroMessageOpens {
+    /// Every open is an OPEN: passthrough and direct I/O for big files.
+    Off,
+    /// From the first open on: hot files cost no round trip.
+    On,
+    /// Off until opens of small files come at a rate where their round trips are what the
+    /// readers wait on (Apache, game patch servers); then on.
+    Auto,
+}
+
 /// Seconds since the epoch (0 if the clock is before it).
 pub fn now_secs() -> u64 {
     SystemTime::now()

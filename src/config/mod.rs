@@ -16,26 +16,13 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::base::Invalidation;
+use crate::base::{Invalidation, ZeroMessageOpens};
 
 pub use keys::{keys_help, KeyDoc, KEYS};
 pub use media::{FaststartRule, MediaConfig, MediaFormat};
 pub use origins::{cache_folder_name, parse_origin_list, redact_url, Balance, Origin, Vhost};
 pub use parse::{parse_duration, parse_size};
 pub use ttl::TtlRule;
-
-/// When opens stop costing a message to the daemon (`FUSE_NO_OPEN_SUPPORT`). The kernel
-/// keeps that for the connection's life, so the switch is one way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ZeroMessageOpens {
-    /// Every open is an OPEN: passthrough and direct I/O for big files.
-    Off,
-    /// From the first open on: hot files cost no round trip.
-    On,
-    /// Off until opens of small files come at a rate where their round trips are what the
-    /// readers wait on (Apache, game patch servers); then on.
-    Auto,
-}
 
 fn parse_zero_message_opens(key: &str, value: &str) -> Result<ZeroMessageOpens, ConfigError> {
     if value.eq_ignore_ascii_case("auto") {

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::config::ZeroMessageOpens;
+use crate::base::ZeroMessageOpens;
 
 /// Opens of small files within one second that switch zero-message opens on. An open is a
 /// round trip of about 30 µs on the bench VM, so at this rate the daemon spends 3% of a
