@@ -88,15 +88,32 @@ fn look_up_and_read_all(kernel: &Kernel, origin: &Origin) -> Vec<(u64, u64)> {
     held
 }
 
+/// Opens sent to the daemon: each file was opened, read through its handle and released.
 #[test]
 fn a_small_file_whose_inode_the_kernel_holds_costs_at_most_512_heap_bytes() {
+    held_inode_cost("false");
+}
+
+/// Zero-message opens (what `auto` switches to under a load of small files): each inode
+/// also keeps what its handle 0 read, and the journal the version of its pages.
+#[test]
+fn with_zero_message_opens_a_held_small_file_still_costs_at_most_512_heap_bytes() {
+    held_inode_cost("true");
+}
+
+/// Fills a cache, mounts it again with `zero_message_opens` set to `opens`, reads every
+/// file again, and checks what stays allocated per held inode, and after the forgets.
+fn held_inode_cost(opens: &str) {
+    // The count is the whole process's: one measurement at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let origin = Origin::start();
     for i in 0..FILES {
         let (dir, file) = name(i);
         origin.put_pattern(&format!("/{dir}/{file}"), i as u64, 1024);
     }
     let dir = tempfile::tempdir().expect("cache folder");
-    let settings = [("ttl", "86400")];
+    let settings = [("ttl", "86400"), ("zero_message_opens", opens)];
     let filling = Kernel::mount(config(&origin, dir.path(), &settings));
     for (ino, lookups) in look_up_and_read_all(&filling, &origin) {
         filling.forget(ino, lookups);

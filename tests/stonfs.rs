@@ -523,7 +523,7 @@ fn handle_zero_of_an_unknown_inode_is_stale() {
 
 #[test]
 fn forgetting_an_inode_closes_its_implicit_handle() {
-    let fx = fixture(&[("a.bin", 1, SMALL)], &[("zero_message_opens", "true")]);
+    let fx = fixture(&[("a.bin", 1, MULTI)], &[("zero_message_opens", "true")]);
     let ino = fx.ino("a.bin");
     fx.read(ino, 0, 0, 100).expect("read");
     let object = fx.cached("a.bin").expect("cached");
@@ -531,6 +531,25 @@ fn forgetting_an_inode_closes_its_implicit_handle() {
     fx.forget(ino, 1);
     assert_eq!(object.open_handles(), 0);
     assert!(matches!(fx.read(ino, 0, 0, 10), Err(FsError::Stale)));
+}
+
+/// A small file's handle 0 keeps only the version's tag: the kernel may keep the inode
+/// for as long as it likes without keeping an object in the daemon.
+#[test]
+fn handle_zero_of_a_small_file_keeps_no_object() {
+    let fx = fixture(&[("a.bin", 1, SMALL)], &[("zero_message_opens", "true")]);
+    let ino = fx.ino("a.bin");
+    fx.assert_reads(ino, 0, 4096, &fx.content("a.bin"), "first");
+    fx.assert_reads(
+        ino,
+        0,
+        4096,
+        &fx.content("a.bin"),
+        "again, rebuilt from the record",
+    );
+    let object = fx.cached("a.bin").expect("cached");
+    assert_eq!(object.open_handles(), 0, "no handle holds it");
+    assert_eq!(fx.origin.request_count_for("/a.bin"), 1);
 }
 
 #[test]
@@ -1103,4 +1122,30 @@ fn registrations_are_journaled_because_the_journal_comes_with_them() {
     assert_eq!(restored.carried.backings, vec![id]);
     assert_eq!(restored.carried.handles.len(), 1);
     assert_eq!(restored.carried.handles[0].backing, id);
+}
+
+/// A small file without ETag or Last-Modified, changed at the origin for other bytes of the
+/// same size: the new bytes are a new version (its tag hashes them), so they get a new inode
+/// and the kernel's pages of the old one are never taken for them.
+#[test]
+fn a_small_file_without_validators_changed_in_place_is_a_new_version() {
+    let fx = fixture(&[("a.bin", 1, SMALL)], &[("zero_message_opens", "true")]);
+    fx.origin
+        .add_fault(Fault::global(FaultAction::Rewrite(Arc::new(
+            |_req, ans| {
+                ans.remove_header("etag");
+                ans.remove_header("last-modified");
+            },
+        ))));
+    fx.expire("a.bin");
+    let old = fx.content("a.bin");
+    let ino = fx.ino("a.bin");
+    fx.assert_reads(ino, 0, 4096, &old, "before the change");
+    fx.change("a.bin", pattern(2, SMALL));
+    let new_ino = fx.ino("a.bin");
+    assert_ne!(
+        new_ino, ino,
+        "same size, other bytes: another version, another inode"
+    );
+    fx.assert_reads(new_ino, 0, 4096, &fx.content("a.bin"), "the new inode");
 }

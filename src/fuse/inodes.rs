@@ -336,7 +336,12 @@ impl Entry {
         };
         match &self.node.held {
             Held::Object(old) => old.kind() == ObjectKind::File && !old.holds_same_bytes_as(new),
-            Held::Small(old) => old.tag.version != new.version_hash(),
+            // By the whole tag, which hashes the bytes too: without validators, two
+            // versions of one size would otherwise look like one.
+            Held::Small(old) => match new.small_tag() {
+                Some(tag) => tag != old.tag,
+                None => !(new.version().is_pinned() && old.tag.version == new.version_hash()),
+            },
             Held::None => false,
         }
     }

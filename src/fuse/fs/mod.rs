@@ -112,7 +112,7 @@ pub struct StonFs {
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// With `zero_message_opens`: the kernel opens files without telling the daemon, so
     /// reads arrive with handle 0 and are served per inode, from this handle.
-    implicit: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    implicit: Mutex<HashMap<u64, read::Implicit>>,
     /// Handles carried over a restart that have not read yet (see `restore`).
     adopted: Mutex<HashMap<u64, AdoptedHandle>>,
     /// Inodes carried over a restart whose kernel pages this process did not make: what
@@ -193,8 +193,15 @@ impl StonFs {
     pub fn forget(&self, ino: u64, count: u64) {
         if self.inodes.forget(ino, count) {
             // Its handle closes when the last read in flight on it ends.
-            let implicit = self.implicit.lock().remove(&ino);
+            let mut implicit = self.implicit.lock();
+            let file = implicit.remove(&ino);
+            // A hash map keeps its peak capacity: give it back once mostly forgotten.
+            if implicit.capacity() > 1024 && implicit.len() * 4 < implicit.capacity() {
+                let len = implicit.len();
+                implicit.shrink_to(len * 2);
+            }
             drop(implicit);
+            drop(file);
             self.carried_pages.lock().remove(&ino);
             // A handle journaled just before a crash, whose open never reached the kernel.
             self.adopted.lock().retain(|_, handle| handle.ino() != ino);

@@ -13,7 +13,7 @@ use super::lookup::needs_origin;
 use super::{Answer, StonFs};
 use crate::base::stats::Op;
 use crate::base::FsError;
-use crate::cache::{Object, OpenHandle, ReadAhead};
+use crate::cache::{Object, OpenHandle, ReadAhead, SmallTag};
 use crate::fuse::inodes::Node;
 use crate::media::MediaView;
 
@@ -106,7 +106,10 @@ impl StonFs {
         Answer::later(async move {
             let deadline = Instant::now() + fs.cache.request_timeout();
             let fresh = fs.fresh_node(ino, &node, deadline).await?;
-            let file = fs.implicit_handle(ino, &fresh).ok_or(FsError::NotFound)?;
+            // Resolved, yet nothing to read: the inode's version left the cache for another.
+            let file = fs
+                .implicit_handle(ino, &fresh)
+                .ok_or(FsError::VersionChanged)?;
             match fs.read_open_file(file, offset, size) {
                 Answer::Now(result) => result,
                 Answer::Later(read) => read.await,
@@ -124,30 +127,30 @@ impl StonFs {
     /// which it keeps while this handle reads it (see `InodeTable::update_object`); `None`
     /// while the inode has no resolved object.
     fn implicit_handle(&self, ino: u64, node: &Node) -> Option<Arc<OpenFile>> {
-        let open = self.implicit.lock().get(&ino).cloned();
-        if let Some(file) = open.filter(|f| node.shows(f.object())) {
-            return Some(file);
+        let kept = self.implicit.lock().get(&ino).cloned();
+        match kept {
+            Some(Implicit::File(file)) if node.shows(file.object()) => return Some(file),
+            Some(Implicit::Small(tag)) if small_tag_of(node) == Some(tag) => {
+                let object = self.with_object(ino, node.clone()).object?;
+                return Some(Arc::new(unpinned_file(&object, None, ino)));
+            }
+            _ => {}
         }
         // Outside the lock: a small file's object may be read back from its record.
         let node = self.with_object(ino, node.clone());
         let object = node.object.clone()?;
-        let mut implicit = self.implicit.lock();
-        let file = Arc::new(OpenFile::new(
-            object.open_handle_unpinned(),
-            node.view.clone(),
-            ino,
-            false,
-        ));
+        let file = Arc::new(unpinned_file(&object, node.view.clone(), ino));
+        let kept = match (object.small_tag(), &node.view) {
+            (Some(tag), None) => Implicit::Small(tag),
+            _ => Implicit::File(file.clone()),
+        };
         // Journaled before the read that gives the kernel pages of this version.
         self.journal_pages(ino, &object, node.view.as_ref());
-        let replaced = implicit.insert(ino, file.clone());
-        drop(implicit);
+        let replaced = self.implicit.lock().insert(ino, kept);
         // The kernel keeps a file's pages across opens it is not told of: pages of another
         // version must go. An inode carried over a restart has none left that this process
         // did not prove (see `restore::CarriedPages`); a new inode number never had any.
-        let other_pages = replaced
-            .as_ref()
-            .is_some_and(|old| !old.object().holds_same_bytes_as(file.object()));
+        let other_pages = replaced.as_ref().is_some_and(|old| !old.holds(&object));
         // The replaced file's handle closes when its last in-flight read ends.
         drop(replaced);
         if other_pages {
@@ -228,4 +231,35 @@ impl StonFs {
             self.cache.prefetch(object, ahead);
         }
     }
+}
+
+/// What handle 0 of an inode reads through (`zero_message_opens`), kept until the kernel
+/// forgets the inode.
+#[derive(Clone)]
+pub(super) enum Implicit {
+    /// A large file's, or a presented view's: kept, with its read-ahead and held cache file.
+    File(Arc<OpenFile>),
+    /// A small file's version only: an inode the kernel keeps then costs no object, and a
+    /// read (one per fill of the kernel's pages) rebuilds it from its record.
+    Small(SmallTag),
+}
+
+impl Implicit {
+    /// Whether this handle reads `object`'s bytes.
+    fn holds(&self, object: &Arc<Object>) -> bool {
+        match self {
+            Implicit::File(file) => file.object().holds_same_bytes_as(object),
+            Implicit::Small(tag) => object.small_tag() == Some(*tag),
+        }
+    }
+}
+
+/// A handle 0 of `object` that pins nothing (see [`Object::open_handle_unpinned`]).
+pub(super) fn unpinned_file(object: &Arc<Object>, view: Option<MediaView>, ino: u64) -> OpenFile {
+    OpenFile::new(object.open_handle_unpinned(), view, ino, false)
+}
+
+fn small_tag_of(node: &Node) -> Option<SmallTag> {
+    let held = node.object.as_ref().and_then(|object| object.small_tag());
+    held.or_else(|| node.small.map(|small| small.tag))
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::read::OpenFile;
+use super::read::{unpinned_file, Implicit, OpenFile};
 use super::{Answer, KernelCache, StonFs};
 use crate::base::{now_secs, FsError, FsResult, ObjectKind, SiteId};
 use crate::cache::{KeptRegistration, Object};
@@ -264,8 +264,11 @@ impl StonFs {
     /// process had read it, and the kernel's pages of it stay.
     fn pages_proven(&self, ino: u64, object: Arc<Object>, view: Option<MediaView>) {
         let _ = self.inodes.update_object(ino, &object, view.clone(), false);
-        let file = OpenFile::new(object.open_handle_unpinned(), view, ino, false);
-        self.implicit.lock().insert(ino, Arc::new(file));
+        let kept = match (object.small_tag(), &view) {
+            (Some(tag), None) => Implicit::Small(tag),
+            _ => Implicit::File(Arc::new(unpinned_file(&object, view, ino))),
+        };
+        self.implicit.lock().insert(ino, kept);
         // Its reads go on through the handle just made (a `Gone` one stays gone).
         let mut carried = self.carried_pages.lock();
         if matches!(carried.get(&ino), Some(CarriedPages::Version { .. })) {
