@@ -624,6 +624,11 @@ fn a_small_files_inode_is_rebuilt_from_its_record_and_never_serves_another_versi
     assert!(object.is_small());
     let unheld = Arc::downgrade(&object);
     drop(object);
+    // A read's tasks (stats, the record's sync) may still hold it for a moment.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while unheld.upgrade().is_some() && std::time::Instant::now() < give_up {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert!(unheld.upgrade().is_none(), "the inode keeps no object");
 
     let opened = fx.open(ino).expect("reopened from the record");
