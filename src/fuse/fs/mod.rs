@@ -286,9 +286,17 @@ impl StonFs {
 /// and so does its name's entry, so the next open looks it up and the next read asks.
 impl InvalidationWatcher for StonFs {
     fn invalidated(&self, site: SiteId, covers: &dyn Fn(&str) -> bool) {
-        for (ino, parent, name) in self.inodes.matching(site, covers) {
-            self.invalidate_pages(ino);
-            self.invalidate_entry(parent, &name);
-        }
+        let covered = self.inodes.matching(site, covers);
+        let Some(kernel) = self.kernel.get().cloned().filter(|_| !covered.is_empty()) else {
+            return;
+        };
+        // One task for them all, off the caller's thread (which may be a FUSE thread, for
+        // `unlink`): the kernel may wait on this very daemon while it drops them.
+        self.runtime.spawn_blocking(move || {
+            for (ino, parent, name) in covered {
+                kernel.invalidate_inode(ino);
+                kernel.invalidate_entry(parent, &name);
+            }
+        });
     }
 }
