@@ -28,8 +28,9 @@ pub struct Node {
     pub site: Option<SiteId>,
     /// Path within the site: `""` for the site root, `/a/b` below it.
     pub path: Arc<str>,
-    /// The object version last resolved at this path (`None` for site roots, and for names
-    /// known only from a listing until they are opened).
+    /// The object version last resolved at this path (`None` for site roots, for names
+    /// known only from a listing until they are opened, and for small files, which the
+    /// table keeps as `small`).
     pub object: Option<Arc<Object>>,
     /// What the parent's listing said of this name, when that answered the lookup.
     pub listed: Option<ListedEntry>,
@@ -37,8 +38,9 @@ pub struct Node {
     pub media: Option<MediaRequest>,
     /// How `object` is presented when not byte for byte: a rewritten header, or a clip.
     pub view: Option<MediaView>,
-    /// A small file's version, as the inode keeps it while nobody has it open: `object` is
-    /// then `None` until a call that needs the object rebuilds it from the record.
+    /// A small file's version, as the inode table keeps it (open or not; open handles hold
+    /// their own object): `object` is then `None` until a call that needs the object
+    /// rebuilds it from the record.
     pub small: Option<SmallRef>,
 }
 

@@ -136,7 +136,7 @@ pub fn version_hash(version: &Version) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
-/// A small object as an inode keeps it while nobody has it open: what its attributes say,
+/// A small object as an inode keeps it (its open handles hold the object): what its attributes say,
 /// and the tag of its version, to rebuild it from the record (see the module header).
 #[derive(Debug, Clone, Copy)]
 pub struct SmallRef {
@@ -316,7 +316,7 @@ impl Object {
                 .is_some_and(|t| other.small_tag() == Some(t))
     }
 
-    /// What an inode keeps of a small object nobody has open (`None` for a large object).
+    /// What an inode keeps of a small object (`None` for a large object).
     pub fn small_ref(&self) -> Option<SmallRef> {
         let home = self.small.as_ref()?;
         let mtime = self.mtime().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -416,9 +416,9 @@ impl Object {
         }
     }
 
-    /// Keeps the path's record readable while a file has it open. It is not read here (an
-    /// open of a hot file costs no I/O): reads check that it holds this version, and fall
-    /// back to the store if it does not.
+    /// Keeps the path's record readable while a file has it open. It is not read here
+    /// (rebuilding the object for the open already did): reads check that it holds this
+    /// version, and fall back to the store if it does not.
     pub(super) fn pin_small(&self) -> Option<PinnedRecord> {
         let home = self.small.as_ref()?;
         home.site.store.pin_unread(self.path.as_bytes())
