@@ -65,6 +65,9 @@ struct ObjectState {
     /// The cache file, kept open while handles are (within the process-wide bound).
     data: Option<HeldFile>,
     open_handles: usize,
+    /// Of `open_handles`, those that keep `small_pin` (not the handles of zero-message
+    /// opens, see [`Object::open_handle_unpinned`]).
+    pinned_handles: usize,
     /// The layer above's registration of the cache file, kept while the object is cached;
     /// dropped when the object leaves the cache.
     kept: Option<Arc<dyn KeptRegistration>>,
@@ -166,6 +169,7 @@ impl Object {
                 detached: location.is_none(),
                 data: None,
                 open_handles: 0,
+                pinned_handles: 0,
                 kept: None,
                 unrecorded: Vec::new(),
                 recorder_running: false,
@@ -418,18 +422,20 @@ impl Object {
     #[must_use = "the handle closes when the guard drops"]
     pub fn open_handle(self: &Arc<Self>) -> OpenHandle {
         // Outside the lock: pinning reads the record back.
-        let pin = match self.is_small() && self.open_handles() == 0 {
+        let pin = match self.is_small() && self.state.lock().small_pin.is_none() {
             true => self.pin_small(),
             false => None,
         };
         let mut state = self.state.lock();
         state.open_handles += 1;
+        state.pinned_handles += 1;
         if state.small_pin.is_none() {
             state.small_pin = pin.map(Arc::new);
         }
         drop(state);
         OpenHandle {
             object: self.clone(),
+            pinned: true,
         }
     }
 
@@ -441,6 +447,7 @@ impl Object {
         self.state.lock().open_handles += 1;
         OpenHandle {
             object: self.clone(),
+            pinned: false,
         }
     }
 
@@ -450,12 +457,17 @@ impl Object {
     }
 
     /// The last handle closing releases the data file descriptor: idle objects hold no fds.
-    fn close_handle(&self) {
+    fn close_handle(&self, pinned: bool) {
         let mut state = self.state.lock();
         state.open_handles = state.open_handles.saturating_sub(1);
+        if pinned {
+            state.pinned_handles = state.pinned_handles.saturating_sub(1);
+        }
+        if state.pinned_handles == 0 {
+            state.small_pin = None;
+        }
         if state.open_handles == 0 {
             state.data = None;
-            state.small_pin = None;
         }
     }
 
@@ -784,6 +796,8 @@ pub trait KeptRegistration: Send + Sync {
 /// release racing a read) can leave the count, and so the object's data descriptor, behind.
 pub struct OpenHandle {
     object: Arc<Object>,
+    /// Whether it keeps a small object's record pinned (see [`Object::open_handle`]).
+    pinned: bool,
 }
 
 impl OpenHandle {
@@ -794,7 +808,7 @@ impl OpenHandle {
 
 impl Drop for OpenHandle {
     fn drop(&mut self) {
-        self.object.close_handle();
+        self.object.close_handle(self.pinned);
     }
 }
 
