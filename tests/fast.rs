@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::mount::{op_count, stats_json, Mount};
 use common::mount_origin;
-use common::origin::{pattern, Fault, FaultAction, Gate, Stall};
+use common::origin::{pattern, Fault, FaultAction, Gate, Origin, Stall};
 use common::{
     assert_bytes_eq, assert_file_matches, assert_random_preads, drop_page_cache, pread_full, MIB,
 };
@@ -121,10 +122,8 @@ fn concurrent_readers_of_a_cold_file_fetch_each_block_exactly_once() {
 #[test]
 fn passthrough_serves_whole_files_exactly_and_never_partial_ones() {
     let Some(origin) = mount_origin() else { return };
-    let whole = pattern(64, 6 * MIB + 123);
-    let partial = pattern(65, 6 * MIB + 321);
-    origin.put("/whole.bin", whole.clone());
-    origin.put("/partial.bin", partial.clone());
+    let whole = origin.put_pattern("/whole.bin", 64, 6 * MIB + 123);
+    let partial = origin.put_pattern("/partial.bin", 65, 6 * MIB + 321);
     // Passthrough needs opens that reach the daemon.
     let mount = Mount::builder(origin.url())
         .opt("zero_message_opens=false")
@@ -236,37 +235,30 @@ fn a_big_file_still_being_fetched_is_read_with_direct_io_and_can_still_be_mapped
     mount.unmount();
 }
 
-/// With `zero_message_opens=true`, a file the kernel still holds is opened and read again with no
-/// message to the daemon at all, and every byte is still exact, also when the pages are gone
-/// and reads reach the daemon per inode.
-#[test]
-fn zero_message_opens_serve_hot_files_without_any_message() {
-    let Some(origin) = mount_origin() else { return };
-    let files: Vec<(String, bytes::Bytes)> = (0..20)
+/// `count` small files put at the origin below `dir/`: their paths (no leading `/`) and bytes.
+fn put_small_files(origin: &Origin, dir: &str, count: u64, seed: u64) -> Vec<(String, Bytes)> {
+    (0..count)
         .map(|i| {
-            (
-                format!("/small/f{i}.bin"),
-                pattern(700 + i, 4096 + 13 * i as usize),
-            )
+            let path = format!("{dir}/f{i}.bin");
+            let data = origin.put_pattern(&format!("/{path}"), seed + i, 2048 + 13 * i as usize);
+            (path, data)
         })
-        .collect();
-    for (path, data) in &files {
-        origin.put(path, data.clone());
-    }
-    let big = origin.put("/big.bin", pattern(720, 3 * MIB + 17)).data;
-    let mount = Mount::builder(origin.url())
-        .opt("zero_message_opens=true,ttl=3600")
-        .mount();
-    for (path, data) in &files {
-        assert_file_matches(&mount.path(path.trim_start_matches('/')), data, 64 * 1024);
-    }
-    assert_file_matches(&mount.path("big.bin"), &big, MIB);
-    let before = stats_json(mount.mountpoint());
-    for _ in 0..5 {
-        for (path, data) in &files {
-            assert_file_matches(&mount.path(path.trim_start_matches('/')), data, 64 * 1024);
+        .collect()
+}
+
+/// Reads every file `passes` times through `mount`, checking every byte.
+fn read_files(mount: &Mount, files: &[(String, Bytes)], passes: usize) {
+    for _ in 0..passes {
+        for (path, data) in files {
+            assert_file_matches(&mount.path(path), data, 64 * 1024);
         }
     }
+}
+
+/// Reads `files` five times, hot, and asserts that not one call reached the daemon.
+fn assert_hot_reads_send_nothing(mount: &Mount, files: &[(String, Bytes)]) {
+    let before = stats_json(mount.mountpoint());
+    read_files(mount, files, 5);
     let after = stats_json(mount.mountpoint());
     for op in ["open", "read", "lookup", "getattr"] {
         assert_eq!(
@@ -275,6 +267,23 @@ fn zero_message_opens_serve_hot_files_without_any_message() {
             "hot re-opens sent `{op}` messages:\n{after:#}"
         );
     }
+}
+
+/// With `zero_message_opens=true`, a file the kernel still holds is opened and read again with no
+/// message to the daemon at all, and every byte is still exact, also when the pages are gone
+/// and reads reach the daemon per inode.
+#[test]
+fn zero_message_opens_serve_hot_files_without_any_message() {
+    let Some(origin) = mount_origin() else { return };
+    let files = put_small_files(&origin, "small", 20, 700);
+    let big = origin.put("/big.bin", pattern(720, 3 * MIB + 17)).data;
+    let mount = Mount::builder(origin.url())
+        .opt("zero_message_opens=true,ttl=3600")
+        .mount();
+    read_files(&mount, &files, 1);
+    assert_file_matches(&mount.path("big.bin"), &big, MIB);
+    assert_hot_reads_send_nothing(&mount, &files);
+    let after = stats_json(mount.mountpoint());
     assert!(
         op_count(&after, "open") <= 1,
         "only the first open may reach the daemon (its ENOSYS turns opens off):\n{after:#}"
@@ -298,27 +307,10 @@ fn zero_message_opens_serve_hot_files_without_any_message() {
 #[test]
 fn by_default_opens_stop_reaching_the_daemon_once_small_files_are_opened_fast() {
     let Some(origin) = mount_origin() else { return };
-    let files: Vec<(String, bytes::Bytes)> = (0..50)
-        .map(|i| {
-            (
-                format!("s/f{i}.bin"),
-                pattern(900 + i, 2048 + 7 * i as usize),
-            )
-        })
-        .collect();
-    for (path, data) in &files {
-        origin.put(&format!("/{path}"), data.clone());
-    }
+    let files = put_small_files(&origin, "s", 50, 900);
     let big = origin.put("/big.bin", pattern(950, 3 * MIB + 5)).data;
     let mount = Mount::builder(origin.url()).opt("ttl=3600").mount();
-    let read_small = |passes: usize| {
-        for _ in 0..passes {
-            for (path, data) in &files {
-                assert_file_matches(&mount.path(path), data, 64 * 1024);
-            }
-        }
-    };
-    read_small(1);
+    read_files(&mount, &files, 1);
     for _ in 0..3 {
         assert_file_matches(&mount.path("big.bin"), &big, MIB);
     }
@@ -329,21 +321,11 @@ fn by_default_opens_stop_reaching_the_daemon_once_small_files_are_opened_fast() 
         if mount.log().contains(SWITCHED) {
             break;
         }
-        read_small(30);
+        read_files(&mount, &files, 30);
     }
     assert!(mount.log().contains(SWITCHED), "{}", mount.log());
     // Read in passthrough so far, big.bin now fills the FUSE file's page cache once.
     assert_file_matches(&mount.path("big.bin"), &big, MIB);
-    let before = stats_json(mount.mountpoint());
-    read_small(5);
-    assert_file_matches(&mount.path("big.bin"), &big, MIB);
-    let after = stats_json(mount.mountpoint());
-    for op in ["open", "read", "lookup", "getattr"] {
-        assert_eq!(
-            op_count(&after, op),
-            op_count(&before, op),
-            "hot re-opens sent `{op}` messages:\n{after:#}"
-        );
-    }
+    assert_hot_reads_send_nothing(&mount, &files);
     mount.unmount();
 }
