@@ -21,6 +21,7 @@
 //! The table goes to stdout and to `benches/results/small_scale-<count>x<size>.md`.
 //! A pass reports no rate when any read failed or returned other bytes; a peer's pass
 //! stops at its budget and then reports the files it read (later passes read those).
+//! `SMALL_STON_FS_OPTS` adds `-o` options to ston-fs's (e.g. `read_only=true`).
 //! The ston-fs mounts use `-o ttl=86400`, so the warm pass is fresh however long the
 //! cold one took; the peers use their defaults.
 
@@ -818,12 +819,16 @@ impl Run<'_> {
 
     fn ston_fs(&self, cache: &Path, name: &str) -> Daemon {
         fs::create_dir_all(cache).expect("create the cache dir");
+        let mut opts = STON_FS_OPTS.to_string();
+        if let Ok(extra) = std::env::var("SMALL_STON_FS_OPTS") {
+            opts = format!("{opts},{extra}");
+        }
         let mut cmd = Command::new(&self.cfg.ston_fs);
         cmd.arg("-f")
             .arg("--cache-dir")
             .arg(cache)
             .arg("-o")
-            .arg(STON_FS_OPTS);
+            .arg(opts);
         let mountpoint = self.work.join(format!("mnt-{name}"));
         cmd.arg(self.origin.url()).arg(&mountpoint);
         Daemon::spawn(cmd, &mountpoint, &self.work.join(format!("{name}.log")))

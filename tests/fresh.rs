@@ -712,8 +712,9 @@ fn unlink_purges_a_cached_file_and_the_next_read_downloads_it_again() {
     let data = origin
         .put("/dl/file.bin", pattern(171, 8 * BLOCK + 100))
         .data;
+    // `unlink()` purges only on a mount that is not read-only.
     let mount = Mount::builder(origin.url())
-        .opt("ttl=3600,block_size=256K,passthrough=false")
+        .opt("ttl=3600,block_size=256K,passthrough=false,rw")
         .mount();
     let path = mount.path("dl/file.bin");
     assert_file_matches(&path, &data, 64 * KIB);
@@ -758,7 +759,7 @@ fn unlink_with_unlink_expire_revalidates_and_keeps_the_blocks() {
         .put("/dl/file.bin", pattern(181, 8 * BLOCK + 100))
         .data;
     let mount = Mount::builder(origin.url())
-        .opt("ttl=3600,block_size=256K,passthrough=false,unlink=expire")
+        .opt("ttl=3600,block_size=256K,passthrough=false,unlink=expire,rw")
         .mount();
     let path = mount.path("dl/file.bin");
     assert_file_matches(&path, &data, 64 * KIB);

@@ -2420,10 +2420,10 @@ fn c17_help_lists_every_key_and_install_help_installs_nothing() {
 // ===========================================================================
 
 #[test]
-fn c18_ro_shows_in_mountinfo() {
+fn c18_ro_the_default_and_rw_show_in_mountinfo() {
     let Some(origin) = mount_origin() else { return };
     origin.put("/r.bin", pattern(1801, 100));
-    for (opt, want) in [(Some("ro"), "ro"), (None, "rw")] {
+    for (opt, want) in [(Some("rw"), "rw"), (None, "ro")] {
         let mut b = Mount::builder(origin.url());
         if let Some(o) = opt {
             b = b.opt(o);
@@ -2825,7 +2825,7 @@ fn d9_only_root_and_the_mounting_user_purge_through_unlink() {
     let data = pattern(2901, 100 * KIB);
     origin.put("/p.bin", data.clone());
     let m = Mount::builder(origin.url())
-        .opt("allow_other,default_permissions=false")
+        .opt("allow_other,default_permissions=false,rw")
         .mount();
     let top = m.mountpoint().parent().unwrap().to_path_buf();
     fs::set_permissions(&top, fs::Permissions::from_mode(0o755)).unwrap();

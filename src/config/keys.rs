@@ -39,7 +39,7 @@ pub const KEYS: &[KeyDoc] = &[
     doc("default_permissions", "true", "the kernel checks mode bits (files 0444, directories 0555)"),
     doc("uid", "0", "owner shown for every file and directory (a number or a user name)"),
     doc("gid", "0", "group shown for every file and directory (a number or a group name)"),
-    doc("read_only", "false", "mount read-only (`-o ro`); `mount` shows ro and unlink() is refused"),
+    doc("read_only", "true", "mount read-only (`-o ro`, the default); `mount` shows ro and unlink() is refused. `-o rw`: unlink() purges"),
     doc("ca_file", "-", "PEM file of extra CAs trusted for https origins, on top of the system roots"),
     doc("tls_pin", "-", "sha256:FINGERPRINT of an origin certificate trusted as it is (self-signed too); may repeat"),
     doc("headers", "-", "request header `Name: value` (TOML list; `-o header=...`); values are never logged"),

@@ -245,7 +245,7 @@ impl Default for Config {
             low_speed_time: Duration::from_secs(3),
             tls_pins: Vec::new(),
             listing_ttl: Duration::from_secs(60),
-            read_only: false,
+            read_only: true,
             media: MediaConfig::default(),
         }
     }
