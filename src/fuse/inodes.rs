@@ -403,18 +403,10 @@ struct Table {
 }
 
 impl Table {
-    /// Gives memory back once the kernel has forgotten most inodes: hash tables keep their
-    /// peak capacity otherwise (a million forgotten inodes kept tens of MiB of empty slots).
-    /// Halving only below a quarter full makes the rehash cost amortised O(1) a forget.
+    /// Gives memory back once the kernel has forgotten most inodes.
     fn shrink_when_sparse(&mut self) {
-        const SMALLEST: usize = 1024;
-        if self.entries.capacity() > SMALLEST && self.entries.len() * 4 < self.entries.capacity() {
-            self.entries.shrink_to(self.entries.len() * 2);
-        }
-        if self.children.capacity() > SMALLEST && self.children.len() * 4 < self.children.capacity()
-        {
-            self.children.shrink_to(self.children.len() * 2);
-        }
+        crate::base::shrink_when_sparse(&mut self.entries);
+        crate::base::shrink_when_sparse(&mut self.children);
     }
 }
 

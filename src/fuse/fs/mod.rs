@@ -195,11 +195,7 @@ impl StonFs {
             // Its handle closes when the last read in flight on it ends.
             let mut implicit = self.implicit.lock();
             let file = implicit.remove(&ino);
-            // A hash map keeps its peak capacity: give it back once mostly forgotten.
-            if implicit.capacity() > 1024 && implicit.len() * 4 < implicit.capacity() {
-                let len = implicit.len();
-                implicit.shrink_to(len * 2);
-            }
+            crate::base::shrink_when_sparse(&mut implicit);
             drop(implicit);
             drop(file);
             self.carried_pages.lock().remove(&ino);

@@ -481,16 +481,10 @@ impl Inner {
         Some(pos)
     }
 
-    /// Gives memory back once the kernel has forgotten most inodes, as the inode table does:
-    /// hash tables keep their peak capacity otherwise. Halving only below a quarter full
-    /// makes the rehash cost amortised O(1) a forget.
+    /// Gives memory back once the kernel has forgotten most inodes, as the inode table does.
     fn shrink_when_sparse(&mut self) {
-        const SMALLEST: usize = 1024;
-        for map in [&mut self.inodes, &mut self.pages] {
-            if map.capacity() > SMALLEST && map.len() * 4 < map.capacity() {
-                map.shrink_to(map.len() * 2);
-            }
-        }
+        crate::base::shrink_when_sparse(&mut self.inodes);
+        crate::base::shrink_when_sparse(&mut self.pages);
     }
 
     fn release(&mut self, pos: SlotPos) {
